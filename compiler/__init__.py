@@ -1,0 +1,22 @@
+"""dlac compiler: frontends, the pipeline driver and the CLI.
+
+Importing this package is cheap (no TVM, no torch); the heavy entry points
+load on first use::
+
+    from compiler import compile_model, QuantConfig, run_reference
+"""
+
+from .config import QuantConfig
+from .errors import DlacError
+
+__all__ = ["compile_model", "QuantConfig", "DlacError", "run_reference", "Reference", "STAGES"]
+
+
+def __getattr__(name):
+    if name in ("compile_model", "STAGES", "CompileResult"):
+        from . import pipeline
+        return getattr(pipeline, name)
+    if name in ("run_reference", "Reference"):
+        from . import reference
+        return getattr(reference, name)
+    raise AttributeError(name)

@@ -1,0 +1,70 @@
+"""Quantization configuration: one dataclass decides every layer's precision.
+
+A *layer* is a weighted op (conv2d or dense).  Its name is the module path of
+its weight in the source model (``conv_layers.0``, ``layer1.0.conv2``, ``fc``),
+or ``<op>_<index>`` when the model gives no name.  Precision is decided, in
+order of priority:
+
+1. the first matching entry of ``overrides`` (``fnmatch`` patterns on the
+   layer name, e.g. ``{"layer4.*": "fp32", "fc": "ternary"}``);
+2. ``keep_first`` / ``keep_last``: the first and last weighted layer stay at
+   full precision (``fp32``) by default, as in TWN/dLAC practice (papers.md 1, 4);
+3. ``weights``, the default precision of every other layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, asdict
+
+from .errors import ConfigError
+
+#: Weight precisions this version implements.  ``fp32`` keeps the float weights.
+WEIGHT_PRECISIONS = ("fp32", "ternary")
+#: Scale sharing of ternary weights: one scale per output filter or per layer.
+GRANULARITIES = ("filter", "layer")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    weights: str = "ternary"
+    granularity: str = "filter"
+    threshold_factor: float = 0.7
+    keep_first: bool = True
+    keep_last: bool = True
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.weights not in WEIGHT_PRECISIONS:
+            raise ConfigError(f"weights={self.weights!r}; expected one of {WEIGHT_PRECISIONS}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"granularity={self.granularity!r}; expected one of {GRANULARITIES}")
+        if not 0.0 <= self.threshold_factor < 10.0:
+            raise ConfigError(f"threshold_factor={self.threshold_factor} is out of range [0, 10)")
+        for pattern, prec in self.overrides.items():
+            if prec not in WEIGHT_PRECISIONS:
+                raise ConfigError(f"override {pattern!r} -> {prec!r}; expected one of {WEIGHT_PRECISIONS}")
+
+    @classmethod
+    def full_precision(cls) -> "QuantConfig":
+        """No layer quantized (the float reference graph)."""
+        return cls(weights="fp32")
+
+    @classmethod
+    def all_ternary(cls, **kw) -> "QuantConfig":
+        """Every weighted layer ternary, first and last included."""
+        return cls(weights="ternary", keep_first=False, keep_last=False, **kw)
+
+    def precision_for(self, name: str, index: int, count: int) -> tuple[str, str]:
+        """Precision of layer ``name`` (position ``index`` of ``count``) and why."""
+        for pattern, prec in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return prec, f"override '{pattern}'"
+        if self.keep_first and index == 0:
+            return "fp32", "first layer"
+        if self.keep_last and index == count - 1:
+            return "fp32", "last layer"
+        return self.weights, "default"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,65 @@
+"""Error types of dlac.
+
+Every failure a user can cause (a bad model file, an op dlac cannot place, a
+shape that is not known, a bad configuration) raises a subclass of
+:class:`DlacError`.  The message names *what* was wrong and *where* (file,
+ONNX node, op and Relax variable, layer); the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+
+class DlacError(Exception):
+    """Base class of every error dlac raises on purpose."""
+
+    def __init__(self, message: str, *, where: str | None = None):
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ModelLoadError(DlacError):
+    """The model file cannot be read (missing, not the claimed format, malformed)."""
+
+
+class NotOnnxError(ModelLoadError):
+    """The file handed to the ONNX frontend is not an ONNX model."""
+
+
+class ExportError(ModelLoadError):
+    """``torch.export`` could not trace the module."""
+
+
+class UnsupportedOpError(DlacError):
+    """An op has neither a dLAC lowering nor a host fallback."""
+
+    def __init__(self, op: str, node: str, detail: str = ""):
+        self.op, self.node = op, node
+        msg = f"op '{op}' at node '{node}' has no dLAC lowering and no host fallback"
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+class DynamicShapeError(DlacError):
+    """An input has a dimension that is not a known integer and no shape was given."""
+
+    def __init__(self, input_name: str, shape, detail: str = ""):
+        self.input_name = input_name
+        msg = (f"input '{input_name}' has unresolved dynamic shape {shape}; "
+               f"give it with input_shapes={{'{input_name}': (...)}} "
+               f"(CLI: --input-shape {input_name}=1x3x224x224)")
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+class ConfigError(DlacError):
+    """A configuration value (quantization, stage name, shape spec) is invalid."""
+
+
+class QuantizationError(DlacError):
+    """A quantization pass met a graph it cannot handle legally."""
+
+
+class ReferenceBuildError(DlacError):
+    """Building or running the TVM CPU reference failed."""
+
+
+class DataError(DlacError):
+    """A bundled data set or model file is missing or unreadable."""

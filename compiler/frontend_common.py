@@ -1,0 +1,122 @@
+"""What every frontend does after its importer: name layers, fix shapes, bind
+weights as constants, and refuse ops dlac cannot place."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from passes.ir_util import IntImm, cleanup, iter_bindings, op_name, shape_of
+from passes.name_layers import name_layers
+
+from .errors import ConfigError, DynamicShapeError, UnsupportedOpError
+from .oplist import placement
+
+
+@dataclass
+class ImportedModel:
+    """A model as a Relax module with its weights bound as constants."""
+
+    mod: tvm.IRModule
+    layer_names: dict[str, str]          # layer variable name -> source name, in layer order
+    input_names: list[str]
+    input_shapes: dict[str, tuple[int, ...]]
+    source: str                          # "torch", "pt2" or "onnx"
+    source_hash: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def tensor_hash(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:16]
+
+
+def parse_shape(spec) -> tuple[int, ...]:
+    """``'1x3x224x224'`` or a sequence of ints -> tuple of positive ints."""
+    try:
+        dims = tuple(int(d) for d in (spec.lower().split("x") if isinstance(spec, str) else spec))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"bad shape {spec!r}: expected e.g. 1x3x224x224") from e
+    if not dims or any(d <= 0 for d in dims):
+        raise ConfigError(f"bad shape {spec!r}: every dimension must be a positive integer")
+    return dims
+
+
+def resolve_shapes(mod: tvm.IRModule, input_shapes: dict) -> tvm.IRModule:
+    """Bind symbolic input dimensions to the given shapes, or refuse clearly."""
+    main = mod["main"]
+    num_input = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else len(main.params)
+    bindings: dict = {}
+    for p in main.params[:num_input]:
+        ty = p.ty
+        if not isinstance(ty, relax.TensorType):
+            continue
+        dims = list(ty.shape.values) if ty.shape is not None else None
+        static = dims is not None and all(isinstance(d, IntImm) for d in dims)
+        if static:
+            continue
+        if p.name not in input_shapes:
+            raise DynamicShapeError(p.name, "[" + ", ".join(str(d) for d in dims or ["?"]) + "]")
+        given = input_shapes[p.name]
+        if dims is None or len(dims) != len(given):
+            raise ConfigError(f"input '{p.name}' has rank {len(dims) if dims else '?'}, "
+                              f"but the given shape {given} has rank {len(given)}")
+        for d, g in zip(dims, given):
+            if isinstance(d, IntImm):
+                if int(d) != g:
+                    raise ConfigError(f"input '{p.name}': given shape {given} conflicts with "
+                                      f"the model's static dimension {int(d)}")
+            else:
+                bindings[d] = g
+    if bindings:
+        mod = relax.transform.BindSymbolicVars({str(k): v for k, v in bindings.items()}, "main")(mod)
+    return mod
+
+
+def check_ops(mod: tvm.IRModule) -> None:
+    """Refuse the first op that has neither a dLAC lowering nor a host fallback."""
+    last_layer = None
+    for b in iter_bindings(mod["main"]):
+        name = op_name(b.value)
+        if name is None:
+            continue
+        if name in ("relax.nn.conv2d", "relax.matmul"):
+            last_layer = b.var.name
+        if placement(name) is None:
+            where = b.var.name + (f", after layer '{last_layer}'" if last_layer else "")
+            raise UnsupportedOpError(name, where)
+
+
+def finalize(mod: tvm.IRModule, param_display: dict[str, str], input_shapes: dict,
+             source: str, source_hash: str) -> ImportedModel:
+    """Common tail of every frontend (``mod`` has weights as parameters)."""
+    mod = resolve_shapes(mod, input_shapes)
+    mod, layer_names = name_layers(mod, param_display)
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    num_input = len(main.params) - len(params.get("main", []))
+    weights = params.get("main", [])
+    if weights:
+        binding = {p: w for p, w in zip(main.params[num_input:], weights)}
+        mod = relax.transform.BindParams("main", binding)(mod)
+    mod = cleanup(mod)
+    check_ops(mod)
+    main = mod["main"]
+    inputs = [p.name for p in main.params]
+    shapes = {}
+    for p in main.params:
+        s = shape_of(p)
+        if s is None:
+            raise DynamicShapeError(p.name, p.ty)
+        shapes[p.name] = s
+    return ImportedModel(mod, layer_names, inputs, shapes, source, source_hash)
+
+
+def weights_hash(arrays) -> str:
+    return tensor_hash(*(np.ascontiguousarray(a).tobytes() for a in arrays))

@@ -1,0 +1,66 @@
+"""Turn whatever the user hands over into an :class:`ImportedModel`.
+
+Accepted: a ``torch.nn.Module`` (with example inputs), an ``onnx.ModelProto``,
+a path to ``.onnx`` or ``.pt2``, or ``file.py:factory`` where ``factory()``
+returns ``(module, example_inputs)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+from .errors import ConfigError, ModelLoadError
+from .frontend_common import ImportedModel
+
+
+def load_factory(spec: str):
+    """Run ``factory`` from ``file.py:factory``; returns ``(module, example_inputs)``."""
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise ConfigError(f"expected FILE.py:FACTORY, got {spec!r}")
+    if not os.path.isfile(path):
+        raise ModelLoadError("no such file", where=path)
+    mod_name = f"_dlac_factory_{abs(hash(os.path.abspath(path)))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise ModelLoadError(f"importing the factory file failed: {type(e).__name__}: {e}",
+                             where=path) from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ModelLoadError(f"no callable named '{name}'", where=path)
+    result = factory()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ModelLoadError(f"'{name}()' must return (module, example_inputs)", where=path)
+    return result
+
+
+def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> ImportedModel:
+    if isinstance(model, ImportedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if path.endswith(".onnx"):
+            from .frontend_onnx import from_onnx
+            return from_onnx(path, input_shapes)
+        if path.endswith(".pt2"):
+            from .frontend_torch import from_pt2
+            return from_pt2(path, input_shapes)
+        if ".py:" in path:
+            module, example = load_factory(path)
+            from .frontend_torch import from_torch
+            return from_torch(module, example, input_shapes)
+        raise ConfigError(f"don't know how to load {path!r}: expected .onnx, .pt2 or FILE.py:FACTORY")
+    type_name = f"{type(model).__module__}.{type(model).__name__}"
+    if type_name.startswith("onnx") and type(model).__name__ == "ModelProto":
+        from .frontend_onnx import from_onnx
+        return from_onnx(model, input_shapes)
+    from .frontend_torch import from_torch
+    if example_inputs is None:
+        raise ConfigError("a torch module needs example_inputs")
+    return from_torch(model, example_inputs, input_shapes)

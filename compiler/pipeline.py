@@ -1,0 +1,187 @@
+"""The dlac pipeline driver: named stages from a model to a partitioned,
+quantized Relax graph.
+
+Stages, in order (each one's module is kept and can be dumped as TVMScript):
+
+``import``        frontend; weights bound as constants, layers named
+``canonicalize``  FoldConstantViews, FoldBatchNorm, CanonicalBias, RemoveDeadTuples
+``quantize``      TernarizeWeights (precision per layer from :class:`QuantConfig`)
+``fold``          FoldScales, MultiplyToAccumulate (+ the accumulate-only check)
+``partition``     PartitionForDlac (dLAC regions vs host ops)
+
+Entry point: :func:`compile_model`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from passes.accumulate import LayerMultiplies, check_accumulate_only, multiplies_report, \
+    multiply_to_accumulate
+from passes.canonical_bias import canonical_bias
+from passes.fold_batchnorm import fold_batchnorm
+from passes.fold_constant_views import fold_constant_views
+from passes.fold_scales import fold_scales
+from passes.layers import find_layers
+from passes.partition import HostOp, partition, regions, unpartition
+from passes.remove_dead_tuples import remove_dead_tuples
+from passes.ternarize import TernarySpec, ternarize_weights
+
+from .atomic import atomic_write_text
+from .config import QuantConfig
+from .errors import ConfigError
+from .loader import load_model
+
+STAGES = ("import", "canonicalize", "quantize", "fold", "partition")
+
+
+@dataclass
+class LayerInfo:
+    name: str              # source name, e.g. "layer1.0.conv1"
+    var: str               # Relax variable name of the weighted op
+    op: str                # "conv2d" or "dense"
+    weight_shape: tuple
+    precision: str         # "fp32" or "ternary"
+    reason: str            # why this precision (default, first layer, override ...)
+
+
+@dataclass
+class CompileResult:
+    stages: dict                      # stage name -> IRModule, in order
+    layers: list[LayerInfo]
+    multiplies: list[LayerMultiplies]
+    host_ops: list[HostOp]
+    regions: list
+    input_names: list[str]
+    input_shapes: dict
+    config: QuantConfig
+    source: str
+    source_hash: str
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def mod(self):
+        """The last stage's module."""
+        return self.stages[next(reversed(self.stages))]
+
+    def reference_module(self, stage: str | None = None):
+        """A module of ``stage`` (default: last) that ``tvm.compile`` accepts."""
+        stage = stage or next(reversed(self.stages))
+        if stage not in self.stages:
+            raise ConfigError(f"stage {stage!r} was not run; have {list(self.stages)}")
+        mod = self.stages[stage]
+        return unpartition(mod) if stage == "partition" else mod
+
+    def totals(self) -> dict:
+        dense = sum(r.dense_macs for r in self.multiplies)
+        replaced = sum(r.replaced for r in self.multiplies)
+        return {"dense_macs": dense, "replaced": replaced,
+                "left": sum(r.left for r in self.multiplies),
+                "replaced_share": replaced / dense if dense else 0.0}
+
+    def layer_table(self) -> str:
+        lines = [f"{'layer':<28} {'op':<7} {'precision':<9} {'why':<14} {'dense MACs':>12} "
+                 f"{'replaced':>12} {'left':>10}"]
+        by_var = {r.name: r for r in self.multiplies}
+        for info in self.layers:
+            r = by_var.get(info.var)
+            lines.append(f"{info.name:<28} {info.op:<7} {info.precision:<9} {info.reason:<14} "
+                         f"{r.dense_macs if r else 0:>12,} {r.replaced if r else 0:>12,} "
+                         f"{r.left if r else 0:>10,}")
+        t = self.totals()
+        lines.append(f"{'total':<28} {'':<7} {'':<9} {'':<14} {t['dense_macs']:>12,} "
+                     f"{t['replaced']:>12,} {t['left']:>10,}   "
+                     f"({100 * t['replaced_share']:.1f}% of multiplies replaced)")
+        return "\n".join(lines)
+
+
+def plan_precisions(layer_names: dict[str, str], mod, config: QuantConfig) -> list[LayerInfo]:
+    layers = find_layers(mod["main"])
+    infos = []
+    for i, layer in enumerate(layers):
+        display = layer_names.get(layer.name, layer.name)
+        prec, why = config.precision_for(display, i, len(layers))
+        infos.append(LayerInfo(display, layer.name, layer.op, tuple(layer.weight.shape), prec, why))
+    return infos
+
+
+def dump_stage(directory: str, index: int, stage: str, mod) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{index:02d}_{stage}.py")
+    atomic_write_text(path, mod.script(show_meta=False))
+    return path
+
+
+def compile_model(model, example_inputs=None, *, config: QuantConfig | None = None,
+                  input_shapes: dict | None = None, dump_ir: str | None = None,
+                  stop_after: str = "partition", progress=None) -> CompileResult:
+    """Import ``model`` and run the stages up to ``stop_after``.
+
+    ``model``: a torch module (with ``example_inputs``), an ONNX ModelProto, or
+    a path (``.onnx``, ``.pt2``, ``file.py:factory``).  ``progress(stage, secs)``
+    is called after each stage.
+    """
+    config = config or QuantConfig()
+    if stop_after not in STAGES:
+        raise ConfigError(f"unknown stage {stop_after!r}; stages are {', '.join(STAGES)}")
+    stages, timings = {}, {}
+    state: dict = {}
+
+    def run(stage, fn):
+        t0 = time.perf_counter()
+        stages[stage] = fn()
+        timings[stage] = time.perf_counter() - t0
+        if dump_ir:
+            dump_stage(dump_ir, len(stages) - 1, stage, stages[stage])
+        if progress:
+            progress(stage, timings[stage])
+        return stage == stop_after
+
+    def do_import():
+        imported = load_model(model, example_inputs, input_shapes)
+        state["imported"] = imported
+        return imported.mod
+
+    def do_canonicalize():
+        mod = stages["import"]
+        for p in (fold_constant_views, fold_batchnorm, canonical_bias, remove_dead_tuples):
+            mod = p(mod)
+        return mod
+
+    def do_quantize():
+        mod = stages["canonicalize"]
+        infos = plan_precisions(state["imported"].layer_names, mod, config)
+        state["layers"] = infos
+        plan = {i.var: TernarySpec(config.granularity, config.threshold_factor)
+                for i in infos if i.precision == "ternary"}
+        return ternarize_weights(mod, plan)
+
+    def do_fold():
+        ternary = {i.var for i in state["layers"] if i.precision == "ternary"}
+        mod = multiply_to_accumulate(fold_scales(stages["quantize"], ternary), ternary)
+        mod = remove_dead_tuples(mod)
+        check_accumulate_only(mod, ternary)
+        return mod
+
+    def do_partition():
+        mod, host = partition(stages["fold"])
+        state["host"] = host
+        return mod
+
+    for stage, fn in zip(STAGES, (do_import, do_canonicalize, do_quantize, do_fold, do_partition)):
+        if run(stage, fn):
+            break
+
+    imported = state["imported"]
+    infos = state.get("layers") or plan_precisions(imported.layer_names, stages[list(stages)[-1]],
+                                                   QuantConfig.full_precision())
+    precisions = {i.var: i.precision for i in infos}
+    last = stages[list(stages)[-1]]
+    mults = multiplies_report(stages["fold"] if "fold" in stages else last,
+                              precisions if "fold" in stages else {})
+    return CompileResult(stages, infos, mults, state.get("host", []),
+                         regions(last) if "partition" in stages else [], imported.input_names,
+                         imported.input_shapes, config, imported.source, imported.source_hash,
+                         timings)

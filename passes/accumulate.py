@@ -1,0 +1,104 @@
+"""MultiplyToAccumulate: hold ternary weights as int8 signs, so the layer is an
+accumulation; plus the check and the multiplies report.
+
+Rewrites ``conv2d(x, t)`` / ``matmul(x, t)`` of each ternary layer, where
+``t`` is a float constant with values in {-1, 0, +1} (after FoldScales), into
+the same op on an **int8** sign constant with ``out_dtype`` float32: every
+product ``x * t`` is ``+x``, ``-x`` or skipped, i.e. an add, a subtract or
+nothing.  The only multiply left in the layer is the per-channel epilogue
+scale, one per output element.
+
+Legal when the weight values are exactly -1, 0 or +1 (checked; anything else
+raises ``QuantizationError``).  ``check_accumulate_only`` verifies the result
+independently: no ternary layer multiplies by a non-sign weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import numpy as np
+from tvm import relax
+
+from compiler.errors import QuantizationError
+
+from .ir_util import dtype_of, make_const, map_functions, shape_of
+from .layers import find_layers, rebuild
+
+
+@dataclass
+class LayerMultiplies:
+    name: str
+    op: str
+    precision: str
+    dense_macs: int          # weight multiplies of the float layer
+    replaced: int            # of those, turned into add/sub (non-zero t) or skipped (zero t)
+    accumulations: int       # non-zero weights x output positions: adds/subtracts issued
+    left: int                # multiplies still executed (dense MACs, or one scale per output)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_sign(w: np.ndarray) -> bool:
+    return bool(np.all(np.isin(w, (-1, 0, 1))))
+
+
+def multiply_to_accumulate(mod, ternary: set[str] | frozenset = frozenset()):
+    def per_func(func):
+        layers = {l.var: l for l in find_layers(func) if l.name in ternary}
+        if not layers:
+            return func
+
+        @relax.expr_functor.mutator
+        class _Acc(relax.PyExprMutator):
+            def visit_var_binding_(self, binding):
+                layer = layers.get(binding.var)
+                if layer is None:
+                    return super().visit_var_binding_(binding)
+                w = layer.weight
+                if not _is_sign(w):
+                    raise QuantizationError("weights are not in {-1, 0, +1}; run TernarizeWeights "
+                                            "and FoldScales first", where=f"layer {layer.name}")
+                call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
+                               make_const(w.astype(np.int8), "int8"), out_dtype=dtype_of(layer.call))
+                new = self.builder_.emit(call, name_hint=layer.name)
+                self.set_var_remap(binding.var, new)
+
+        return _Acc(mod).visit_expr(func)
+
+    return map_functions(mod, per_func)
+
+
+def check_accumulate_only(mod, ternary) -> None:
+    """Raise unless every ternary layer multiplies only by int8 signs."""
+    found = set()
+    for _, func in ((gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)):
+        for layer in find_layers(func):
+            if layer.name not in ternary:
+                continue
+            found.add(layer.name)
+            if dtype_of(layer.call.args[1]) != "int8" or not _is_sign(layer.weight):
+                raise QuantizationError("a multiplication by a weight remains (weight is "
+                                        f"{dtype_of(layer.call.args[1])}, not int8 signs)",
+                                        where=f"layer {layer.name}")
+    missing = set(ternary) - found
+    if missing:
+        raise QuantizationError(f"ternary layers not found in the graph: {sorted(missing)}")
+
+
+def multiplies_report(mod, precisions: dict[str, str]) -> list[LayerMultiplies]:
+    """Per-layer multiplies replaced / left; ``precisions`` maps layer name -> precision."""
+    rows = []
+    for _, func in ((gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)):
+        for layer in find_layers(func):
+            prec = precisions.get(layer.name, "fp32")
+            dense = layer.dense_macs()
+            if prec == "ternary":
+                w = layer.weight
+                issued = dense // w.size * int(np.count_nonzero(w))   # non-zeros x output positions
+                out_elems = int(np.prod(shape_of(layer.call)))
+                rows.append(LayerMultiplies(layer.name, layer.op, prec, dense, dense, issued, out_elems))
+            else:
+                rows.append(LayerMultiplies(layer.name, layer.op, prec, dense, 0, 0, dense))
+    return rows

@@ -1,0 +1,87 @@
+"""CanonicalBias: give every layer exactly one bias add, in one form.
+
+Rewrites each layer ``L`` (conv2d / dense with a constant weight) so that it is
+followed by ``add(L, b)`` where ``b`` is a constant of shape ``(1, C, 1, 1)``
+(conv2d) or ``(1, N)`` (dense), the layer output first.  An existing add of a
+per-channel or scalar constant (either operand order, any broadcast-equivalent
+shape such as ONNX's ``(C, 1, 1)``) becomes that form; a layer without one
+gets a zero bias.
+
+Legal: the add is value-preserving (a broadcast constant is reshaped to an
+equivalent shape; a zero bias adds 0.0).  A constant add that is not
+per-channel (it varies along another axis) is left alone and a zero bias is
+inserted before it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from .ir_util import binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+    module_pass, shape_of, use_counts
+from .layers import channel_shape, layer_op, per_channel_vector
+
+
+def _plan(func):
+    """``(existing, missing)``: bias-add binding var -> (layer var, bias vector); layers lacking one."""
+    values, uses = binding_map(func), use_counts(func)
+    existing, missing = {}, {}
+    users: dict = {}
+    for var, value in values.items():
+        if is_call(value, "relax.add"):
+            for arg in value.args:
+                users.setdefault(arg, []).append(var)
+    for var, value in values.items():
+        op = layer_op(value)
+        if not op:
+            continue
+        out_shape = shape_of(value)
+        channels = out_shape[1] if op == "conv2d" else out_shape[-1]
+        vector = None
+        if uses[var] == 1 and len(users.get(var, [])) == 1:
+            add_var = users[var][0]
+            a, b = values[add_var].args
+            other = b if a.same_as(var) else a
+            if is_const(other) and dtype_of(other) == dtype_of(value):
+                vector = per_channel_vector(const_np(other), out_shape, channels)
+                if op == "dense" and vector is not None and len(out_shape) != 2:
+                    vector = None
+            if vector is not None:
+                existing[add_var] = (var, vector)
+        if vector is None:
+            missing[var] = channels
+    return existing, missing
+
+
+def _canon_func(mod, func):
+    existing, missing = _plan(func)
+
+    @relax.expr_functor.mutator
+    class _Canon(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if binding.var in existing:
+                layer_var, vec = existing[binding.var]
+                x = self.visit_expr(layer_var)
+                bias = make_const(vec.reshape(channel_shape(len(shape_of(layer_var)), vec.size)),
+                                  dtype_of(layer_var))
+                new = self.builder_.emit(relax.op.add(x, bias), name_hint=binding.var.name)
+                self.set_var_remap(binding.var, new)
+                return
+            super().visit_var_binding_(binding)
+            if binding.var in missing:
+                rank = len(shape_of(binding.var))
+                zero = make_const(np.zeros(channel_shape(rank, missing[binding.var]), np.float64),
+                                  dtype_of(binding.var))
+                acc = self.visit_expr(binding.var)
+                biased = self.builder_.emit(relax.op.add(acc, zero), name_hint=binding.var.name + "_bias")
+                self.set_var_remap(binding.var, biased)
+
+    return _Canon(mod).visit_expr(func)
+
+
+def canonical_bias(mod):
+    return map_functions(mod, lambda f: _canon_func(mod, f))
+
+
+CanonicalBias = module_pass("dlac.CanonicalBias")(canonical_bias)

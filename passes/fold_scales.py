@@ -1,0 +1,138 @@
+"""FoldScales: one per-channel epilogue per layer.
+
+Rewrites, for every layer ``L`` followed by its canonical bias add and any
+chain of per-channel constant ``multiply`` / ``add`` ops (e.g. an unfused
+batch-norm imported as Mul + Add), the whole chain into a single epilogue:
+
+* ternary layers (weights ``alpha * t`` from TernarizeWeights):
+  ``acc = conv2d(x, t)`` then ``y = acc * scale + bias`` with
+  ``scale = alpha * m`` and ``bias = b * m + c`` (``m``/``c`` the composed
+  chain), so the ternary scale, the bias and any batch-norm left over become
+  one multiply-add per output channel after an accumulation over signs;
+* full-precision layers: the chain's scale goes into the weights
+  (``W * m``) and the epilogue is ``y = acc + bias``.
+
+Legal when each link of the chain has no other user (the intermediate values
+are not needed) and each constant is per-channel along axis 1; ternary
+weights must hold one magnitude per output channel (exact split, checked).
+Requires CanonicalBias (every layer has its bias add).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from compiler.errors import QuantizationError
+
+from .ir_util import binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+    module_pass, shape_of, use_counts
+from .layers import channel_shape, find_layers, per_channel_vector, rebuild
+from .twn import split_ternary
+
+
+def _chain(layer, values, uses, users):
+    """Bias add and following per-channel affine ops of ``layer``: (vars, scale, bias)."""
+    out_shape = shape_of(layer.call)
+    channels = out_shape[1]
+    scale = np.ones(channels)
+    bias = np.zeros(channels)
+    chain, end = [], layer.var
+    first = True
+    while uses[end] == 1 and len(users.get(end, [])) == 1:
+        nxt = users[end][0]
+        value = values[nxt]
+        if not is_call(value, "relax.add", "relax.multiply"):
+            break
+        a, b = value.args
+        const = b if a.same_as(end) else a
+        if not is_const(const):
+            break
+        vec = per_channel_vector(const_np(const), out_shape, channels)
+        if vec is None or shape_of(nxt) != out_shape:
+            break
+        if is_call(value, "relax.add"):
+            bias = bias + vec
+        else:
+            if first:
+                break          # the canonical bias add comes first
+            scale, bias = scale * vec, bias * vec
+        first = False
+        chain.append(nxt)
+        end = nxt
+    if not chain:
+        raise QuantizationError("layer has no bias add; run CanonicalBias before FoldScales",
+                                where=f"layer {layer.name}")
+    return chain, scale, bias
+
+
+def _fold_func(mod, func, ternary: set[str]):
+    values, uses = binding_map(func), use_counts(func)
+    users: dict = {}
+    for var, value in values.items():
+        if isinstance(value, relax.Call):
+            for arg in value.args:
+                users.setdefault(arg, []).append(var)
+    plans, skip = {}, set()
+    for layer in find_layers(func):
+        chain, scale, bias = _chain(layer, values, uses, users)
+        plans[layer.var] = (layer, chain[-1], scale, bias)
+        skip.update(chain)
+    ends = {end: lv for lv, (_, end, _, _) in plans.items()}
+
+    @relax.expr_functor.mutator
+    class _Fold(relax.PyExprMutator):
+        acc: dict = {}
+
+        def visit_var_binding_(self, binding):
+            var = binding.var
+            if var in plans:
+                return self._layer(binding)
+            if var in ends:
+                return self._epilogue(binding, plans[ends[var]])
+            if var in skip:
+                return None
+            return super().visit_var_binding_(binding)
+
+        def _layer(self, binding):
+            layer, _, scale, bias = plans[binding.var]
+            w = layer.weight
+            if layer.name in ternary:
+                split = split_ternary(w, layer.out_axis)
+                if split is None:
+                    raise QuantizationError("weights are not ternary with one scale per output "
+                                            "channel", where=f"layer {layer.name}")
+                t, alpha = split
+                new_w, ep_scale = t.astype(np.float32), alpha.astype(np.float64) * scale
+            else:
+                shape = [1] * w.ndim
+                shape[layer.out_axis] = -1
+                new_w, ep_scale = (w.astype(np.float64) * scale.reshape(shape)), None
+            call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
+                           make_const(new_w, dtype_of(layer.call.args[1])))
+            new = self.builder_.emit(call, name_hint=layer.name)
+            self.set_var_remap(binding.var, new)
+            self.acc[layer.name] = ep_scale
+
+        def _epilogue(self, binding, plan):
+            layer, _, _, bias = plan
+            acc = self.visit_expr(layer.var)
+            rank = len(shape_of(layer.call))
+            dt = dtype_of(layer.call)
+            ep_scale = self.acc[layer.name]
+            y = acc
+            if ep_scale is not None:
+                y = relax.op.multiply(y, make_const(ep_scale.reshape(channel_shape(rank, ep_scale.size)), dt))
+            y = relax.op.add(y, make_const(bias.reshape(channel_shape(rank, bias.size)), dt))
+            new = self.builder_.emit(y, name_hint=binding.var.name)
+            self.set_var_remap(binding.var, new)
+
+    return _Fold(mod).visit_expr(func)
+
+
+def fold_scales(mod, ternary: set[str] | frozenset = frozenset()):
+    """``ternary``: names of the layers TernarizeWeights quantized."""
+    return map_functions(mod, lambda f: _fold_func(mod, f, set(ternary)))
+
+
+FoldScales = module_pass("dlac.FoldScales")(fold_scales)

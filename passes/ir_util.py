@@ -1,0 +1,179 @@
+"""Small helpers over the TVM 0.27 Relax API, in one place.
+
+TVM 0.27 renamed much of what older docs show (StructInfo -> ``.ty``,
+``relax.Constant`` -> ``tvm.ir.GenericConst``, ``name_hint`` -> ``name``); the
+passes use these helpers instead of touching the renamed API directly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax
+
+GenericConst = tvm.ir.GenericConst
+IntImm = tvm.ir.prim.expr.IntImm
+
+
+def op_name(expr) -> str | None:
+    """``'relax.nn.conv2d'`` for a call to a Relax op, else ``None``."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None
+
+
+def is_call(expr, *names: str) -> bool:
+    return op_name(expr) in names
+
+
+def is_const(expr) -> bool:
+    return isinstance(expr, GenericConst)
+
+
+def const_np(expr) -> np.ndarray:
+    """NumPy value of a constant."""
+    return expr.value.numpy()
+
+
+def make_const(value, dtype: str) -> relax.Expr:
+    """A Relax constant with an explicit dtype (``relax.const`` narrows int64/float64)."""
+    return relax.const(np.ascontiguousarray(np.asarray(value, dtype=dtype)), dtype)
+
+
+def shape_of(expr) -> tuple[int, ...] | None:
+    """Static shape of a tensor-typed expression, ``None`` when not static."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return tuple(int(s) for s in ty.shape.values)
+    except (TypeError, AttributeError):
+        return None
+
+
+def dtype_of(expr) -> str:
+    return str(expr.ty.dtype.dtype)
+
+
+def attrs_to_dict(attrs) -> dict:
+    """Op attributes as a plain dict (0.27 attrs have no ``.keys()``)."""
+    if attrs is None:
+        return {}
+    out = {}
+    for f in type(attrs).__tvm_ffi_type_info__.fields:
+        v = getattr(attrs, f.name)
+        if isinstance(v, (tvm_ffi.Array, list, tuple)):
+            v = [int(e) if isinstance(e, IntImm) else e for e in v]
+        elif isinstance(v, IntImm):
+            v = int(v)
+        out[f.name] = v
+    return out
+
+
+def ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+def iter_bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
+    """Every binding of a function body, in order (which is topological)."""
+    body = func.body
+    if isinstance(body, relax.SeqExpr):
+        for block in body.blocks:
+            yield from block.bindings
+
+
+def relax_functions(mod: tvm.IRModule):
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            yield gv, func
+
+
+def op_histogram(mod: tvm.IRModule) -> Counter:
+    """Count of Relax op calls over every function of ``mod`` (local functions included)."""
+    counts: Counter = Counter()
+
+    @relax.expr_functor.visitor
+    class _Counter(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            name = op_name(call)
+            if name:
+                counts[name.replace("relax.", "")] += 1
+            super().visit_call_(call)
+
+    visitor = _Counter()
+    for _, func in relax_functions(mod):
+        visitor.visit_expr(func)
+    return counts
+
+
+def apply_mutator(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
+    """Run a ``PyExprMutator`` over every Relax function of ``mod``.
+
+    ``make_mutator(mod)`` builds the mutator; the input module is not changed.
+    """
+    mutator = make_mutator(mod)
+    for gv, func in relax_functions(mod):
+        new_func = mutator.visit_expr(func)
+        mutator.builder_.update_func(gv, new_func)
+    return mutator.builder_.get()
+
+
+def rename_var(var: relax.Var, name: str) -> relax.Var:
+    """A fresh variable of the same kind and type as ``var`` with a new name."""
+    cls = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
+    return cls(name, var.ty)
+
+
+def cleanup(mod: tvm.IRModule) -> tvm.IRModule:
+    """Drop alias and dead bindings (CanonicalizeBindings + DeadCodeElimination)."""
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def binding_map(func: relax.Function) -> dict:
+    """``{var: bound value}`` for every binding of ``func``."""
+    return {b.var: b.value for b in iter_bindings(func)}
+
+
+def use_counts(func: relax.Function) -> Counter:
+    """How many times each variable is referenced in ``func`` (output included)."""
+    counts: Counter = Counter()
+
+    @relax.expr_functor.visitor
+    class _Uses(relax.PyExprVisitor):
+        def visit_var_(self, var):
+            counts[var] += 1
+
+        def visit_dataflow_var_(self, var):
+            counts[var] += 1
+
+    _Uses().visit_expr(func)
+    return counts
+
+
+def module_pass(name: str):
+    """Make a TVM module pass named ``name`` from a pure ``fn(mod) -> mod``.
+
+    The result composes with ``tvm.transform.Sequential``; ``fn`` must not
+    change its input module (mutator-based passes build a new one).
+    """
+    def wrap(fn):
+        def _transform(mod, ctx):
+            return fn(mod)
+        p = tvm.ir.transform.module_pass(_transform, opt_level=0, name=name)
+        return p
+    return wrap
+
+
+def map_functions(mod: tvm.IRModule, fn) -> tvm.IRModule:
+    """A copy of ``mod`` with ``fn(func)`` applied to each non-composite Relax function."""
+    out = mod.clone()
+    for gv, func in list(relax_functions(mod)):
+        if func.attrs is not None and "Composite" in func.attrs:
+            continue
+        out[gv] = fn(func)
+    return out

@@ -1,0 +1,180 @@
+"""PartitionForDlac: group what dLAC executes into regions; the rest is host.
+
+Rewrites the graph with Relax's pattern partitioning (``FuseOpsByPattern``
+then ``MergeCompositeFunctions``): each match becomes a composite function
+``dlac.<pattern>`` and adjacent composites merge into region functions with
+``Codegen = "dlac"``.  Patterns, most specific first:
+
+* a layer (conv2d or dense with a constant weight) with its epilogue
+  (``acc * scale + bias`` or ``acc + bias``), optionally a residual add, and
+  optionally ReLU or clip: ``dlac.conv2d[_residual][_relu|_clip]``,
+  ``dlac.dense[_relu|_clip]``;
+* pooling: ``dlac.max_pool2d``, ``dlac.avg_pool2d``, ``dlac.global_avg_pool``
+  (mean over H, W or adaptive average pool to 1x1);
+* element-wise: ``dlac.add[_relu]`` of two same-shape tensors, ``dlac.relu``;
+* views: ``dlac.reshape`` (flatten/reshape are address views on dLAC).
+
+Each composite that holds a layer gets the attribute ``dlac.layer`` (its
+name), so later stages can find per-layer data.  Legal: partitioning moves
+computation into functions without changing it (``unpartition`` undoes it
+for the TVM CPU reference).  Conv2d is placed on dLAC only for NCHW/OIHW,
+dilation 1 and groups 1 or depthwise; anything else stays on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.transform import FusionPattern, FuseOpsByPattern, MergeCompositeFunctions
+
+from .ir_util import attrs_to_dict, ints, iter_bindings, op_name, relax_functions, shape_of
+from .layers import find_layers
+
+
+def _epilogue(acc):
+    scaled = is_op("relax.multiply")(acc, is_const())
+    return is_op("relax.add")(scaled | acc, is_const())
+
+
+def _conv_ok(ctx) -> bool:
+    conv = ctx.annotated_expr["layer"]
+    a = attrs_to_dict(conv.attrs)
+    if a["data_layout"] != "NCHW" or a["kernel_layout"] != "OIHW" or ints(a["dilation"]) != [1, 1]:
+        return False
+    groups = int(a["groups"])
+    cin = shape_of(conv.args[0])[1]
+    cout = shape_of(conv)[1]
+    return groups == 1 or (groups == cin == cout)
+
+
+def _dense_ok(ctx) -> bool:
+    return len(shape_of(ctx.annotated_expr["layer"].args[0])) == 2
+
+
+def _same_shape_add(ctx) -> bool:
+    add = ctx.annotated_expr["add"]
+    a, b = add.args
+    return shape_of(a) is not None and shape_of(a) == shape_of(b)
+
+
+def _global_pool(ctx) -> bool:
+    call = ctx.annotated_expr["pool"]
+    if op_name(call) == "relax.mean":
+        axes = sorted(int(x) % 4 for x in attrs_to_dict(call.attrs)["axis"])
+        return len(shape_of(call.args[0])) == 4 and axes == [2, 3]
+    return ints(attrs_to_dict(call.attrs).get("output_size") or [1, 1]) == [1, 1]
+
+
+def patterns() -> list[FusionPattern]:
+    pats = []
+    for kind, layer_pat, ok in (
+        ("conv2d", is_op("relax.nn.conv2d")(wildcard(), is_const()), _conv_ok),
+        ("dense", is_op("relax.matmul")(wildcard(), is_const()), _dense_ok),
+    ):
+        ep = _epilogue(layer_pat)
+        residual = is_op("relax.add")(ep, wildcard())
+        variants = []
+        if kind == "conv2d":
+            variants += [("_residual_relu", is_op("relax.nn.relu")(residual)), ("_residual", residual)]
+        variants += [("_relu", is_op("relax.nn.relu")(ep)),
+                     ("_clip", is_op("relax.clip")(ep, wildcard(), wildcard())),
+                     ("", ep)]
+        for suffix, pat in variants:
+            pats.append(FusionPattern(f"dlac.{kind}{suffix}", pat, {"layer": layer_pat}, ok))
+    x, y = wildcard(), wildcard()
+    add = is_op("relax.add")(x, y)
+    mean = is_op("relax.mean")(wildcard())
+    adaptive = is_op("relax.nn.adaptive_avg_pool2d")(wildcard())
+    pats += [
+        FusionPattern("dlac.max_pool2d", is_op("relax.nn.max_pool2d")(wildcard()), {}),
+        FusionPattern("dlac.avg_pool2d", is_op("relax.nn.avg_pool2d")(wildcard()), {}),
+        FusionPattern("dlac.global_avg_pool", mean, {"pool": mean}, _global_pool),
+        FusionPattern("dlac.global_avg_pool", adaptive, {"pool": adaptive}, _global_pool),
+        FusionPattern("dlac.add_relu", is_op("relax.nn.relu")(add), {"add": add}, _same_shape_add),
+        FusionPattern("dlac.add", add, {"add": add}, _same_shape_add),
+        FusionPattern("dlac.relu", is_op("relax.nn.relu")(wildcard()), {}),
+        FusionPattern("dlac.reshape", is_op("relax.reshape")(wildcard(), wildcard()), {}),
+    ]
+    return pats
+
+
+def _tag_layers(mod: tvm.IRModule, weight_owner: dict) -> tvm.IRModule:
+    """Add ``dlac.layer`` to every composite function that holds a layer's weight."""
+    out = mod.clone()
+    for gv, region in relax_functions(mod):
+        if region.attrs is None or "Codegen" not in region.attrs:
+            continue
+
+        @relax.expr_functor.mutator
+        class _Tag(relax.PyExprMutator):
+            def visit_function_(self, func):
+                func = super().visit_function_(func)
+                if func.attrs is not None and "Composite" in func.attrs:
+                    for layer in find_layers(func):
+                        name = weight_owner.get(layer.call.args[1])
+                        if name:
+                            func = func.with_attr("dlac.layer", name)
+                return func
+
+        out[gv] = _Tag(mod).visit_expr(region)
+    return out
+
+
+@dataclass
+class HostOp:
+    op: str
+    var: str
+    shape: tuple | None
+
+
+def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[HostOp]]:
+    """Partition ``mod``; returns the module and the ops left on the host."""
+    owners = {}
+    for _, func in relax_functions(mod):
+        for layer in find_layers(func):
+            owners[layer.call.args[1]] = layer.name
+    part = FuseOpsByPattern(patterns(), bind_constants=True)(mod)
+    part = MergeCompositeFunctions()(part)
+    part = _tag_layers(part, owners)
+    return part, host_ops(part)
+
+
+def host_ops(mod: tvm.IRModule) -> list[HostOp]:
+    """Op calls in ``main`` that are not inside a dLAC region."""
+    out = []
+    for b in iter_bindings(mod["main"]):
+        name = op_name(b.value)
+        if name is not None:
+            out.append(HostOp(name.removeprefix("relax."), b.var.name, shape_of(b.var)))
+    return out
+
+
+def regions(mod: tvm.IRModule) -> list[tuple[str, list[str]]]:
+    """``[(region name, [composite names])]`` of a partitioned module."""
+    out = []
+    for gv, func in relax_functions(mod):
+        if func.attrs is None or "Codegen" not in func.attrs:
+            continue
+        comps = []
+        for b in iter_bindings(func):
+            if isinstance(b.value, relax.Function) and "Composite" in b.value.attrs:
+                comps.append(str(b.value.attrs["Composite"]))
+        out.append((gv.name_hint, comps))
+    return out
+
+
+def unpartition(mod: tvm.IRModule) -> tvm.IRModule:
+    """Make a partitioned module buildable by ``tvm.compile`` for the CPU reference:
+    region functions lose their ``Codegen`` attribute and local composite functions
+    are lifted to module level (same computation, run by TVM on the host)."""
+    out = tvm.IRModule({}, attrs=mod.attrs)
+    changed = False
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and func.attrs is not None and "Codegen" in func.attrs:
+            func = func.without_attr("Codegen")
+            changed = True
+        out[gv] = func
+    return relax.transform.LambdaLift()(out) if changed else mod

@@ -1,0 +1,58 @@
+"""TernarizeWeights: replace each selected layer's weights by TWN ternary weights.
+
+Rewrites ``conv2d(x, W)`` / ``matmul(x, W)`` of every layer named in the plan
+to use ``alpha * t`` (see :mod:`passes.twn`): fake-quantized float weights,
+``t`` in {-1, 0, +1}, ``alpha`` one per output filter or one per layer.  The
+graph's values are those of the ternary network; the fold stage then splits
+``alpha`` out into the epilogue (FoldScales) and holds ``t`` as int8
+(MultiplyToAccumulate).
+
+Legal for any layer: it is the quantization itself (values change by design).
+Runs after FoldBatchNorm, so the ternarized weights are the BN-folded ones
+(standard post-training order).  With per-filter scales this equals
+ternarizing the raw weights and folding BN into the epilogue: BN scales a
+filter by one factor, which scales TWN's threshold and alpha alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import relax
+
+from .ir_util import make_const, map_functions
+from .layers import find_layers
+from .twn import dequantize, ternarize
+
+
+@dataclass(frozen=True)
+class TernarySpec:
+    granularity: str = "filter"
+    factor: float = 0.7
+
+
+def ternarize_weights(mod, plan: dict[str, TernarySpec]):
+    """``plan`` maps layer (variable) names to their ternary spec; others are kept."""
+
+    def per_func(func):
+        layers = {l.var: l for l in find_layers(func) if l.name in plan}
+        if not layers:
+            return func
+
+        @relax.expr_functor.mutator
+        class _Ternarize(relax.PyExprMutator):
+            def visit_var_binding_(self, binding):
+                layer = layers.get(binding.var)
+                if layer is None:
+                    return super().visit_var_binding_(binding)
+                spec = plan[layer.name]
+                t, alpha = ternarize(layer.weight, layer.out_axis, spec.granularity, spec.factor)
+                wq = dequantize(t, alpha, layer.out_axis)
+                call = relax.Call(layer.call.op, [self.visit_expr(layer.call.args[0]),
+                                                  make_const(wq, "float32")], layer.call.attrs)
+                new = self.builder_.emit(call, name_hint=layer.name)
+                self.set_var_remap(binding.var, new)
+
+        return _Ternarize(mod).visit_expr(func)
+
+    return map_functions(mod, per_func)
