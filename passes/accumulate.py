@@ -22,7 +22,7 @@ from tvm import relax
 
 from compiler.errors import QuantizationError
 
-from .ir_util import dtype_of, make_const, map_functions, shape_of
+from .ir_util import emit_like, dtype_of, make_const, map_functions, shape_of
 from .layers import find_layers, rebuild
 
 
@@ -62,7 +62,7 @@ def multiply_to_accumulate(mod, ternary: set[str] | frozenset = frozenset()):
                                             "and FoldScales first", where=f"layer {layer.name}")
                 call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
                                make_const(w.astype(np.int8), "int8"), out_dtype=dtype_of(layer.call))
-                new = self.builder_.emit(call, name_hint=layer.name)
+                new = emit_like(self.builder_, binding.var, call, layer.name)
                 self.set_var_remap(binding.var, new)
 
         return _Acc(mod).visit_expr(func)

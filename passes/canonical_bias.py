@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .ir_util import binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from .ir_util import emit_like, binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
 from .layers import channel_shape, layer_op, per_channel_vector
 
@@ -65,7 +65,7 @@ def _canon_func(mod, func):
                 x = self.visit_expr(layer_var)
                 bias = make_const(vec.reshape(channel_shape(len(shape_of(layer_var)), vec.size)),
                                   dtype_of(layer_var))
-                new = self.builder_.emit(relax.op.add(x, bias), name_hint=binding.var.name)
+                new = emit_like(self.builder_, binding.var, relax.op.add(x, bias))
                 self.set_var_remap(binding.var, new)
                 return
             super().visit_var_binding_(binding)
@@ -74,7 +74,8 @@ def _canon_func(mod, func):
                 zero = make_const(np.zeros(channel_shape(rank, missing[binding.var]), np.float64),
                                   dtype_of(binding.var))
                 acc = self.visit_expr(binding.var)
-                biased = self.builder_.emit(relax.op.add(acc, zero), name_hint=binding.var.name + "_bias")
+                biased = emit_like(self.builder_, binding.var, relax.op.add(acc, zero),
+                                   binding.var.name + "_bias")
                 self.set_var_remap(binding.var, biased)
 
     return _Canon(mod).visit_expr(func)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .ir_util import attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
+from .ir_util import emit_like, attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
     map_functions, module_pass, shape_of, use_counts
 from .layers import channel_shape, layer_op
 
@@ -77,7 +77,7 @@ def _fold_func(mod, func):
             return super().visit_var_binding_(binding)
 
         def _emit_as(self, binding, expr):
-            new = self.builder_.emit(expr, name_hint=binding.var.name)
+            new = emit_like(self.builder_, binding.var, expr)
             self.set_var_remap(binding.var, new)
 
         def _fold(self, binding):
@@ -92,7 +92,7 @@ def _fold_func(mod, func):
             b = t if bias is None else (const_np(bias).astype(np.float64).reshape(-1) * s + t)
             new_call = relax.Call(call.op, [self.visit_expr(call.args[0]), make_const(w, dtype)],
                                   call.attrs)
-            acc = self.builder_.emit(new_call, name_hint=layer_var.name)
+            acc = emit_like(self.builder_, layer_var, new_call)
             rank = len(shape_of(call))
             self._emit_as(binding, relax.op.add(acc, make_const(b.reshape(channel_shape(rank, b.size)),
                                                                   dtype_of(call))))

@@ -25,7 +25,7 @@ from tvm import relax
 
 from compiler.errors import QuantizationError
 
-from .ir_util import binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from .ir_util import emit_like, binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
 from .layers import channel_shape, find_layers, per_channel_vector, rebuild
 from .twn import split_ternary
@@ -110,7 +110,7 @@ def _fold_func(mod, func, ternary: set[str]):
                 new_w, ep_scale = (w.astype(np.float64) * scale.reshape(shape)), None
             call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
                            make_const(new_w, dtype_of(layer.call.args[1])))
-            new = self.builder_.emit(call, name_hint=layer.name)
+            new = emit_like(self.builder_, binding.var, call, layer.name)
             self.set_var_remap(binding.var, new)
             self.acc[layer.name] = ep_scale
 
@@ -124,7 +124,7 @@ def _fold_func(mod, func, ternary: set[str]):
             if ep_scale is not None:
                 y = relax.op.multiply(y, make_const(ep_scale.reshape(channel_shape(rank, ep_scale.size)), dt))
             y = relax.op.add(y, make_const(bias.reshape(channel_shape(rank, bias.size)), dt))
-            new = self.builder_.emit(y, name_hint=binding.var.name)
+            new = emit_like(self.builder_, binding.var, y)
             self.set_var_remap(binding.var, new)
 
     return _Fold(mod).visit_expr(func)

@@ -177,3 +177,16 @@ def map_functions(mod: tvm.IRModule, fn) -> tvm.IRModule:
             continue
         out[gv] = fn(func)
     return out
+
+
+def emit_like(builder, var: relax.Var, expr, name: str | None = None) -> relax.Var:
+    """Emit ``expr`` as a binding of the same kind as ``var``.
+
+    Inside a dataflow block a plain ``Var`` is a block output (the function's
+    result); re-emitting it as a ``DataflowVar`` would leave the function
+    returning a variable that no longer exists outside the block.
+    """
+    name = name or var.name
+    if isinstance(var, relax.DataflowVar) or not builder.current_block_is_dataflow():
+        return builder.emit(expr, name_hint=name)
+    return builder.emit_output(expr, name_hint=name)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tvm import relax
 
-from .ir_util import make_const, map_functions
+from .ir_util import emit_like, make_const, map_functions
 from .layers import find_layers
 from .twn import dequantize, ternarize
 
@@ -50,7 +50,7 @@ def ternarize_weights(mod, plan: dict[str, TernarySpec]):
                 wq = dequantize(t, alpha, layer.out_axis)
                 call = relax.Call(layer.call.op, [self.visit_expr(layer.call.args[0]),
                                                   make_const(wq, "float32")], layer.call.attrs)
-                new = self.builder_.emit(call, name_hint=layer.name)
+                new = emit_like(self.builder_, binding.var, call, layer.name)
                 self.set_var_remap(binding.var, new)
 
         return _Ternarize(mod).visit_expr(func)
