@@ -48,34 +48,60 @@ def parse_shape(spec) -> tuple[int, ...]:
     return dims
 
 
-def resolve_shapes(mod: tvm.IRModule, input_shapes: dict) -> tvm.IRModule:
-    """Bind symbolic input dimensions to the given shapes, or refuse clearly."""
+def match_shapes(given: dict | None, declared: dict[str, list | None]) -> dict[str, tuple[int, ...]]:
+    """Check user-given input shapes against the model's declared ones.
+
+    ``declared`` maps each input to its dims: ints for static dimensions,
+    anything else (a name, a symbolic variable) for dynamic ones; ``None`` when
+    the rank is unknown.  Returns the full static shape of every input.
+    """
+    given = {name: parse_shape(shape) for name, shape in (given or {}).items()}
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ConfigError(f"input shape given for unknown input(s) {', '.join(repr(u) for u in unknown)}; "
+                          f"the model's inputs are {sorted(declared)}")
+    shapes = {}
+    for name, dims in declared.items():
+        if name not in given:
+            if dims is None or not all(isinstance(d, int) for d in dims):
+                raise DynamicShapeError(name, "[" + ", ".join(str(d) for d in dims or ["?"]) + "]")
+            shapes[name] = tuple(dims)
+            continue
+        g = given[name]
+        if dims is not None:
+            if len(dims) != len(g):
+                raise ConfigError(f"input '{name}': given shape {g} has rank {len(g)}, the model's "
+                                  f"input has rank {len(dims)}")
+            for axis, (d, gv) in enumerate(zip(dims, g)):
+                if isinstance(d, int) and d != gv:
+                    raise ConfigError(f"input '{name}': given shape {g} conflicts with the model's "
+                                      f"static dimension {d} at axis {axis}")
+        shapes[name] = g
+    return shapes
+
+
+def resolve_shapes(mod: tvm.IRModule, input_shapes: dict | None) -> tvm.IRModule:
+    """Bind symbolic input dimensions of ``main`` to the given shapes, or refuse clearly."""
     main = mod["main"]
     num_input = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else len(main.params)
-    bindings: dict = {}
+    declared, symbolic = {}, {}
     for p in main.params[:num_input]:
         ty = p.ty
         if not isinstance(ty, relax.TensorType):
             continue
         dims = list(ty.shape.values) if ty.shape is not None else None
-        static = dims is not None and all(isinstance(d, IntImm) for d in dims)
-        if static:
-            continue
-        if p.name not in input_shapes:
-            raise DynamicShapeError(p.name, "[" + ", ".join(str(d) for d in dims or ["?"]) + "]")
-        given = input_shapes[p.name]
-        if dims is None or len(dims) != len(given):
-            raise ConfigError(f"input '{p.name}' has rank {len(dims) if dims else '?'}, "
-                              f"but the given shape {given} has rank {len(given)}")
-        for d, g in zip(dims, given):
-            if isinstance(d, IntImm):
-                if int(d) != g:
-                    raise ConfigError(f"input '{p.name}': given shape {given} conflicts with "
-                                      f"the model's static dimension {int(d)}")
-            else:
-                bindings[d] = g
+        declared[p.name] = None if dims is None else [int(d) if isinstance(d, IntImm) else d for d in dims]
+        symbolic[p.name] = dims
+    shapes = match_shapes(input_shapes, declared)
+    bindings = {}
+    for name, dims in symbolic.items():
+        for d, value in zip(dims or [], shapes[name]):
+            if not isinstance(d, IntImm):
+                if str(d) in bindings and bindings[str(d)] != value:
+                    raise ConfigError(f"dimension '{d}' is given two values ({bindings[str(d)]}, {value})")
+                bindings[str(d)] = value
     if bindings:
-        mod = relax.transform.BindSymbolicVars({str(k): v for k, v in bindings.items()}, "main")(mod)
+        mod = relax.transform.BindSymbolicVars(bindings, "main")(mod)
     return mod
 
 

@@ -6,8 +6,8 @@ import os
 import re
 import warnings
 
-from .errors import DynamicShapeError, ModelLoadError, NotOnnxError, UnsupportedOpError
-from .frontend_common import ImportedModel, finalize, tensor_hash
+from .errors import ModelLoadError, NotOnnxError, UnsupportedOpError
+from .frontend_common import ImportedModel, finalize, match_shapes, tensor_hash
 from .oplist import ONNX_OPS
 
 
@@ -41,34 +41,17 @@ def _check_nodes(model, label: str) -> None:
             raise UnsupportedOpError(node.op_type, node.name or f"#{i}", f"in {label}")
 
 
-def _input_shapes(model, given: dict, label: str) -> dict[str, tuple[int, ...]]:
+def _input_shapes(model, given: dict) -> dict[str, tuple[int, ...]]:
     inits = {t.name for t in model.graph.initializer}
-    shapes = {}
+    declared = {}
     for inp in model.graph.input:
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
-        if not tt.HasField("shape"):
-            dims = None
-        else:
-            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                    else (d.dim_param or "?") for d in tt.shape.dim]
-        if inp.name in given:
-            g = tuple(given[inp.name])
-            if dims is not None and (len(dims) != len(g) or any(
-                    isinstance(d, int) and d != gv for d, gv in zip(dims, g))):
-                raise ModelLoadError(f"given shape {g} for input '{inp.name}' conflicts with the "
-                                     f"model's {dims}", where=label)
-            shapes[inp.name] = g
-        elif dims is None or not all(isinstance(d, int) for d in dims):
-            raise DynamicShapeError(inp.name, dims if dims is not None else "(no shape)")
-        else:
-            shapes[inp.name] = tuple(dims)
-    unknown = set(given) - set(shapes)
-    if unknown:
-        raise ModelLoadError(f"input shape given for unknown input(s) {sorted(unknown)}; "
-                             f"the model's inputs are {sorted(shapes)}", where=label)
-    return shapes
+        declared[inp.name] = None if not tt.HasField("shape") else [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in tt.shape.dim]
+    return match_shapes(given, declared)
 
 
 def _scope_name(node) -> str:
@@ -111,7 +94,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
         label = os.fspath(model_or_path)
         model = load_onnx(label)
     _check_nodes(model, label)
-    shapes = _input_shapes(model, input_shapes or {}, label)
+    shapes = _input_shapes(model, input_shapes)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

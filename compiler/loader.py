@@ -34,9 +34,17 @@ def load_factory(spec: str):
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ModelLoadError(f"no callable named '{name}'", where=path)
-    result = factory()
+    try:
+        result = factory()
+    except Exception as e:
+        raise ModelLoadError(f"'{name}()' raised {type(e).__name__}: {e}", where=path) from None
     if not (isinstance(result, tuple) and len(result) == 2):
         raise ModelLoadError(f"'{name}()' must return (module, example_inputs)", where=path)
+    import torch
+
+    if not isinstance(result[0], torch.nn.Module):
+        raise ModelLoadError(f"'{name}()' returned a {type(result[0]).__name__} where a "
+                             "torch.nn.Module was expected", where=path)
     return result
 
 

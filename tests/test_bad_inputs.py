@@ -279,10 +279,6 @@ def test_onnx_shape_for_unknown_input():
     assert "'img'" in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG compiler/frontend_onnx.py:57 (_input_shapes): given shapes from the Python API are not "
-    "validated; a zero or negative dimension is passed to TVM's importer and the model imports "
-    "with input shape (0, 3, 8, 8) / (-1, 3, 8, 8) instead of raising ConfigError"))
 @pytest.mark.parametrize("dim", [0, -1])
 def test_onnx_nonpositive_given_shape_rejected(dim):
     with pytest.raises(DlacError, match="'x'|positive"):
@@ -319,20 +315,12 @@ def test_dynamic_pt2_conflicting_shape(dyn_pt2, given, fragment):
     assert "'x'" in str(ei.value) and fragment in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG compiler/frontend_common.py:62-76 (resolve_shapes): a given dimension is bound to the "
-    "symbolic var without validation; (0, 3, 8, 8) imports a zero-batch model instead of "
-    "raising ConfigError"))
 def test_dynamic_pt2_nonpositive_given_shape_rejected(dyn_pt2):
     path, _ = dyn_pt2
     with pytest.raises(DlacError, match="'x'|positive"):
         from_pt2(path, {"x": (0, 3, 8, 8)})
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG compiler/frontend_common.py:62-63 (resolve_shapes): input_shapes entries for static "
-    "inputs and for names that are not inputs are silently ignored for torch/.pt2 models "
-    "(the ONNX frontend raises ModelLoadError for both)"))
 @pytest.mark.parametrize("given", [{"x": (7, 7)}, {"img": (1, 3, 8, 8)}])
 def test_torch_given_shape_conflict_or_unknown_rejected(given):
     with pytest.raises(DlacError):
@@ -497,10 +485,6 @@ def test_factory_returns_non_module(factory_file):
     assert "torch.nn.Module" in str(ei.value) and "object" in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG compiler/loader.py:37 (load_factory): 'result = factory()' is not wrapped; an exception "
-    "raised by the factory escapes as itself (RuntimeError) instead of ModelLoadError naming the "
-    "file, so the CLI prints 'dlac: internal error: ...' and exits 3"))
 def test_factory_that_raises(factory_file):
     with pytest.raises(ModelLoadError) as ei:
         load_model(f"{factory_file}:raises")
