@@ -22,8 +22,8 @@ from tvm import relax
 
 from compiler.errors import QuantizationError
 
-from .ir_util import emit_like, dtype_of, make_const, map_functions, shape_of
-from .layers import find_layers, rebuild
+from .ir_util import dtype_of, make_const, shape_of
+from .layers import find_layers, replace_weights
 
 
 @dataclass
@@ -45,29 +45,14 @@ def _is_sign(w: np.ndarray) -> bool:
 
 
 def multiply_to_accumulate(mod, ternary: set[str] | frozenset = frozenset()):
-    def per_func(func):
-        layers = {l.var: l for l in find_layers(func) if l.name in ternary}
-        if not layers:
-            return func
+    def signs(layer):
+        w = layer.weight
+        if not _is_sign(w):
+            raise QuantizationError("weights are not in {-1, 0, +1}; run TernarizeWeights "
+                                    "and FoldScales first", where=f"layer {layer.name}")
+        return make_const(w.astype(np.int8), "int8"), dtype_of(layer.call)
 
-        @relax.expr_functor.mutator
-        class _Acc(relax.PyExprMutator):
-            def visit_var_binding_(self, binding):
-                layer = layers.get(binding.var)
-                if layer is None:
-                    return super().visit_var_binding_(binding)
-                w = layer.weight
-                if not _is_sign(w):
-                    raise QuantizationError("weights are not in {-1, 0, +1}; run TernarizeWeights "
-                                            "and FoldScales first", where=f"layer {layer.name}")
-                call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
-                               make_const(w.astype(np.int8), "int8"), out_dtype=dtype_of(layer.call))
-                new = emit_like(self.builder_, binding.var, call, layer.name)
-                self.set_var_remap(binding.var, new)
-
-        return _Acc(mod).visit_expr(func)
-
-    return map_functions(mod, per_func)
+    return replace_weights(mod, set(ternary), signs)
 
 
 def check_accumulate_only(mod, ternary) -> None:

@@ -111,3 +111,31 @@ def rebuild(call: relax.Call, x, weight, out_dtype: str | None = None) -> relax.
                                   data_layout=a["data_layout"], kernel_layout=a["kernel_layout"],
                                   out_layout=a.get("out_layout") or None, out_dtype=out_dtype)
     return relax.op.matmul(x, weight, out_dtype=out_dtype)
+
+
+def replace_weights(mod, names, new_weight):
+    """Rewrite every layer whose name is in ``names`` to use another constant weight.
+
+    ``new_weight(layer) -> (weight_expr, out_dtype or None)``.  The layer keeps its
+    input, attributes and variable name; the module is not changed in place.
+    """
+    from .ir_util import emit_like, map_functions
+
+    def per_func(func):
+        layers = {l.var: l for l in find_layers(func) if l.name in names}
+        if not layers:
+            return func
+
+        @relax.expr_functor.mutator
+        class _Replace(relax.PyExprMutator):
+            def visit_var_binding_(self, binding):
+                layer = layers.get(binding.var)
+                if layer is None:
+                    return super().visit_var_binding_(binding)
+                weight, out_dtype = new_weight(layer)
+                call = rebuild(layer.call, self.visit_expr(layer.call.args[0]), weight, out_dtype)
+                self.set_var_remap(binding.var, emit_like(self.builder_, binding.var, call, layer.name))
+
+        return _Replace(mod).visit_expr(func)
+
+    return map_functions(mod, per_func)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import relax
-
-from .ir_util import emit_like, make_const, map_functions
-from .layers import find_layers
+from .ir_util import make_const
+from .layers import replace_weights
 from .twn import dequantize, ternarize
 
 
@@ -34,25 +32,9 @@ class TernarySpec:
 def ternarize_weights(mod, plan: dict[str, TernarySpec]):
     """``plan`` maps layer (variable) names to their ternary spec; others are kept."""
 
-    def per_func(func):
-        layers = {l.var: l for l in find_layers(func) if l.name in plan}
-        if not layers:
-            return func
+    def fake_quant(layer):
+        spec = plan[layer.name]
+        t, alpha = ternarize(layer.weight, layer.out_axis, spec.granularity, spec.factor)
+        return make_const(dequantize(t, alpha, layer.out_axis), "float32"), None
 
-        @relax.expr_functor.mutator
-        class _Ternarize(relax.PyExprMutator):
-            def visit_var_binding_(self, binding):
-                layer = layers.get(binding.var)
-                if layer is None:
-                    return super().visit_var_binding_(binding)
-                spec = plan[layer.name]
-                t, alpha = ternarize(layer.weight, layer.out_axis, spec.granularity, spec.factor)
-                wq = dequantize(t, alpha, layer.out_axis)
-                call = relax.Call(layer.call.op, [self.visit_expr(layer.call.args[0]),
-                                                  make_const(wq, "float32")], layer.call.attrs)
-                new = emit_like(self.builder_, binding.var, call, layer.name)
-                self.set_var_remap(binding.var, new)
-
-        return _Ternarize(mod).visit_expr(func)
-
-    return map_functions(mod, per_func)
+    return replace_weights(mod, set(plan), fake_quant)
