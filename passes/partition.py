@@ -50,6 +50,30 @@ def _conv_ok(ctx) -> bool:
     return groups == 1 or (groups == cin == cout)
 
 
+def _residual_ok(ctx) -> bool:
+    """The residual operand must not itself be computed from the layer's epilogue
+    (``relu(y) + y``): fusing that add with the layer would make a cycle."""
+    if not _conv_ok(ctx):
+        return False
+    ep_var = ctx.value_to_bound_var.get(ctx.annotated_expr["epilogue"])
+    other = ctx.annotated_expr["residual"]
+    other = ctx.value_to_bound_var.get(other, other)     # patterns match bound values, not vars
+    if ep_var is None:
+        return True
+    add = ctx.annotated_expr["add"]
+    add_var = ctx.value_to_bound_var.get(add)
+    seen, todo = set(), [ep_var]
+    while todo:
+        var = todo.pop()
+        if var.same_as(other):
+            return False
+        for user in ctx.var_usages.get(var, []):
+            if user not in seen and not (add_var is not None and user.same_as(add_var)):
+                seen.add(user)
+                todo.append(user)
+    return True
+
+
 def _dense_ok(ctx) -> bool:
     return len(shape_of(ctx.annotated_expr["layer"].args[0])) == 2
 
@@ -75,15 +99,17 @@ def patterns() -> list[FusionPattern]:
         ("dense", is_op("relax.matmul")(wildcard(), is_const()), _dense_ok),
     ):
         ep = _epilogue(layer_pat)
-        residual = is_op("relax.add")(ep, wildcard())
-        variants = []
+        other = wildcard()
+        residual = is_op("relax.add")(ep, other)
+        annotations = {"layer": layer_pat}
         if kind == "conv2d":
-            variants += [("_residual_relu", is_op("relax.nn.relu")(residual)), ("_residual", residual)]
-        variants += [("_relu", is_op("relax.nn.relu")(ep)),
-                     ("_clip", is_op("relax.clip")(ep, wildcard(), wildcard())),
-                     ("", ep)]
-        for suffix, pat in variants:
-            pats.append(FusionPattern(f"dlac.{kind}{suffix}", pat, {"layer": layer_pat}, ok))
+            res_ann = {"layer": layer_pat, "epilogue": ep, "residual": other, "add": residual}
+            pats += [FusionPattern("dlac.conv2d_residual_relu", is_op("relax.nn.relu")(residual),
+                                   res_ann, _residual_ok),
+                     FusionPattern("dlac.conv2d_residual", residual, res_ann, _residual_ok)]
+        for suffix, pat in (("_relu", is_op("relax.nn.relu")(ep)),
+                            ("_clip", is_op("relax.clip")(ep, wildcard(), wildcard())), ("", ep)):
+            pats.append(FusionPattern(f"dlac.{kind}{suffix}", pat, annotations, ok))
     x, y = wildcard(), wildcard()
     add = is_op("relax.add")(x, y)
     mean = is_op("relax.mean")(wildcard())
@@ -138,8 +164,38 @@ def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[HostOp]]:
             owners[layer.call.args[1]] = layer.name
     part = FuseOpsByPattern(patterns(), bind_constants=True)(mod)
     part = MergeCompositeFunctions()(part)
-    part = _tag_layers(part, owners)
+    part = _rename_regions(_tag_layers(part, owners))
     return part, host_ops(part)
+
+
+def _rename_regions(mod: tvm.IRModule) -> tvm.IRModule:
+    """``fused_relax_nn_conv2d_relax_add_...`` -> ``dlac_region_<i>``, in call order."""
+    order = []
+    for b in iter_bindings(mod["main"]):
+        v = b.value
+        if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.GlobalVar):
+            func = mod[v.op]
+            if func.attrs is not None and "Codegen" in func.attrs and v.op not in order:
+                order.append(v.op)
+
+    @relax.expr_functor.mutator
+    class _Rename(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if isinstance(call.op, tvm.ir.GlobalVar) and call.op in new_gv:
+                return relax.Call(new_gv[call.op], call.args, call.attrs)
+            return call
+
+    renamer = _Rename(mod)
+    new_gv = {}
+    for i, old in enumerate(order):
+        name = f"dlac_region_{i}"
+        new_gv[old] = renamer.builder_.add_func(mod[old].with_attr("global_symbol", name), name)
+    main_gv = mod.get_global_var("main")
+    renamer.builder_.update_func(main_gv, renamer.visit_expr(mod["main"]))
+    built = renamer.builder_.get()
+    out = tvm.IRModule({gv: f for gv, f in built.functions_items() if gv not in new_gv}, attrs=mod.attrs)
+    return out
 
 
 def host_ops(mod: tvm.IRModule) -> list[HostOp]:
