@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 
 def run_demo(images: int = 1000, batch: int = 100, echo=print) -> dict:

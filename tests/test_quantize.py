@@ -15,7 +15,7 @@ from compiler import QuantConfig, compile_model, run_reference
 from compiler.errors import ConfigError, QuantizationError
 from passes.accumulate import check_accumulate_only
 from passes.fold_batchnorm import fold_batchnorm
-from passes.ir_util import const_np, op_histogram
+from passes.ir_util import op_histogram
 from passes.layers import find_layers
 from tests.conftest import max_rel_err
 from tests.test_twn import twn_reference
