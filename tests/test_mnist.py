@@ -41,3 +41,16 @@ def test_float_and_ternary_accuracy_through_tvm(subset):
     assert fp32.accuracy >= 0.98
     assert 0.93 <= tern.accuracy < fp32.accuracy + 0.01
     assert tern.replaced_share > 0.95
+
+
+def test_demo_command_runs():
+    """`make demo` runs `dlac demo`; a small run of the same command stays green."""
+    from click.testing import CliRunner
+
+    from compiler.cli import main
+
+    res = CliRunner().invoke(main, ["demo", "--images", "100"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "conv_layers.3" in out and "ternary" in out and "multiplies replaced" in out
+    assert "ternary, first/last fp32" in out and "host ops: none" in out
