@@ -45,8 +45,6 @@ def _plan(func):
             other = b if a.same_as(var) else a
             if is_const(other) and dtype_of(other) == dtype_of(value):
                 vector = per_channel_vector(const_np(other), out_shape, channels)
-                if op == "dense" and vector is not None and len(out_shape) != 2:
-                    vector = None
             if vector is not None:
                 existing[add_var] = (var, vector)
         if vector is None:

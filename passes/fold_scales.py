@@ -79,11 +79,10 @@ def _fold_func(mod, func, ternary: set[str]):
         plans[layer.var] = (layer, chain[-1], scale, bias)
         skip.update(chain)
     ends = {end: lv for lv, (_, end, _, _) in plans.items()}
+    epilogue_scale: dict = {}     # layer name -> per-channel scale (None for fp32 layers)
 
     @relax.expr_functor.mutator
     class _Fold(relax.PyExprMutator):
-        acc: dict = {}
-
         def visit_var_binding_(self, binding):
             var = binding.var
             if var in plans:
@@ -112,14 +111,14 @@ def _fold_func(mod, func, ternary: set[str]):
                            make_const(new_w, dtype_of(layer.call.args[1])))
             new = emit_like(self.builder_, binding.var, call, layer.name)
             self.set_var_remap(binding.var, new)
-            self.acc[layer.name] = ep_scale
+            epilogue_scale[layer.name] = ep_scale
 
         def _epilogue(self, binding, plan):
             layer, _, _, bias = plan
             acc = self.visit_expr(layer.var)
             rank = len(shape_of(layer.call))
             dt = dtype_of(layer.call)
-            ep_scale = self.acc[layer.name]
+            ep_scale = epilogue_scale[layer.name]
             y = acc
             if ep_scale is not None:
                 y = relax.op.multiply(y, make_const(ep_scale.reshape(channel_shape(rank, ep_scale.size)), dt))
