@@ -22,7 +22,7 @@ from tvm import relax
 
 from compiler.errors import QuantizationError
 
-from .ir_util import dtype_of, make_const, shape_of
+from .ir_util import dtype_of, make_const, module_pass, shape_of
 from .layers import find_layers, replace_weights
 
 
@@ -53,6 +53,11 @@ def multiply_to_accumulate(mod, ternary: set[str] | frozenset = frozenset()):
         return make_const(w.astype(np.int8), "int8"), dtype_of(layer.call)
 
     return replace_weights(mod, set(ternary), signs)
+
+
+def MultiplyToAccumulate(ternary=frozenset()):  # noqa: N802 - TVM pass naming
+    """MultiplyToAccumulate as a TVM module pass."""
+    return module_pass("dlac.MultiplyToAccumulate")(lambda mod: multiply_to_accumulate(mod, ternary))
 
 
 def check_accumulate_only(mod, ternary) -> None:

@@ -134,4 +134,6 @@ def fold_scales(mod, ternary: set[str] | frozenset = frozenset()):
     return map_functions(mod, lambda f: _fold_func(mod, f, set(ternary)))
 
 
-FoldScales = module_pass("dlac.FoldScales")(fold_scales)
+def FoldScales(ternary=frozenset()):  # noqa: N802 - TVM pass naming
+    """FoldScales as a TVM module pass."""
+    return module_pass("dlac.FoldScales")(lambda mod: fold_scales(mod, ternary))

@@ -30,7 +30,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, FuseOpsByPattern, MergeCompositeFunctions
 
-from .ir_util import attrs_to_dict, ints, iter_bindings, op_name, relax_functions, shape_of
+from .ir_util import attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
 from .layers import find_layers
 
 
@@ -196,6 +196,9 @@ def _rename_regions(mod: tvm.IRModule) -> tvm.IRModule:
     built = renamer.builder_.get()
     out = tvm.IRModule({gv: f for gv, f in built.functions_items() if gv not in new_gv}, attrs=mod.attrs)
     return out
+
+
+PartitionForDlac = module_pass("dlac.PartitionForDlac")(lambda mod: partition(mod)[0])
 
 
 def host_ops(mod: tvm.IRModule) -> list[HostOp]:

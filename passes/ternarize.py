@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir_util import make_const
+from .ir_util import make_const, module_pass
 from .layers import replace_weights
 from .twn import dequantize, ternarize
 
@@ -38,3 +38,8 @@ def ternarize_weights(mod, plan: dict[str, TernarySpec]):
         return make_const(dequantize(t, alpha, layer.out_axis), "float32"), None
 
     return replace_weights(mod, set(plan), fake_quant)
+
+
+def TernarizeWeights(plan: dict[str, TernarySpec]):  # noqa: N802 - TVM pass naming
+    """TernarizeWeights as a TVM module pass."""
+    return module_pass("dlac.TernarizeWeights")(lambda mod: ternarize_weights(mod, plan))

@@ -78,3 +78,33 @@ def test_cli_quant_none_keeps_float(resnet_onnx):
     res = CliRunner().invoke(cli, ["compile", str(resnet_onnx), "--quant", "none"])
     assert res.exit_code == 0, res.output
     assert "ternary" not in res.output and "(0.0% of multiplies replaced)" in res.output
+
+
+def test_passes_compose_as_tvm_module_passes(result):
+    """Each pass is also a TVM module pass; a Sequential of them equals the pipeline stage."""
+    import tvm
+
+    from passes.canonical_bias import CanonicalBias
+    from passes.fold_batchnorm import FoldBatchNorm
+    from passes.fold_constant_views import FoldConstantViews
+    from passes.remove_dead_tuples import RemoveDeadTuples
+
+    seq = tvm.transform.Sequential([FoldConstantViews, FoldBatchNorm, CanonicalBias, RemoveDeadTuples])
+    out = seq(result.stages["import"])
+    tvm.ir.assert_structural_equal(out, result.stages["canonicalize"])
+
+
+def test_quantize_to_partition_as_tvm_passes(result):
+    import tvm
+
+    from passes.accumulate import MultiplyToAccumulate
+    from passes.fold_scales import FoldScales
+    from passes.partition import PartitionForDlac
+    from passes.remove_dead_tuples import RemoveDeadTuples
+    from passes.ternarize import TernarizeWeights, TernarySpec
+
+    ternary = {l.var for l in result.layers if l.precision == "ternary"}
+    seq = tvm.transform.Sequential([
+        TernarizeWeights({name: TernarySpec() for name in ternary}),
+        FoldScales(ternary), MultiplyToAccumulate(ternary), RemoveDeadTuples, PartitionForDlac])
+    tvm.ir.assert_structural_equal(seq(result.stages["canonicalize"]), result.stages["partition"])
