@@ -17,10 +17,7 @@ from .config import QuantConfig
 from .errors import ConfigError, DlacError
 
 QUANT_CHOICES = ("none", "ternary", "cluster", "int4", "int8", "swis")
-LATER = {
-    "cluster": "the quantization-breadth issue", "int4": "the quantization-breadth issue",
-    "int8": "the quantization-breadth issue", "swis": "the quantization-breadth issue",
-}
+QUANT_LATER = ("cluster", "int4", "int8", "swis")       # the quantization-breadth issue
 
 
 def _fail(e: BaseException, debug: bool) -> None:
@@ -89,8 +86,9 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                 keep_last, precisions, input_shapes, machine, tuning_log, dump_ir, report_json, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it."""
     try:
-        if quant in LATER:
-            raise ConfigError(f"--quant {quant} is not yet supported (arrives with {LATER[quant]})")
+        if quant in QUANT_LATER:
+            raise ConfigError(f"--quant {quant} is not yet supported (arrives with the "
+                              "quantization-breadth issue)")
         for flag, value, issue in (("--activations", activations != "fp32", "the quantization-breadth issue"),
                                    ("--cluster-size", cluster_size, "the quantization-breadth issue"),
                                    ("--calib", calib, "the quantization-breadth issue"),

@@ -25,7 +25,7 @@ from passes.fold_batchnorm import fold_batchnorm
 from passes.fold_constant_views import fold_constant_views
 from passes.fold_scales import fold_scales
 from passes.layers import find_layers
-from passes.partition import HostOp, partition, regions, unpartition
+from passes.partition import HostOp, partition, regions
 from passes.remove_dead_tuples import remove_dead_tuples
 from passes.ternarize import TernarySpec, ternarize_weights
 
@@ -67,12 +67,12 @@ class CompileResult:
         return self.stages[next(reversed(self.stages))]
 
     def reference_module(self, stage: str | None = None):
-        """A module of ``stage`` (default: last) that ``tvm.compile`` accepts."""
+        """The module of ``stage`` (default: the last one run), for :func:`run_reference`
+        (which builds partitioned modules through ``unpartition``)."""
         stage = stage or next(reversed(self.stages))
         if stage not in self.stages:
             raise ConfigError(f"stage {stage!r} was not run; have {list(self.stages)}")
-        mod = self.stages[stage]
-        return unpartition(mod) if stage == "partition" else mod
+        return self.stages[stage]
 
     def totals(self) -> dict:
         dense = sum(r.dense_macs for r in self.multiplies)
@@ -175,12 +175,16 @@ def compile_model(model, example_inputs=None, *, config: QuantConfig | None = No
             break
 
     imported = state["imported"]
-    infos = state.get("layers") or plan_precisions(imported.layer_names, stages[list(stages)[-1]],
-                                                   QuantConfig.full_precision())
-    precisions = {i.var: i.precision for i in infos}
-    last = stages[list(stages)[-1]]
-    mults = multiplies_report(stages["fold"] if "fold" in stages else last,
-                              precisions if "fold" in stages else {})
+    last = stages[next(reversed(stages))]
+    if "layers" in state:
+        infos = state["layers"]
+    else:     # stopped before quantize: every layer is still full precision
+        infos = plan_precisions(imported.layer_names, last, QuantConfig.full_precision())
+    # multiplies are only replaced once the fold stage holds ternary weights as int8
+    if "fold" in stages:
+        mults = multiplies_report(stages["fold"], {i.var: i.precision for i in infos})
+    else:
+        mults = multiplies_report(last, {})
     return CompileResult(stages, infos, mults, state.get("host", []),
                          regions(last) if "partition" in stages else [], imported.input_names,
                          imported.input_shapes, config, imported.source, imported.source_hash,

@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict
 
 import numpy as np
-from tvm import relax
 
 from compiler.errors import QuantizationError
 
-from .ir_util import dtype_of, make_const, module_pass, shape_of
+from .ir_util import dtype_of, make_const, module_pass, relax_functions, shape_of
 from .layers import find_layers, replace_weights
 
 
@@ -63,7 +62,7 @@ def MultiplyToAccumulate(ternary=frozenset()):  # noqa: N802 - TVM pass naming
 def check_accumulate_only(mod, ternary) -> None:
     """Raise unless every ternary layer multiplies only by int8 signs."""
     found = set()
-    for _, func in ((gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)):
+    for _, func in relax_functions(mod):
         for layer in find_layers(func):
             if layer.name not in ternary:
                 continue
@@ -80,7 +79,7 @@ def check_accumulate_only(mod, ternary) -> None:
 def multiplies_report(mod, precisions: dict[str, str]) -> list[LayerMultiplies]:
     """Per-layer multiplies replaced / left; ``precisions`` maps layer name -> precision."""
     rows = []
-    for _, func in ((gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)):
+    for _, func in relax_functions(mod):
         for layer in find_layers(func):
             prec = precisions.get(layer.name, "fp32")
             dense = layer.dense_macs()

@@ -18,29 +18,24 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .ir_util import emit_like, binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from .ir_util import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
 from .layers import channel_shape, layer_op, per_channel_vector
 
 
 def _plan(func):
     """``(existing, missing)``: bias-add binding var -> (layer var, bias vector); layers lacking one."""
-    values, uses = binding_map(func), use_counts(func)
+    values, uses, users = binding_map(func), use_counts(func), call_users(func)
     existing, missing = {}, {}
-    users: dict = {}
     for var, value in values.items():
-        if is_call(value, "relax.add"):
-            for arg in value.args:
-                users.setdefault(arg, []).append(var)
-    for var, value in values.items():
-        op = layer_op(value)
-        if not op:
+        if not layer_op(value):
             continue
         out_shape = shape_of(value)
-        channels = out_shape[1] if op == "conv2d" else out_shape[-1]
+        channels = out_shape[1]          # NCHW conv2d and 2-D dense both keep channels on axis 1
         vector = None
-        if uses[var] == 1 and len(users.get(var, [])) == 1:
-            add_var = users[var][0]
+        sole_user = users[var][0] if uses[var] == 1 and var in users else None
+        if sole_user is not None and is_call(values[sole_user], "relax.add"):
+            add_var = sole_user
             a, b = values[add_var].args
             other = b if a.same_as(var) else a
             if is_const(other) and dtype_of(other) == dtype_of(value):

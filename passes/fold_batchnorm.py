@@ -18,7 +18,7 @@ from tvm import relax
 
 from .ir_util import emit_like, attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
     map_functions, module_pass, shape_of, use_counts
-from .layers import channel_shape, layer_op
+from .layers import Layer, channel_shape, layer_op, rebuild, scale_out_channels
 
 
 def _bn_params(call):
@@ -83,15 +83,10 @@ def _fold_func(mod, func):
         def _fold(self, binding):
             layer_var, call, bias, bn = plan[binding.var]
             s, t, _ = _bn_params(bn)
-            w = const_np(call.args[1]).astype(np.float64)
-            dtype = dtype_of(call.args[1])
-            if layer_op(call) == "conv2d":
-                w = w * s.reshape(-1, *([1] * (w.ndim - 1)))
-            else:
-                w = w * s.reshape(1, -1)
+            layer = Layer(layer_var, call, layer_op(call))
+            w = scale_out_channels(layer.weight, s, layer.out_axis)
             b = t if bias is None else (const_np(bias).astype(np.float64).reshape(-1) * s + t)
-            new_call = relax.Call(call.op, [self.visit_expr(call.args[0]), make_const(w, dtype)],
-                                  call.attrs)
+            new_call = rebuild(call, self.visit_expr(call.args[0]), make_const(w, dtype_of(call.args[1])))
             acc = emit_like(self.builder_, layer_var, new_call)
             rank = len(shape_of(call))
             self._emit_as(binding, relax.op.add(acc, make_const(b.reshape(channel_shape(rank, b.size)),

@@ -25,9 +25,9 @@ from tvm import relax
 
 from compiler.errors import QuantizationError
 
-from .ir_util import emit_like, binding_map, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from .ir_util import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
-from .layers import channel_shape, find_layers, per_channel_vector, rebuild
+from .layers import channel_shape, find_layers, per_channel_vector, rebuild, scale_out_channels
 from .twn import split_ternary
 
 
@@ -67,12 +67,7 @@ def _chain(layer, values, uses, users):
 
 
 def _fold_func(mod, func, ternary: set[str]):
-    values, uses = binding_map(func), use_counts(func)
-    users: dict = {}
-    for var, value in values.items():
-        if isinstance(value, relax.Call):
-            for arg in value.args:
-                users.setdefault(arg, []).append(var)
+    values, uses, users = binding_map(func), use_counts(func), call_users(func)
     plans, skip = {}, set()
     for layer in find_layers(func):
         chain, scale, bias = _chain(layer, values, uses, users)
@@ -104,9 +99,7 @@ def _fold_func(mod, func, ternary: set[str]):
                 t, alpha = split
                 new_w, ep_scale = t.astype(np.float32), alpha.astype(np.float64) * scale
             else:
-                shape = [1] * w.ndim
-                shape[layer.out_axis] = -1
-                new_w, ep_scale = (w.astype(np.float64) * scale.reshape(shape)), None
+                new_w, ep_scale = scale_out_channels(w, scale, layer.out_axis), None
             call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
                            make_const(new_w, dtype_of(layer.call.args[1])))
             new = emit_like(self.builder_, binding.var, call, layer.name)

@@ -110,18 +110,6 @@ def op_histogram(mod: tvm.IRModule) -> Counter:
     return counts
 
 
-def apply_mutator(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
-    """Run a ``PyExprMutator`` over every Relax function of ``mod``.
-
-    ``make_mutator(mod)`` builds the mutator; the input module is not changed.
-    """
-    mutator = make_mutator(mod)
-    for gv, func in relax_functions(mod):
-        new_func = mutator.visit_expr(func)
-        mutator.builder_.update_func(gv, new_func)
-    return mutator.builder_.get()
-
-
 def rename_var(var: relax.Var, name: str) -> relax.Var:
     """A fresh variable of the same kind and type as ``var`` with a new name."""
     cls = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
@@ -155,6 +143,16 @@ def use_counts(func: relax.Function) -> Counter:
     return counts
 
 
+def call_users(func: relax.Function) -> dict:
+    """``{var: [binding vars whose call takes var as an argument]}``, in binding order."""
+    users: dict = {}
+    for b in iter_bindings(func):
+        if isinstance(b.value, relax.Call):
+            for arg in b.value.args:
+                users.setdefault(arg, []).append(b.var)
+    return users
+
+
 def module_pass(name: str):
     """Make a TVM module pass named ``name`` from a pure ``fn(mod) -> mod``.
 
@@ -164,8 +162,7 @@ def module_pass(name: str):
     def wrap(fn):
         def _transform(mod, ctx):
             return fn(mod)
-        p = tvm.ir.transform.module_pass(_transform, opt_level=0, name=name)
-        return p
+        return tvm.ir.transform.module_pass(_transform, opt_level=0, name=name)
     return wrap
 
 

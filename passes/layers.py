@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from .ir_util import attrs_to_dict, const_np, is_call, is_const, iter_bindings, shape_of
+from .ir_util import attrs_to_dict, const_np, emit_like, is_call, is_const, iter_bindings, map_functions, shape_of
 
 
 @dataclass
@@ -87,6 +87,13 @@ def channel_shape(rank: int, channels: int, axis: int = 1) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def scale_out_channels(w: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """``w`` (float64) with output channel ``i`` (along ``axis``) multiplied by ``scale[i]``."""
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return w.astype(np.float64) * np.asarray(scale, dtype=np.float64).reshape(shape)
+
+
 def per_channel_vector(c: np.ndarray, out_shape: tuple, channels: int) -> np.ndarray | None:
     """The per-channel vector of constant ``c`` broadcast against ``out_shape`` (channel axis 1),
     or ``None`` when ``c`` varies along another axis."""
@@ -119,8 +126,6 @@ def replace_weights(mod, names, new_weight):
     ``new_weight(layer) -> (weight_expr, out_dtype or None)``.  The layer keeps its
     input, attributes and variable name; the module is not changed in place.
     """
-    from .ir_util import emit_like, map_functions
-
     def per_func(func):
         layers = {l.var: l for l in find_layers(func) if l.name in names}
         if not layers:

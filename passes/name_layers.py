@@ -20,7 +20,7 @@ import re
 
 from tvm import relax
 
-from .ir_util import apply_mutator, is_call, rename_var
+from .ir_util import is_call, map_functions, rename_var
 
 WEIGHTED_OPS = ("relax.nn.conv2d", "relax.matmul")
 
@@ -87,5 +87,5 @@ def name_layers(mod, param_display: dict[str, str]):
             self.builder_.emit_normalized(relax.VarBinding(new_var, value))
             self.set_var_remap(binding.var, new_var)
 
-    out = apply_mutator(mod, lambda m: _Renamer(m))
+    out = map_functions(mod, lambda f: _Renamer(mod).visit_expr(f))
     return out, {var_name: display for var_name, display in plan.values()}

@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
+from tests.conftest import to_onnxruntime  # noqa: E402
+
 TOL = 1e-5
 
 __all__ = ["conv_onnx", "TinyNet", "DataDependentBranch", "CumSum", "NonZero", "tiny_net",
@@ -107,10 +109,7 @@ def dyn_pt2(tmp_path_factory):
 
 
 def ort_run(model, x: np.ndarray) -> np.ndarray:
-    ort = pytest.importorskip("onnxruntime")
-    model.ir_version = 10
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
+    return to_onnxruntime(model).run(None, {"x": x})[0]
 
 
 # --------------------------------------------------------------- 1. not an ONNX file
