@@ -63,3 +63,34 @@ class ReferenceBuildError(DlacError):
 
 class DataError(DlacError):
     """A bundled data set or model file is missing or unreadable."""
+
+
+class BinaryFormatError(DlacError):
+    """A ``.dlac`` file (or an instruction word) is malformed: the message names the
+    section and the byte offset."""
+
+    def __init__(self, message: str, *, section: str | None = None, offset: int | None = None):
+        self.section, self.offset = section, offset
+        where = None
+        if section is not None or offset is not None:
+            parts = []
+            if section is not None:
+                parts.append(f"section {section}")
+            if offset is not None:
+                parts.append(f"byte offset {offset}")
+            where = ", ".join(parts)
+        super().__init__(message, where=where)
+
+
+class ExecutionError(DlacError):
+    """The interpreter met an instruction it cannot execute (out-of-bounds access,
+    bad operand, missing dependency token): the message names the pc and instruction."""
+
+    def __init__(self, message: str, *, pc: int | None = None, insn: str | None = None):
+        self.pc, self.insn = pc, insn
+        where = None if pc is None else f"pc {pc}" + (f" ({insn})" if insn else "")
+        super().__init__(message, where=where)
+
+
+class CodegenError(DlacError):
+    """The codegen cannot lower a layer under the given schedule or machine."""

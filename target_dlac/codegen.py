@@ -1,0 +1,366 @@
+"""Codegen: a partitioned Relax module -> a dLAC :class:`Program`.
+
+Walks ``main`` in binding order.  Every tensor gets a DRAM address (inputs first,
+then each result as it is produced; reshapes are address views).  Each composite
+of a ``dlac_region_*`` function is lowered under its schedule:
+
+* conv2d / dense layers: weights packed per (filter tile, input-channel tile) into
+  constants (ternary: non-zero index lists with 2-bit codes, filters in PE order;
+  fp32: dense blocks), epilogue parameters per filter tile, then ``lower_conv``;
+* pooling, element-wise ops: ``lower_pool`` / ``lower_eltwise``.
+
+Ops left on the host by the partitioner, and composites the lowering cannot take
+(reason recorded), become ``HOST`` instructions: their Relax functions go into the
+binary's host section and run through TVM's CPU build in the runner.
+
+Entry point: :func:`generate`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler.errors import CodegenError
+from passes.ir_util import const_np, dtype_of, is_const, iter_bindings, op_name, shape_of
+
+from . import composites as C
+from .isa import Insn
+from .lower import Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
+from .machine import Machine
+from .packing import pack_ternary, ternary_block_bytes
+from .program import Program, Tensor
+from .schedule import ConvShape, check, default_schedule
+
+#: Activations are allocated from this virtual DRAM address, then placed after the constants.
+ACT_BASE = 1 << 39
+
+
+@dataclass
+class Ref:
+    """A tensor in DRAM (``shape`` is the Relax shape; the bytes are NCHW / row-major)."""
+    name: str
+    addr: int
+    shape: tuple
+    dtype: str = "float32"
+
+
+def pe_order(t: np.ndarray, how: str) -> np.ndarray:
+    """Filter order on the PE columns: as given, or by non-zero count (largest first)."""
+    if how == "as_is":
+        return np.arange(t.shape[0])
+    nnz = np.count_nonzero(t.reshape(t.shape[0], -1), axis=1)
+    return np.argsort(-nnz, kind="stable")
+
+
+class _Weights:
+    """Block sizes of one layer's weights under any tiling (for schedule fitting)."""
+
+    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool):
+        self.w, self.ternary, self.depthwise = w, ternary, depthwise
+        nz = np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2)
+        self.prefix = np.zeros((nz.shape[0] + 1, nz.shape[1] + 1), np.int64)
+        self.prefix[1:, 1:] = nz.cumsum(0).cumsum(1)
+        self.max_bytes = lru_cache(maxsize=None)(self._max_bytes)
+
+    def _max_bytes(self, f_t: int, c_t: int) -> int:
+        F, Cw = self.w.shape[:2]
+        kk = self.w.shape[2] * self.w.shape[3]
+        if not self.ternary:
+            return f_t * (1 if self.depthwise else c_t) * kk * 4
+        best = 0
+        for f0, f1 in ranges(F, f_t):
+            for c0, c1 in ([(0, Cw)] if self.depthwise else ranges(Cw, c_t)):
+                p = self.prefix
+                nnz = p[f1, c1] - p[f0, c1] - p[f1, c0] + p[f0, c0]
+                best = max(best, ternary_block_bytes(f1 - f0, int(nnz)))
+        return best
+
+
+class Codegen:
+    def __init__(self, mod: tvm.IRModule, machine: Machine, *, layer_names: dict | None = None,
+                 precisions: dict | None = None, schedules: dict | None = None, progress=None):
+        self.mod, self.m = mod, machine
+        self.layer_names = layer_names or {}
+        self.precisions = precisions or {}
+        self.schedules = schedules or {}
+        self.progress = progress
+        self.consts = bytearray()
+        self.tensors: list[Tensor] = []
+        self.names: set = set()
+        self.insns: list[Insn] = []
+        self.layers: list[dict] = []
+        self.host_funcs: dict = {}
+        self.host_ops: list[dict] = []
+        self.fallbacks: list[dict] = []
+        self.env: dict = {}
+        self._act_end = 0
+
+    # ---- DRAM -------------------------------------------------------------------------
+    def _const_bytes(self, data: bytes) -> int:
+        addr = align(len(self.consts))
+        self.consts.extend(b"\0" * (addr - len(self.consts)))
+        self.consts.extend(data)
+        return addr
+
+    def _unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def _alloc(self, name: str, shape: tuple, dtype: str = "float32", role: str = "activation") -> Ref:
+        """DRAM for a tensor.  Activations are placed in a virtual range from ``ACT_BASE``
+        and moved behind the constants when the program is finished."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+        ref = Ref(self._unique(name), ACT_BASE + self._act_end, tuple(shape), dtype)
+        self._act_end = align(self._act_end + nbytes)
+        if self._act_end > self.m.dram_bytes:
+            raise CodegenError(f"tensor {name} {shape}: the program needs more than the machine's "
+                               f"{self.m.dram_mib} MiB of DRAM")
+        self.tensors.append(Tensor(ref.name, role, ref.shape, dtype, ref.addr))
+        return ref
+
+    def ref(self, expr) -> Ref:
+        if isinstance(expr, relax.Var):
+            try:
+                return self.env[expr]
+            except KeyError:
+                raise CodegenError(f"variable {expr.name} is used before it is computed") from None
+        if is_const(expr):
+            value = const_np(expr)
+            if value.dtype != np.float32:
+                raise CodegenError(f"constant operand of dtype {value.dtype}: only float32 is supported")
+            addr = self._const_bytes(np.ascontiguousarray(value, "<f4").tobytes())
+            ref = Ref(self._unique("const"), addr, tuple(value.shape))
+            self.tensors.append(Tensor(ref.name, "constant", ref.shape, "float32", addr))
+            return ref
+        raise CodegenError(f"operand {type(expr).__name__} is not a tensor")
+
+    # ---- walk -------------------------------------------------------------------------
+    def generate(self) -> Program:
+        main = self.mod["main"]
+        self._act_end = 0
+        for p in main.params:
+            if shape_of(p) is None or dtype_of(p) != "float32":
+                raise CodegenError(f"input {p.name}: only static float32 inputs are supported")
+            r = self._alloc(p.name, shape_of(p), role="input")
+            self.env[p] = r
+        for b in iter_bindings(main):
+            self.env[b.var] = self._binding(b.var, b.value)
+        outs = self._result(main.body.body)
+        self.insns.append(Insn("HALT"))
+        return self._finish(outs)
+
+    def _binding(self, var, value):
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
+            func = self.mod[value.op]
+            if func.attrs is None or "Codegen" not in func.attrs:
+                raise CodegenError(f"{var.name}: call to non-dLAC function {value.op.name_hint}")
+            return self._region(func, [self.ref(a) if not isinstance(a, relax.Tuple) else None
+                                       for a in value.args], value.op.name_hint)
+        if op_name(value) is not None:
+            return self._host_call(var, value)
+        if isinstance(value, relax.Tuple):
+            return tuple(self._result(f) for f in value.fields)
+        if isinstance(value, relax.TupleGetItem):
+            return self.env[value.tuple_value][value.index]
+        if isinstance(value, relax.Var):
+            return self.env[value]
+        raise CodegenError(f"{var.name}: cannot place a {type(value).__name__} binding")
+
+    def _result(self, expr):
+        if isinstance(expr, relax.Tuple):
+            return tuple(self._result(f) for f in expr.fields)
+        return self.ref(expr)
+
+    def _region(self, func, args, name):
+        local = dict(zip(func.params, args))
+        comps = {}
+        for b in iter_bindings(func):
+            v = b.value
+            if isinstance(v, relax.Function):
+                comps[b.var] = v
+            elif isinstance(v, relax.Call) and isinstance(v.op, relax.Var) and v.op in comps:
+                fn = comps[v.op]
+                ins = [local[a] if isinstance(a, relax.Var) and a in local else self.ref(a) for a in v.args]
+                local[b.var] = self._composite(fn, ins, b.var)
+            elif isinstance(v, relax.Tuple):
+                local[b.var] = tuple(local[f] for f in v.fields)
+            elif isinstance(v, relax.TupleGetItem):
+                local[b.var] = local[v.tuple_value][v.index]
+            elif isinstance(v, relax.Var):
+                local[b.var] = local[v]
+            else:
+                raise CodegenError(f"region {name}: unexpected binding {b.var.name}")
+        out = func.body.body
+        if isinstance(out, relax.Tuple):
+            return tuple(local[f] for f in out.fields)
+        return local[out]
+
+    def _composite(self, fn, args, var):
+        kind = str(fn.attrs["Composite"])
+        env = dict(zip(fn.params, args))
+        try:
+            spec = C.parse(fn)
+            if isinstance(spec, C.ViewSpec):
+                src = env[spec.data]
+                return Ref(src.name, src.addr, spec.out_shape, src.dtype)
+            out = self._alloc(var.name, spec.out_shape)
+            start = len(self.insns)
+            if isinstance(spec, C.ConvSpec):
+                entry = self._conv(spec, env, out)
+            elif isinstance(spec, C.PoolSpec):
+                entry = self._pool(spec, env, out)
+            else:
+                entry = self._elt(spec, env, out)
+        except C.Unlowerable as e:
+            self.fallbacks.append({"composite": kind, "var": var.name, "reason": str(e)})
+            f = fn.without_attr("Composite")
+            if f.attrs is not None and "dlac.layer" in f.attrs:
+                f = f.without_attr("dlac.layer")
+            return self._host(var.name, f, args, shape_of(var))
+        entry.update(pc_start=start, pc_end=len(self.insns))
+        self.layers.append(entry)
+        if self.progress:
+            self.progress(entry["name"])
+        return out
+
+    # ---- lowering ---------------------------------------------------------------------
+    def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
+        x = env[spec.data]
+        w = spec.weight
+        if spec.kind == "dense":
+            b, k = x.shape
+            shape = ConvShape(b, k, 1, 1, w.shape[0], 1, 1, 1, 1, (0, 0, 0, 0), 1, 1, False,
+                              spec.residual is not None, spec.ternary)
+        else:
+            n, c, h, wd = x.shape
+            _, f, oh, ow = spec.out_shape
+            shape = ConvShape(n, c, h, wd, f, w.shape[2], w.shape[3], spec.strides[0], spec.strides[1],
+                              spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary)
+        display = self.layer_names.get(spec.layer, spec.layer)
+        blocks = _Weights(w, spec.ternary, spec.depthwise)
+        sched = self.schedules.get(display) or self.schedules.get(spec.layer)
+        if sched is None:
+            sched = default_schedule(shape, self.m, blocks.max_bytes)
+        else:
+            check(shape, sched, self.m, blocks.max_bytes, where=f"layer {display}")
+        wblock, pblock = {}, {}
+        ftiles = ranges(shape.f, sched.f_tile)
+        ctiles = [(0, 1)] if spec.depthwise else ranges(shape.c, sched.c_tile)
+        wbytes = 0
+        for fi, (f0, f1) in enumerate(ftiles):
+            for ci, (c0, c1) in enumerate(ctiles):
+                tile = w[f0:f1] if spec.depthwise else w[f0:f1, c0:c1]
+                data = (pack_ternary(tile, pe_order(tile, sched.pe_order)) if spec.ternary
+                        else np.ascontiguousarray(tile, np.float32).tobytes())
+                wblock[(fi, ci)] = (self._const_bytes(data), len(data))
+                wbytes += len(data)
+            prm = ([spec.scale[f0:f1]] if spec.scale is not None else []) + [spec.bias[f0:f1]]
+            data = np.concatenate(prm).astype("<f4").tobytes()
+            pblock[fi] = (self._const_bytes(data), len(data))
+            wbytes += len(data)
+        res = env[spec.residual] if spec.residual is not None else None
+        epi = Epilogue(spec.scale is not None, spec.act, spec.lo, spec.hi,
+                       None if res is None else res.addr)
+        self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
+                                 pblock=pblock, epi=epi, name=display)
+        nbytes = lambda r: int(np.prod(r.shape)) * 4  # noqa: E731
+        op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
+        return {"name": display, "var": spec.layer, "op": op,
+                "precision": self.precisions.get(spec.layer, "ternary" if spec.ternary else "fp32"),
+                "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
+                "min_dram_bytes": nbytes(x) + wbytes + nbytes(out) + (nbytes(res) if res else 0)}
+
+    def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
+        x = env[spec.data]
+        n, c, h, w = x.shape
+        oh, ow = (spec.out_shape[2], spec.out_shape[3]) if len(spec.out_shape) == 4 else (1, 1)
+        p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],
+                      spec.strides[1], spec.pads, spec.mode, spec.count_pad)
+        if max(p.kh, p.kw) > 4095 or max(p.sh, p.sw) > 255:
+            raise C.Unlowerable("pool window or stride exceeds the encoding's fields")
+        self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
+        kind = "global_avg_pool" if spec.kernel == (h, w) and spec.mode == "avg" else f"{spec.mode}_pool2d"
+        return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": "fp32",
+                "min_dram_bytes": 4 * (n * c * h * w + int(np.prod(spec.out_shape)))}
+
+    def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
+        refs = [env[a] if isinstance(a, relax.Var) and a in env else self.ref(a) for a in spec.args]
+        n = int(np.prod(spec.out_shape))
+        self.insns += lower_eltwise(spec.op, n, self.m, a_addr=refs[0].addr,
+                                    b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
+        return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op, "precision": "fp32",
+                "min_dram_bytes": 4 * n * (len(refs) + 1)}
+
+    # ---- host ops ---------------------------------------------------------------------
+    def _host_call(self, var, call):
+        tensors = [a for a in call.args if isinstance(a, relax.Var)]
+        params = [relax.Var(f"in{i}", a.ty) for i, a in enumerate(tensors)]
+        remap = {a: p for a, p in zip(tensors, params)}
+        new_args = [remap.get(a, a) if isinstance(a, relax.Var) else a for a in call.args]
+        body = relax.Call(call.op, new_args, call.attrs, call.sinfo_args)
+        bb = relax.BlockBuilder()
+        with bb.function("f", params):
+            outv = bb.emit(body)
+            bb.emit_func_output(outv)
+        fn = bb.get()["f"]
+        return self._host(var.name, fn, [self.ref(a) for a in tensors], shape_of(var), op=op_name(call))
+
+    def _host(self, name, fn, args, out_shape, op=None):
+        if out_shape is None:
+            raise CodegenError(f"host op {name}: only single static tensor results are supported")
+        idx = len(self.host_ops)
+        fname = f"host_{idx}"
+        self.host_funcs[fname] = fn.with_attr("global_symbol", fname)
+        out = self._alloc(name, out_shape)
+        start = len(self.insns)
+        self.insns += [Insn("HOST", {"index": idx}), Insn("SYNC")]
+        self.host_ops.append({"func": fname, "op": (op or "composite").removeprefix("relax."),
+                              "inputs": [a.name for a in args], "outputs": [out.name]})
+        self.layers.append({"name": f"host:{name}", "var": name, "op": "host", "precision": "fp32",
+                            "pc_start": start, "pc_end": len(self.insns), "min_dram_bytes": 0})
+        return out
+
+    # ---- program ----------------------------------------------------------------------
+    def _finish(self, outs) -> Program:
+        flat = list(outs) if isinstance(outs, tuple) else [outs]
+        by_name = {t.name: t for t in self.tensors}
+        for i, r in enumerate(flat):
+            if not isinstance(r, Ref):
+                raise CodegenError("nested tuple outputs are not supported")
+            src = by_name.get(r.name)
+            if src is None or src.role in ("input", "constant"):
+                raise CodegenError(f"output {i} is an input or constant of the model; nothing to compute")
+            self.tensors.append(Tensor(f"output_{i}", "output", r.shape, r.dtype, r.addr))
+        # constants first, then the activations (moved from their virtual range)
+        base = align(len(self.consts))
+        dram_bytes = base + self._act_end
+        if dram_bytes > self.m.dram_bytes:
+            raise CodegenError(f"the program needs {dram_bytes} bytes of DRAM; the machine has "
+                               f"{self.m.dram_bytes}")
+        for t in self.tensors:
+            if t.addr >= ACT_BASE:
+                t.addr += base - ACT_BASE
+        for ins in self.insns:
+            if ins.op in ("LOAD", "STORE") and ins.f["dram"] >= ACT_BASE:
+                ins.f["dram"] += base - ACT_BASE
+        host = None
+        if self.host_funcs:
+            hmod = tvm.IRModule(self.host_funcs)
+            host = zlib.compress(tvm.ir.save_json(hmod).encode(), 6)
+        meta = {"dram_bytes": dram_bytes, "constants_bytes": len(self.consts), "layers": self.layers,
+                "host_ops": self.host_ops, "fallbacks": self.fallbacks}
+        return Program(self.m, self.insns, bytes(self.consts), self.tensors, meta, host)
+
+
+def generate(mod: tvm.IRModule, machine: Machine | None = None, **kw) -> Program:
+    """Lower a partitioned module (the ``partition`` stage) to a dLAC program."""
+    return Codegen(mod, machine or Machine(), **kw).generate()

@@ -1,0 +1,86 @@
+"""Cycle cost of each dLAC instruction: the machine model's arithmetic, in one place.
+
+Documented per instruction in ``docs/isa.md``; used by the interpreter (with the
+non-zero counts it reads from the weight buffer) and by the analytic cost model.
+
+* ``LOAD`` / ``STORE``: ``dma_latency + ceil(y * x / dram_bytes_per_cycle)``.
+* ``TACC``: ``compute_setup + passes * sum_g max_{f in g} nnz_f`` where the filters are
+  taken in PE order in groups ``g`` of ``pe_cols`` (filters running together wait for
+  the one with most non-zeros) and ``passes = ceil(oh * ow / (pe_rows * lanes))``.
+* ``MAC``: as TACC with every filter holding ``c * kh * kw`` weights (``kh * kw``
+  for depthwise): nothing is skipped.
+* ``EPI``: ``compute_setup + ceil(f * p / (pes * lanes))``.
+* ``POOL``: ``compute_setup + ceil(c * oh * ow / (pes * lanes)) * kh * kw``.
+* ``ALU``: ``compute_setup + ceil(n / (pes * lanes))``.
+* ``SYNC``: 1 cycle after every queue has drained; ``HALT``: 0; ``HOST``: 0 on the
+  accelerator (host ops are reported separately, not in dLAC cycles).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .isa import DTYPES, Insn
+from .machine import Machine
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def passes(ins: Insn, m: Machine) -> int:
+    dtype = DTYPES[ins.f["dtype"]] if ins.f["dtype"] < len(DTYPES) else "float32"
+    return ceil_div(ins.f["oh"] * ins.f["ow"], m.pe_rows * m.lanes_for(dtype))
+
+
+def group_max_sum(counts: np.ndarray, pe_cols: int) -> int:
+    """Sum over consecutive groups of ``pe_cols`` filters of the group's largest count."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if not len(counts):
+        return 0
+    pad = (-len(counts)) % pe_cols
+    if pad:
+        counts = np.concatenate([counts, np.zeros(pad, np.int64)])
+    return int(counts.reshape(-1, pe_cols).max(axis=1).sum())
+
+
+def weights_per_filter(ins: Insn) -> int:
+    f = ins.f
+    return (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
+
+
+def dma_cycles(nbytes: int, m: Machine) -> int:
+    return m.dma_latency + ceil_div(nbytes, m.dram_bytes_per_cycle)
+
+
+def tacc_cycles(ins: Insn, m: Machine, counts: np.ndarray) -> int:
+    return m.compute_setup + passes(ins, m) * group_max_sum(counts, m.pe_cols)
+
+
+def dense_cycles(ins: Insn, m: Machine) -> int:
+    """Cycles of a conv instruction if no weight were skipped (MAC's cost)."""
+    return m.compute_setup + passes(ins, m) * ceil_div(ins.f["f"], m.pe_cols) * weights_per_filter(ins)
+
+
+def elementwise_cycles(n: int, m: Machine, per_element: int = 1) -> int:
+    return m.compute_setup + ceil_div(n, m.macs_per_cycle) * per_element
+
+
+def cost(ins: Insn, m: Machine, counts: np.ndarray | None = None) -> int:
+    """Cycles of ``ins`` on machine ``m``; TACC needs its filters' non-zero counts."""
+    f, op = ins.f, ins.op
+    if op in ("LOAD", "STORE"):
+        return dma_cycles(f["y"] * f["x"], m)
+    if op == "TACC":
+        return tacc_cycles(ins, m, counts)
+    if op == "MAC":
+        return dense_cycles(ins, m)
+    if op == "EPI":
+        return elementwise_cycles(f["f"] * f["p"], m)
+    if op == "POOL":
+        return elementwise_cycles(f["c"] * f["oh"] * f["ow"], m, f["kh"] * f["kw"])
+    if op == "ALU":
+        return elementwise_cycles(f["n"], m)
+    if op == "SYNC":
+        return 1
+    return 0

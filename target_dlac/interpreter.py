@@ -1,0 +1,309 @@
+"""The dLAC ISA interpreter: executes a program one instruction at a time on simulated
+DRAM and on-chip buffers (INP, WGT, ACC), each instruction vectorized with NumPy,
+and places every instruction on the load/compute/store timeline.
+
+Every memory access is bounds-checked; an error names the pc, the instruction and
+the buffer.  The ISA has no branches, so a run executes each instruction at most
+once and always terminates.  Values are float32 throughout (dLAC's fp32 mode).
+
+Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
+:class:`target_dlac.report.RunReport`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
+from compiler.errors import ConfigError, ExecutionError
+
+from . import costs
+from .isa import ACTS, ALU_OPS, BUFFERS, POOL_MODES, Insn, bits_f, disassemble
+from .packing import BlockError, ternary_block_bytes, ternary_counts, unpack_ternary
+from .program import Program
+from .report import InsnRecord, RunReport, build_report
+from .timeline import Timeline
+
+F32 = np.dtype("<f4")
+
+
+class Interpreter:
+    def __init__(self, program: Program, *, check_races: bool = True):
+        self.p = program
+        self.m = program.machine
+        self.check_races = check_races
+        self._wcache: dict = {}
+
+    # ---- memory ------------------------------------------------------------------------
+    def _reset(self):
+        m = self.m
+        self.mem = {"DRAM": np.zeros(self.p.dram_bytes, np.uint8),
+                    "INP": np.zeros(m.inp_bytes, np.uint8),
+                    "WGT": np.zeros(m.wgt_bytes, np.uint8),
+                    "ACC": np.zeros(m.acc_bytes, np.uint8)}
+        consts = np.frombuffer(self.p.constants, np.uint8)
+        self.mem["DRAM"][:len(consts)] = consts
+        self._wcache.clear()     # decoded weight blocks: addr -> (key, lo, hi, value)
+
+    def _span(self, mem: str, lo: int, nbytes: int, what: str) -> tuple[int, int]:
+        size = len(self.mem[mem])
+        if lo < 0 or nbytes < 0 or lo + nbytes > size:
+            raise ExecutionError(f"{what} [{lo}, {lo + nbytes}) is outside {mem} ({size} bytes)",
+                                 pc=self.pc, insn=self.text)
+        if lo % 4 and what != "DMA":
+            raise ExecutionError(f"{what} address {lo} in {mem} is not 4-byte aligned",
+                                 pc=self.pc, insn=self.text)
+        return lo, lo + nbytes
+
+    def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
+        n = int(np.prod(shape)) * 4
+        a, b = self._span(mem, lo, n, what)
+        self.acc.append((mem, a, b, False))
+        return self.mem[mem][a:b].view(F32).reshape(shape)
+
+    def _put(self, mem: str, lo: int, value: np.ndarray, what: str):
+        a, b = self._span(mem, lo, value.size * 4, what)
+        self.acc.append((mem, a, b, True))
+        self.mem[mem][a:b].view(F32)[:] = value.reshape(-1)
+        if mem == "WGT":
+            self._invalidate(a, b)
+
+    def _invalidate(self, lo: int, hi: int):
+        """Forget decoded weight blocks that overlap a write to WGT [lo, hi)."""
+        for addr in [k for k, (_, a, b, _) in self._wcache.items() if a < hi and lo < b]:
+            del self._wcache[addr]
+
+    def _fail(self, msg: str):
+        raise ExecutionError(msg, pc=self.pc, insn=self.text)
+
+    # ---- instructions ------------------------------------------------------------------
+    def _dma(self, ins: Insn):
+        f = ins.f
+        if f["buf"] >= len(BUFFERS):
+            self._fail(f"buffer code {f['buf']} names no buffer")
+        buf = BUFFERS[f["buf"]]
+        y, x = f["y"], f["x"]
+        if y == 0 or x == 0:
+            return
+        load = ins.op == "LOAD"
+        src_mem, src, s_stride = ("DRAM", f["dram"], f["dram_stride"]) if load else (buf, f["sram"], f["sram_stride"])
+        dst_mem, dst, d_stride = (buf, f["sram"], f["sram_stride"]) if load else ("DRAM", f["dram"], f["dram_stride"])
+        if y > 1 and d_stride < x:
+            self._fail(f"destination rows overlap ({dst_mem} stride {d_stride} < row {x} bytes)")
+        for mem, lo, stride, w in ((src_mem, src, s_stride, False), (dst_mem, dst, d_stride, True)):
+            a, b = self._span(mem, lo, (y - 1) * stride + x, "DMA")
+            self.acc.append((mem, a, b, w))
+        s = self.mem[src_mem]
+        d = self.mem[dst_mem]
+        if (s_stride == x or y == 1) and (d_stride == x or y == 1):
+            d[dst:dst + y * x] = s[src:src + y * x]
+        else:
+            sv = as_strided(s[src:], shape=(y, x), strides=(s_stride, 1), writeable=False)
+            dv = as_strided(d[dst:], shape=(y, x), strides=(d_stride, 1))
+            dv[...] = sv
+        if dst_mem == "WGT":
+            self._invalidate(dst, dst + (y - 1) * d_stride + x)
+
+    def _input_tile(self, f) -> np.ndarray:
+        x = self._f32("INP", f["inp"], (f["c"], f["h"], f["w"]), "input tile")
+        hp, wp = f["h"] + f["pt"] + f["pb"], f["w"] + f["pl"] + f["pr"]
+        if f["sh"] == 0 or f["sw"] == 0 or f["kh"] == 0 or f["kw"] == 0:
+            self._fail("zero kernel or stride")
+        if hp < f["kh"] or wp < f["kw"] or (hp - f["kh"]) // f["sh"] + 1 != f["oh"] \
+                or (wp - f["kw"]) // f["sw"] + 1 != f["ow"]:
+            self._fail(f"output tile {f['oh']}x{f['ow']} does not match the padded input "
+                       f"{hp}x{wp} with kernel {f['kh']}x{f['kw']} and stride {f['sh']}x{f['sw']}")
+        if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
+            x = np.pad(x, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
+        return x
+
+    def _cols(self, x: np.ndarray, f) -> np.ndarray:
+        """[c, kh*kw, oh*ow] windows of the padded tile."""
+        kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
+        c = x.shape[0]
+        if kh == 1 and kw == 1:
+            return x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(c, 1, oh * ow)
+        win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+        return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
+
+    def _weights(self, ins: Insn, k: int):
+        f = ins.f
+        addr = f["wgt"]
+        key = (ins.op, f["f"], k)
+        hit = self._wcache.get(addr)
+        if hit is not None and hit[0] == key:
+            _, lo, hi, value = hit
+            self.acc.append(("WGT", lo, hi, False))
+            return value
+        if ins.op == "TACC":
+            try:
+                w, counts = unpack_ternary(self.mem["WGT"], addr, f["f"], k)
+            except BlockError as e:
+                self._fail(f"WGT[{addr:#x}]: {e}")
+            hi = addr + ternary_block_bytes(f["f"], int(counts.sum()))
+            self.acc.append(("WGT", addr, hi, False))
+        else:
+            w = self._f32("WGT", addr, (f["f"], k), "dense weights").copy()
+            counts, hi = None, addr + w.nbytes
+        self._wcache[addr] = (key, addr, hi, (w, counts))
+        return w, counts
+
+    def _conv(self, ins: Insn):
+        f = ins.f
+        if f["dtype"] != 0:
+            self._fail("this version executes float32 activations only (dtype 0)")
+        if f["depthwise"] and f["c"] != f["f"]:
+            self._fail(f"depthwise tile needs c == f (got c={f['c']}, f={f['f']})")
+        x = self._input_tile(f)
+        cols = self._cols(x, f)
+        kk = f["kh"] * f["kw"]
+        k = kk if f["depthwise"] else f["c"] * kk
+        w, counts = self._weights(ins, k)
+        if f["depthwise"]:
+            out = np.einsum("fk,fkp->fp", w, cols)
+        else:
+            out = w @ cols.reshape(k, -1)
+        shape = (f["f"], f["oh"] * f["ow"])
+        if f["accumulate"]:
+            out = self._f32("ACC", f["acc"], shape, "accumulator tile") + out
+        self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
+        return counts
+
+    def _epi(self, ins: Insn):
+        f = ins.f
+        nf, p = f["f"], f["p"]
+        if f["act"] >= len(ACTS):
+            self._fail(f"activation code {f['act']} is not defined")
+        y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
+        nprm = 2 * nf if f["has_scale"] else nf
+        prm = self._f32("WGT", f["prm"], (nprm,), "epilogue parameters")
+        if f["has_scale"]:
+            y *= prm[:nf, None]
+        y += prm[nprm - nf:, None]
+        if f["has_res"]:
+            y += self._f32("INP", f["res"], (nf, p), "residual tile")
+        act = ACTS[f["act"]]
+        if act == "relu":
+            np.maximum(y, 0, out=y)
+        elif act == "clip":
+            np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
+        self._put("ACC", f["dst"], y, "epilogue output")
+
+    def _pool(self, ins: Insn):
+        f = ins.f
+        c, h, w, oh, ow = f["c"], f["h"], f["w"], f["oh"], f["ow"]
+        kh, kw, sh, sw = f["kh"], f["kw"], f["sh"], f["sw"]
+        x = self._f32("INP", f["src"], (c, h, w), "pool input")
+        hp, wp = h + f["pt"] + f["pb"], w + f["pl"] + f["pr"]
+        if 0 in (kh, kw, sh, sw) or hp < kh or wp < kw or (hp - kh) // sh + 1 != oh \
+                or (wp - kw) // sw + 1 != ow:
+            self._fail(f"pool output {oh}x{ow} does not match input {hp}x{wp}, kernel {kh}x{kw}, "
+                       f"stride {sh}x{sw}")
+        pads = ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
+        mode = POOL_MODES[f["mode"]]
+        if mode == "max":
+            xp = np.pad(x, pads, constant_values=-np.inf)
+            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+            out = win.max(axis=(3, 4))
+        else:
+            xp = np.pad(x, pads)
+            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+            out = win.sum(axis=(3, 4), dtype=np.float32)
+            if f["count_pad"]:
+                out /= np.float32(kh * kw)
+            else:
+                ones = np.pad(np.ones((1, h, w), np.float32), pads)
+                cnt = sliding_window_view(ones, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+                out /= np.maximum(cnt.sum(axis=(3, 4)), 1)
+        self._put("ACC", f["dst"], out.astype(F32), "pool output")
+
+    def _alu(self, ins: Insn):
+        f = ins.f
+        if f["op"] >= len(ALU_OPS):
+            self._fail(f"ALU op code {f['op']} is not defined")
+        op = ALU_OPS[f["op"]]
+        a = self._f32("INP", f["a"], (f["n"],), "ALU operand a")
+        if op == "relu":
+            out = np.maximum(a, 0)
+        else:
+            out = a + self._f32("INP", f["b"], (f["n"],), "ALU operand b")
+            if op == "add_relu":
+                np.maximum(out, 0, out=out)
+        self._put("ACC", f["dst"], out, "ALU output")
+
+    # ---- run ---------------------------------------------------------------------------
+    def run(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, RunReport]:
+        p = self.p
+        self._reset()
+        self._write_inputs(inputs)
+        tl = Timeline(self.check_races)
+        dense_tl = Timeline(False)
+        records: list[InsnRecord] = []
+        n = len(p.insns)
+        halted = False
+        for pc, ins in enumerate(p.insns):
+            self.pc, self.text, self.acc = pc, None, []
+            self.text = disassemble(ins)
+            op = ins.op
+            counts = None
+            if op in ("LOAD", "STORE"):
+                self._dma(ins)
+            elif op in ("TACC", "MAC"):
+                counts = self._conv(ins)
+            elif op == "EPI":
+                self._epi(ins)
+            elif op == "POOL":
+                self._pool(ins)
+            elif op == "ALU":
+                self._alu(ins)
+            elif op == "HOST":
+                if host_runner is None:
+                    self._fail("this program has host ops; run it through `dlac run` (which builds "
+                               "them with TVM) or pass host_runner")
+                host_runner(ins.f["index"], self.mem["DRAM"])
+            elif op == "HALT":
+                halted = True
+            cyc = costs.cost(ins, self.m, counts)
+            dense = costs.dense_cycles(ins, self.m) if op == "TACC" else cyc
+            deps = (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next)
+            slot = tl.step(pc, ins.unit, deps, cyc, self.acc, self.text)
+            dslot = dense_tl.step(pc, ins.unit, deps, dense, (), self.text)
+            records.append(InsnRecord(ins, cyc, slot, dslot.end, counts))
+            if progress and pc % 2000 == 0:
+                progress(pc, n)
+            if halted:
+                break
+        if not halted:
+            raise ExecutionError("the program ended without HALT", pc=n - 1 if n else 0)
+        outputs = {t.name: self._read(t) for t in p.outputs}
+        return outputs, build_report(p, records)
+
+    def _write_inputs(self, inputs: dict):
+        want = {t.name: t for t in self.p.inputs}
+        missing = sorted(set(want) - set(inputs))
+        extra = sorted(set(inputs) - set(want))
+        if missing or extra:
+            raise ConfigError(f"inputs: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+                              f"the program takes {sorted(want)}")
+        for name, t in want.items():
+            a = np.asarray(inputs[name])
+            if tuple(a.shape) != tuple(t.shape):
+                raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
+                                  f"compiled for {tuple(t.shape)}")
+            a = np.ascontiguousarray(a, dtype=t.dtype)
+            self.mem["DRAM"][t.addr:t.addr + t.nbytes] = a.view(np.uint8).reshape(-1)
+
+    def _read(self, t) -> np.ndarray:
+        raw = self.mem["DRAM"][t.addr:t.addr + t.nbytes]
+        return raw.view(np.dtype(t.dtype).newbyteorder("<")).reshape(t.shape).copy()
+
+
+def run(program: Program, inputs: dict, *, host_runner=None, check_races: bool = True,
+        progress=None) -> tuple[dict, RunReport]:
+    """Execute ``program`` on ``inputs`` (name -> array); returns (outputs, report)."""
+    return Interpreter(program, check_races=check_races).run(inputs, host_runner, progress)
+
+
+def ternary_nnz(program: Program, ins: Insn, mem: np.ndarray) -> np.ndarray:
+    """Non-zero counts of a TACC's filters, read from a WGT image (for tools)."""
+    return ternary_counts(mem, ins.f["wgt"], ins.f["f"])

@@ -1,0 +1,280 @@
+"""Lowering of one layer into a :class:`Segment` of instructions under its schedule.
+
+* :func:`lower_conv`: conv2d / dense (as 1x1 conv) with its epilogue, tiled over
+  batch, output rows x columns, filter tiles and input-channel tiles; inputs and
+  weight blocks stay in their slots while the loop order reuses them.
+* :func:`lower_pool`: max / average / global-average pooling, tiled over channels and
+  output rows.
+* :func:`lower_eltwise`: ``add``, ``add_relu``, ``relu`` over flat chunks.
+
+DRAM layout is NCHW float32; on-chip tiles are ``[channels, rows, cols]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.errors import CodegenError
+
+from .costs import ceil_div
+from .emitter import Segment, SlotSet
+from .isa import ACTS, ALU_OPS, BUFFERS, Insn, POOL_MODES, fbits
+from .machine import Machine
+from .schedule import ConvShape, Schedule, slots
+
+ALIGN = 64
+
+
+def align(n: int, a: int = ALIGN) -> int:
+    return -(-n // a) * a
+
+
+def ranges(total: int, step: int) -> list[tuple[int, int]]:
+    return [(i, min(i + step, total)) for i in range(0, total, step)]
+
+
+def tile_dmas(base: int, dims: tuple, c: tuple, h: tuple, w: tuple, sram: int, elem: int = 4) -> list[dict]:
+    """DMA field sets moving the tile ``[c0:c1, h0:h1, w0:w1]`` of an ``[C, H, W]`` tensor at
+    DRAM ``base`` to/from a contiguous on-chip tile at ``sram``: one 2-D transfer when
+    rows are whole, else one per channel."""
+    C, H, W = dims
+    (c0, c1), (h0, h1), (w0, w1) = c, h, w
+    nc, nh, nw = c1 - c0, h1 - h0, w1 - w0
+    if nc <= 0 or nh <= 0 or nw <= 0:
+        return []
+    if w0 == 0 and w1 == W:
+        x = nh * W * elem
+        start = base + ((c0 * H + h0) * W) * elem
+        if h0 == 0 and h1 == H or nc == 1:
+            return [dict(sram=sram, dram=start, y=1, x=nc * x if h0 == 0 and h1 == H else x,
+                         dram_stride=0, sram_stride=0)]
+        return [dict(sram=sram, dram=start, y=nc, x=x, dram_stride=H * W * elem, sram_stride=x)]
+    out = []
+    x = nw * elem
+    for i, ch in enumerate(range(c0, c1)):
+        out.append(dict(sram=sram + i * nh * x, dram=base + ((ch * H + h0) * W + w0) * elem,
+                        y=nh, x=x, dram_stride=W * elem, sram_stride=x))
+    return out
+
+
+def _dma(buf: str, d: dict) -> dict:
+    d = dict(d, buf=BUFFERS.index(buf))
+    if d["y"] == 1:
+        d["dram_stride"] = d["sram_stride"] = 0
+    return d
+
+
+def _window(o0: int, o1: int, stride: int, k: int, pad: int, size: int) -> tuple[int, int, int, int]:
+    """Input range [i0, i1) read by outputs [o0, o1) and the zero padding before/after."""
+    a = o0 * stride - pad
+    b = (o1 - 1) * stride + k - pad      # exclusive, padded coordinates
+    i0, i1 = max(a, 0), min(b, size)
+    return i0, i1, i0 - a, b - i1
+
+
+@dataclass
+class Epilogue:
+    has_scale: bool
+    act: str = "none"          # none | relu | clip
+    lo: float = 0.0
+    hi: float = 0.0
+    residual_addr: int | None = None
+
+
+def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_addr: int,
+               wblock: dict, pblock: dict, epi: Epilogue, name: str = "layer") -> list[Insn]:
+    """Instructions of a conv/dense layer.  ``wblock[(fi, ci)]`` and ``pblock[fi]`` give
+    the DRAM (address, bytes) of each packed weight block / parameter block."""
+    seg = Segment()
+    n_sl = slots(s)
+    c_t = s.f_tile if shape.depthwise else s.c_tile
+    in_slot = align(c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * 4)
+    res_slot = align(s.f_tile * s.h_tile * s.w_tile * 4) if epi.residual_addr is not None else 0
+    w_slot = align(max(nb for _, nb in wblock.values()))
+    p_slot = align(max(nb for _, nb in pblock.values()))
+    acc_slot = align(s.f_tile * s.h_tile * s.w_tile * 4)
+    for buf, need, have in (("INP", n_sl * (in_slot + res_slot), m.inp_bytes),
+                            ("WGT", n_sl * (w_slot + p_slot), m.wgt_bytes),
+                            ("ACC", n_sl * acc_slot, m.acc_bytes)):
+        if need > have:
+            raise CodegenError(f"{name}: schedule {s} needs {need} bytes of {buf}, has {have}")
+    ins_ = SlotSet(0, in_slot, n_sl)
+    ress = SlotSet(n_sl * in_slot, res_slot, n_sl)
+    wts = SlotSet(0, w_slot, n_sl)
+    prms = SlotSet(n_sl * w_slot, p_slot, n_sl)
+    accs = SlotSet(0, acc_slot, n_sl)
+    acc_stored = [-1] * n_sl             # last store index of each accumulator slot
+
+    C, H, W = shape.c, shape.h, shape.w
+    pt, pl, pb, pr = shape.pads
+    ftiles = ranges(shape.f, s.f_tile)
+    ctiles = ranges(shape.c, s.c_tile) if not shape.depthwise else None
+    sp = [(hr, wr) for hr in ranges(shape.oh, s.h_tile) for wr in ranges(shape.ow, s.w_tile)]
+
+    def loop():
+        for n in range(shape.n):
+            if s.order == "spatial_outer":
+                for si in range(len(sp)):
+                    for fi in range(len(ftiles)):
+                        yield n, si, fi
+            else:
+                for fi in range(len(ftiles)):
+                    for si in range(len(sp)):
+                        yield n, si, fi
+
+    def load_into(slotset: SlotSet, key, dmas_for) -> int:
+        slot = slotset.find(key)
+        if slot is None:
+            slot, free_after = slotset.take(key)
+            last = -1
+            for d in dmas_for(slotset.addr(slot)):
+                last = seg.load(d, free_after)
+                free_after = -1
+            slotset.filled_by[slot] = last
+        return slot
+
+    x_chw = C * H * W * 4
+    o_chw = shape.f * shape.oh * shape.ow * 4
+    for n, si, fi in loop():
+        (oh0, oh1), (ow0, ow1) = sp[si]
+        f0, f1 = ftiles[fi]
+        ih0, ih1, tp, bp = _window(oh0, oh1, shape.sh, shape.kh, pt, H)
+        iw0, iw1, lp, rp = _window(ow0, ow1, shape.sw, shape.kw, pl, W)
+        if max(tp, bp, lp, rp) > 15:
+            raise CodegenError(f"{name}: tile padding {max(tp, bp, lp, rp)} exceeds the 4-bit pad field")
+        cts = [(f0, f1)] if shape.depthwise else ctiles
+        acc_slot_i, _ = accs.take((n, si, fi))
+        acc_addr = accs.addr(acc_slot_i)
+        for ci, (c0, c1) in enumerate(cts):
+            in_key = (n, si, c0)
+            islot = load_into(ins_, in_key, lambda a: [_dma("INP", d) for d in tile_dmas(
+                x_addr + n * x_chw, (C, H, W), (c0, c1), (ih0, ih1), (iw0, iw1), a)])
+            wkey = (fi, 0 if shape.depthwise else ci)
+            wa, wn = wblock[wkey]
+            wslot = load_into(wts, wkey, lambda a: [_dma("WGT", dict(sram=a, dram=wa, y=1, x=wn,
+                                                                      dram_stride=0, sram_stride=0))])
+            insn = Insn("TACC" if shape.ternary else "MAC", dict(
+                inp=ins_.addr(islot), wgt=wts.addr(wslot), acc=acc_addr, accumulate=int(ci > 0),
+                depthwise=int(shape.depthwise), c=c1 - c0, h=ih1 - ih0, w=iw1 - iw0,
+                kh=shape.kh, kw=shape.kw, f=f1 - f0, oh=oh1 - oh0, ow=ow1 - ow0,
+                sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=0))
+            j = seg.compute(insn, max(ins_.filled_by[islot], wts.filled_by[wslot]),
+                            acc_stored[acc_slot_i] if ci == 0 else -1)
+            ins_.use(islot, j)
+            wts.use(wslot, j)
+        # epilogue: parameters and the residual tile, then the stores
+        pa, pn = pblock[fi]
+        pslot = load_into(prms, fi, lambda a: [_dma("WGT", dict(sram=a, dram=pa, y=1, x=pn,
+                                                                 dram_stride=0, sram_stride=0))])
+        after = prms.filled_by[pslot]
+        res_addr = 0
+        if epi.residual_addr is not None:
+            rslot = load_into(ress, (n, si, fi), lambda a: [_dma("INP", d) for d in tile_dmas(
+                epi.residual_addr + n * o_chw, (shape.f, shape.oh, shape.ow), (f0, f1),
+                (oh0, oh1), (ow0, ow1), a)])
+            after = max(after, ress.filled_by[rslot])
+            res_addr = ress.addr(rslot)
+        npx = (oh1 - oh0) * (ow1 - ow0)
+        j = seg.compute(Insn("EPI", dict(
+            acc=acc_addr, dst=acc_addr, has_scale=int(epi.has_scale),
+            has_res=int(epi.residual_addr is not None), act=ACTS.index(epi.act), prm=prms.addr(pslot),
+            res=res_addr, f=f1 - f0, p=npx, lo_bits=fbits(epi.lo), hi_bits=fbits(epi.hi))), after)
+        prms.use(pslot, j)
+        if epi.residual_addr is not None:
+            ress.use(rslot, j)
+        for d in tile_dmas(out_addr + n * o_chw, (shape.f, shape.oh, shape.ow), (f0, f1),
+                           (oh0, oh1), (ow0, ow1), acc_addr):
+            acc_stored[acc_slot_i] = seg.store(_dma("ACC", d), j)
+    return seg.finish()
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    n: int
+    c: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pads: tuple        # (top, left, bottom, right)
+    mode: str          # max | avg
+    count_pad: bool = False
+
+
+def pool_tiles(p: PoolShape, m: Machine) -> tuple[int, int]:
+    """Greedy (channels, output rows) per tile: as many as the buffers hold, double-buffered."""
+    for c_t in sorted({p.c, *[ceil_div(p.c, 2 ** i) for i in range(1, 13)]}, reverse=True):
+        for h_t in range(p.oh, 0, -1):
+            in_rows = (h_t - 1) * p.sh + p.kh
+            if 2 * align(c_t * in_rows * p.w * 4) <= m.inp_bytes and \
+                    2 * ceil_div(c_t * h_t * p.ow, m.pes) * 4 <= m.obuf_bytes_per_pe and \
+                    c_t * h_t * p.ow * 8 <= m.acc_bytes and in_rows <= 4095:
+                return c_t, h_t
+    raise CodegenError(f"pooling {p} does not fit the buffers")
+
+
+def lower_pool(p: PoolShape, m: Machine, *, x_addr: int, out_addr: int, name: str = "pool") -> list[Insn]:
+    c_t, h_t = pool_tiles(p, m)
+    seg = Segment()
+    in_slot = align(c_t * ((h_t - 1) * p.sh + p.kh) * p.w * 4)
+    acc_slot = align(c_t * h_t * p.ow * 4)
+    ins_ = SlotSet(0, in_slot, 2)
+    accs = SlotSet(0, acc_slot, 2)
+    stored = [-1, -1]
+    pt, pl, pb, pr = p.pads
+    if max(pl, pr) > 15:
+        raise CodegenError(f"{name}: padding {max(pl, pr)} exceeds the 4-bit pad field")
+    for n in range(p.n):
+        for c0, c1 in ranges(p.c, c_t):
+            for oh0, oh1 in ranges(p.oh, h_t):
+                ih0, ih1, tp, bp = _window(oh0, oh1, p.sh, p.kh, pt, p.h)
+                if max(tp, bp) > 15:
+                    raise CodegenError(f"{name}: padding {max(tp, bp)} exceeds the 4-bit pad field")
+                slot, free_after = ins_.take((n, c0, oh0))
+                last = -1
+                for d in tile_dmas(x_addr + n * p.c * p.h * p.w * 4, (p.c, p.h, p.w), (c0, c1),
+                                   (ih0, ih1), (0, p.w), ins_.addr(slot)):
+                    last = seg.load(_dma("INP", d), free_after)
+                    free_after = -1
+                aslot, _ = accs.take((n, c0, oh0))
+                j = seg.compute(Insn("POOL", dict(
+                    src=ins_.addr(slot), dst=accs.addr(aslot), mode=POOL_MODES.index(p.mode),
+                    count_pad=int(p.count_pad), c=c1 - c0, h=ih1 - ih0, w=p.w, oh=oh1 - oh0, ow=p.ow,
+                    kh=p.kh, kw=p.kw, sh=p.sh, sw=p.sw, pt=tp, pb=bp, pl=pl, pr=pr)), last, stored[aslot])
+                ins_.use(slot, j)
+                for d in tile_dmas(out_addr + n * p.c * p.oh * p.ow * 4, (p.c, p.oh, p.ow), (c0, c1),
+                                   (oh0, oh1), (0, p.ow), accs.addr(aslot)):
+                    stored[aslot] = seg.store(_dma("ACC", d), j)
+    return seg.finish()
+
+
+def lower_eltwise(op: str, n: int, m: Machine, *, a_addr: int, b_addr: int | None, out_addr: int) -> list[Insn]:
+    """``op`` in ALU_OPS over ``n`` float32 elements, chunked to fit, double-buffered."""
+    per_pe = m.obuf_bytes_per_pe // 2 // 4
+    chunk = min(n, per_pe * m.pes, m.inp_bytes // 4 // 4)
+    chunk = max(1, chunk)
+    seg = Segment()
+    ins_ = SlotSet(0, align(2 * chunk * 4), 2)
+    accs = SlotSet(0, align(chunk * 4), 2)
+    stored = [-1, -1]
+    for k0, k1 in ranges(n, chunk):
+        nb = (k1 - k0) * 4
+        slot, free_after = ins_.take(k0)
+        base = ins_.addr(slot)
+        last = seg.load(_dma("INP", dict(sram=base, dram=a_addr + 4 * k0, y=1, x=nb, dram_stride=0,
+                                        sram_stride=0)), free_after)
+        if b_addr is not None:
+            last = seg.load(_dma("INP", dict(sram=base + align(chunk * 4), dram=b_addr + 4 * k0, y=1,
+                                            x=nb, dram_stride=0, sram_stride=0)))
+        aslot, _ = accs.take(k0)
+        j = seg.compute(Insn("ALU", dict(a=base, b=base + align(chunk * 4) if b_addr is not None else base,
+                                         op=ALU_OPS.index(op), dst=accs.addr(aslot), n=k1 - k0)),
+                        last, stored[aslot])
+        ins_.use(slot, j)
+        stored[aslot] = seg.store(_dma("ACC", dict(sram=accs.addr(aslot), dram=out_addr + 4 * k0, y=1,
+                                                   x=nb, dram_stride=0, sram_stride=0)), j)
+    return seg.finish()

@@ -1,0 +1,73 @@
+"""A dLAC program in memory: what a ``.dlac`` file holds, before encoding / after decoding.
+
+* ``insns``: the instruction stream (:class:`target_dlac.isa.Insn`).
+* ``constants``: bytes placed in DRAM at address 0 before the run (packed weight
+  blocks, epilogue parameters).
+* ``tensors``: the tensor table: name, role (``input``, ``output``, ``activation``),
+  shape, dtype and DRAM address of every tensor the program reads or writes.
+* ``meta``: JSON-able metadata: compiler version, source hash, quantization config,
+  DRAM size, layers (name, op, precision, pc range, schedule, minimum DRAM traffic)
+  and host ops.
+* ``host``: optional zlib-compressed TVM Relax JSON of the host functions (``HOST``).
+* ``reference``: optional zlib-compressed TVM Relax JSON of the quantized graph, for
+  ``dlac run --check``.
+
+NumPy only: reading and running a binary without host ops never imports TVM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .isa import Insn
+from .machine import Machine
+
+DTYPE_SIZES = {"float32": 4, "float16": 2, "int8": 1, "int32": 4, "uint8": 1}
+
+
+@dataclass
+class Tensor:
+    name: str
+    role: str
+    shape: tuple
+    dtype: str
+    addr: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_SIZES[self.dtype]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "role": self.role, "shape": list(self.shape),
+                "dtype": self.dtype, "addr": self.addr}
+
+
+@dataclass
+class Program:
+    machine: Machine
+    insns: list[Insn]
+    constants: bytes
+    tensors: list[Tensor]
+    meta: dict = field(default_factory=dict)
+    host: bytes | None = None
+    reference: bytes | None = None
+
+    @property
+    def inputs(self) -> list[Tensor]:
+        return [t for t in self.tensors if t.role == "input"]
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        return [t for t in self.tensors if t.role == "output"]
+
+    @property
+    def dram_bytes(self) -> int:
+        return int(self.meta["dram_bytes"])
+
+    def tensor(self, name: str) -> Tensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)

@@ -1,0 +1,168 @@
+"""Per-layer and total results of a run: cycles on the timeline and what they mean.
+
+For each layer (a pc range recorded by the codegen in the binary's metadata):
+
+* ``cycles``: end of the layer's last instruction minus the end of the previous
+  layer's (layers end with ``SYNC``, so these add up to the total);
+* ``compute``: busy cycles of the compute unit; ``load_stall``: cycles the compute
+  unit waited for a load token; ``store_stall``: the rest (waiting for stores to free
+  an accumulator slot, plus draining the last stores);
+* ``dense_macs``: multiply-accumulates of the layer with every weight present;
+  ``issued_macs``: those issued (non-zero weights only for ternary layers);
+* ``zero_skip_speedup``: cycles of the same program with every weight issued (the
+  same timeline with ``TACC`` costed as ``MAC``) divided by ``cycles``;
+* ``load_balance``: work done over work paid for in ternary steps: the sum of the
+  filters' non-zero counts over the sum of (filters x the largest count) of every
+  group of filters that ran together (1.0 = perfectly balanced);
+* ``lower_bound_cycles`` = max(issued MACs / MAC lanes, minimum DRAM bytes /
+  bandwidth) and ``pct_of_bound`` = 100 * cycles / lower bound;
+* ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
+  ``tflops_per_mm2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import costs
+from .isa import Insn
+from .timeline import Slot
+
+
+@dataclass
+class InsnRecord:
+    ins: Insn
+    cycles: int
+    slot: Slot
+    dense_end: int
+    counts: np.ndarray | None = None
+
+
+@dataclass
+class LayerReport:
+    name: str
+    op: str
+    precision: str
+    pc_start: int
+    pc_end: int
+    cycles: int = 0
+    compute: int = 0
+    load_stall: int = 0
+    store_stall: int = 0
+    dense_macs: int = 0
+    issued_macs: int = 0
+    dense_cycles: int = 0
+    zero_skip_speedup: float = 1.0
+    load_balance: float = 1.0
+    lower_bound_cycles: int = 0
+    pct_of_bound: float = 0.0
+    dram_bytes: int = 0
+    instructions: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunReport:
+    machine: dict
+    cycles: dict
+    layers: list[LayerReport]
+    host_ops: int = 0
+    seconds: float = 0.0
+    tflops_equiv: float = 0.0
+    tflops_per_mm2: float = 0.0
+    instructions: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"cycles": self.cycles, "layers": [l.to_dict() for l in self.layers],
+                "machine": self.machine, "host_ops": self.host_ops, "seconds": self.seconds,
+                "tflops_equiv": self.tflops_equiv, "tflops_per_mm2": self.tflops_per_mm2,
+                "instructions": self.instructions, **self.extra}
+
+    def table(self) -> str:
+        head = (f"{'layer':<24} {'op':<11} {'prec':<7} {'cycles':>10} {'compute':>9} {'ld stall':>9} "
+                f"{'st stall':>9} {'skip x':>6} {'bal':>5} {'bound':>9} {'%bound':>7}")
+        lines = [head]
+        for l in self.layers:
+            lines.append(f"{l.name[:24]:<24} {l.op[:11]:<11} {l.precision[:7]:<7} {l.cycles:>10,} "
+                         f"{l.compute:>9,} {l.load_stall:>9,} {l.store_stall:>9,} "
+                         f"{l.zero_skip_speedup:>6.2f} {l.load_balance:>5.2f} "
+                         f"{l.lower_bound_cycles:>9,} {l.pct_of_bound:>6.0f}%")
+        c = self.cycles
+        lines.append(f"{'total':<24} {'':<11} {'':<7} {c['total']:>10,} {c['compute']:>9,} "
+                     f"{c['load_stall']:>9,} {c['store_stall']:>9,}")
+        lines.append(f"{self.seconds * 1e6:.1f} us at {self.machine['clock_mhz']:g} MHz; "
+                     f"{self.tflops_equiv:.3f} dense-equivalent TFLOP/s, "
+                     f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2"
+                     + (f"; {self.host_ops} host op(s) not in the cycle count" if self.host_ops else ""))
+        return "\n".join(lines)
+
+
+def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: int, m) -> LayerReport:
+    lr = LayerReport(meta["name"], meta["op"], meta.get("precision", "-"), meta["pc_start"], meta["pc_end"])
+    if not recs:
+        return lr
+    end = max(r.slot.end for r in recs)
+    dense_end = max(r.dense_end for r in recs)
+    lr.cycles = max(0, end - prev_end)
+    lr.dense_cycles = max(0, dense_end - prev_dense_end)
+    lr.instructions = len(recs)
+    done = paid = 0
+    for r in recs:
+        ins = r.ins
+        if ins.unit == "compute":
+            lr.compute += r.cycles
+            lr.load_stall += r.slot.load_stall
+        if ins.op in ("TACC", "MAC"):
+            px = ins.f["oh"] * ins.f["ow"]
+            k = costs.weights_per_filter(ins)
+            lr.dense_macs += ins.f["f"] * k * px
+            if ins.op == "TACC":
+                cnt = np.asarray(r.counts, np.int64)
+                lr.issued_macs += int(cnt.sum()) * px
+                npass = costs.passes(ins, m)
+                pad = (-len(cnt)) % m.pe_cols
+                groups = np.concatenate([cnt, np.full(pad, -1)]).reshape(-1, m.pe_cols)
+                sizes = (groups >= 0).sum(axis=1)
+                done += npass * int(cnt.sum())
+                paid += npass * int((sizes * groups.max(axis=1)).sum())
+            else:
+                lr.issued_macs += ins.f["f"] * k * px
+    lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
+    lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
+    lr.load_balance = done / paid if paid else 1.0
+    lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
+    lr.lower_bound_cycles = max(costs.ceil_div(lr.issued_macs, m.macs_per_cycle),
+                                costs.ceil_div(lr.dram_bytes, m.dram_bytes_per_cycle))
+    lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
+    return lr
+
+
+def build_report(program, records: list[InsnRecord]) -> RunReport:
+    m = program.machine
+    layers = []
+    prev_end = prev_dense = 0
+    for meta in program.meta.get("layers", []):
+        recs = records[meta["pc_start"]:meta["pc_end"]]
+        lr = _layer(meta, recs, prev_end, prev_dense, m)
+        if recs:
+            prev_end = max(prev_end, max(r.slot.end for r in recs))
+            prev_dense = max(prev_dense, max(r.dense_end for r in recs))
+        layers.append(lr)
+    total = max((r.slot.end for r in records), default=0)
+    compute = sum(r.cycles for r in records if r.ins.unit == "compute")
+    load_stall = sum(r.slot.load_stall for r in records)
+    dense_macs = sum(l.dense_macs for l in layers)
+    secs = m.seconds(total)
+    tflops = 2 * dense_macs / secs / 1e12 if secs else 0.0
+    return RunReport(
+        machine=m.to_dict() | {"hash": m.hash()},
+        cycles={"total": total, "compute": compute, "load_stall": load_stall,
+                "store_stall": max(0, total - compute - load_stall)},
+        layers=layers, host_ops=sum(1 for r in records if r.ins.op == "HOST"), seconds=secs,
+        tflops_equiv=tflops, tflops_per_mm2=tflops / m.area_mm2, instructions=len(records),
+        extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers)})

@@ -1,0 +1,182 @@
+"""Per-layer tiling schedules: the explicit object the codegen follows (and the autotuner
+searches), its validation against the machine's buffers, and the greedy default.
+
+A :class:`ConvShape` describes a conv or dense layer (dense = 1x1 conv on ``[B, K, 1, 1]``).
+A :class:`Schedule` fixes:
+
+* ``f_tile``, ``c_tile``: output / input channels per tile (depthwise: ``c_tile`` is
+  ignored; each filter reads its own channel);
+* ``h_tile``, ``w_tile``: output rows / columns per tile;
+* ``order``: ``spatial_outer`` (for each output tile, all filter tiles: inputs stay,
+  weights stream) or ``filter_outer`` (for each filter tile, all output tiles:
+  weights stay, inputs stream);
+* ``double_buffer``: two slots per buffer (loads and stores overlap compute) or one;
+* ``pe_order``: filter-to-PE assignment, ``as_is`` or ``sorted`` (by non-zero count,
+  so filters that run together have similar counts).
+
+:func:`footprint` gives the bytes each buffer needs; :func:`check` refuses a schedule
+that does not fit (naming the buffer); :func:`default_schedule` is the greedy
+"fill the buffers" choice (as Gemmini's ``tiled_matmul_auto``): largest filter tile
+first, then the most output rows the accumulators hold, then the most input channels
+the input and weight buffers hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from compiler.errors import CodegenError
+
+from .costs import ceil_div
+from .machine import Machine
+
+ORDERS = ("spatial_outer", "filter_outer")
+PE_ORDERS = ("as_is", "sorted")
+MAX_DIM = 4095          # 12-bit tile fields of the encoding
+MAX_KIDX = 65536        # u16 weight index of a ternary block
+MAX_PIXELS = 65535      # 16-bit pixel field of EPI
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    n: int
+    c: int
+    h: int
+    w: int
+    f: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pads: tuple          # (top, left, bottom, right)
+    oh: int
+    ow: int
+    depthwise: bool = False
+    residual: bool = False
+    ternary: bool = True
+
+    def in_rows(self, rows: int) -> int:
+        """Input rows (padded coordinates) that ``rows`` output rows read."""
+        return (rows - 1) * self.sh + self.kh
+
+    def in_cols(self, cols: int) -> int:
+        return (cols - 1) * self.sw + self.kw
+
+    @property
+    def k(self) -> int:
+        return (1 if self.depthwise else self.c) * self.kh * self.kw
+
+
+@dataclass(frozen=True)
+class Schedule:
+    f_tile: int
+    c_tile: int
+    h_tile: int
+    w_tile: int
+    order: str = "spatial_outer"
+    double_buffer: bool = True
+    pe_order: str = "sorted"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        try:
+            s = cls(**{k: d[k] for k in ("f_tile", "c_tile", "h_tile", "w_tile")},
+                    order=d.get("order", "spatial_outer"), double_buffer=bool(d.get("double_buffer", True)),
+                    pe_order=d.get("pe_order", "sorted"))
+        except (KeyError, TypeError) as e:
+            raise CodegenError(f"schedule {d!r} is malformed: {e}") from None
+        return s
+
+
+def slots(s: Schedule) -> int:
+    return 2 if s.double_buffer else 1
+
+
+def footprint(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> dict:
+    """Bytes per buffer under ``s``; ``wbytes(f_tile, c_tile)`` = largest weight block.
+    ``ACC`` counts the bytes of one PE's output buffer (the tile is spread over the
+    PE grid: ``f_tile / pe_cols`` filters by ``pixels / pe_rows`` pixels per PE)."""
+    n = slots(s)
+    c_t = s.f_tile if shape.depthwise else s.c_tile
+    inp = c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * 4
+    res = s.f_tile * s.h_tile * s.w_tile * 4 if shape.residual else 0
+    return {"INP": n * (inp + res), "WGT": n * (wbytes(s.f_tile, c_t) + 8 * s.f_tile),
+            "ACC": n * acc_per_pe(s.f_tile, s.h_tile * s.w_tile, m)}
+
+
+def acc_per_pe(filters: int, pixels: int, m: Machine) -> int:
+    """Bytes of one PE's output buffer that a tile of ``filters`` x ``pixels`` uses."""
+    return ceil_div(filters, m.pe_cols) * ceil_div(pixels, m.pe_rows) * 4
+
+
+def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer") -> None:
+    """Raise :class:`CodegenError` if ``s`` is not a legal schedule for ``shape`` on ``m``."""
+    problems = []
+    if s.order not in ORDERS:
+        problems.append(f"order {s.order!r} is not one of {ORDERS}")
+    if s.pe_order not in PE_ORDERS:
+        problems.append(f"pe_order {s.pe_order!r} is not one of {PE_ORDERS}")
+    for name, v, hi in (("f_tile", s.f_tile, shape.f), ("c_tile", s.c_tile, shape.c),
+                        ("h_tile", s.h_tile, shape.oh), ("w_tile", s.w_tile, shape.ow)):
+        if not isinstance(v, int) or not 1 <= v <= min(hi, MAX_DIM):
+            problems.append(f"{name}={v} is outside [1, {min(hi, MAX_DIM)}]")
+    if problems:
+        raise CodegenError(f"{where}: schedule {s}: " + "; ".join(problems))
+    c_t = s.f_tile if shape.depthwise else s.c_tile
+    if shape.in_rows(s.h_tile) > MAX_DIM or shape.in_cols(s.w_tile) > MAX_DIM:
+        problems.append("input tile exceeds 4095 rows/columns")
+    if (1 if shape.depthwise else c_t) * shape.kh * shape.kw > MAX_KIDX:
+        problems.append(f"{c_t}x{shape.kh}x{shape.kw} weights per filter exceed the 16-bit index")
+    if s.h_tile * s.w_tile > MAX_PIXELS:
+        problems.append(f"{s.h_tile * s.w_tile} pixels per tile exceed {MAX_PIXELS}")
+    fp = footprint(shape, s, m, wbytes)
+    for buf, need, have in (("INP", fp["INP"], m.inp_bytes), ("WGT", fp["WGT"], m.wgt_bytes),
+                            ("ACC (per PE)", fp["ACC"], m.obuf_bytes_per_pe)):
+        if need > have:
+            problems.append(f"{buf} needs {need} bytes, has {have}")
+    if problems:
+        raise CodegenError(f"{where}: schedule {s} does not fit: " + "; ".join(problems))
+
+
+def fits(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> bool:
+    try:
+        check(shape, s, m, wbytes)
+        return True
+    except CodegenError:
+        return False
+
+
+def _halvings(n: int, align: int = 1) -> list[int]:
+    """n, then smaller candidates (halving; multiples of ``align`` while possible)."""
+    out, v = [n], n
+    while v > 1:
+        v = ceil_div(v, 2)
+        if v >= align:
+            v = ceil_div(v, align) * align if v % align else v
+        out.append(v)
+    return sorted(set(x for x in out if x >= 1), reverse=True)
+
+
+def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool = True) -> Schedule:
+    """The greedy default: fill the buffers (see the module docstring)."""
+    for f_t in _halvings(min(shape.f, MAX_DIM), m.pe_cols):
+        for w_t in _halvings(min(shape.ow, MAX_DIM)):
+            h_fit = None
+            for h_t in range(min(shape.oh, MAX_DIM), 0, -1):
+                if (2 if double_buffer else 1) * acc_per_pe(f_t, h_t * w_t, m) <= m.obuf_bytes_per_pe:
+                    h_fit = h_t
+                    break
+            if h_fit is None:
+                continue
+            for h_t in _halvings(h_fit):
+                c_opts = [f_t] if shape.depthwise else _halvings(min(shape.c, MAX_DIM))
+                for c_t in c_opts:
+                    s = Schedule(f_t, min(c_t, shape.c), h_t, w_t, double_buffer=double_buffer)
+                    if fits(shape, s, m, wbytes):
+                        return s
+    raise CodegenError(f"no tiling of {shape} fits the machine's buffers "
+                       f"(INP {m.inp_bytes} B, WGT {m.wgt_bytes} B, ACC {m.obuf_bytes_per_pe} B per PE)")
+
