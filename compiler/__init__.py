@@ -6,8 +6,15 @@ load on first use::
     from compiler import compile_model, QuantConfig, run_reference
 """
 
+from importlib.metadata import PackageNotFoundError, version as _version
+
 from .config import QuantConfig
 from .errors import DlacError
+
+try:
+    __version__ = _version("dlac")
+except PackageNotFoundError:     # running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = ["compile_model", "QuantConfig", "DlacError", "run_reference", "Reference", "STAGES"]
 

@@ -1,0 +1,129 @@
+"""Static validation of a decoded program, before anything executes.
+
+Checks the metadata (DRAM size within the machine's, tensor table inside DRAM,
+layer pc ranges), and every instruction: operand codes defined, tile geometry
+consistent (output size from input, kernel, stride and padding), and every buffer
+and DRAM range it touches inside its memory.  Errors are
+:class:`BinaryFormatError` naming the section, the byte offset and, for an
+instruction, its pc and disassembly.  The interpreter checks again at run time
+(data-dependent ranges such as a ternary block's length are only known then).
+"""
+
+from __future__ import annotations
+
+from compiler.errors import BinaryFormatError
+
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, POOL_MODES, Insn, disassemble
+
+
+def _geometry_ok(f: dict, kh: int, kw: int, sh: int, sw: int) -> bool:
+    hp, wp = f["h"] + f["pt"] + f["pb"], f["w"] + f["pl"] + f["pr"]
+    return (min(kh, kw, sh, sw) > 0 and hp >= kh and wp >= kw
+            and (hp - kh) // sh + 1 == f["oh"] and (wp - kw) // sw + 1 == f["ow"])
+
+
+def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
+    """Memory ranges ``(memory, lo, hi)`` an instruction touches (TACC: its block header)."""
+    f, op = ins.f, ins.op
+    if op in ("LOAD", "STORE"):
+        if f["y"] == 0 or f["x"] == 0:
+            return []
+        buf = BUFFERS[f["buf"]]
+        return [("DRAM", f["dram"], f["dram"] + (f["y"] - 1) * f["dram_stride"] + f["x"]),
+                (buf, f["sram"], f["sram"] + (f["y"] - 1) * f["sram_stride"] + f["x"])]
+    if op in ("TACC", "MAC"):
+        k = (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
+        w = 4 * f["f"] if op == "TACC" else 4 * f["f"] * k
+        return [("INP", f["inp"], f["inp"] + 4 * f["c"] * f["h"] * f["w"]),
+                ("WGT", f["wgt"], f["wgt"] + w),
+                ("ACC", f["acc"], f["acc"] + 4 * f["f"] * f["oh"] * f["ow"])]
+    if op == "EPI":
+        n = 4 * f["f"] * f["p"]
+        out = [("ACC", f["acc"], f["acc"] + n), ("ACC", f["dst"], f["dst"] + n),
+               ("WGT", f["prm"], f["prm"] + 4 * f["f"] * (2 if f["has_scale"] else 1))]
+        if f["has_res"]:
+            out.append(("INP", f["res"], f["res"] + n))
+        return out
+    if op == "POOL":
+        return [("INP", f["src"], f["src"] + 4 * f["c"] * f["h"] * f["w"]),
+                ("ACC", f["dst"], f["dst"] + 4 * f["c"] * f["oh"] * f["ow"])]
+    if op == "ALU":
+        n = 4 * f["n"]
+        return [("INP", f["a"], f["a"] + n), ("INP", f["b"], f["b"] + n), ("ACC", f["dst"], f["dst"] + n)]
+    return []
+
+
+def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
+    """The first problem with ``ins`` (or ``None``)."""
+    f, op = ins.f, ins.op
+    if op in ("LOAD", "STORE"):
+        if f["buf"] >= len(BUFFERS):
+            return f"buffer code {f['buf']} names no buffer"
+        dst_stride = f["sram_stride"] if op == "LOAD" else f["dram_stride"]
+        if f["y"] > 1 and dst_stride < f["x"]:
+            return "destination rows overlap (stride smaller than the row)"
+    elif op in ("TACC", "MAC"):
+        if f["dtype"] >= len(DTYPES) or DTYPES[f["dtype"]] != "float32":
+            return "this version executes float32 activations only (dtype 0)"
+        if f["depthwise"] and f["c"] != f["f"]:
+            return "depthwise tile needs as many channels as filters"
+        if not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
+            return "output tile does not match the padded input, kernel and stride"
+    elif op == "EPI":
+        if f["act"] >= len(ACTS):
+            return f"activation code {f['act']} is not defined"
+    elif op == "POOL":
+        if f["mode"] >= len(POOL_MODES) or not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
+            return "pool geometry is inconsistent"
+    elif op == "ALU":
+        if f["op"] >= len(ALU_OPS):
+            return f"ALU op code {f['op']} is not defined"
+    elif op == "HOST":
+        if f["index"] >= n_host:
+            return f"host op #{f['index']} is not in the host table ({n_host} entries)"
+    for mem, lo, hi in ranges_of(ins):
+        if hi > sizes[mem]:
+            return f"{mem} range [{lo}, {hi}) is outside {mem} ({sizes[mem]} bytes)"
+    return None
+
+
+def validate_program(p, offsets: dict | None = None) -> None:
+    offsets = offsets or {}
+    m = p.machine
+    meta = p.meta
+
+    def fail(msg, section, extra=0):
+        raise BinaryFormatError(msg, section=section, offset=offsets.get(section, 0) + extra)
+
+    dram = meta.get("dram_bytes")
+    if not isinstance(dram, int) or not 0 < dram <= m.dram_bytes:
+        fail(f"DRAM size {dram!r} is not in (0, {m.dram_bytes}] (the machine's DRAM)", "META")
+    if len(p.constants) > dram:
+        fail(f"{len(p.constants)} bytes of constants exceed the {dram}-byte DRAM image", "CONSTS")
+    for t in p.tensors:
+        if t.addr + t.nbytes > dram:
+            fail(f"tensor {t.name!r} [{t.addr}, {t.addr + t.nbytes}) lies outside DRAM ({dram} bytes)",
+                 "TENSORS")
+    if not p.outputs:
+        fail("the tensor table has no outputs", "TENSORS")
+    host_ops = meta.get("host_ops", [])
+    if not isinstance(host_ops, list) or (host_ops and p.host is None):
+        fail("host ops are listed but the HOST section is missing", "META")
+    names = {t.name for t in p.tensors}
+    for h in host_ops:
+        if not isinstance(h, dict) or not all(n in names for n in h.get("inputs", []) + h.get("outputs", [])):
+            fail(f"host op entry {str(h)[:80]} names tensors not in the tensor table", "META")
+    n = len(p.insns)
+    if not n or p.insns[-1].op != "HALT":
+        fail("the instruction stream does not end with HALT", "INSTS", max(0, n - 1) * INSN_BYTES)
+    layers = meta.get("layers", [])
+    if not isinstance(layers, list) or not all(
+            isinstance(l, dict) and isinstance(l.get("pc_start"), int) and isinstance(l.get("pc_end"), int)
+            and 0 <= l["pc_start"] <= l["pc_end"] <= n and isinstance(l.get("name"), str)
+            and isinstance(l.get("op"), str) for l in layers):
+        fail("layer table is malformed (pc ranges, names)", "META")
+    sizes = {"DRAM": dram, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
+    for pc, ins in enumerate(p.insns):
+        problem = check_insn(ins, sizes, len(host_ops))
+        if problem:
+            fail(f"pc {pc} ({disassemble(ins)}): {problem}", "INSTS", pc * INSN_BYTES)
