@@ -37,5 +37,5 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         "machine_hash": machine.hash(),
     })
     if reference:
-        prog.reference = zlib.compress(tvm.ir.save_json(result.stages["fold"]).encode(), 6)
+        prog.reference = zlib.compress(tvm.ir.save_json(result.stages["fold"]).encode(), 1)
     return prog

@@ -1,7 +1,12 @@
 """The ``dlac`` command line.
 
-    dlac compile MODEL [options]     import + quantize + partition; reports, IR dumps
-    dlac demo                        the MNIST demo (see README)
+    dlac compile MODEL [-o out.dlac] [options]   quantize, partition, generate the dLAC binary
+    dlac run out.dlac --input x.npy [--check]    execute a binary in the ISA interpreter
+    dlac inspect out.dlac [--json]               summarize and disassemble a binary
+    dlac demo                                    the MNIST demo (see README)
+
+``inspect`` and ``run`` (without ``--check``, on a binary with no host ops) import
+neither TVM nor torch: a binary runs with NumPy alone.
 
 Errors print one line and exit non-zero; ``--debug`` shows the traceback.
 """
@@ -21,6 +26,10 @@ QUANT_LATER = ("cluster", "int4", "int8", "swis")       # the quantization-bread
 
 
 def _fail(e: BaseException, debug: bool) -> None:
+    if isinstance(e, BrokenPipeError):      # output piped into `head` and closed: not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     if debug:
         raise e
     if isinstance(e, DlacError):
@@ -60,7 +69,7 @@ def main():
 
 @main.command("compile")
 @click.argument("model")
-@click.option("-o", "--output", help="dLAC binary to write (arrives with the dLAC target issue).")
+@click.option("-o", "--output", metavar="OUT.dlac", help="Write the dLAC binary here.")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="ternary", show_default=True,
               help="Weight quantization; 'none' keeps full-precision weights.")
 @click.option("--granularity", type=click.Choice(("filter", "layer")), default="filter",
@@ -77,13 +86,16 @@ def main():
               help="Per-layer override, fnmatch on layer names (repeatable).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
               help="Shape of a dynamic input, e.g. x=1x3x224x224 (repeatable).")
-@click.option("--machine", help="Machine description (.toml).")
+@click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md).")
 @click.option("--tuning-log", help="Tuning log to apply.")
 @click.option("--dump-ir", metavar="DIR", help="Write every stage's module as TVMScript to DIR.")
 @click.option("--report-json", metavar="FILE", help="Write the compile report as JSON.")
+@click.option("--no-reference", is_flag=True,
+              help="Leave the quantized graph out of the binary (smaller; `run --check` then fails).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
-                keep_last, precisions, input_shapes, machine, tuning_log, dump_ir, report_json, debug):
+                keep_last, precisions, input_shapes, machine, tuning_log, dump_ir, report_json,
+                no_reference, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it."""
     try:
         if quant in QUANT_LATER:
@@ -92,9 +104,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         for flag, value, issue in (("--activations", activations != "fp32", "the quantization-breadth issue"),
                                    ("--cluster-size", cluster_size, "the quantization-breadth issue"),
                                    ("--calib", calib, "the quantization-breadth issue"),
-                                   ("--machine", machine, "the dLAC target issue"),
-                                   ("--tuning-log", tuning_log, "the autotuner issue"),
-                                   ("-o/--output", output, "the dLAC target issue")):
+                                   ("--tuning-log", tuning_log, "the autotuner issue")):
             if value:
                 raise ConfigError(f"{flag} is not yet supported (arrives with {issue})")
         config = QuantConfig(weights="fp32" if quant == "none" else "ternary", granularity=granularity,
@@ -103,6 +113,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         from .atomic import atomic_write_text
         from .pipeline import compile_model
 
+        mach = _machine(machine)
         result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
                                dump_ir=dump_ir,
                                progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
@@ -111,10 +122,182 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         click.echo(f"dLAC regions: {len(result.regions)}; host ops: {host}")
         if dump_ir:
             click.echo(f"IR of every stage written to {dump_ir}/")
+        report = report_dict(result)
+        if output:
+            from target_dlac.container import write_program
+
+            from .build import build_program
+
+            prog = build_program(result, mach, reference=not no_reference)
+            write_program(output, prog)
+            counts = _op_counts(prog)
+            click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
+                       f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "
+                       f"{len(prog.constants):,} bytes of constants, DRAM {prog.dram_bytes:,} bytes")
+            for fb in prog.meta.get("fallbacks", []):
+                click.echo(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
+            report["binary"] = {"path": output, "instructions": len(prog.insns),
+                                "schedules": {l["name"]: l.get("schedule") for l in prog.meta["layers"]
+                                              if l.get("schedule")}}
         if report_json:
-            atomic_write_text(report_json, json.dumps(report_dict(result), indent=2))
+            atomic_write_text(report_json, json.dumps(report, indent=2))
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
         _fail(e, debug)
+
+
+def _machine(path):
+    from target_dlac.machine import Machine
+
+    return Machine.from_toml(path) if path else Machine()
+
+
+def _op_counts(prog) -> dict:
+    counts: dict = {}
+    for ins in prog.insns:
+        counts[ins.op] = counts.get(ins.op, 0) + 1
+    return counts
+
+
+def _load_inputs(path: str, prog) -> dict:
+    import numpy as np
+
+    names = [t.name for t in prog.inputs]
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ConfigError(f"input file {path!r} not found") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"input file {path!r} is not a .npy/.npz array file: {e}") from None
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise ConfigError(f"{path}: a .npy holds one array; the program takes {names} (use .npz)")
+        return {names[0]: data}
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+@main.command("run")
+@click.argument("binary")
+@click.option("--input", "input_path", required=True, metavar="x.npy|x.npz",
+              help="Input array (.npy for a single input, .npz keyed by input name).")
+@click.option("--check", is_flag=True,
+              help="Also run the TVM CPU reference of the same quantized graph; print max errors.")
+@click.option("--tolerance", type=float, default=1e-5, show_default=True,
+              help="--check fails when the max relative error exceeds this.")
+@click.option("--report-json", metavar="FILE", help="Write cycles, per-layer results and the check as JSON.")
+@click.option("--output", "output_path", metavar="y.npz", help="Write the outputs (output_0, ...).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debug):
+    """Execute BINARY in the dLAC ISA interpreter."""
+    try:
+        import time
+
+        import numpy as np
+
+        from target_dlac.container import read_program
+        from target_dlac.interpreter import run
+
+        from .atomic import atomic_write_bytes, atomic_write_text
+
+        prog = read_program(binary)
+        inputs = _load_inputs(input_path, prog)
+        host = None
+        if prog.host is not None:
+            from target_dlac.host import HostRunner
+            host = HostRunner(prog)
+        t0 = time.perf_counter()
+        outs, report = run(prog, inputs, host_runner=host)
+        wall = time.perf_counter() - t0
+        click.echo(report.table())
+        click.echo(f"interpreter: {len(prog.insns):,} instructions in {wall:.3f} s "
+                   f"({report.cycles['total'] / wall:,.0f} simulated cycles per second)")
+        rep = report.to_dict()
+        for name, value in outs.items():
+            click.echo(f"{name}: shape {tuple(value.shape)} {value.dtype}")
+        failed = False
+        if check:
+            from target_dlac.host import reference_outputs
+
+            refs = reference_outputs(prog, inputs)
+            worst_abs = worst_rel = 0.0
+            for (name, value), ref in zip(outs.items(), refs):
+                diff = float(np.abs(value.astype(np.float64) - ref).max()) if value.size else 0.0
+                scale = float(np.abs(ref).max()) if ref.size else 0.0
+                rel = diff / scale if scale else diff
+                worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
+                click.echo(f"check {name} vs TVM CPU reference: max abs err {diff:.3g}, "
+                           f"max rel err {rel:.3g}")
+            failed = worst_rel > tolerance
+            rep["check"] = {"reference": "tvm-llvm", "max_abs_err": worst_abs, "max_rel_err": worst_rel,
+                            "tolerance": tolerance, "passed": not failed}
+        if output_path:
+            import io
+            buf = io.BytesIO()
+            np.savez(buf, **outs)
+            atomic_write_bytes(output_path, buf.getvalue())
+        if report_json:
+            atomic_write_text(report_json, json.dumps(rep, indent=2))
+        if failed:
+            raise CheckFailed(f"max relative error {worst_rel:.3g} exceeds --tolerance {tolerance:g}")
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
+        _fail(e, debug)
+
+
+class CheckFailed(DlacError):
+    """``run --check`` found the interpreter off the reference."""
+
+
+@main.command("inspect")
+@click.argument("binary")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and listing as JSON.")
+@click.option("--summary", is_flag=True, help="Summary only, no disassembly.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect_cmd(binary, as_json, summary, debug):
+    """Summarize and disassemble BINARY."""
+    try:
+        from target_dlac.container import read_program
+        from target_dlac.inspect import describe, listing
+
+        prog = read_program(binary)
+        info = describe(prog)
+        if as_json:
+            if not summary:
+                info["instructions"] = [line for _, line in listing(prog)]
+            click.echo(json.dumps(info, indent=2))
+            return
+        for line in _summary_lines(info):
+            click.echo(line)
+        if not summary:
+            click.echo("")
+            for header, line in listing(prog):
+                if header:
+                    click.echo(header)
+                click.echo(line)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
+        _fail(e, debug)
+
+
+def _summary_lines(info: dict) -> list[str]:
+    out = [f"{info['file']['compiler']} binary, format {info['file']['format']}, "
+           f"machine {info['machine']['hash'][:16]}",
+           f"source: {info['source']} (sha256 {str(info['source_hash'])[:16]})",
+           f"instructions: {info['instructions_total']:,} "
+           f"({', '.join(f'{k} {v:,}' for k, v in info['opcodes'].items())})",
+           f"constants: {info['constants_bytes']:,} bytes; DRAM image: {info['dram_bytes']:,} bytes",
+           "tensors:"]
+    for t in info["tensors"]:
+        if t["role"] in ("input", "output"):
+            out.append(f"  {t['role']:<7} {t['name']:<16} {'x'.join(map(str, t['shape'])):<16} "
+                       f"{t['dtype']} @ {t['addr']:#x}")
+    out.append(f"layers ({len(info['layers'])}):")
+    for l in info["layers"]:
+        sched = l.get("schedule")
+        s = (f"f{sched['f_tile']} c{sched['c_tile']} h{sched['h_tile']} w{sched['w_tile']} "
+             f"{sched['order']}{' db' if sched['double_buffer'] else ''} {sched['pe_order']}") if sched else ""
+        out.append(f"  {l['name']:<28} {l['op']:<15} {l['precision']:<8} pc {l['pc_start']}-{l['pc_end']} {s}")
+    if info["host_ops"]:
+        out.append("host ops: " + ", ".join(f"{h['op']}({', '.join(h['inputs'])})" for h in info["host_ops"]))
+    return out
 
 
 def report_dict(result) -> dict:

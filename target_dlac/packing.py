@@ -44,14 +44,10 @@ def pack_ternary(t: np.ndarray, order: np.ndarray | None = None) -> bytes:
         raise ValueError(f"ternary tile has {flat.shape[1]} weights per filter; the u16 index "
                          "allows 65536 (tile fewer input channels)")
     order = np.arange(nf) if order is None else np.asarray(order)
-    counts, idx, codes = [], [], []
-    for fi in order:
-        nz = np.nonzero(flat[fi])[0]
-        counts.append(len(nz))
-        idx.append(nz)
-        codes.append(np.where(flat[fi, nz] > 0, CODE_POS, CODE_NEG))
-    idx = np.concatenate(idx).astype("<u2") if idx else np.zeros(0, "<u2")
-    codes = np.concatenate(codes).astype(np.uint8) if codes else np.zeros(0, np.uint8)
+    rows, idx = np.nonzero(flat[order])          # row-major: filters in PE order, indices ascending
+    counts = np.bincount(rows, minlength=nf)
+    codes = np.where(flat[order][rows, idx] > 0, CODE_POS, CODE_NEG).astype(np.uint8)
+    idx = idx.astype("<u2")
     total = len(idx)
     packed = np.zeros(((total + 3) // 4) * 4, np.uint8)
     packed[:total] = codes
