@@ -306,7 +306,7 @@ class Codegen:
         params = [relax.Var(f"in{i}", a.ty) for i, a in enumerate(tensors)]
         remap = {a: p for a, p in zip(tensors, params)}
         new_args = [remap.get(a, a) if isinstance(a, relax.Var) else a for a in call.args]
-        body = relax.Call(call.op, new_args, call.attrs, call.sinfo_args)
+        body = relax.Call(call.op, new_args, call.attrs, call.ty_args)
         bb = relax.BlockBuilder()
         with bb.function("f", params):
             outv = bb.emit(body)

@@ -64,8 +64,13 @@ class ViewSpec:
 
 
 def _prim(v) -> float:
-    val = v.value if isinstance(v, relax.PrimValue) else v
-    return float(getattr(val, "value", val))
+    """Python value of a clip bound (a FloatImm / IntImm in TVM 0.27, or a wrapper of one)."""
+    while hasattr(v, "value") and not isinstance(v, (int, float)):
+        v = v.value
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise Unlowerable(f"clip bound {v!r} is not a constant") from None
 
 
 def _per_channel(c: np.ndarray, channels: int, what: str) -> np.ndarray:
