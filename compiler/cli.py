@@ -316,14 +316,16 @@ def report_dict(result) -> dict:
 
 @main.command("demo")
 @click.option("--images", type=int, default=1000, show_default=True, help="MNIST test images to use.")
+@click.option("--out-dir", default="demo_out", show_default=True,
+              help="Where to write mnist.dlac and an example input.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def demo_cmd(images, debug):
-    """Quantize the bundled MNIST CNN and compare float vs ternary accuracy."""
+def demo_cmd(images, out_dir, debug):
+    """Compile the bundled MNIST CNN to a dLAC binary, run and check it in the interpreter."""
     try:
         if not 1 <= images <= 10000:
             raise ConfigError("--images must be between 1 and 10000")
         from .demo import run_demo
-        run_demo(images=images)
+        run_demo(images=images, out_dir=out_dir)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
         _fail(e, debug)
 

@@ -32,7 +32,12 @@ class Interpreter:
         self.p = program
         self.m = program.machine
         self.check_races = check_races
-        self._wcache: dict = {}
+        self._wcache: dict = {}      # decoded weight blocks, keyed by their bytes
+
+    @property
+    def text(self) -> str:
+        """Disassembly of the executing instruction (for error messages only)."""
+        return disassemble(self.ins)
 
     # ---- memory ------------------------------------------------------------------------
     def _reset(self):
@@ -43,7 +48,6 @@ class Interpreter:
                     "ACC": np.zeros(m.acc_bytes, np.uint8)}
         consts = np.frombuffer(self.p.constants, np.uint8)
         self.mem["DRAM"][:len(consts)] = consts
-        self._wcache.clear()     # decoded weight blocks: addr -> (key, lo, hi, value)
 
     def _span(self, mem: str, lo: int, nbytes: int, what: str) -> tuple[int, int]:
         size = len(self.mem[mem])
@@ -65,13 +69,7 @@ class Interpreter:
         a, b = self._span(mem, lo, value.size * 4, what)
         self.acc.append((mem, a, b, True))
         self.mem[mem][a:b].view(F32)[:] = value.reshape(-1)
-        if mem == "WGT":
-            self._invalidate(a, b)
 
-    def _invalidate(self, lo: int, hi: int):
-        """Forget decoded weight blocks that overlap a write to WGT [lo, hi)."""
-        for addr in [k for k, (_, a, b, _) in self._wcache.items() if a < hi and lo < b]:
-            del self._wcache[addr]
 
     def _fail(self, msg: str):
         raise ExecutionError(msg, pc=self.pc, insn=self.text)
@@ -101,8 +99,6 @@ class Interpreter:
             sv = as_strided(s[src:], shape=(y, x), strides=(s_stride, 1), writeable=False)
             dv = as_strided(d[dst:], shape=(y, x), strides=(d_stride, 1))
             dv[...] = sv
-        if dst_mem == "WGT":
-            self._invalidate(dst, dst + (y - 1) * d_stride + x)
 
     def _input_tile(self, f) -> np.ndarray:
         x = self._f32("INP", f["inp"], (f["c"], f["h"], f["w"]), "input tile")
@@ -127,26 +123,34 @@ class Interpreter:
         return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
 
     def _weights(self, ins: Insn, k: int):
+        """The weight block of a TACC/MAC as a dense float32 ``[f, k]`` matrix (and the
+        TACC's non-zero counts in PE order).  Decoding is memoized on the block's bytes,
+        so a block loaded again (next tile, next run) is decoded once."""
         f = ins.f
-        addr = f["wgt"]
-        key = (ins.op, f["f"], k)
-        hit = self._wcache.get(addr)
-        if hit is not None and hit[0] == key:
-            _, lo, hi, value = hit
-            self.acc.append(("WGT", lo, hi, False))
-            return value
+        addr, nf = f["wgt"], f["f"]
+        wgt = self.mem["WGT"]
         if ins.op == "TACC":
             try:
-                w, counts = unpack_ternary(self.mem["WGT"], addr, f["f"], k)
+                counts = ternary_counts(wgt, addr, nf)
             except BlockError as e:
                 self._fail(f"WGT[{addr:#x}]: {e}")
-            hi = addr + ternary_block_bytes(f["f"], int(counts.sum()))
-            self.acc.append(("WGT", addr, hi, False))
+            hi = addr + ternary_block_bytes(nf, int(counts.sum()))
         else:
-            w = self._f32("WGT", addr, (f["f"], k), "dense weights").copy()
-            counts, hi = None, addr + w.nbytes
-        self._wcache[addr] = (key, addr, hi, (w, counts))
-        return w, counts
+            hi = addr + 4 * nf * k
+        a, b = self._span("WGT", addr, hi - addr, "weight block")
+        self.acc.append(("WGT", a, b, False))
+        key = (ins.op, nf, k, wgt[a:b].tobytes())
+        hit = self._wcache.get(key)
+        if hit is None:
+            if ins.op == "TACC":
+                try:
+                    hit = unpack_ternary(wgt, addr, nf, k)
+                except BlockError as e:
+                    self._fail(f"WGT[{addr:#x}]: {e}")
+            else:
+                hit = (wgt[a:b].view(F32).reshape(nf, k).copy(), None)
+            self._wcache[key] = hit
+        return hit
 
     def _conv(self, ins: Insn):
         f = ins.f
@@ -242,8 +246,7 @@ class Interpreter:
         n = len(p.insns)
         halted = False
         for pc, ins in enumerate(p.insns):
-            self.pc, self.text, self.acc = pc, None, []
-            self.text = disassemble(ins)
+            self.pc, self.ins, self.acc = pc, ins, []
             op = ins.op
             counts = None
             if op in ("LOAD", "STORE"):
@@ -266,8 +269,8 @@ class Interpreter:
             cyc = costs.cost(ins, self.m, counts)
             dense = costs.dense_cycles(ins, self.m) if op == "TACC" else cyc
             deps = (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next)
-            slot = tl.step(pc, ins.unit, deps, cyc, self.acc, self.text)
-            dslot = dense_tl.step(pc, ins.unit, deps, dense, (), self.text)
+            slot = tl.step(pc, ins.unit, deps, cyc, self.acc, ins)
+            dslot = dense_tl.step(pc, ins.unit, deps, dense, (), ins)
             records.append(InsnRecord(ins, cyc, slot, dslot.end, counts))
             if progress and pc % 2000 == 0:
                 progress(pc, n)

@@ -88,7 +88,7 @@ def unpack_ternary(buf: np.ndarray, addr: int, nfilters: int, k: int) -> tuple[n
                          f"({len(buf)} bytes)")
     rows = buf[o:o + 2 * nfilters].view("<u2").astype(np.int64)
     o += pad4(2 * nfilters)
-    if nfilters and (rows.max() >= nfilters or len(np.unique(rows)) != nfilters):
+    if nfilters and (rows.max() >= nfilters or np.bincount(rows, minlength=nfilters).max() != 1):
         raise BlockError(f"ternary block rows are not a permutation of 0..{nfilters - 1}")
     idx = buf[o:o + 2 * total].view("<u2").astype(np.int64)
     o += pad4(2 * total)
@@ -96,7 +96,7 @@ def unpack_ternary(buf: np.ndarray, addr: int, nfilters: int, k: int) -> tuple[n
         raise BlockError(f"ternary weight index {int(idx.max())} is outside the tile's {k} weights")
     raw = buf[o:o + (total + 3) // 4]
     codes = ((raw[:, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3).reshape(-1)[:total]
-    if total and not np.isin(codes, (CODE_POS, CODE_NEG)).all():
+    if total and not ((codes == CODE_POS) | (codes == CODE_NEG)).all():
         raise BlockError("ternary block holds a code other than +1 (0b01) or -1 (0b10)")
     vals = np.where(codes == CODE_POS, 1.0, -1.0)
     filt = np.repeat(rows, counts)

@@ -20,6 +20,13 @@ from dataclasses import dataclass
 
 from compiler.errors import ExecutionError
 
+from .isa import Insn, disassemble
+
+
+def _error(msg: str, *, pc: int, insn) -> ExecutionError:
+    """The error for instruction ``insn`` (disassembled only now, when it is needed)."""
+    return ExecutionError(msg, pc=pc, insn=disassemble(insn) if isinstance(insn, Insn) else insn)
+
 UNITS = ("load", "compute", "store")
 _PREV = {"load": None, "compute": "load", "store": "compute"}
 _NEXT = {"load": "compute", "compute": "store", "store": None}
@@ -47,20 +54,21 @@ class Timeline:
     def _pop(self, src: str, dst: str, pc: int, text: str) -> int:
         q = self.fifo[(src, dst)]
         if not q:
-            raise ExecutionError(f"pops a {src}->{dst} token but none was pushed before it in "
+            raise _error(f"pops a {src}->{dst} token but none was pushed before it in "
                                  "program order (the program would deadlock)", pc=pc, insn=text)
         return q.popleft()
 
-    def step(self, pc: int, unit: str, deps: tuple, cost: int, accesses, text: str = "") -> Slot:
+    def step(self, pc: int, unit: str, deps: tuple, cost: int, accesses, text="") -> Slot:
         """Place one instruction; ``deps`` = (pop_prev, pop_next, push_prev, push_next),
-        ``accesses`` = [(memory, lo, hi, is_write)]."""
+        ``accesses`` = [(memory, lo, hi, is_write)]; ``text`` is the instruction (an
+        :class:`Insn`, disassembled only for an error message) or its text."""
         pop_prev, pop_next, push_prev, push_next = deps
         if unit == "barrier":
             if any(deps):
-                raise ExecutionError("barrier instructions carry no dependency tokens", pc=pc, insn=text)
+                raise _error("barrier instructions carry no dependency tokens", pc=pc, insn=text)
             left = [f"{a}->{b}" for (a, b), q in self.fifo.items() if q]
             if left:
-                raise ExecutionError(f"unconsumed tokens at a barrier ({', '.join(left)}): the queues "
+                raise _error(f"unconsumed tokens at a barrier ({', '.join(left)}): the queues "
                                      "are out of step", pc=pc, insn=text)
             start = self.now
             end = start + cost
@@ -73,7 +81,7 @@ class Timeline:
             if not flag:
                 continue
             if other is None:
-                raise ExecutionError(f"the {unit} queue has no {kind} queue to pop from", pc=pc, insn=text)
+                raise _error(f"the {unit} queue has no {kind} queue to pop from", pc=pc, insn=text)
             t = self._pop(other, unit, pc, text)
             if kind == "prev":
                 t_prev = t
@@ -93,7 +101,7 @@ class Timeline:
             if not flag:
                 continue
             if other is None:
-                raise ExecutionError(f"the {unit} queue has no {kind} queue to push to", pc=pc, insn=text)
+                raise _error(f"the {unit} queue has no {kind} queue to push to", pc=pc, insn=text)
             self.fifo[(unit, other)].append(slot.end)
         return slot
 
@@ -110,7 +118,7 @@ class Timeline:
                     continue
                 keep.append(e)
                 if e_unit != unit and (write or e_write) and lo < e_hi and e_lo < hi and slot.start < e_end:
-                    raise ExecutionError(
+                    raise _error(
                         f"race on {mem}[{max(lo, e_lo)}:{min(hi, e_hi)}]: {'written' if write else 'read'} "
                         f"from cycle {slot.start}, but pc {e_pc} ({e_unit}) {'writes' if e_write else 'reads'} "
                         f"it until cycle {e_end}; a dependency token is missing", pc=pc, insn=text)
