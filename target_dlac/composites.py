@@ -171,6 +171,10 @@ def _pool(call: relax.Call, out_shape) -> PoolSpec:
     ow = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
     if (n, c, oh, ow) != tuple(out_shape):
         raise Unlowerable("ceil_mode pooling (output larger than the floor formula)")
+    if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
+        raise Unlowerable(f"pool padding {pads} is not smaller than the window {kernel}")
+    if max(pads) > 15 or max(kernel) > 4095 or max(strides) > 255 or w > 4095:
+        raise Unlowerable("pool window, stride, padding or width exceeds the encoding's fields")
     mode = "max" if name == "relax.nn.max_pool2d" else "avg"
     return PoolSpec(call.args[0], mode, kernel, strides, pads, bool(a.get("count_include_pad", False)),
                     tuple(out_shape))

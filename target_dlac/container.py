@@ -108,6 +108,8 @@ def from_bytes(data: bytes) -> Program:
     if major != VERSION[0]:
         raise BinaryFormatError(f"format version {major}.{minor}; this dlac reads {VERSION[0]}.x "
                                 "(recompile the model)", section="header", offset=8)
+    if flags != 0:
+        raise BinaryFormatError(f"unknown header flags {flags:#x}", section="header", offset=20)
     if not 1 <= n <= MAX_SECTIONS or header_bytes != HEADER.size + ENTRY.size * n:
         raise BinaryFormatError(f"bad section count {n} / header size {header_bytes}", section="header",
                                 offset=12)

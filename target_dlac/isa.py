@@ -160,7 +160,7 @@ def decode(data: bytes, base_offset: int = 0) -> list[Insn]:
     refused with the byte offset (``base_offset`` = where the section starts)."""
     if len(data) % INSN_BYTES:
         raise BinaryFormatError(f"instruction bytes ({len(data)}) are not a multiple of {INSN_BYTES}",
-                                section="INST", offset=base_offset + len(data) - len(data) % INSN_BYTES)
+                                section="INSTS", offset=base_offset + len(data) - len(data) % INSN_BYTES)
     words = np.frombuffer(data, dtype="<u8").reshape(-1, 4).astype(np.uint64)
     n = len(words)
     codes = (words[:, 0] & np.uint64(63)).astype(np.int64)
@@ -175,7 +175,7 @@ def decode(data: bytes, base_offset: int = 0) -> list[Insn]:
         bad = np.nonzero(stray.any(axis=1))[0]
         if len(bad):
             pc = int(idx[bad[0]])
-            raise BinaryFormatError(f"pc {pc}: {name} has non-zero reserved bits", section="INST",
+            raise BinaryFormatError(f"pc {pc}: {name} has non-zero reserved bits", section="INSTS",
                                     offset=base_offset + pc * INSN_BYTES)
         vals = {}
         for fname, word, shift, bits in LAYOUTS[name]:
@@ -185,7 +185,7 @@ def decode(data: bytes, base_offset: int = 0) -> list[Insn]:
             names[i] = name
     for pc, nm in enumerate(names):
         if nm is None:
-            raise BinaryFormatError(f"pc {pc}: unknown opcode {int(codes[pc])}", section="INST",
+            raise BinaryFormatError(f"pc {pc}: unknown opcode {int(codes[pc])}", section="INSTS",
                                     offset=base_offset + pc * INSN_BYTES)
     out: list[Insn | None] = [None] * n
     for name, (idx, vals) in cols.items():

@@ -207,7 +207,9 @@ class PoolShape:
 
 def pool_tiles(p: PoolShape, m: Machine) -> tuple[int, int]:
     """Greedy (channels, output rows) per tile: as many as the buffers hold, double-buffered."""
-    for c_t in sorted({p.c, *[ceil_div(p.c, 2 ** i) for i in range(1, 13)]}, reverse=True):
+    for c_t in sorted({min(p.c, 4095), *[ceil_div(p.c, 2 ** i) for i in range(1, 13)]}, reverse=True):
+        if c_t > 4095:
+            continue
         for h_t in range(p.oh, 0, -1):
             in_rows = (h_t - 1) * p.sh + p.kh
             if 2 * align(c_t * in_rows * p.w * 4) <= m.inp_bytes and \

@@ -128,7 +128,7 @@ def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer
     c_t = s.f_tile if shape.depthwise else s.c_tile
     if shape.in_rows(s.h_tile) > MAX_DIM or shape.in_cols(s.w_tile) > MAX_DIM:
         problems.append("input tile exceeds 4095 rows/columns")
-    if (1 if shape.depthwise else c_t) * shape.kh * shape.kw > MAX_KIDX:
+    if shape.ternary and (1 if shape.depthwise else c_t) * shape.kh * shape.kw > MAX_KIDX:
         problems.append(f"{c_t}x{shape.kh}x{shape.kw} weights per filter exceed the 16-bit index")
     if s.h_tile * s.w_tile > MAX_PIXELS:
         problems.append(f"{s.h_tile * s.w_tile} pixels per tile exceed {MAX_PIXELS}")

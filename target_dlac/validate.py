@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from compiler.errors import BinaryFormatError
 
-from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, POOL_MODES, Insn, disassemble
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, Insn, disassemble
 
 
 def _geometry_ok(f: dict, kh: int, kw: int, sh: int, sw: int) -> bool:
@@ -49,7 +49,9 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
                 ("ACC", f["dst"], f["dst"] + 4 * f["c"] * f["oh"] * f["ow"])]
     if op == "ALU":
         n = 4 * f["n"]
-        return [("INP", f["a"], f["a"] + n), ("INP", f["b"], f["b"] + n), ("ACC", f["dst"], f["dst"] + n)]
+        reads_b = f["op"] < len(ALU_OPS) and ALU_OPS[f["op"]] != "relu"
+        return ([("INP", f["a"], f["a"] + n)] + ([("INP", f["b"], f["b"] + n)] if reads_b else [])
+                + [("ACC", f["dst"], f["dst"] + n)])
     return []
 
 
@@ -73,8 +75,10 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
         if f["act"] >= len(ACTS):
             return f"activation code {f['act']} is not defined"
     elif op == "POOL":
-        if f["mode"] >= len(POOL_MODES) or not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
+        if not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
             return "pool geometry is inconsistent"
+        if max(f["pt"], f["pb"]) >= f["kh"] or max(f["pl"], f["pr"]) >= f["kw"]:
+            return "pool padding must be smaller than the window (a window would hold only padding)"
     elif op == "ALU":
         if f["op"] >= len(ALU_OPS):
             return f"ALU op code {f['op']} is not defined"
@@ -116,6 +120,10 @@ def validate_program(p, offsets: dict | None = None) -> None:
     n = len(p.insns)
     if not n or p.insns[-1].op != "HALT":
         fail("the instruction stream does not end with HALT", "INSTS", max(0, n - 1) * INSN_BYTES)
+    for pc, ins in enumerate(p.insns[:-1]):
+        if ins.op == "HALT":
+            fail(f"pc {pc}: HALT before the end of the stream (the rest would never run)", "INSTS",
+                 pc * INSN_BYTES)
     layers = meta.get("layers", [])
     if not isinstance(layers, list) or not all(
             isinstance(l, dict) and isinstance(l.get("pc_start"), int) and isinstance(l.get("pc_end"), int)

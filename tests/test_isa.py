@@ -299,3 +299,34 @@ def test_cost_elementwise_and_barriers():
     assert costs.cost(Insn("HOST", {"index": 0}), SMALL) == 0
     m2 = Machine(pe_rows=2, pe_cols=4, lanes=2, compute_setup=0)
     assert costs.cost(Insn("ALU", _full("ALU", n=17)), m2) == 2                    # ceil(17/16)
+
+
+# ---- the worked examples of docs/isa.md ---------------------------------------------------------
+
+def test_docs_examples():
+    m = Machine()
+    assert encode([Insn("HOST", {"index": 3})]) == (0xC09).to_bytes(8, "little") + bytes(24)
+    ld = Insn("LOAD", _full("LOAD", y=16, x=1024, dram_stride=1024, sram_stride=1024))
+    assert costs.cost(ld, m) == 356
+    tacc = _conv("TACC", c=64, f=64, kh=3, kw=3, h=16, w=16, oh=14, ow=14, sh=1, sw=1)
+    assert costs.cost(tacc, m, np.array([200] * 32 + [150] * 32)) == 4558
+    assert costs.cost(tacc, m, np.array([200, 150] * 32)) == 5208
+    mac = _conv("MAC", c=64, f=64, kh=3, kw=3, h=16, w=16, oh=14, ow=14, sh=1, sw=1)
+    assert costs.cost(mac, m) == 14984
+    assert costs.cost(_conv("MAC", c=64, f=64, kh=3, kw=3, oh=14, ow=14, depthwise=1), m) == 242
+    assert costs.cost(_conv("MAC", c=64, f=64, kh=3, kw=3, oh=14, ow=14, dtype=1), m) == 8072
+    assert costs.cost(Insn("EPI", _full("EPI", f=64, p=196)), m) == 33
+    assert costs.cost(Insn("POOL", _full("POOL", c=64, h=113, w=113, oh=56, ow=56, kh=3, kw=3,
+                                          sh=2, sw=2)), m) == 3536
+    assert costs.cost(Insn("ALU", _full("ALU", n=50176)), m) == 106
+
+
+def test_docs_ternary_block_example():
+    from target_dlac.packing import pack_ternary, unpack_ternary
+
+    t = np.array([[0, 1, 0], [0, 0, -1]]).reshape(2, 1, 1, 3)
+    blk = pack_ternary(t, np.array([1, 0]))
+    assert blk == bytes.fromhex("01000000 01000000 0100 0000 0200 0100 06000000".replace(" ", ""))
+    dense, counts = unpack_ternary(np.frombuffer(blk, np.uint8), 0, 2, 3)
+    np.testing.assert_array_equal(dense, t.reshape(2, 3).astype(np.float32))
+    np.testing.assert_array_equal(counts, [1, 1])

@@ -43,14 +43,23 @@ def test_float_and_ternary_accuracy_through_tvm(subset):
     assert tern.replaced_share > 0.95
 
 
-def test_demo_command_runs():
-    """`make demo` runs `dlac demo`; a small run of the same command stays green."""
+def test_demo_command_runs(tmp_path):
+    """`make demo` runs `dlac demo`; a small run of the same command stays green and its
+    binary is a valid .dlac file whose interpreter predictions match the reference."""
+    import re
+
     from click.testing import CliRunner
 
     from compiler.cli import main
+    from target_dlac.container import read_program
 
-    res = CliRunner().invoke(main, ["demo", "--images", "100"])
+    res = CliRunner().invoke(main, ["demo", "--images", "50", "--out-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     out = res.stdout
     assert "conv_layers.3" in out and "ternary" in out and "multiplies replaced" in out
-    assert "ternary, first/last fp32" in out and "host ops: none" in out
+    assert "host ops: none" in out and "TACC" in out
+    rel = float(re.search(r"max rel err ([0-9.e+-]+)", out).group(1))
+    assert rel <= 1e-5
+    assert "same prediction on 50 of 50 images" in out
+    prog = read_program(tmp_path / "mnist.dlac")
+    assert prog.insns[-1].op == "HALT" and (tmp_path / "mnist_input0.npy").exists()
