@@ -160,23 +160,43 @@ def _halvings(n: int, align: int = 1) -> list[int]:
     return sorted(set(x for x in out if x >= 1), reverse=True)
 
 
+def _splits(n: int) -> list[int]:
+    """Tile sizes that split ``n`` evenly into k tiles, k = 1, 2, ... (largest first)."""
+    return sorted({ceil_div(n, k) for k in range(1, n + 1)}, reverse=True)
+
+
 def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool = True) -> Schedule:
-    """The greedy default: fill the buffers (see the module docstring)."""
-    for f_t in _halvings(min(shape.f, MAX_DIM), m.pe_cols):
-        for w_t in _halvings(min(shape.ow, MAX_DIM)):
-            h_fit = None
+    """The greedy default: fill the buffers (see the module docstring).
+
+    For each filter tile (all filters, then halves aligned to ``pe_cols``) and each row
+    count the accumulators hold (full output width first), take the most input channels
+    that fit; keep the candidate with the fewest compute steps (tiles), ties going to
+    more input channels per tile (fewer input reloads), then to taller tiles."""
+    n = 2 if double_buffer else 1
+    best, best_key = None, None
+    for w_t in _halvings(min(shape.ow, MAX_DIM)):
+        for f_t in _halvings(min(shape.f, MAX_DIM), m.pe_cols):
             for h_t in range(min(shape.oh, MAX_DIM), 0, -1):
-                if (2 if double_buffer else 1) * acc_per_pe(f_t, h_t * w_t, m) <= m.obuf_bytes_per_pe:
-                    h_fit = h_t
-                    break
-            if h_fit is None:
-                continue
-            for h_t in _halvings(h_fit):
-                c_opts = [f_t] if shape.depthwise else _halvings(min(shape.c, MAX_DIM))
-                for c_t in c_opts:
-                    s = Schedule(f_t, min(c_t, shape.c), h_t, w_t, double_buffer=double_buffer)
-                    if fits(shape, s, m, wbytes):
-                        return s
+                if n * acc_per_pe(f_t, h_t * w_t, m) > m.obuf_bytes_per_pe:
+                    continue
+                opts = [f_t] if shape.depthwise else _splits(min(shape.c, MAX_DIM))
+                lo, hi, found = 0, len(opts) - 1, None      # opts descending; fit grows with index
+                while lo <= hi:
+                    mid = (lo + hi) // 2
+                    if fits(shape, Schedule(f_t, min(opts[mid], shape.c), h_t, w_t,
+                                            double_buffer=double_buffer), m, wbytes):
+                        found, hi = mid, mid - 1
+                    else:
+                        lo = mid + 1
+                if found is None:
+                    continue
+                c_t = min(opts[found], shape.c)
+                steps = (ceil_div(shape.oh, h_t) * ceil_div(shape.ow, w_t) * ceil_div(shape.f, f_t)
+                         * (1 if shape.depthwise else ceil_div(shape.c, c_t)))
+                key = (steps, -c_t, -h_t)
+                if best_key is None or key < best_key:
+                    best, best_key = Schedule(f_t, c_t, h_t, w_t, double_buffer=double_buffer), key
+        if best is not None:        # only tile the width when no full-width tiling fits
+            return best
     raise CodegenError(f"no tiling of {shape} fits the machine's buffers "
                        f"(INP {m.inp_bytes} B, WGT {m.wgt_bytes} B, ACC {m.obuf_bytes_per_pe} B per PE)")
-
