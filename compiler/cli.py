@@ -128,8 +128,11 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
 
             from .build import build_program
 
+            import time
+            t0 = time.perf_counter()
             prog = build_program(result, mach, reference=not no_reference)
             write_program(output, prog)
+            click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
             counts = _op_counts(prog)
             click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
                        f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "

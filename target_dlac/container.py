@@ -101,7 +101,7 @@ def from_bytes(data: bytes) -> Program:
     if size < HEADER.size:
         raise BinaryFormatError(f"truncated file: {size} bytes, the header alone needs {HEADER.size}",
                                 section="header", offset=size)
-    magic, major, minor, header_bytes, n, flags, mhash, crc, _ = HEADER.unpack_from(data, 0)
+    magic, major, minor, header_bytes, n, flags, mhash, crc, reserved = HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise BinaryFormatError(f"not a dLAC binary (magic {magic!r}, expected {MAGIC!r})",
                                 section="header", offset=0)
@@ -110,6 +110,8 @@ def from_bytes(data: bytes) -> Program:
                                 "(recompile the model)", section="header", offset=8)
     if flags != 0:
         raise BinaryFormatError(f"unknown header flags {flags:#x}", section="header", offset=20)
+    if reserved != 0:
+        raise BinaryFormatError("reserved header word is not zero", section="header", offset=60)
     if not 1 <= n <= MAX_SECTIONS or header_bytes != HEADER.size + ENTRY.size * n:
         raise BinaryFormatError(f"bad section count {n} / header size {header_bytes}", section="header",
                                 offset=12)
@@ -124,8 +126,11 @@ def from_bytes(data: bytes) -> Program:
     spans = []
     for i in range(n):
         at = HEADER.size + i * ENTRY.size
-        raw_tag, off, length, scrc, _ = ENTRY.unpack_from(data, at)
+        raw_tag, off, length, scrc, entry_reserved = ENTRY.unpack_from(data, at)
         tag = raw_tag.rstrip(b"\0").decode("ascii", "replace")
+        if entry_reserved != 0:
+            raise BinaryFormatError("reserved word of a section entry is not zero", section="header",
+                                    offset=at + 28)
         if tag not in REQUIRED + OPTIONAL or tag in sections:
             raise BinaryFormatError(f"unknown or repeated section tag {tag!r}", section="header", offset=at)
         if off < header_bytes or off + length > size:

@@ -147,6 +147,8 @@ def encode(insns: list[Insn]) -> bytes:
                     v = ins.f[name]
                 except KeyError:
                     raise BinaryFormatError(f"pc {pc}: {ins.op} lacks field {name!r}") from None
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise BinaryFormatError(f"pc {pc}: {ins.op}.{name}={v!r} is not an integer")
             v = int(v)
             if not 0 <= v < (1 << bits):
                 raise BinaryFormatError(f"pc {pc}: {ins.op}.{name}={v} does not fit {bits} bits")
@@ -166,6 +168,7 @@ def decode(data: bytes, base_offset: int = 0) -> list[Insn]:
     codes = (words[:, 0] & np.uint64(63)).astype(np.int64)
     names = [None] * n
     cols: dict[str, dict] = {}
+    first_bad = None                    # (pc, message): the first malformed word wins
     for name, (code, _, _) in FORMATS.items():
         idx = np.nonzero(codes == code)[0]
         if not len(idx):
@@ -175,18 +178,19 @@ def decode(data: bytes, base_offset: int = 0) -> list[Insn]:
         bad = np.nonzero(stray.any(axis=1))[0]
         if len(bad):
             pc = int(idx[bad[0]])
-            raise BinaryFormatError(f"pc {pc}: {name} has non-zero reserved bits", section="INSTS",
-                                    offset=base_offset + pc * INSN_BYTES)
+            if first_bad is None or pc < first_bad[0]:
+                first_bad = (pc, f"pc {pc}: {name} has non-zero reserved bits")
         vals = {}
         for fname, word, shift, bits in LAYOUTS[name]:
             vals[fname] = ((sub[:, word] >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).tolist()
         cols[name] = (idx.tolist(), vals)
         for i in idx.tolist():
             names[i] = name
-    for pc, nm in enumerate(names):
-        if nm is None:
-            raise BinaryFormatError(f"pc {pc}: unknown opcode {int(codes[pc])}", section="INSTS",
-                                    offset=base_offset + pc * INSN_BYTES)
+    unknown = [pc for pc, nm in enumerate(names) if nm is None]
+    if unknown and (first_bad is None or unknown[0] < first_bad[0]):
+        first_bad = (unknown[0], f"pc {unknown[0]}: unknown opcode {int(codes[unknown[0]])}")
+    if first_bad is not None:
+        raise BinaryFormatError(first_bad[1], section="INSTS", offset=base_offset + first_bad[0] * INSN_BYTES)
     out: list[Insn | None] = [None] * n
     for name, (idx, vals) in cols.items():
         keys = [k for k, _, _, _ in LAYOUTS[name] if k != "opcode" and k not in DEP_FIELDS]

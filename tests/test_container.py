@@ -240,9 +240,6 @@ def test_every_bit_flip_in_header_and_table(blob):
             assert ei.value.offset == _expected_header_offset(byte), (byte, bit, str(ei.value))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the reserved header word (bytes 60-63, documented as 0) "
-                   "is neither covered by the header CRC nor checked to be zero, so a flipped bit there "
-                   "is accepted silently")
 @pytest.mark.parametrize("byte", [60, 63])
 def test_bit_flip_in_reserved_header_word(blob, byte):
     data = bytearray(blob)

@@ -331,10 +331,8 @@ def test_docs_ternary_block_example():
     np.testing.assert_array_equal(counts, [1, 1])
 
 
-# ---- minor decode/encode strictness (xfail: library bugs, see reasons) -------------------------------
+# ---- decode reports the first bad word; encode refuses non-integers -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): decode checks opcodes in FORMATS order, so with several "
-                   "malformed words it reports a later one (here pc 3 LOAD) instead of the first (pc 0)")
 @pytest.mark.parametrize("first", ["reserved bit in HALT", "unknown opcode"])
 def test_decode_reports_the_first_bad_instruction(first):
     raw = bytearray(encode([Insn("HALT"), Insn("SYNC"), Insn("SYNC"), Insn("LOAD", _full("LOAD"))]))
@@ -348,8 +346,6 @@ def test_decode_reports_the_first_bad_instruction(first):
     assert ei.value.offset == 0 and "pc 0" in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): encode converts field values with int(), so a "
-                   "non-integral value such as n=2.7 is silently encoded as 2 instead of being refused")
 @pytest.mark.parametrize("value", [2.7, 1e3 + 0.5])
 def test_encode_refuses_non_integral_field(value):
     with pytest.raises(BinaryFormatError, match=r"pc 0: ALU\.n"):

@@ -37,7 +37,8 @@ def _interp(prog, x, host=None):
     """Run ``prog`` on ``x``; returns (output_0, report).  ``host`` is a prebuilt HostRunner."""
     if prog.host is not None and host is None:
         host = HostRunner(prog)
-    outs, rep = run(prog, {"x": np.ascontiguousarray(x, np.float32)}, host_runner=host)
+    (name,) = [t.name for t in prog.inputs]
+    outs, rep = run(prog, {name: np.ascontiguousarray(x, np.float32)}, host_runner=host)
     assert list(outs) == ["output_0"]
     return outs["output_0"], rep
 
@@ -371,16 +372,25 @@ def _int_conv(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
     return out
 
 
+class OneConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(48, 40, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 @pytest.fixture(scope="module")
 def int_conv_setup():
     rng = np.random.default_rng(21)
-    conv = nn.Conv2d(48, 40, 3, padding=1, bias=False)
-    w = rng.integers(-1, 2, size=conv.weight.shape).astype(np.float32)   # already ternary: scale 1
+    model = OneConv().eval()
+    w = rng.integers(-1, 2, size=model.conv.weight.shape).astype(np.float32)   # ternary: scale 1
     with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(w))
+        model.conv.weight.copy_(torch.from_numpy(w))
     x = rng.integers(-255, 256, size=(2, 48, 14, 14)).astype(np.float32)
-    result = compile_model(conv.eval(), (torch.from_numpy(x),), config=QuantConfig.all_ternary())
-    assert [l.precision for l in result.layers] == ["ternary"]
+    result = compile_model(model, (torch.from_numpy(x),), config=QuantConfig.all_ternary())
+    assert [(l.name, l.precision) for l in result.layers] == [("conv", "ternary")]
     want = _int_conv(x.astype(np.int64), w.astype(np.int64), 1)
     assert np.abs(want).max() < 2 ** 24                     # the float32-exact range
     assert np.abs(want).max() > 2 ** 13                     # ... but well above tiny values
@@ -399,7 +409,7 @@ def test_integer_inputs_exact_through_ternary_conv(int_conv_setup, sched):
     integer inputs the interpreter's ternary conv equals the int64 conv bit for bit,
     whatever the tiling (every c_tile gives the same exact sums)."""
     x, result, want = int_conv_setup
-    prog = build_program(result, schedules={"conv_0": sched} if sched else None, reference=False)
+    prog = build_program(result, schedules={"conv": sched} if sched else None, reference=False)
     assert {i.op for i in prog.insns} >= {"TACC"} and "MAC" not in {i.op for i in prog.insns}
     if sched is not None:
         (meta,) = prog.meta["layers"]
