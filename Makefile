@@ -32,6 +32,7 @@ accuracy: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench/import_passes.py
+	$(PY) tools/bench/interpreter_resnet18.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -163,8 +163,7 @@ class Codegen:
             func = self.mod[value.op]
             if func.attrs is None or "Codegen" not in func.attrs:
                 raise CodegenError(f"{var.name}: call to non-dLAC function {value.op.name_hint}")
-            return self._region(func, [self.ref(a) if not isinstance(a, relax.Tuple) else None
-                                       for a in value.args], value.op.name_hint)
+            return self._region(func, [self.ref(a) for a in value.args], value.op.name_hint)
         if op_name(value) is not None:
             return self._host_call(var, value)
         if isinstance(value, relax.Tuple):

@@ -66,10 +66,11 @@ class Machine:
                 raise ConfigError(f"machine parameter {f.name}={v!r}: must be a positive number")
             if f.type == "int" and not isinstance(v, int):
                 raise ConfigError(f"machine parameter {f.name}={v!r}: must be an integer")
-        for name in ("wgt_bytes", "inp_bytes", "acc_bytes"):
-            if getattr(self, name) > (1 << ADDR_FIELD_BITS):
-                raise ConfigError(f"machine: {name}={getattr(self, name)} exceeds the "
-                                  f"{ADDR_FIELD_BITS}-bit address fields of the encoding")
+        for buf in ("WGT", "INP", "ACC"):
+            if self.addr_bits(buf) > ADDR_FIELD_BITS:
+                raise ConfigError(f"machine: the {buf} buffer ({self.buffer_bytes(buf)} bytes, "
+                                  f"{buf.lower()}_bytes) needs {self.addr_bits(buf)}-bit addresses; the "
+                                  f"encoding's address fields have {ADDR_FIELD_BITS}")
         if self.dram_bytes > (1 << DRAM_FIELD_BITS):
             raise ConfigError(f"machine: dram_mib={self.dram_mib} exceeds the "
                               f"{DRAM_FIELD_BITS}-bit DRAM address field")
