@@ -248,7 +248,7 @@ class Codegen:
         blocks = _Weights(w, spec.ternary, spec.depthwise)
         sched = self.schedules.get(display) or self.schedules.get(spec.layer)
         if sched is None:
-            sched = default_schedule(shape, self.m, blocks.max_bytes)
+            sched = default_schedule(shape, self.m, blocks.max_bytes, where=f"layer {display}")
         else:
             check(shape, sched, self.m, blocks.max_bytes, where=f"layer {display}")
         wblock, pblock = {}, {}

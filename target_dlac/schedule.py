@@ -165,7 +165,8 @@ def _splits(n: int) -> list[int]:
     return sorted({ceil_div(n, k) for k in range(1, n + 1)}, reverse=True)
 
 
-def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool = True) -> Schedule:
+def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool = True,
+                     where: str = "layer") -> Schedule:
     """The greedy default: fill the buffers (see the module docstring).
 
     For each filter tile (all filters, then halves aligned to ``pe_cols``) and each row
@@ -198,5 +199,5 @@ def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool =
                     best, best_key = Schedule(f_t, c_t, h_t, w_t, double_buffer=double_buffer), key
         if best is not None:        # only tile the width when no full-width tiling fits
             return best
-    raise CodegenError(f"no tiling of {shape} fits the machine's buffers "
+    raise CodegenError(f"{where}: no tiling of {shape} fits the machine's buffers "
                        f"(INP {m.inp_bytes} B, WGT {m.wgt_bytes} B, ACC {m.obuf_bytes_per_pe} B per PE)")

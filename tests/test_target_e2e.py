@@ -114,7 +114,7 @@ def resnet18_run():
 
 @pytest.mark.slow
 def test_resnet18_224_matches_reference_and_report_is_sane(resnet18_run):
-    result, prog, out, rep, ref = resnet18_run
+    result, _, out, rep, ref = resnet18_run
     assert out.shape == ref.shape == (1, 1000)
     assert max_rel_err(out, ref) <= TOL
 
@@ -143,9 +143,9 @@ def test_resnet18_224_matches_reference_and_report_is_sane(resnet18_run):
 
 class AllOps(nn.Module):
     """Conv stem, max-pool with padding (on signed values, so the padding must be -inf),
-    standalone ReLU, depthwise conv + BN + ReLU6 (clip 0..6), 1x1 conv with the residual
-    add and ReLU fused, avg-pool with padding and count_include_pad=False, a standalone
-    add+ReLU, global (adaptive) average pool, Linear, softmax (a host op)."""
+    depthwise conv + BN + ReLU6 (clip 0..6), 1x1 conv with the residual add and ReLU
+    fused, avg-pool with padding and count_include_pad=False, a standalone add+ReLU,
+    global (adaptive) average pool, Linear, softmax (a host op)."""
 
     def __init__(self):
         super().__init__()
@@ -160,7 +160,7 @@ class AllOps(nn.Module):
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x):
-        y = torch.relu(self.mp(self.stem(x)))
+        y = self.mp(self.stem(x))
         z = self.act6(self.bn(self.dw(y)))
         z = torch.relu(self.pw(z) + y)
         z = torch.relu(self.ap(z) + z)
@@ -176,19 +176,24 @@ def allops_model():
 @pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2"])
 def allops_build(request, allops_model):
     batch = request.param
-    x = np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+    x = 10 * np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+    m = allops_model
+    with torch.no_grad():       # the input exercises both clip bounds and signed max-pool borders
+        pre_clip = m.bn(m.dw(m.mp(m.stem(torch.from_numpy(x)))))
+        assert (pre_clip > 6).any() and (pre_clip < 0).any()
+        assert (m.stem(torch.from_numpy(x)) < 0).any()
     result = compile_model(allops_model, (torch.from_numpy(x),), config=QuantConfig())
     prog = build_program(result)                  # with the REF section (round trip below)
     return x, result, prog
 
 
 def test_allops_lowering_covers_every_op(allops_build):
-    x, result, prog = allops_build
+    _, result, prog = allops_build
     assert [(l.name, l.precision) for l in result.layers] == [
         ("stem", "fp32"), ("dw", "ternary"), ("pw", "ternary"), ("fc", "fp32")]
     assert prog.meta["fallbacks"] == []
     ops = [l["op"] for l in prog.meta["layers"]]
-    for op in ("conv2d", "max_pool2d", "relu", "dwconv2d", "avg_pool2d", "add_relu",
+    for op in ("conv2d", "max_pool2d", "dwconv2d", "avg_pool2d", "add_relu",
                "global_avg_pool", "dense", "host"):
         assert op in ops, (op, ops)
     assert [h["op"] for h in prog.meta["host_ops"]] == ["nn.softmax"]
@@ -223,13 +228,13 @@ def test_allops_pre_softmax_logits_match(allops_model):
 
         def forward(self, x):
             m = self.inner
-            y = torch.relu(m.mp(m.stem(x)))
+            y = m.mp(m.stem(x))
             z = m.act6(m.bn(m.dw(y)))
             z = torch.relu(m.pw(z) + y)
             z = torch.relu(m.ap(z) + z)
             return m.fc(torch.flatten(m.gap(z), 1))
 
-    x = np.random.default_rng(7).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    x = 10 * np.random.default_rng(7).standard_normal((2, 3, 16, 16)).astype(np.float32)
     result = compile_model(NoSoftmax(allops_model).eval(), (torch.from_numpy(x),),
                            config=QuantConfig.all_ternary())
     prog = build_program(result, reference=False)
@@ -284,7 +289,7 @@ def _with_schedule(setup, sched, machine=None):
     (meta,) = [l for l in prog.meta["layers"] if l["name"] == "body"]
     assert meta["schedule"] == sched.to_dict()
     out, rep = _interp(prog, x)
-    return out, rep
+    return out, rep, prog
 
 
 #: several filter tiles (2 of 64), several PE groups per tile (64 > pe_cols = 32), and
@@ -294,11 +299,21 @@ COMBOS = [Schedule(64, 32, 5, 24, order=o, double_buffer=db, pe_order=pe)
                                              ("sorted", "as_is"))]
 
 
+def _sid(s) -> str:
+    return "default" if s is None else (f"f{s.f_tile}c{s.c_tile}h{s.h_tile}w{s.w_tile}-{s.order}"
+                                         f"-{'db' if s.double_buffer else 'sb'}-{s.pe_order}")
+
+
 def test_schedule_combinations_agree(sched_setup):
+    """order x double_buffer x pe_order on one tiling.  Bit-identical outputs are required
+    only among schedules with the same tile shapes: NumPy's BLAS picks its sgemm kernel by
+    matrix shape, so a different number of pixels or filters per TACC may round
+    differently in float32 even with the same c_tile (those are held to 1e-5 below; the
+    integer test at the end checks exactness across every tiling)."""
     _, _, ref = sched_setup
     runs = {s: _with_schedule(sched_setup, s) for s in COMBOS}
     first = runs[COMBOS[0]][0]
-    for s, (out, rep) in runs.items():
+    for s, (out, rep, _) in runs.items():
         assert max_rel_err(out, ref) <= TOL, s
         # same tile shapes (hence the same c_tile): bit-identical results
         np.testing.assert_array_equal(out, first, err_msg=str(s))
@@ -312,8 +327,14 @@ def test_schedule_combinations_agree(sched_setup):
     for order, db in itertools.product(("spatial_outer", "filter_outer"), (True, False)):
         srt = _layer(runs[Schedule(64, 32, 5, 24, order, db, "sorted")][1], "body")
         asis = _layer(runs[Schedule(64, 32, 5, 24, order, db, "as_is")][1], "body")
-        assert 0 < asis.load_balance <= srt.load_balance <= 1, (order, db)
+        # 64 filters per tile = 2 groups of pe_cols: sorting by non-zero count balances them
+        assert 0 < asis.load_balance < srt.load_balance <= 1, (order, db)
+        assert srt.cycles <= asis.cycles, (order, db)
         assert srt.issued_macs == asis.issued_macs and srt.dense_macs == asis.dense_macs
+    # the loop order really changes the instruction stream (not only the label)
+    streams = {o: [(i.op, tuple(sorted(i.f.items()))) for i in runs[Schedule(64, 32, 5, 24, o)][2].insns]
+               for o in ("spatial_outer", "filter_outer")}
+    assert streams["spatial_outer"] != streams["filter_outer"]
 
 
 @pytest.mark.parametrize("sched", [
@@ -321,18 +342,18 @@ def test_schedule_combinations_agree(sched_setup):
     Schedule(64, 12, 6, 24),                       # c_tile < C (not dividing 32)
     Schedule(128, 32, 7, 24, order="filter_outer"),  # h_tile 7 does not divide OH = 24
     Schedule(32, 8, 7, 5, order="filter_outer", double_buffer=False, pe_order="as_is"),
-], ids=str)
+], ids=_sid)
 def test_schedule_tilings_match_reference(sched_setup, sched):
     _, _, ref = sched_setup
-    out, rep = _with_schedule(sched_setup, sched)
+    out, rep, _ = _with_schedule(sched_setup, sched)
     assert max_rel_err(out, ref) <= TOL
     assert sum(l.cycles for l in rep.layers) == rep.cycles["total"]
 
 
 def test_schedule_same_c_tile_other_order_bit_identical(sched_setup):
     """The loop order, buffering and PE order never change the arithmetic of a tiling."""
-    a, _ = _with_schedule(sched_setup, Schedule(32, 8, 7, 5))
-    b, _ = _with_schedule(sched_setup, Schedule(32, 8, 7, 5, order="filter_outer",
+    a, _, _ = _with_schedule(sched_setup, Schedule(32, 8, 7, 5))
+    b, _, _ = _with_schedule(sched_setup, Schedule(32, 8, 7, 5, order="filter_outer",
                                                 double_buffer=False, pe_order="as_is"))
     np.testing.assert_array_equal(a, b)
 
@@ -361,7 +382,7 @@ def test_schedule_out_of_range_tile(sched_setup):
 def _int_conv(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
     """Direct NCHW conv (stride 1) in int64."""
     x = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     f, _, kh, kw = w.shape
     oh, ow = h - kh + 1, wd - kw + 1
     out = np.zeros((n, f, oh, ow), np.int64)
@@ -403,7 +424,7 @@ def int_conv_setup():
     Schedule(16, 7, 5, 6),
     Schedule(40, 13, 3, 14, order="filter_outer", double_buffer=False, pe_order="as_is"),
     Schedule(33, 48, 4, 9, pe_order="as_is"),
-], ids=str)
+], ids=_sid)
 def test_integer_inputs_exact_through_ternary_conv(int_conv_setup, sched):
     """An integer dot product is exact in float32 while partial sums stay below 2^24: on
     integer inputs the interpreter's ternary conv equals the int64 conv bit for bit,
