@@ -222,7 +222,7 @@ def disassemble(ins: Insn) -> str:
         if act == "clip":
             act = f"clip[{bits_f(f['lo_bits']):g},{bits_f(f['hi_bits']):g}]"
         body = (f"ACC[{f['dst']:#x}] = {act}(ACC[{f['acc']:#x}]"
-                + (f" * scale" if f["has_scale"] else "") + f" + bias(WGT[{f['prm']:#x}])"
+                + (" * scale" if f["has_scale"] else "") + f" + bias(WGT[{f['prm']:#x}])"
                 + (f" + INP[{f['res']:#x}]" if f["has_res"] else "") + f") {f['f']}x{f['p']}")
     elif op == "POOL":
         mode = POOL_MODES[f["mode"]]
