@@ -22,7 +22,10 @@ from .config import QuantConfig
 from .errors import ConfigError, DlacError
 
 QUANT_CHOICES = ("none", "ternary", "cluster", "int4", "int8", "swis")
-QUANT_LATER = ("cluster", "int4", "int8", "swis")       # the quantization-breadth issue
+QUANT_LATER = ("swis",)       # the rest of the quantization-breadth issue
+#: --quant -> (weight precision, default cluster size)
+QUANT_WEIGHTS = {"none": ("fp32", 1), "ternary": ("ternary", 1), "cluster": ("ternary", 4),
+                 "int4": ("int4", 1), "int8": ("int8", 1)}
 
 
 def _fail(e: BaseException, debug: bool) -> None:
@@ -74,7 +77,9 @@ def main():
               help="Weight quantization; 'none' keeps full-precision weights.")
 @click.option("--granularity", type=click.Choice(("filter", "layer")), default="filter",
               show_default=True, help="Ternary scale per output filter or per layer.")
-@click.option("--cluster-size", type=int, help="Filters per shared scale (quant=cluster).")
+@click.option("--cluster-size", type=int, metavar="N",
+              help="Filters per shared weight scale (0 = whole layer); default 4 for "
+                   "--quant cluster, else 1.")
 @click.option("--activations", type=click.Choice(("fp32", "fp16", "int8")), default="fp32",
               show_default=True)
 @click.option("--calib", help="Calibration inputs (.npz) for int8 activations.")
@@ -102,12 +107,13 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             raise ConfigError(f"--quant {quant} is not yet supported (arrives with the "
                               "quantization-breadth issue)")
         for flag, value, issue in (("--activations", activations != "fp32", "the quantization-breadth issue"),
-                                   ("--cluster-size", cluster_size, "the quantization-breadth issue"),
                                    ("--calib", calib, "the quantization-breadth issue"),
                                    ("--tuning-log", tuning_log, "the autotuner issue")):
             if value:
                 raise ConfigError(f"{flag} is not yet supported (arrives with {issue})")
-        config = QuantConfig(weights="fp32" if quant == "none" else "ternary", granularity=granularity,
+        weights, default_n = QUANT_WEIGHTS[quant]
+        config = QuantConfig(weights=weights, granularity=granularity,
+                             cluster_size=default_n if cluster_size is None else cluster_size,
                              keep_first=keep_first, keep_last=keep_last,
                              overrides=parse_precisions(precisions))
         from .atomic import atomic_write_text

@@ -10,6 +10,11 @@ order of priority:
 2. ``keep_first`` / ``keep_last``: the first and last weighted layer stay at
    full precision (``fp32``) by default, as in TWN/dLAC practice (papers.md 1, 4);
 3. ``weights``, the default precision of every other layer.
+
+Weight precisions: ``fp32`` (float weights), ``ternary`` (TWN), ``int4`` and ``int8``
+(symmetric), each quantized layer with one scale per cluster of ``cluster_size``
+filters (1 = per filter, the default; 0 = the whole layer, the same as
+``granularity="layer"``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field, asdict
 from .errors import ConfigError
 
 #: Weight precisions this version implements.  ``fp32`` keeps the float weights.
-WEIGHT_PRECISIONS = ("fp32", "ternary")
+WEIGHT_PRECISIONS = ("fp32", "ternary", "int4", "int8")
 #: Scale sharing of ternary weights: one scale per output filter or per layer.
 GRANULARITIES = ("filter", "layer")
 
@@ -30,6 +35,7 @@ class QuantConfig:
     weights: str = "ternary"
     granularity: str = "filter"
     threshold_factor: float = 0.7
+    cluster_size: int = 1
     keep_first: bool = True
     keep_last: bool = True
     overrides: dict = field(default_factory=dict)
@@ -39,6 +45,10 @@ class QuantConfig:
             raise ConfigError(f"weights={self.weights!r}; expected one of {WEIGHT_PRECISIONS}")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity={self.granularity!r}; expected one of {GRANULARITIES}")
+        if isinstance(self.cluster_size, bool) or not isinstance(self.cluster_size, int) \
+                or self.cluster_size < 0:
+            raise ConfigError(f"cluster_size={self.cluster_size!r}; expected an integer >= 0 "
+                              "(filters per shared scale, 0 = whole layer)")
         if not 0.0 <= self.threshold_factor < 10.0:
             raise ConfigError(f"threshold_factor={self.threshold_factor} is out of range [0, 10)")
         for pattern, prec in self.overrides.items():
@@ -54,6 +64,11 @@ class QuantConfig:
     def all_ternary(cls, **kw) -> "QuantConfig":
         """Every weighted layer ternary, first and last included."""
         return cls(weights="ternary", keep_first=False, keep_last=False, **kw)
+
+    @property
+    def cluster(self) -> int:
+        """Filters per shared scale (0 = whole layer)."""
+        return 0 if self.granularity == "layer" else self.cluster_size
 
     def precision_for(self, name: str, index: int, count: int) -> tuple[str, str]:
         """Precision of layer ``name`` (position ``index`` of ``count``) and why."""

@@ -1,7 +1,9 @@
 """Example networks, in plain PyTorch (no torchvision needed).
 
 ``resnet18`` has torchvision's ResNet-18 structure and parameter names
-(conv1/bn1/layer1.0.conv1/.../fc), so layer names in reports read the same.
+(conv1/bn1/layer1.0.conv1/.../fc), so layer names in reports read the same;
+``resnet50`` / ``resnet101`` do the same with torchvision's ``Bottleneck``
+block (v1.5: the stride sits on the 3x3 conv), same parameter counts.
 ``small_resnet`` is a tiny net with every op kind of a ResNet (conv, BN, ReLU,
 max-pool, residual add with a 1x1 projection, global average pool, linear),
 for fast tests.  ``randomize_bn`` gives BatchNorm layers non-trivial
@@ -15,6 +17,8 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
+    expansion = 1
+
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -34,9 +38,38 @@ class BasicBlock(nn.Module):
         return self.relu(y + idt)
 
 
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck: 1x1 reduce, 3x3 (strided), 1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + idt)
+
+
 class ResNet(nn.Module):
     def __init__(self, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=1000,
-                 in_ch: int = 3, stem_kernel: int = 7, stem_pool: bool = True):
+                 in_ch: int = 3, stem_kernel: int = 7, stem_pool: bool = True,
+                 block: type[nn.Module] = BasicBlock):
         super().__init__()
         w0 = widths[0]
         pad = stem_kernel // 2
@@ -47,9 +80,10 @@ class ResNet(nn.Module):
         layers, cin = [], w0
         for i, (n, w) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
-            blks = [BasicBlock(cin, w, stride)] + [BasicBlock(w, w) for _ in range(n - 1)]
+            cout = w * block.expansion
+            blks = [block(cin, w, stride)] + [block(cout, w) for _ in range(n - 1)]
             layers.append(nn.Sequential(*blks))
-            cin = w
+            cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = (layers + [nn.Identity()] * 4)[:4]
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
@@ -63,6 +97,16 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 1000) -> ResNet:
     """torchvision-shaped ResNet-18 (11.7 M parameters at 1000 classes)."""
     return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes)
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """torchvision-shaped ResNet-50 (25,557,032 parameters at 1000 classes)."""
+    return ResNet((3, 4, 6, 3), (64, 128, 256, 512), num_classes, block=Bottleneck)
+
+
+def resnet101(num_classes: int = 1000) -> ResNet:
+    """torchvision-shaped ResNet-101 (44,549,160 parameters at 1000 classes)."""
+    return ResNet((3, 4, 23, 3), (64, 128, 256, 512), num_classes, block=Bottleneck)
 
 
 def small_resnet(num_classes: int = 10, in_ch: int = 3) -> ResNet:

@@ -5,7 +5,7 @@ Stages, in order (each one's module is kept and can be dumped as TVMScript):
 
 ``import``        frontend; weights bound as constants, layers named
 ``canonicalize``  FoldConstantViews, FoldBatchNorm, CanonicalBias, RemoveDeadTuples
-``quantize``      TernarizeWeights (precision per layer from :class:`QuantConfig`)
+``quantize``      QuantizeWeights (precision per layer from :class:`QuantConfig`)
 ``fold``          FoldScales, MultiplyToAccumulate (+ the accumulate-only check)
 ``partition``     PartitionForDlac (dLAC regions vs host ops)
 
@@ -27,7 +27,7 @@ from passes.fold_scales import fold_scales
 from passes.layers import find_layers
 from passes.partition import HostOp, partition, regions
 from passes.remove_dead_tuples import remove_dead_tuples
-from passes.ternarize import TernarySpec, ternarize_weights
+from passes.quantize_weights import WeightSpec, quantize_weights
 
 from .atomic import atomic_write_text
 from .config import QuantConfig
@@ -43,7 +43,7 @@ class LayerInfo:
     var: str               # Relax variable name of the weighted op
     op: str                # "conv2d" or "dense"
     weight_shape: tuple
-    precision: str         # "fp32" or "ternary"
+    precision: str         # "fp32", "ternary", "int4" or "int8"
     reason: str            # why this precision (default, first layer, override ...)
 
 
@@ -154,13 +154,15 @@ def compile_model(model, example_inputs=None, *, config: QuantConfig | None = No
         mod = stages["canonicalize"]
         infos = plan_precisions(state["imported"].layer_names, mod, config)
         state["layers"] = infos
-        plan = {i.var: TernarySpec(config.granularity, config.threshold_factor)
-                for i in infos if i.precision == "ternary"}
-        return ternarize_weights(mod, plan)
+        plan = {i.var: WeightSpec(i.precision, config.cluster, config.threshold_factor)
+                for i in infos if i.precision != "fp32"}
+        mod, state["decomp"] = quantize_weights(mod, plan)
+        return mod
 
     def do_fold():
-        ternary = {i.var for i in state["layers"] if i.precision == "ternary"}
-        mod = multiply_to_accumulate(fold_scales(stages["quantize"], ternary), ternary)
+        quantized = {i.var: i.precision for i in state["layers"] if i.precision != "fp32"}
+        ternary = {v for v, p in quantized.items() if p == "ternary"}
+        mod = multiply_to_accumulate(fold_scales(stages["quantize"], state["decomp"]), quantized)
         mod = remove_dead_tuples(mod)
         check_accumulate_only(mod, ternary)
         return mod

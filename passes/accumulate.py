@@ -1,16 +1,17 @@
-"""MultiplyToAccumulate: hold ternary weights as int8 signs, so the layer is an
+"""MultiplyToAccumulate: hold quantized weights as int8, so a ternary layer is an
 accumulation; plus the check and the multiplies report.
 
-Rewrites ``conv2d(x, t)`` / ``matmul(x, t)`` of each ternary layer, where
-``t`` is a float constant with values in {-1, 0, +1} (after FoldScales), into
-the same op on an **int8** sign constant with ``out_dtype`` float32: every
-product ``x * t`` is ``+x``, ``-x`` or skipped, i.e. an add, a subtract or
-nothing.  The only multiply left in the layer is the per-channel epilogue
-scale, one per output element.
+Rewrites ``conv2d(x, q)`` / ``matmul(x, q)`` of each quantized layer, where ``q`` is a
+float constant of integers in [-127, 127] (after FoldScales), into the same op on an
+**int8** constant with ``out_dtype`` float32.  For a ternary layer every product
+``x * t`` is ``+x``, ``-x`` or skipped, i.e. an add, a subtract or nothing, and the
+only multiply left is the per-channel epilogue scale, one per output element; 4-bit
+and 8-bit layers keep small-integer multiplies.
 
-Legal when the weight values are exactly -1, 0 or +1 (checked; anything else
-raises ``QuantizationError``).  ``check_accumulate_only`` verifies the result
-independently: no ternary layer multiplies by a non-sign weight.
+Legal when the weight values are integers in [-127, 127], and in {-1, 0, +1} for
+ternary layers (checked; anything else raises ``QuantizationError``).
+``check_accumulate_only`` verifies the result independently: no ternary layer
+multiplies by a non-sign weight.
 """
 
 from __future__ import annotations
@@ -43,20 +44,26 @@ def _is_sign(w: np.ndarray) -> bool:
     return bool(np.all(np.isin(w, (-1, 0, 1))))
 
 
-def multiply_to_accumulate(mod, ternary: set[str] | frozenset = frozenset()):
-    def signs(layer):
+def multiply_to_accumulate(mod, quantized=frozenset()):
+    """``quantized``: layer names, or ``{name: precision}`` (ternary layers are checked
+    to hold signs only)."""
+    precision = quantized if isinstance(quantized, dict) else dict.fromkeys(quantized, "ternary")
+
+    def to_int8(layer):
         w = layer.weight
-        if not _is_sign(w):
-            raise QuantizationError("weights are not in {-1, 0, +1}; run TernarizeWeights "
-                                    "and FoldScales first", where=f"layer {layer.name}")
+        ok = _is_sign(w) if precision[layer.name] == "ternary" else \
+            bool(np.all((w == np.rint(w)) & (np.abs(w) <= 127)))
+        if not ok:
+            raise QuantizationError(f"weights are not {precision[layer.name]} integers; run "
+                                    "QuantizeWeights and FoldScales first", where=f"layer {layer.name}")
         return make_const(w.astype(np.int8), "int8"), dtype_of(layer.call)
 
-    return replace_weights(mod, set(ternary), signs)
+    return replace_weights(mod, set(precision), to_int8)
 
 
-def MultiplyToAccumulate(ternary=frozenset()):  # noqa: N802 - TVM pass naming
+def MultiplyToAccumulate(quantized=frozenset()):  # noqa: N802 - TVM pass naming
     """MultiplyToAccumulate as a TVM module pass."""
-    return module_pass("dlac.MultiplyToAccumulate")(lambda mod: multiply_to_accumulate(mod, ternary))
+    return module_pass("dlac.MultiplyToAccumulate")(lambda mod: multiply_to_accumulate(mod, quantized))
 
 
 def check_accumulate_only(mod, ternary) -> None:

@@ -4,17 +4,19 @@ Rewrites, for every layer ``L`` followed by its canonical bias add and any
 chain of per-channel constant ``multiply`` / ``add`` ops (e.g. an unfused
 batch-norm imported as Mul + Add), the whole chain into a single epilogue:
 
-* ternary layers (weights ``alpha * t`` from TernarizeWeights):
-  ``acc = conv2d(x, t)`` then ``y = acc * scale + bias`` with
+* quantized layers (weights ``alpha * q`` from QuantizeWeights, ``q`` ternary,
+  4-bit or 8-bit): ``acc = conv2d(x, q)`` then ``y = acc * scale + bias`` with
   ``scale = alpha * m`` and ``bias = b * m + c`` (``m``/``c`` the composed
-  chain), so the ternary scale, the bias and any batch-norm left over become
-  one multiply-add per output channel after an accumulation over signs;
+  chain), so the weight scale, the bias and any batch-norm left over become
+  one multiply-add per output channel after the integer-weight accumulation;
 * full-precision layers: the chain's scale goes into the weights
   (``W * m``) and the epilogue is ``y = acc + bias``.
 
 Legal when each link of the chain has no other user (the intermediate values
-are not needed) and each constant is per-channel along axis 1; ternary
-weights must hold one magnitude per output channel (exact split, checked).
+are not needed) and each constant is per-channel along axis 1; the split of a
+quantized weight into ``(q, alpha)`` must reproduce it bit for bit (checked):
+given by QuantizeWeights, or recovered for ternary weights holding one
+magnitude per output channel.
 Requires CanonicalBias (every layer has its bias add).
 """
 
@@ -29,6 +31,7 @@ from .ir_util import emit_like, binding_map, call_users, const_np, dtype_of, is_
     module_pass, shape_of, use_counts
 from .layers import channel_shape, find_layers, per_channel_vector, rebuild, scale_out_channels
 from .twn import split_ternary
+from .weight_quant import dequantize
 
 
 def _chain(layer, values, uses, users):
@@ -66,7 +69,23 @@ def _chain(layer, values, uses, users):
     return chain, scale, bias
 
 
-def _fold_func(mod, func, ternary: set[str]):
+def _split(layer, decomp: dict):
+    """``(q, alpha)`` of a quantized layer, checked to reproduce its weights exactly."""
+    w = layer.weight
+    if layer.name in decomp:
+        q, alpha = decomp[layer.name]
+        if q.shape == w.shape and np.array_equal(dequantize(q, alpha, layer.out_axis), w):
+            return q, alpha
+        raise QuantizationError("the weights are not scale * q for the given decomposition",
+                                where=f"layer {layer.name}")
+    split = split_ternary(w, layer.out_axis)
+    if split is None:
+        raise QuantizationError("weights are not ternary with one scale per output channel",
+                                where=f"layer {layer.name}")
+    return split
+
+
+def _fold_func(mod, func, quantized: set[str], decomp: dict):
     values, uses, users = binding_map(func), use_counts(func), call_users(func)
     plans, skip = {}, set()
     for layer in find_layers(func):
@@ -91,13 +110,9 @@ def _fold_func(mod, func, ternary: set[str]):
         def _layer(self, binding):
             layer, _, scale, bias = plans[binding.var]
             w = layer.weight
-            if layer.name in ternary:
-                split = split_ternary(w, layer.out_axis)
-                if split is None:
-                    raise QuantizationError("weights are not ternary with one scale per output "
-                                            "channel", where=f"layer {layer.name}")
-                t, alpha = split
-                new_w, ep_scale = t.astype(np.float32), alpha.astype(np.float64) * scale
+            if layer.name in quantized:
+                q, alpha = _split(layer, decomp)
+                new_w, ep_scale = q.astype(np.float32), alpha.astype(np.float64) * scale
             else:
                 new_w, ep_scale = scale_out_channels(w, scale, layer.out_axis), None
             call = rebuild(layer.call, self.visit_expr(layer.call.args[0]),
@@ -122,11 +137,13 @@ def _fold_func(mod, func, ternary: set[str]):
     return _Fold(mod).visit_expr(func)
 
 
-def fold_scales(mod, ternary: set[str] | frozenset = frozenset()):
-    """``ternary``: names of the layers TernarizeWeights quantized."""
-    return map_functions(mod, lambda f: _fold_func(mod, f, set(ternary)))
+def fold_scales(mod, quantized=frozenset()):
+    """``quantized``: the layers QuantizeWeights quantized, either a set of names (ternary
+    weights, split by magnitude) or its ``{name: (q, scale)}`` decompositions."""
+    decomp = quantized if isinstance(quantized, dict) else {}
+    return map_functions(mod, lambda f: _fold_func(mod, f, set(quantized), decomp))
 
 
-def FoldScales(ternary=frozenset()):  # noqa: N802 - TVM pass naming
+def FoldScales(quantized=frozenset()):  # noqa: N802 - TVM pass naming
     """FoldScales as a TVM module pass."""
-    return module_pass("dlac.FoldScales")(lambda mod: fold_scales(mod, ternary))
+    return module_pass("dlac.FoldScales")(lambda mod: fold_scales(mod, quantized))

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .weight_quant import dequantize, quantize_weight
+
+__all__ = ["ternarize", "dequantize", "split_ternary"]
+
 
 def ternarize(w: np.ndarray, axis: int = 0, granularity: str = "filter",
               factor: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
@@ -20,31 +24,11 @@ def ternarize(w: np.ndarray, axis: int = 0, granularity: str = "filter",
 
     Returns ``(t, alpha)``: ``t`` int8 of ``w``'s shape, ``alpha`` float32 of
     length ``w.shape[axis]`` (the per-layer scale repeated for ``"layer"``).
+    The clustered form is :func:`passes.weight_quant.quantize_weight`.
     """
-    w64 = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
-    groups = w64.reshape(w64.shape[0], -1)
-    a = np.abs(groups)
-    if granularity == "filter":
-        delta = factor * a.mean(axis=1, keepdims=True)
-        mask = a > delta
-        count = mask.sum(axis=1)
-        alpha = np.where(count > 0, (a * mask).sum(axis=1) / np.maximum(count, 1), 0.0)
-    elif granularity == "layer":
-        delta = factor * a.mean()
-        mask = a > delta
-        count = mask.sum()
-        alpha = np.full(groups.shape[0], (a * mask).sum() / count if count else 0.0)
-    else:
+    if granularity not in ("filter", "layer"):
         raise ValueError(f"granularity {granularity!r}")
-    t = (np.sign(groups) * mask).astype(np.int8).reshape(w64.shape)
-    return np.moveaxis(t, 0, axis), alpha.astype(np.float32)
-
-
-def dequantize(t: np.ndarray, alpha: np.ndarray, axis: int = 0) -> np.ndarray:
-    """``alpha * t`` broadcast along ``axis`` (float32, exact: each value is +-alpha or 0)."""
-    shape = [1] * t.ndim
-    shape[axis] = -1
-    return (t.astype(np.float32) * alpha.reshape(shape)).astype(np.float32)
+    return quantize_weight(w, axis, "ternary", 1 if granularity == "filter" else 0, factor)
 
 
 def split_ternary(wq: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray] | None:

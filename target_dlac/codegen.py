@@ -30,7 +30,7 @@ from compiler.errors import CodegenError
 from passes.ir_util import const_np, dtype_of, is_const, iter_bindings, op_name, shape_of
 
 from . import composites as C
-from .isa import Insn
+from .isa import WFMTS, Insn
 from .lower import Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
 from .machine import Machine
 from .packing import pack_ternary, ternary_block_bytes
@@ -72,7 +72,7 @@ class _Weights:
         F, Cw = self.w.shape[:2]
         kk = self.w.shape[2] * self.w.shape[3]
         if not self.ternary:
-            return f_t * (1 if self.depthwise else c_t) * kk * 4
+            return f_t * (1 if self.depthwise else c_t) * kk * self.w.dtype.itemsize
         best = 0
         for f0, f1 in ranges(F, f_t):
             for c0, c1 in ([(0, Cw)] if self.depthwise else ranges(Cw, c_t)):
@@ -259,7 +259,7 @@ class Codegen:
             for ci, (c0, c1) in enumerate(ctiles):
                 tile = w[f0:f1] if spec.depthwise else w[f0:f1, c0:c1]
                 data = (pack_ternary(tile, pe_order(tile, sched.pe_order)) if spec.ternary
-                        else np.ascontiguousarray(tile, np.float32).tobytes())
+                        else np.ascontiguousarray(tile).tobytes())      # float32 or int8, dense
                 wblock[(fi, ci)] = (self._const_bytes(data), len(data))
                 wbytes += len(data)
             prm = ([spec.scale[f0:f1]] if spec.scale is not None else []) + [spec.bias[f0:f1]]
@@ -270,11 +270,13 @@ class Codegen:
         epi = Epilogue(spec.scale is not None, spec.act, spec.lo, spec.hi,
                        None if res is None else res.addr)
         self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
-                                 pblock=pblock, epi=epi, name=display)
+                                 pblock=pblock, epi=epi, name=display,
+                                 wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
         nbytes = lambda r: int(np.prod(r.shape)) * 4  # noqa: E731
         op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
+        default_prec = "ternary" if spec.ternary else ("int8" if w.dtype == np.int8 else "fp32")
         return {"name": display, "var": spec.layer, "op": op,
-                "precision": self.precisions.get(spec.layer, "ternary" if spec.ternary else "fp32"),
+                "precision": self.precisions.get(spec.layer, default_prec),
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
                 "min_dram_bytes": nbytes(x) + wbytes + nbytes(out) + (nbytes(res) if res else 0)}
 

@@ -108,10 +108,8 @@ def _conv(kind: str, binds, out_shape) -> ConvSpec:
     layer = binds[0]
     call = layer.value
     w = const_np(call.args[1])
-    ternary = w.dtype == np.int8
-    if ternary and not np.isin(w, (-1, 0, 1)).all():
-        raise Unlowerable("int8 weights that are not ternary")
-    if not ternary and w.dtype != np.float32:
+    ternary = w.dtype == np.int8 and bool(np.isin(w, (-1, 0, 1)).all())
+    if w.dtype not in (np.int8, np.float32):
         raise Unlowerable(f"weights of dtype {w.dtype}")
     in_shape = shape_of(call.args[0])
     if kind.startswith("dense"):
@@ -134,6 +132,8 @@ def _conv(kind: str, binds, out_shape) -> ConvSpec:
     spec = ConvSpec(layer.var.name, "dense" if kind.startswith("dense") else "conv2d", call.args[0],
                     weight, ternary, strides, pads, depthwise, None, np.zeros(nout, np.float32), None,
                     out_shape=tuple(out_shape))
+    if w.dtype == np.int8 and np.abs(w).max(initial=0) > 127:
+        raise Unlowerable("int8 weight -128 is outside the symmetric range")
     prev, seen_bias = layer.var, False
     for b in binds[1:]:
         v, name = b.value, op_name(b.value)

@@ -25,6 +25,7 @@ from .report import InsnRecord, RunReport, build_report
 from .timeline import Timeline
 
 F32 = np.dtype("<f4")
+WBYTES = (4, 1)            # bytes per weight of each MAC weight format (isa.WFMTS)
 
 
 class Interpreter:
@@ -136,7 +137,7 @@ class Interpreter:
                 self._fail(f"WGT[{addr:#x}]: {e}")
             hi = addr + ternary_block_bytes(nf, int(counts.sum()))
         else:
-            hi = addr + 4 * nf * k
+            hi = addr + WBYTES[f["wfmt"]] * nf * k
         a, b = self._span("WGT", addr, hi - addr, "weight block")
         self.acc.append(("WGT", a, b, False))
         key = (ins.op, nf, k, wgt[a:b].tobytes())
@@ -147,6 +148,8 @@ class Interpreter:
                     hit = unpack_ternary(wgt, addr, nf, k)
                 except BlockError as e:
                     self._fail(f"WGT[{addr:#x}]: {e}")
+            elif f["wfmt"] == 1:
+                hit = (wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None)
             else:
                 hit = (wgt[a:b].view(F32).reshape(nf, k).copy(), None)
             self._wcache[key] = hit
@@ -156,6 +159,8 @@ class Interpreter:
         f = ins.f
         if f["dtype"] != 0:
             self._fail("this version executes float32 activations only (dtype 0)")
+        if ins.op == "MAC" and f["wfmt"] >= len(WBYTES):
+            self._fail(f"weight format {f['wfmt']} is not defined")
         if f["depthwise"] and f["c"] != f["f"]:
             self._fail(f"depthwise tile needs c == f (got c={f['c']}, f={f['f']})")
         x = self._input_tile(f)

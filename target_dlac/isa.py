@@ -43,13 +43,15 @@ ACTS = ("none", "relu", "clip")
 ALU_OPS = ("add", "add_relu", "relu")
 #: Activation data types (field ``dtype``); this version executes float32.
 DTYPES = ("float32", "float16", "int8")
+#: Weight formats of MAC (field ``wfmt``): dense float32 or dense int8 (4-/8-bit weights).
+WFMTS = ("float32", "int8")
 #: Pooling modes (field ``mode``).
 POOL_MODES = ("max", "avg")
 
 _CONV = (("inp", A), ("wgt", A), ("kh", 4), ("accumulate", 1), ("depthwise", 1),
          ("acc", A), ("c", 12), ("h", 12), ("w", 12), ("kw", 4),
          ("f", 12), ("oh", 12), ("ow", 12), ("sh", 4), ("sw", 4),
-         ("pt", 4), ("pb", 4), ("pl", 4), ("pr", 4), ("dtype", 3))
+         ("pt", 4), ("pb", 4), ("pl", 4), ("pr", 4), ("dtype", 3), ("wfmt", 2))
 _DMA = (("buf", 2), ("sram", A), ("y", 16), ("dram", D), ("x", A),
         ("dram_stride", 32), ("sram_stride", A))
 
@@ -216,6 +218,7 @@ def disassemble(ins: Insn) -> str:
                 f"INP[{f['inp']:#x}] in={f['c']}x{f['h']}x{f['w']} out={f['f']}x{f['oh']}x{f['ow']} "
                 f"k={f['kh']}x{f['kw']} s={f['sh']}x{f['sw']} pad={f['pt']},{f['pl']},{f['pb']},{f['pr']}"
                 + (" depthwise" if f["depthwise"] else "")
+                + (" w:int8" if op == "MAC" and f["wfmt"] == 1 else "")
                 + (f" {DTYPES[f['dtype']]}" if f["dtype"] < len(DTYPES) else f" dtype{f['dtype']}"))
     elif op == "EPI":
         act = ACTS[f["act"]] if f["act"] < len(ACTS) else f"act{f['act']}"

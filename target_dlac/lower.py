@@ -82,7 +82,7 @@ class Epilogue:
 
 
 def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_addr: int,
-               wblock: dict, pblock: dict, epi: Epilogue, name: str = "layer") -> list[Insn]:
+               wblock: dict, pblock: dict, epi: Epilogue, name: str = "layer", wfmt: int = 0) -> list[Insn]:
     """Instructions of a conv/dense layer.  ``wblock[(fi, ci)]`` and ``pblock[fi]`` give
     the DRAM (address, bytes) of each packed weight block / parameter block."""
     seg = Segment()
@@ -157,7 +157,8 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
                 inp=ins_.addr(islot), wgt=wts.addr(wslot), acc=acc_addr, accumulate=int(ci > 0),
                 depthwise=int(shape.depthwise), c=c1 - c0, h=ih1 - ih0, w=iw1 - iw0,
                 kh=shape.kh, kw=shape.kw, f=f1 - f0, oh=oh1 - oh0, ow=ow1 - ow0,
-                sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=0))
+                sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=0,
+                wfmt=0 if shape.ternary else wfmt))
             j = seg.compute(insn, max(ins_.filled_by[islot], wts.filled_by[wslot]),
                             acc_stored[acc_slot_i] if ci == 0 else -1)
             ins_.use(islot, j)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from compiler.errors import BinaryFormatError
 
-from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, Insn, disassemble
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, WFMTS, Insn, disassemble
 
 
 def _geometry_ok(f: dict, kh: int, kw: int, sh: int, sw: int) -> bool:
@@ -33,7 +33,7 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
                 (buf, f["sram"], f["sram"] + (f["y"] - 1) * f["sram_stride"] + f["x"])]
     if op in ("TACC", "MAC"):
         k = (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
-        w = 4 * f["f"] if op == "TACC" else 4 * f["f"] * k
+        w = 4 * f["f"] if op == "TACC" else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
         return [("INP", f["inp"], f["inp"] + 4 * f["c"] * f["h"] * f["w"]),
                 ("WGT", f["wgt"], f["wgt"] + w),
                 ("ACC", f["acc"], f["acc"] + 4 * f["f"] * f["oh"] * f["ow"])]
@@ -69,6 +69,8 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
             return "this version executes float32 activations only (dtype 0)"
         if f["depthwise"] and f["c"] != f["f"]:
             return "depthwise tile needs as many channels as filters"
+        if op == "MAC" and f["wfmt"] >= len(WFMTS):
+            return f"weight format {f['wfmt']} is not defined"
         if not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
             return "output tile does not match the padded input, kernel and stride"
     elif op == "EPI":

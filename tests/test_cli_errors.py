@@ -65,10 +65,10 @@ def test_cli_unsupported_op(tmp_path):
 
 
 def test_cli_quant_not_yet_supported(good_onnx):
-    result = _cli(["compile", good_onnx, "--quant", "int4"])
+    result = _cli(["compile", good_onnx, "--quant", "swis"])
     line = _one_error_line(result)
     assert result.exit_code == 2
-    assert "int4" in line and "not yet supported" in line
+    assert "swis" in line and "not yet supported" in line
 
 
 @pytest.mark.parametrize("spec, fragment", [
@@ -121,7 +121,8 @@ def test_cli_debug_shows_the_exception(tmp_path):
     ({"granularity": "cube"}, "'cube'"),
     ({"threshold_factor": -0.5}, "-0.5"),
     ({"threshold_factor": 10.0}, "10.0"),
-    ({"overrides": {"layer4.*": "int8"}}, "'int8'"),
+    ({"overrides": {"layer4.*": "int2"}}, "'int2'"),
+    ({"cluster_size": -1}, "cluster_size"),
 ])
 def test_bad_quant_config(kwargs, fragment):
     with pytest.raises(ConfigError) as ei:

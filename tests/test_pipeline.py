@@ -101,10 +101,10 @@ def test_quantize_to_partition_as_tvm_passes(result):
     from passes.fold_scales import FoldScales
     from passes.partition import PartitionForDlac
     from passes.remove_dead_tuples import RemoveDeadTuples
-    from passes.ternarize import TernarizeWeights, TernarySpec
+    from passes.quantize_weights import QuantizeWeights, WeightSpec
 
     ternary = {l.var for l in result.layers if l.precision == "ternary"}
     seq = tvm.transform.Sequential([
-        TernarizeWeights({name: TernarySpec() for name in ternary}),
+        QuantizeWeights({name: WeightSpec() for name in ternary}),
         FoldScales(ternary), MultiplyToAccumulate(ternary), RemoveDeadTuples, PartitionForDlac])
     tvm.ir.assert_structural_equal(seq(result.stages["canonicalize"]), result.stages["partition"])
