@@ -59,7 +59,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from itertools import combinations
 
 import numpy as np
@@ -158,7 +158,7 @@ def snap_magnitude_table(shifts) -> np.ndarray:
     return reps[np.abs(a[:, None] - reps[None, :]).argmin(axis=1)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tables(s: int, consecutive: bool):
     """(sets [K,S] uint8, signed-error table [K, 511] int64 indexed by q + 255)."""
     sets = shift_sets(s, consecutive)
@@ -172,9 +172,10 @@ def _tables(s: int, consecutive: bool):
     return sets, err
 
 
-# packed per-weight entry: e * 2^PACK + e^2 (e^2 < 2^16, four of them < 2^18 < 2^PACK)
-_PACK = 20
-_CHUNK = 1 << 15   # groups per chunk: keeps the working set in cache
+# Packed per-weight table entry: e * 2^PACK + e^2.  |e| <= 254, so over a group of
+# four sum(e^2) <= 258064 < 2^18 and |sum e| * 2^18 < 2^31: one int32 add gives both sums.
+_PACK = 18
+_CHUNK = 4096   # groups per block: the [block, K] working arrays stay in cache
 
 
 def decompose(groups: np.ndarray, s: int, consecutive: bool = False,
@@ -183,33 +184,44 @@ def decompose(groups: np.ndarray, s: int, consecutive: bool = False,
 
     ``groups`` ``[..., M]`` signed integers in [-255, 255] (usually ``[F, G, M]``).
     Returns ``(shift_sets [..., S] uint8, snapped [..., M] int16, mse [...] float64)``
-    where ``mse`` is the group's MSE++.
+    where ``mse`` is the group's MSE++.  All candidate sets are scored at once per
+    block of groups; ``argmin`` returns the first minimum, i.e. the first set in
+    candidate order, which is the documented tie rule.
     """
     g = np.asarray(groups)
     if g.size and (g.min() < -QMAX or g.max() > QMAX):
         raise ValueError("group values must lie in [-255, 255]")
     lead, m = g.shape[:-1], g.shape[-1]
     sets, err = _tables(int(s), bool(consecutive))
-    idx = (g.reshape(-1, m).astype(np.intp) + QMAX).T.copy()    # [M, N]
-    n = idx.shape[1]
-    # packed tables: sum over the group of e*2^PACK + e^2 gives (sum e) and (sum e^2) at once
-    packed = (err << _PACK) + err * err                         # [K, 511] int64
-    best_k = np.zeros(n, dtype=np.intp)
-    best_cost = np.full(n, np.inf)
-    mask_lo = (1 << _PACK) - 1
+    idx = g.reshape(-1, m).astype(np.intp) + QMAX               # [N, M] table rows
+    n = idx.shape[0]
+    packed_ok = m <= 4
+    int_alpha = float(alpha).is_integer() and 0 <= alpha <= 1000 and packed_ok
+    if packed_ok:
+        table = np.ascontiguousarray(((err << _PACK) + err * err).astype(np.int32).T)  # [511, K]
+    else:
+        table = np.ascontiguousarray(err.T)
+    best_k = np.empty(n, dtype=np.intp)
+    best_cost = np.empty(n, dtype=np.float64)
+    lo_mask = (1 << _PACK) - 1
     for start in range(0, n, _CHUNK):
-        sl = slice(start, min(n, start + _CHUNK))
-        ix = idx[:, sl]
-        bc, bk = best_cost[sl], best_k[sl]
-        for k in range(len(sets)):
-            tot = packed[k].take(ix).sum(axis=0)                # [chunk] int64
-            se = (tot >> _PACK).astype(np.float64)              # sum of errors (arithmetic shift)
-            cost = (tot & mask_lo).astype(np.float64)           # sum of squared errors
-            cost += alpha * se * se
-            better = cost < bc                                  # strict: the first set wins ties
-            np.putmask(bk, better, k)
-            np.putmask(bc, better, cost)
-    e = err[best_k[None, :], idx].T                             # [N, M] chosen signed errors
+        ix = idx[start:start + _CHUNK].T                         # [M, c]
+        if packed_ok:
+            tot = table[ix].sum(axis=0, dtype=np.int32)          # [c, K]
+            se = tot >> _PACK                                    # sum of errors (arithmetic shift)
+            cost = tot & lo_mask                                 # sum of squared errors
+            se *= se
+            if int_alpha:
+                cost += int(alpha) * se                          # < 2^31 for alpha <= 1000
+            else:
+                cost = cost + float(alpha) * se
+        else:
+            e = table[ix]                                        # [M, c, K] int64
+            cost = float(alpha) * e.sum(axis=0).astype(np.float64) ** 2 + (e * e).sum(axis=0)
+        k = cost.argmin(axis=1)                                  # first minimum wins ties
+        best_k[start:start + _CHUNK] = k
+        best_cost[start:start + _CHUNK] = np.take_along_axis(cost, k[:, None], axis=1)[:, 0]
+    e = err[best_k[:, None], idx]                                # [N, M] chosen signed errors
     snapped = (g.reshape(-1, m).astype(np.int64) - e).astype(np.int16)
     return (sets[best_k].reshape(*lead, sets.shape[1]),
             snapped.reshape(*lead, m),

@@ -31,7 +31,7 @@ from passes.ir_util import const_np, dtype_of, is_const, iter_bindings, op_name,
 
 from . import composites as C
 from .isa import WFMTS, Insn
-from .lower import Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
+from .lower import Elt, Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
 from .machine import Machine
 from .packing import pack_ternary, ternary_block_bytes
 from .program import Program, Tensor
@@ -296,7 +296,7 @@ class Codegen:
     def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
         refs = [env[a] if isinstance(a, relax.Var) and a in env else self.ref(a) for a in spec.args]
         n = int(np.prod(spec.out_shape))
-        self.insns += lower_eltwise(spec.op, n, self.m, a_addr=refs[0].addr,
+        self.insns += lower_eltwise(Elt(spec.op), n, self.m, a_addr=refs[0].addr,
                                     b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
         return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op, "precision": "fp32",
                 "min_dram_bytes": 4 * n * (len(refs) + 1)}

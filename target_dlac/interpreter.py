@@ -18,14 +18,16 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from compiler.errors import ConfigError, ExecutionError
 
 from . import costs
-from .isa import ACTS, ALU_OPS, BUFFERS, POOL_MODES, Insn, bits_f, disassemble
+from .isa import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, disassemble, \
+    epi_param_layout, s32
 from .packing import BlockError, ternary_block_bytes, ternary_counts, unpack_ternary
 from .program import Program
 from .report import InsnRecord, RunReport, build_report
 from .timeline import Timeline
 
 F32 = np.dtype("<f4")
-WBYTES = (4, 1)            # bytes per weight of each MAC weight format (isa.WFMTS)
+WBYTES = (4, 1)
+MAX_EXP = 64               # |exponent| of ALU quantize/dequantize (2^64 is far from float32 limits)            # bytes per weight of each MAC weight format (isa.WFMTS)
 
 
 class Interpreter:
@@ -60,17 +62,20 @@ class Interpreter:
                                  pc=self.pc, insn=self.text)
         return lo, lo + nbytes
 
-    def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
-        n = int(np.prod(shape)) * 4
-        a, b = self._span(mem, lo, n, what)
+    def _arr(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
         self.acc.append((mem, a, b, False))
-        return self.mem[mem][a:b].view(F32).reshape(shape)
+        return self.mem[mem][a:b].view(dtype).reshape(shape)
+
+    def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
+        return self._arr(mem, lo, shape, F32, what)
 
     def _put(self, mem: str, lo: int, value: np.ndarray, what: str):
-        a, b = self._span(mem, lo, value.size * 4, what)
+        value = np.ascontiguousarray(value)
+        a, b = self._span(mem, lo, value.nbytes, what)
         self.acc.append((mem, a, b, True))
-        self.mem[mem][a:b].view(F32)[:] = value.reshape(-1)
-
+        self.mem[mem][a:b] = value.reshape(-1).view(np.uint8)
 
     def _fail(self, msg: str):
         raise ExecutionError(msg, pc=self.pc, insn=self.text)
@@ -102,7 +107,8 @@ class Interpreter:
             dv[...] = sv
 
     def _input_tile(self, f) -> np.ndarray:
-        x = self._f32("INP", f["inp"], (f["c"], f["h"], f["w"]), "input tile")
+        dt = np.int8 if f["dtype"] == INT8 else F32
+        x = self._arr("INP", f["inp"], (f["c"], f["h"], f["w"]), dt, "input tile")
         hp, wp = f["h"] + f["pt"] + f["pb"], f["w"] + f["pl"] + f["pr"]
         if f["sh"] == 0 or f["sw"] == 0 or f["kh"] == 0 or f["kw"] == 0:
             self._fail("zero kernel or stride")
@@ -157,10 +163,13 @@ class Interpreter:
 
     def _conv(self, ins: Insn):
         f = ins.f
-        if f["dtype"] != 0:
-            self._fail("this version executes float32 activations only (dtype 0)")
+        integer = f["dtype"] == INT8
+        if f["dtype"] not in (0, INT8):
+            self._fail(f"activation dtype {f['dtype']} is not executed by this version (float32, int8)")
         if ins.op == "MAC" and f["wfmt"] >= len(WBYTES):
             self._fail(f"weight format {f['wfmt']} is not defined")
+        if ins.op == "MAC" and integer and f["wfmt"] != 1:
+            self._fail("int8 activations need int8 weights (wfmt 1)")
         if f["depthwise"] and f["c"] != f["f"]:
             self._fail(f"depthwise tile needs c == f (got c={f['c']}, f={f['f']})")
         x = self._input_tile(f)
@@ -168,30 +177,63 @@ class Interpreter:
         kk = f["kh"] * f["kw"]
         k = kk if f["depthwise"] else f["c"] * kk
         w, counts = self._weights(ins, k)
+        if integer:       # exact: |partial sums| <= 127 * 127 * 65536 < 2^53
+            cols, w = cols.astype(np.float64), w.astype(np.float64)
         if f["depthwise"]:
             out = np.einsum("fk,fkp->fp", w, cols)
         else:
             out = w @ cols.reshape(k, -1)
         shape = (f["f"], f["oh"] * f["ow"])
+        if integer:
+            out = np.rint(out).astype(np.int64)
+            if f["accumulate"]:
+                out += self._arr("ACC", f["acc"], shape, np.int32, "accumulator tile")
+            if out.size and (out.max() > 2 ** 31 - 1 or out.min() < -2 ** 31):
+                self._fail("int32 accumulator overflow")
+            self._put("ACC", f["acc"], out.astype(np.int32), "accumulator tile")
+            return counts
         if f["accumulate"]:
             out = self._f32("ACC", f["acc"], shape, "accumulator tile") + out
         self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
         return counts
+
+    @staticmethod
+    def _requant(t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+        """``clip((t + 2^(shift-1)) >> shift, lo, hi)`` in int64 (round half up), as int8."""
+        if shift:
+            t = (t + (1 << (shift - 1))) >> shift
+        return np.clip(t, lo, hi).astype(np.int8)
 
     def _epi(self, ins: Insn):
         f = ins.f
         nf, p = f["f"], f["p"]
         if f["act"] >= len(ACTS):
             self._fail(f"activation code {f['act']} is not defined")
+        act = ACTS[f["act"]]
+        _, boff, nbytes = epi_param_layout(nf, f["has_scale"], f["dtype"])
+        if f["dtype"] == INT8:
+            t = self._arr("ACC", f["acc"], (nf, p), np.int32, "accumulator tile").astype(np.int64)
+            if f["has_scale"]:
+                t *= self._arr("WGT", f["prm"], (nf,), np.int32, "epilogue multipliers")[:, None]
+            t += self._arr("WGT", f["prm"] + boff, (nf,), np.int64, "epilogue biases")[:, None]
+            if f["has_res"]:
+                res = self._arr("INP", f["res"], (nf, p), np.int8, "residual tile").astype(np.int64)
+                t += res << f["rshift"]
+            lo, hi = -128, 127
+            if act == "relu":
+                lo = 0
+            elif act == "clip":
+                lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
+            self._put("ACC", f["dst"], self._requant(t, f["shift"], lo, hi), "epilogue output")
+            return
+        if f["dtype"] != 0:
+            self._fail(f"activation dtype {f['dtype']} is not executed by this version")
         y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
-        nprm = 2 * nf if f["has_scale"] else nf
-        prm = self._f32("WGT", f["prm"], (nprm,), "epilogue parameters")
         if f["has_scale"]:
-            y *= prm[:nf, None]
-        y += prm[nprm - nf:, None]
+            y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[:, None]
+        y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[:, None]
         if f["has_res"]:
             y += self._f32("INP", f["res"], (nf, p), "residual tile")
-        act = ACTS[f["act"]]
         if act == "relu":
             np.maximum(y, 0, out=y)
         elif act == "clip":
@@ -202,7 +244,10 @@ class Interpreter:
         f = ins.f
         c, h, w, oh, ow = f["c"], f["h"], f["w"], f["oh"], f["ow"]
         kh, kw, sh, sw = f["kh"], f["kw"], f["sh"], f["sw"]
-        x = self._f32("INP", f["src"], (c, h, w), "pool input")
+        integer = f["dtype"] == INT8
+        if f["dtype"] not in (0, INT8):
+            self._fail(f"activation dtype {f['dtype']} is not executed by this version")
+        x = self._arr("INP", f["src"], (c, h, w), np.int8 if integer else F32, "pool input")
         hp, wp = h + f["pt"] + f["pb"], w + f["pl"] + f["pr"]
         if 0 in (kh, kw, sh, sw) or hp < kh or wp < kw or (hp - kh) // sh + 1 != oh \
                 or (wp - kw) // sw + 1 != ow:
@@ -210,32 +255,57 @@ class Interpreter:
                        f"stride {sh}x{sw}")
         pads = ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
         mode = POOL_MODES[f["mode"]]
+
+        def windows(a):
+            return sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+
         if mode == "max":
-            xp = np.pad(x, pads, constant_values=-np.inf)
-            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-            out = win.max(axis=(3, 4))
+            xp = np.pad(x, pads, constant_values=-128 if integer else -np.inf)
+            out = windows(xp).max(axis=(3, 4))
+        elif integer:       # window sum, then the multiplier/shift requantization
+            total = windows(np.pad(x, pads).astype(np.int64)).sum(axis=(3, 4))
+            out = self._requant(total * f["mult"], f["shift"], -128, 127)
         else:
-            xp = np.pad(x, pads)
-            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-            out = win.sum(axis=(3, 4), dtype=np.float32)
+            out = windows(np.pad(x, pads)).sum(axis=(3, 4), dtype=np.float32)
             if f["count_pad"]:
                 out /= np.float32(kh * kw)
             else:
                 ones = np.pad(np.ones((1, h, w), np.float32), pads)
-                cnt = sliding_window_view(ones, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-                out /= np.maximum(cnt.sum(axis=(3, 4)), 1)
-        self._put("ACC", f["dst"], out.astype(F32), "pool output")
+                out /= np.maximum(windows(ones).sum(axis=(3, 4)), 1)
+        self._put("ACC", f["dst"], out.astype(np.int8 if integer else F32), "pool output")
 
     def _alu(self, ins: Insn):
         f = ins.f
         if f["op"] >= len(ALU_OPS):
             self._fail(f"ALU op code {f['op']} is not defined")
-        op = ALU_OPS[f["op"]]
-        a = self._f32("INP", f["a"], (f["n"],), "ALU operand a")
+        op, n = ALU_OPS[f["op"]], f["n"]
+        exp = f["exp"] - EXP_BIAS
+        if op in ("quantize", "dequantize") and not -MAX_EXP <= exp <= MAX_EXP:
+            self._fail(f"exponent {exp} is outside [-{MAX_EXP}, {MAX_EXP}]")
+        if op == "quantize":        # float32 -> int8: clip(floor(a * 2^exp + 0.5))
+            a = self._f32("INP", f["a"], (n,), "ALU operand a")
+            q = np.floor(a * np.float32(2.0 ** exp) + np.float32(0.5))
+            self._put("ACC", f["dst"], np.clip(q, -128, 127).astype(np.int8), "ALU output")
+            return
+        if op == "dequantize":      # int8 -> float32: a * 2^-exp
+            a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a")
+            self._put("ACC", f["dst"], a.astype(F32) * np.float32(2.0 ** -exp), "ALU output")
+            return
+        if f["dtype"] == INT8:
+            a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a").astype(np.int64)
+            if op == "relu":
+                out = np.maximum(a, 0).astype(np.int8)
+            else:
+                b = self._arr("INP", f["b"], (n,), np.int8, "ALU operand b").astype(np.int64)
+                out = self._requant((a << f["sa"]) + (b << f["sb"]), f["shift"],
+                                    0 if op == "add_relu" else -128, 127)
+            self._put("ACC", f["dst"], out, "ALU output")
+            return
+        a = self._f32("INP", f["a"], (n,), "ALU operand a")
         if op == "relu":
             out = np.maximum(a, 0)
         else:
-            out = a + self._f32("INP", f["b"], (f["n"],), "ALU operand b")
+            out = a + self._f32("INP", f["b"], (n,), "ALU operand b")
             if op == "add_relu":
                 np.maximum(out, 0, out=out)
         self._put("ACC", f["dst"], out, "ALU output")

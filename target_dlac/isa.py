@@ -39,8 +39,10 @@ DEP_FIELDS = ("pop_prev", "pop_next", "push_prev", "push_next")
 BUFFERS = ("INP", "WGT", "ACC")
 #: Activation functions of EPI (field ``act``).
 ACTS = ("none", "relu", "clip")
-#: Element-wise ops of ALU (field ``op``).
-ALU_OPS = ("add", "add_relu", "relu")
+#: Element-wise ops of ALU (field ``op``); quantize / dequantize convert between float32
+#: and int8 with the power-of-two exponent in field ``exp`` (biased by EXP_BIAS).
+ALU_OPS = ("add", "add_relu", "relu", "quantize", "dequantize")
+EXP_BIAS = 128
 #: Activation data types (field ``dtype``); this version executes float32.
 DTYPES = ("float32", "float16", "int8")
 #: Weight formats of MAC (field ``wfmt``): dense float32 or dense int8 (4-/8-bit weights).
@@ -63,13 +65,15 @@ FORMATS: dict[str, tuple[int, str, tuple]] = {
     "MAC":   (4, "compute", _CONV),
     "EPI":   (5, "compute", (("acc", A), ("dst", A), ("has_scale", 1), ("has_res", 1), ("act", 2),
                              ("prm", A), ("res", A), ("f", 12),
-                             ("p", 16), ("lo_bits", 32),
+                             ("p", 16), ("lo_bits", 32), ("dtype", 3), ("shift", 6), ("rshift", 6),
                              ("hi_bits", 32))),
     "POOL":  (6, "compute", (("src", A), ("dst", A), ("mode", 1), ("count_pad", 1),
                              ("c", 12), ("h", 12), ("w", 12), ("oh", 12), ("ow", 12),
                              ("kh", 12), ("kw", 12), ("sh", 8), ("sw", 8),
-                             ("pt", 4), ("pb", 4), ("pl", 4), ("pr", 4))),
-    "ALU":   (7, "compute", (("a", A), ("b", A), ("op", 4), ("dst", A), ("n", A))),
+                             ("pt", 4), ("pb", 4), ("pl", 4), ("pr", 4), ("dtype", 3),
+                             ("shift", 6), ("mult", 32))),
+    "ALU":   (7, "compute", (("a", A), ("b", A), ("op", 4), ("dst", A), ("n", A), ("dtype", 3),
+                             ("sa", 6), ("sb", 6), ("shift", 6), ("exp", 8))),
     "SYNC":  (8, "barrier", ()),
     "HOST":  (9, "barrier", (("index", 16),)),
     "HALT":  (10, "barrier", ()),
@@ -124,6 +128,35 @@ class Insn:
 def fbits(x: float) -> int:
     """float32 bit pattern of ``x`` (for EPI's clip bounds)."""
     return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+#: Bytes per activation element of each ``dtype`` code.
+ELEM_BYTES = (4, 2, 1)
+INT8 = DTYPES.index("int8")
+
+
+def elem_bytes(dtype: int) -> int:
+    return ELEM_BYTES[dtype] if dtype < len(ELEM_BYTES) else 4
+
+
+def epi_param_layout(f: int, has_scale: bool, dtype: int) -> tuple[int, int, int]:
+    """(offset of the scale / multiplier vector, offset of the bias vector, total bytes) of
+    EPI's parameter block: float32 scale[f], bias[f]; int8 mode: int32 M[f], then int64
+    B[f] at the next 8-byte boundary."""
+    if dtype == INT8:
+        boff = ((4 * f + 7) & ~7) if has_scale else 0
+        return 0, boff, boff + 8 * f
+    return 0, (4 * f if has_scale else 0), (8 if has_scale else 4) * f
+
+
+def s32(b: int) -> int:
+    """Signed value of a 32-bit field (EPI's integer clip bounds)."""
+    return b - (1 << 32) if b >= 1 << 31 else b
+
+
+def s32_bits(v: int) -> int:
+    """32-bit two's-complement field of a signed integer."""
+    return v & 0xFFFFFFFF
 
 
 def bits_f(b: int) -> float:
@@ -224,17 +257,31 @@ def disassemble(ins: Insn) -> str:
         act = ACTS[f["act"]] if f["act"] < len(ACTS) else f"act{f['act']}"
         if act == "clip":
             act = f"clip[{bits_f(f['lo_bits']):g},{bits_f(f['hi_bits']):g}]"
-        body = (f"ACC[{f['dst']:#x}] = {act}(ACC[{f['acc']:#x}]"
-                + (" * scale" if f["has_scale"] else "") + f" + bias(WGT[{f['prm']:#x}])"
-                + (f" + INP[{f['res']:#x}]" if f["has_res"] else "") + f") {f['f']}x{f['p']}")
+        if f["dtype"] == 2:
+            act = act if act != "clip" else f"clip[{s32(f['lo_bits'])},{s32(f['hi_bits'])}]"
+            body = (f"ACC[{f['dst']:#x}] = {act}((ACC[{f['acc']:#x}]" + (" * M" if f["has_scale"] else "")
+                    + f" + B(WGT[{f['prm']:#x}])"
+                    + (f" + (INP[{f['res']:#x}] << {f['rshift']})" if f["has_res"] else "")
+                    + f") >> {f['shift']}) {f['f']}x{f['p']} int8")
+        else:
+            body = (f"ACC[{f['dst']:#x}] = {act}(ACC[{f['acc']:#x}]"
+                    + (" * scale" if f["has_scale"] else "") + f" + bias(WGT[{f['prm']:#x}])"
+                    + (f" + INP[{f['res']:#x}]" if f["has_res"] else "") + f") {f['f']}x{f['p']}")
     elif op == "POOL":
         mode = POOL_MODES[f["mode"]]
         body = (f"ACC[{f['dst']:#x}] = {mode}pool(INP[{f['src']:#x}]) in={f['c']}x{f['h']}x{f['w']} "
                 f"out={f['oh']}x{f['ow']} k={f['kh']}x{f['kw']} s={f['sh']}x{f['sw']} "
-                f"pad={f['pt']},{f['pl']},{f['pb']},{f['pr']}" + (" count_pad" if f["count_pad"] else ""))
+                f"pad={f['pt']},{f['pl']},{f['pb']},{f['pr']}" + (" count_pad" if f["count_pad"] else "")
+                + (f" int8 *{f['mult']}>>{f['shift']}" if f["dtype"] == 2 else ""))
     elif op == "ALU":
         aop = ALU_OPS[f["op"]] if f["op"] < len(ALU_OPS) else f"op{f['op']}"
-        body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}], INP[{f['b']:#x}]) n={f['n']}"
+        if aop in ("quantize", "dequantize"):
+            body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}], exp={f['exp'] - EXP_BIAS}) n={f['n']}"
+        elif f["dtype"] == 2 and aop != "relu":
+            body = (f"ACC[{f['dst']:#x}] = {aop}((INP[{f['a']:#x}] << {f['sa']}) + (INP[{f['b']:#x}] << "
+                    f"{f['sb']}) >> {f['shift']}) n={f['n']} int8")
+        else:
+            body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}], INP[{f['b']:#x}]) n={f['n']}"
     elif op == "HOST":
         body = f"host op #{f['index']}"
     else:

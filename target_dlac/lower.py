@@ -18,7 +18,7 @@ from compiler.errors import CodegenError
 
 from .costs import ceil_div
 from .emitter import Segment, SlotSet
-from .isa import ACTS, ALU_OPS, BUFFERS, Insn, POOL_MODES, fbits
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, POOL_MODES, Insn, elem_bytes, fbits, s32_bits
 from .machine import Machine
 from .schedule import ConvShape, Schedule, slots
 
@@ -76,9 +76,17 @@ def _window(o0: int, o1: int, stride: int, k: int, pad: int, size: int) -> tuple
 class Epilogue:
     has_scale: bool
     act: str = "none"          # none | relu | clip
-    lo: float = 0.0
+    lo: float = 0.0            # clip bounds (int8 mode: integer bounds of the output)
     hi: float = 0.0
     residual_addr: int | None = None
+    shift: int = 0             # int8 mode: right shift of the requantization
+    rshift: int = 0            # int8 mode: left shift of the residual
+
+
+def _epi_bounds(epi: Epilogue, integer: bool) -> tuple[int, int]:
+    if integer:
+        return s32_bits(int(epi.lo)), s32_bits(int(epi.hi))
+    return fbits(epi.lo), fbits(epi.hi)
 
 
 def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_addr: int,
@@ -87,9 +95,11 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
     the DRAM (address, bytes) of each packed weight block / parameter block."""
     seg = Segment()
     n_sl = slots(s)
+    eb = shape.elem_bytes
+    integer = shape.dtype == "int8"
     c_t = s.f_tile if shape.depthwise else s.c_tile
-    in_slot = align(c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * 4)
-    res_slot = align(s.f_tile * s.h_tile * s.w_tile * 4) if epi.residual_addr is not None else 0
+    in_slot = align(c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * eb)
+    res_slot = align(s.f_tile * s.h_tile * s.w_tile * eb) if epi.residual_addr is not None else 0
     w_slot = align(max(nb for _, nb in wblock.values()))
     p_slot = align(max(nb for _, nb in pblock.values()))
     acc_slot = align(s.f_tile * s.h_tile * s.w_tile * 4)
@@ -133,8 +143,8 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
             slotset.filled_by[slot] = last
         return slot
 
-    x_chw = C * H * W * 4
-    o_chw = shape.f * shape.oh * shape.ow * 4
+    x_chw = C * H * W * eb
+    o_chw = shape.f * shape.oh * shape.ow * eb
     for n, si, fi in loop():
         (oh0, oh1), (ow0, ow1) = sp[si]
         f0, f1 = ftiles[fi]
@@ -148,7 +158,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
         for ci, (c0, c1) in enumerate(cts):
             in_key = (n, si, c0)
             islot = load_into(ins_, in_key, lambda a: [_dma("INP", d) for d in tile_dmas(
-                x_addr + n * x_chw, (C, H, W), (c0, c1), (ih0, ih1), (iw0, iw1), a)])
+                x_addr + n * x_chw, (C, H, W), (c0, c1), (ih0, ih1), (iw0, iw1), a, eb)])
             wkey = (fi, 0 if shape.depthwise else ci)
             wa, wn = wblock[wkey]
             wslot = load_into(wts, wkey, lambda a: [_dma("WGT", dict(sram=a, dram=wa, y=1, x=wn,
@@ -157,7 +167,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
                 inp=ins_.addr(islot), wgt=wts.addr(wslot), acc=acc_addr, accumulate=int(ci > 0),
                 depthwise=int(shape.depthwise), c=c1 - c0, h=ih1 - ih0, w=iw1 - iw0,
                 kh=shape.kh, kw=shape.kw, f=f1 - f0, oh=oh1 - oh0, ow=ow1 - ow0,
-                sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=0,
+                sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=DTYPES.index(shape.dtype),
                 wfmt=0 if shape.ternary else wfmt))
             j = seg.compute(insn, max(ins_.filled_by[islot], wts.filled_by[wslot]),
                             acc_stored[acc_slot_i] if ci == 0 else -1)
@@ -172,19 +182,21 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
         if epi.residual_addr is not None:
             rslot = load_into(ress, (n, si, fi), lambda a: [_dma("INP", d) for d in tile_dmas(
                 epi.residual_addr + n * o_chw, (shape.f, shape.oh, shape.ow), (f0, f1),
-                (oh0, oh1), (ow0, ow1), a)])
+                (oh0, oh1), (ow0, ow1), a, eb)])
             after = max(after, ress.filled_by[rslot])
             res_addr = ress.addr(rslot)
         npx = (oh1 - oh0) * (ow1 - ow0)
+        lo_bits, hi_bits = _epi_bounds(epi, integer)
         j = seg.compute(Insn("EPI", dict(
             acc=acc_addr, dst=acc_addr, has_scale=int(epi.has_scale),
             has_res=int(epi.residual_addr is not None), act=ACTS.index(epi.act), prm=prms.addr(pslot),
-            res=res_addr, f=f1 - f0, p=npx, lo_bits=fbits(epi.lo), hi_bits=fbits(epi.hi))), after)
+            res=res_addr, f=f1 - f0, p=npx, lo_bits=lo_bits, hi_bits=hi_bits,
+            dtype=DTYPES.index(shape.dtype), shift=epi.shift, rshift=epi.rshift)), after)
         prms.use(pslot, j)
         if epi.residual_addr is not None:
             ress.use(rslot, j)
         for d in tile_dmas(out_addr + n * o_chw, (shape.f, shape.oh, shape.ow), (f0, f1),
-                           (oh0, oh1), (ow0, ow1), acc_addr):
+                           (oh0, oh1), (ow0, ow1), acc_addr, eb):
             acc_stored[acc_slot_i] = seg.store(_dma("ACC", d), j)
     return seg.finish()
 
@@ -204,6 +216,13 @@ class PoolShape:
     pads: tuple        # (top, left, bottom, right)
     mode: str          # max | avg
     count_pad: bool = False
+    dtype: str = "float32"
+    mult: int = 0      # int8 average: requantization multiplier and shift
+    shift: int = 0
+
+    @property
+    def elem_bytes(self) -> int:
+        return elem_bytes(DTYPES.index(self.dtype))
 
 
 def pool_tiles(p: PoolShape, m: Machine) -> tuple[int, int]:
@@ -213,7 +232,7 @@ def pool_tiles(p: PoolShape, m: Machine) -> tuple[int, int]:
             continue
         for h_t in range(p.oh, 0, -1):
             in_rows = (h_t - 1) * p.sh + p.kh
-            if 2 * align(c_t * in_rows * p.w * 4) <= m.inp_bytes and \
+            if 2 * align(c_t * in_rows * p.w * p.elem_bytes) <= m.inp_bytes and \
                     2 * ceil_div(c_t * h_t * p.ow, m.pes) * 4 <= m.obuf_bytes_per_pe and \
                     c_t * h_t * p.ow * 8 <= m.acc_bytes and in_rows <= 4095:
                 return c_t, h_t
@@ -223,8 +242,9 @@ def pool_tiles(p: PoolShape, m: Machine) -> tuple[int, int]:
 def lower_pool(p: PoolShape, m: Machine, *, x_addr: int, out_addr: int, name: str = "pool") -> list[Insn]:
     c_t, h_t = pool_tiles(p, m)
     seg = Segment()
-    in_slot = align(c_t * ((h_t - 1) * p.sh + p.kh) * p.w * 4)
-    acc_slot = align(c_t * h_t * p.ow * 4)
+    eb = p.elem_bytes
+    in_slot = align(c_t * ((h_t - 1) * p.sh + p.kh) * p.w * eb)
+    acc_slot = align(c_t * h_t * p.ow * eb)
     ins_ = SlotSet(0, in_slot, 2)
     accs = SlotSet(0, acc_slot, 2)
     stored = [-1, -1]
@@ -239,45 +259,69 @@ def lower_pool(p: PoolShape, m: Machine, *, x_addr: int, out_addr: int, name: st
                     raise CodegenError(f"{name}: padding {max(tp, bp)} exceeds the 4-bit pad field")
                 slot, free_after = ins_.take((n, c0, oh0))
                 last = -1
-                for d in tile_dmas(x_addr + n * p.c * p.h * p.w * 4, (p.c, p.h, p.w), (c0, c1),
-                                   (ih0, ih1), (0, p.w), ins_.addr(slot)):
+                for d in tile_dmas(x_addr + n * p.c * p.h * p.w * eb, (p.c, p.h, p.w), (c0, c1),
+                                   (ih0, ih1), (0, p.w), ins_.addr(slot), eb):
                     last = seg.load(_dma("INP", d), free_after)
                     free_after = -1
                 aslot, _ = accs.take((n, c0, oh0))
                 j = seg.compute(Insn("POOL", dict(
                     src=ins_.addr(slot), dst=accs.addr(aslot), mode=POOL_MODES.index(p.mode),
                     count_pad=int(p.count_pad), c=c1 - c0, h=ih1 - ih0, w=p.w, oh=oh1 - oh0, ow=p.ow,
-                    kh=p.kh, kw=p.kw, sh=p.sh, sw=p.sw, pt=tp, pb=bp, pl=pl, pr=pr)), last, stored[aslot])
+                    kh=p.kh, kw=p.kw, sh=p.sh, sw=p.sw, pt=tp, pb=bp, pl=pl, pr=pr,
+                    dtype=DTYPES.index(p.dtype), shift=p.shift, mult=p.mult)), last, stored[aslot])
                 ins_.use(slot, j)
-                for d in tile_dmas(out_addr + n * p.c * p.oh * p.ow * 4, (p.c, p.oh, p.ow), (c0, c1),
-                                   (oh0, oh1), (0, p.ow), accs.addr(aslot)):
+                for d in tile_dmas(out_addr + n * p.c * p.oh * p.ow * eb, (p.c, p.oh, p.ow), (c0, c1),
+                                   (oh0, oh1), (0, p.ow), accs.addr(aslot), eb):
                     stored[aslot] = seg.store(_dma("ACC", d), j)
     return seg.finish()
 
 
-def lower_eltwise(op: str, n: int, m: Machine, *, a_addr: int, b_addr: int | None, out_addr: int) -> list[Insn]:
-    """``op`` in ALU_OPS over ``n`` float32 elements, chunked to fit, double-buffered."""
+@dataclass(frozen=True)
+class Elt:
+    """An element-wise op: ``op`` in ALU_OPS; int8 fields as in docs/isa.md (ALU)."""
+    op: str
+    dtype: str = "float32"      # element type of the operands (quantize: of the output)
+    sa: int = 0
+    sb: int = 0
+    shift: int = 0
+    exp: int = 0
+
+    def bytes_in(self) -> int:
+        if self.op == "quantize":
+            return 4
+        return 1 if self.op == "dequantize" or self.dtype == "int8" else 4
+
+    def bytes_out(self) -> int:
+        if self.op == "dequantize":
+            return 4
+        return 1 if self.op == "quantize" or self.dtype == "int8" else 4
+
+
+def lower_eltwise(e: Elt, n: int, m: Machine, *, a_addr: int, b_addr: int | None,
+                  out_addr: int) -> list[Insn]:
+    """Element-wise ``e`` over ``n`` elements, chunked to fit, double-buffered."""
+    bi, bo = e.bytes_in(), e.bytes_out()
     per_pe = m.obuf_bytes_per_pe // 2 // 4
-    chunk = min(n, per_pe * m.pes, m.inp_bytes // 4 // 4)
-    chunk = max(1, chunk)
+    chunk = max(1, min(n, per_pe * m.pes, m.inp_bytes // 4 // 4))
     seg = Segment()
-    ins_ = SlotSet(0, align(2 * chunk * 4), 2)
+    half = align(chunk * bi)
+    ins_ = SlotSet(0, 2 * half, 2)
     accs = SlotSet(0, align(chunk * 4), 2)
     stored = [-1, -1]
     for k0, k1 in ranges(n, chunk):
-        nb = (k1 - k0) * 4
         slot, free_after = ins_.take(k0)
         base = ins_.addr(slot)
-        last = seg.load(_dma("INP", dict(sram=base, dram=a_addr + 4 * k0, y=1, x=nb, dram_stride=0,
-                                        sram_stride=0)), free_after)
+        last = seg.load(_dma("INP", dict(sram=base, dram=a_addr + bi * k0, y=1, x=(k1 - k0) * bi,
+                                        dram_stride=0, sram_stride=0)), free_after)
         if b_addr is not None:
-            last = seg.load(_dma("INP", dict(sram=base + align(chunk * 4), dram=b_addr + 4 * k0, y=1,
-                                            x=nb, dram_stride=0, sram_stride=0)))
+            last = seg.load(_dma("INP", dict(sram=base + half, dram=b_addr + bi * k0, y=1,
+                                            x=(k1 - k0) * bi, dram_stride=0, sram_stride=0)))
         aslot, _ = accs.take(k0)
-        j = seg.compute(Insn("ALU", dict(a=base, b=base + align(chunk * 4) if b_addr is not None else base,
-                                         op=ALU_OPS.index(op), dst=accs.addr(aslot), n=k1 - k0)),
-                        last, stored[aslot])
+        j = seg.compute(Insn("ALU", dict(a=base, b=base + half if b_addr is not None else base,
+                                         op=ALU_OPS.index(e.op), dst=accs.addr(aslot), n=k1 - k0,
+                                         dtype=DTYPES.index(e.dtype), sa=e.sa, sb=e.sb, shift=e.shift,
+                                         exp=e.exp + EXP_BIAS)), last, stored[aslot])
         ins_.use(slot, j)
-        stored[aslot] = seg.store(_dma("ACC", dict(sram=accs.addr(aslot), dram=out_addr + 4 * k0, y=1,
-                                                   x=nb, dram_stride=0, sram_stride=0)), j)
+        stored[aslot] = seg.store(_dma("ACC", dict(sram=accs.addr(aslot), dram=out_addr + bo * k0, y=1,
+                                                   x=(k1 - k0) * bo, dram_stride=0, sram_stride=0)), j)
     return seg.finish()

@@ -54,6 +54,11 @@ class ConvShape:
     depthwise: bool = False
     residual: bool = False
     ternary: bool = True
+    dtype: str = "float32"     # activation type: float32 | int8
+
+    @property
+    def elem_bytes(self) -> int:
+        return 1 if self.dtype == "int8" else 4
 
     def in_rows(self, rows: int) -> int:
         """Input rows (padded coordinates) that ``rows`` output rows read."""
@@ -101,9 +106,11 @@ def footprint(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> dict:
     PE grid: ``f_tile / pe_cols`` filters by ``pixels / pe_rows`` pixels per PE)."""
     n = slots(s)
     c_t = s.f_tile if shape.depthwise else s.c_tile
-    inp = c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * 4
-    res = s.f_tile * s.h_tile * s.w_tile * 4 if shape.residual else 0
-    return {"INP": n * (inp + res), "WGT": n * (wbytes(s.f_tile, c_t) + 8 * s.f_tile),
+    eb = shape.elem_bytes
+    inp = c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * eb
+    res = s.f_tile * s.h_tile * s.w_tile * eb if shape.residual else 0
+    prm = (16 if shape.dtype == "int8" else 8) * s.f_tile      # scale + bias (+ alignment)
+    return {"INP": n * (inp + res), "WGT": n * (wbytes(s.f_tile, c_t) + prm),
             "ACC": n * acc_per_pe(s.f_tile, s.h_tile * s.w_tile, m)}
 
 

@@ -378,7 +378,7 @@ def test_pool(case):
 
 # ---- ALU ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("op", ALU_OPS)
+@pytest.mark.parametrize("op", ["add", "add_relu", "relu"])    # float32 ops; int8 ops: test_int_ops.py
 def test_alu(op):
     rng = np.random.default_rng(6)
     n = 37
