@@ -3,39 +3,102 @@
 ``build_program`` runs the codegen on the partition stage, then records in the
 metadata what a user needs to trust and reproduce the binary: compiler version,
 source model hash, quantization config, input names, per-layer schedules; and it
-embeds the quantized graph (``REF`` section) so ``dlac run --check`` can build the
-TVM CPU reference of exactly the graph that was compiled.
+embeds the graph the binary computes (``REF`` section) so ``dlac run --check`` can
+build the TVM CPU reference of exactly that graph:
+
+* ``activations="fp32"``: the quantized float graph (the ``fold`` stage);
+* ``activations="int8"``: the all-integer graph, built by the int8 codegen with the
+  same integer parameters as the instructions (:mod:`target_dlac.intmode`).  Its
+  exponents come from calibration: the float program runs in the interpreter on the
+  calibration inputs and every tensor's largest magnitude is recorded.
 """
 
 from __future__ import annotations
 
 import zlib
 
+import numpy as np
+
 from . import __version__
 from .errors import ConfigError
 
+ACTIVATIONS = ("fp32", "int8")
+
+
+def _codegen_args(result, machine, schedules, progress) -> dict:
+    return dict(layer_names={i.var: i.name for i in result.layers},
+                precisions={i.var: i.precision for i in result.layers},
+                schedules=schedules, progress=progress)
+
+
+def calibrate(codegen, program, calib: dict) -> dict:
+    """``{Relax var: max |value|}`` of every tensor ``codegen`` produced, over the samples
+    of ``calib``: input name -> an array of the input's shape with any number of rows
+    on the batch axis (split into batches of the program's size), or samples of the
+    input's shape stacked on a new leading axis."""
+    from target_dlac.interpreter import Interpreter
+
+    inputs = {t.name: t for t in program.inputs}
+    missing = sorted(set(inputs) - set(calib))
+    if missing:
+        raise ConfigError(f"calibration data lacks input(s) {missing}; it has {sorted(calib)}")
+    samples = {}
+    for name, t in inputs.items():
+        a = np.asarray(calib[name], np.float32)
+        shape = tuple(t.shape)
+        if a.ndim == len(shape) and a.shape[1:] == shape[1:] and a.shape[0] % shape[0] == 0:
+            a = a.reshape(-1, *shape)
+        if a.shape[1:] != shape:
+            raise ConfigError(f"calibration input {name!r} has shape {a.shape}; expected samples "
+                              f"of shape {tuple(t.shape)} stacked on a leading axis")
+        samples[name] = a
+    count = min(len(a) for a in samples.values())
+    if count == 0:
+        raise ConfigError("calibration data holds no samples")
+    interp = Interpreter(program, check_races=False)
+    stats: dict = {}
+    for i in range(count):
+        interp.run({k: v[i] for k, v in samples.items()})
+        dram = interp.mem["DRAM"]
+        for var, ref in codegen.produced.items():
+            raw = dram[ref.addr:ref.addr + ref.nbytes].view(np.float32)
+            top = float(np.abs(raw).max()) if raw.size else 0.0
+            stats[var] = max(stats.get(var, 0.0), top)
+    return stats
+
 
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
-                  progress=None):
+                  activations: str = "fp32", calib: dict | None = None, progress=None):
     import tvm
 
-    from target_dlac.codegen import generate
+    from target_dlac.codegen import Codegen
     from target_dlac.machine import Machine
 
     if "partition" not in result.stages:
         raise ConfigError("build_program needs a result compiled through the partition stage")
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"activations={activations!r}: this version builds {ACTIVATIONS}")
     machine = machine or Machine()
-    prog = generate(result.stages["partition"], machine,
-                    layer_names={i.var: i.name for i in result.layers},
-                    precisions={i.var: i.precision for i in result.layers},
-                    schedules=schedules, progress=progress)
+    mod = result.stages["partition"]
+    cg = Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
+    prog = cg.generate()
+    ref_mod = result.stages["fold"]
+    if activations == "int8":
+        from target_dlac.codegen_int import IntCodegen
+
+        if calib is None:
+            raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
+        stats = calibrate(cg, prog, calib)
+        icg = IntCodegen(mod, machine, stats=stats, **_codegen_args(result, machine, schedules, progress))
+        prog = icg.generate()
+        ref_mod = icg.reference_mod
     prog.meta.update({
         "compiler": f"dlac {__version__}",
         "source": result.source, "source_hash": result.source_hash,
-        "quant_config": result.config.to_dict(),
+        "quant_config": result.config.to_dict(), "activations": activations,
         "input_names": list(result.input_names),
         "machine_hash": machine.hash(),
     })
     if reference:
-        prog.reference = zlib.compress(tvm.ir.save_json(result.stages["fold"]).encode(), 1)
+        prog.reference = zlib.compress(tvm.ir.save_json(ref_mod).encode(), 1)
     return prog

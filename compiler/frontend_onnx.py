@@ -65,22 +65,76 @@ def _scope_name(node) -> str:
     return ".".join(parts)
 
 
+#: ONNX ops between a pre-quantized weight initializer and its layer (QDQ / QCDQ)
+_WEIGHT_CHAIN_OPS = ("DequantizeLinear", "QuantizeLinear", "Clip")
+
+
 def _param_display(model) -> dict[str, str]:
     """Source name of each weight initializer, keyed as TVM names the parameter."""
     inits = {t.name for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
     out: dict[str, str] = {}
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         w = node.input[1]
+        # a pre-quantized weight: look through its (Q ->) (Clip ->) DQ chain to the initializer
+        quantized = False
+        while w not in inits and w in producer and producer[w].op_type in _WEIGHT_CHAIN_OPS:
+            quantized = True
+            w = producer[w].input[0]
         if w not in inits:
             continue
-        display = w
+        display = w.removesuffix("_quantized") if quantized else w
         if w.startswith("onnx::") or not w.strip():
             display = (_scope_name(node) or node.name or w) + ".weight"
         for key in (w, w.split("::")[-1], re.sub(r"[^0-9A-Za-z_]", "_", w)):
             out[key] = display
     return out
+
+
+_TOPI_MINMAX = re.compile(r"^(maximum|minimum)\d*$")
+
+
+def _tensor_sig(ty):
+    from tvm import relax
+
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return str(ty.dtype.dtype), tuple(int(d) for d in ty.shape.values)
+    except (TypeError, AttributeError):
+        return None
+
+
+def _topi_minmax_to_relax(mod):
+    """ONNX ``Clip`` (opset >= 11) imports as ``call_tir`` of TOPI ``maximum`` /
+    ``minimum`` PrimFuncs, which dlac cannot place; rewrite each into the Relax
+    op of the same name and meaning (element-wise, broadcasting)."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(call_tir)):
+                return call
+            gv, args = call.args[0], call.args[1]
+            m = _TOPI_MINMAX.match(getattr(gv, "name_hint", ""))
+            if m is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+                return call
+            new = self.builder_.normalize(ops[m.group(1)](*args.fields))
+            return new if _tensor_sig(new.ty) == _tensor_sig(call.ty) is not None else call
+
+    rw = _Rewrite(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rw.builder_.update_func(gv, rw.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rw.builder_.get())
 
 
 def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
@@ -105,6 +159,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mod = tvm_from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=True)
+        mod = _topi_minmax_to_relax(mod)
     except Exception as e:
         text = str(e).strip().splitlines()
         raise ModelLoadError(f"TVM's ONNX importer failed: {type(e).__name__}: "

@@ -4,8 +4,10 @@ quantized Relax graph.
 Stages, in order (each one's module is kept and can be dumped as TVMScript):
 
 ``import``        frontend; weights bound as constants, layers named
-``canonicalize``  FoldConstantViews, FoldBatchNorm, CanonicalBias, RemoveDeadTuples
-``quantize``      QuantizeWeights (precision per layer from :class:`QuantConfig`)
+``canonicalize``  FoldPrequantized, FoldConstantViews, FoldBatchNorm, CanonicalBias,
+                  RemoveDeadTuples
+``quantize``      QuantizeWeights (precision per layer from :class:`QuantConfig`; a
+                  pre-quantized model's layers keep their own integers)
 ``fold``          FoldScales, MultiplyToAccumulate (+ the accumulate-only check)
 ``partition``     PartitionForDlac (dLAC regions vs host ops)
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from passes.accumulate import LayerMultiplies, check_accumulate_only, multiplies_report, \
@@ -23,6 +26,7 @@ from passes.accumulate import LayerMultiplies, check_accumulate_only, multiplies
 from passes.canonical_bias import canonical_bias
 from passes.fold_batchnorm import fold_batchnorm
 from passes.fold_constant_views import fold_constant_views
+from passes.fold_prequantized import fold_prequantized, prequantized_weights
 from passes.fold_scales import fold_scales
 from passes.layers import find_layers
 from passes.partition import HostOp, partition, regions
@@ -97,12 +101,20 @@ class CompileResult:
         return "\n".join(lines)
 
 
-def plan_precisions(layer_names: dict[str, str], mod, config: QuantConfig) -> list[LayerInfo]:
+def plan_precisions(layer_names: dict[str, str], mod, config: QuantConfig,
+                    prequantized: dict[str, str] | None = None) -> list[LayerInfo]:
+    """Precision of each layer.  ``prequantized`` maps the layers whose weights the model
+    itself quantized (FoldPrequantized) to their kind: the model's own quantization wins
+    over the config's default and over keep_first / keep_last; only an override pattern
+    that says ``fp32`` wins over it (the layer then keeps the float weights)."""
     layers = find_layers(mod["main"])
     infos = []
     for i, layer in enumerate(layers):
         display = layer_names.get(layer.name, layer.name)
         prec, why = config.precision_for(display, i, len(layers))
+        kind = (prequantized or {}).get(layer.name)
+        if kind is not None and not (why.startswith("override") and prec == "fp32"):
+            prec, why = kind, "pre-quantized"
         infos.append(LayerInfo(display, layer.name, layer.op, tuple(layer.weight.shape), prec, why))
     return infos
 
@@ -145,18 +157,29 @@ def compile_model(model, example_inputs=None, *, config: QuantConfig | None = No
         return imported.mod
 
     def do_canonicalize():
-        mod = stages["import"]
-        for p in (fold_constant_views, fold_batchnorm, canonical_bias, remove_dead_tuples):
+        # a pre-quantized model's weight subgraphs -> float constants + their integers;
+        # BN after such a layer is not folded into its weights (it goes to the epilogue)
+        mod, state["prequant"] = fold_prequantized(stages["import"])
+        mod = fold_constant_views(mod)
+        mod = fold_batchnorm(mod, keep=set(state["prequant"].layers))
+        for p in (canonical_bias, remove_dead_tuples):
             mod = p(mod)
         return mod
 
     def do_quantize():
         mod = stages["canonicalize"]
-        infos = plan_precisions(state["imported"].layer_names, mod, config)
+        pre, why_not = prequantized_weights(mod, state.get("prequant"))
+        for name, why in why_not.items():
+            warnings.warn(f"layer {name}: the model's quantized weights are used as float ({why})")
+        infos = plan_precisions(state["imported"].layer_names, mod, config,
+                                {name: kind for name, (_, _, kind) in pre.items()})
         state["layers"] = infos
+        own = {i.var for i in infos if i.var in pre and i.precision != "fp32"}
         plan = {i.var: WeightSpec(i.precision, config.cluster, config.threshold_factor)
-                for i in infos if i.precision != "fp32"}
+                for i in infos if i.precision != "fp32" and i.var not in own}
         mod, state["decomp"] = quantize_weights(mod, plan)
+        # pre-quantized layers: weights unchanged (already scale * q), integers from the model
+        state["decomp"].update({v: pre[v][:2] for v in own})
         return mod
 
     def do_fold():

@@ -8,7 +8,9 @@ with weight ``W * s`` and bias ``(b - mean) * s + beta`` where
 Legal when the layer's output (and its bias add) has no other user, so the
 unscaled value is not needed elsewhere, and BN normalizes the channel axis.
 A batch-norm that cannot be folded becomes ``x * s + t`` with constant
-per-channel ``s, t`` (still one epilogue for the fold stage to merge).
+per-channel ``s, t`` (still one epilogue for the fold stage to merge).  So does
+one after a layer named in ``keep`` (pre-quantized layers: folding would destroy
+the model's integer weights; FoldScales moves ``s`` into the epilogue scale).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def _bn_params(call):
     return s, beta - mean * s, int(a["axis"])
 
 
-def _plan(func):
-    """Find foldable batch-norms: ``{getitem var: (layer var, layer call, bias or None, bn call)}``."""
+def _plan(func, keep=frozenset()):
+    """Find foldable batch-norms: ``{getitem var: (layer var, layer call, bias or None, bn call)}``;
+    layers named in ``keep`` are not folded into."""
     values, uses = binding_map(func), use_counts(func)
     plan, standalone = {}, {}
     for var, value in values.items():
@@ -55,15 +58,16 @@ def _plan(func):
                 bias = None
         rank = len(shape_of(bn.args[0]))
         axis = int(attrs_to_dict(bn.attrs)["axis"]) % rank
-        if src_val is not None and layer_op(src_val) and uses[src] == 1 and axis == 1:
+        if src_val is not None and layer_op(src_val) and uses[src] == 1 and axis == 1 \
+                and src.name not in keep:
             plan[var] = (src, src_val, bias, bn)
         else:
             standalone[var] = bn
     return plan, standalone
 
 
-def _fold_func(mod, func):
-    plan, standalone = _plan(func)
+def _fold_func(mod, func, keep=frozenset()):
+    plan, standalone = _plan(func, keep)
     if not plan and not standalone:
         return func
 
@@ -105,8 +109,9 @@ def _fold_func(mod, func):
     return _Folder(mod).visit_expr(func)
 
 
-def fold_batchnorm(mod):
-    return map_functions(mod, lambda f: _fold_func(mod, f))
+def fold_batchnorm(mod, keep=frozenset()):
+    """``keep``: layer (variable) names whose weights must not change."""
+    return map_functions(mod, lambda f: _fold_func(mod, f, frozenset(keep)))
 
 
 FoldBatchNorm = module_pass("dlac.FoldBatchNorm")(fold_batchnorm)

@@ -2,7 +2,8 @@
 
 Rewrites: in ``main``, the binding of every ``conv2d`` / ``matmul`` whose weight
 is a function parameter (directly, or through ``permute_dims`` as torch and
-ONNX import ``linear``/``Gemm``) gets a new variable named after that weight
+ONNX import ``linear``/``Gemm``, and through the quantize / clip / dequantize
+chain of a pre-quantized weight) gets a new variable named after that weight
 (``conv_layers.0.weight`` -> ``conv_layers_0``).  Weighted ops whose weight
 has no parameter name get ``<op>_<index>``.
 
@@ -23,6 +24,9 @@ from tvm import relax
 from .ir_util import is_call, map_functions, rename_var
 
 WEIGHTED_OPS = ("relax.nn.conv2d", "relax.matmul")
+#: ops between a pre-quantized weight parameter and its layer (ONNX QDQ / QCDQ)
+WEIGHT_CHAIN_OPS = ("relax.dequantize", "relax.quantize", "relax.maximum", "relax.minimum",
+                    "relax.clip")
 
 
 def sanitize(name: str) -> str:
@@ -62,8 +66,10 @@ def name_layers(mod, param_display: dict[str, str]):
     for block in main.body.blocks:
         for b in block.bindings:
             v = b.value
-            if is_call(v, "relax.permute_dims") and v.args[0] in params:
-                transposed[b.var] = v.args[0]
+            if is_call(v, "relax.permute_dims", *WEIGHT_CHAIN_OPS) and v.args:
+                src = transposed.get(v.args[0], v.args[0])
+                if src in params:
+                    transposed[b.var] = src
             if not is_call(v, *WEIGHTED_OPS):
                 continue
             w = v.args[1]

@@ -34,7 +34,7 @@ from .isa import WFMTS, Insn
 from .lower import Elt, Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
 from .machine import Machine
 from .packing import pack_ternary, ternary_block_bytes
-from .program import Program, Tensor
+from .program import DTYPE_SIZES, Program, Tensor
 from .schedule import ConvShape, check, default_schedule
 
 #: Activations are allocated from this virtual DRAM address, then placed after the constants.
@@ -43,11 +43,17 @@ ACT_BASE = 1 << 39
 
 @dataclass
 class Ref:
-    """A tensor in DRAM (``shape`` is the Relax shape; the bytes are NCHW / row-major)."""
+    """A tensor in DRAM (``shape`` is the Relax shape; the bytes are NCHW / row-major).
+    int8 tensors carry their dynamic fixed-point exponent ``exp``."""
     name: str
     addr: int
     shape: tuple
     dtype: str = "float32"
+    exp: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_SIZES[self.dtype]
 
 
 def pe_order(t: np.ndarray, how: str) -> np.ndarray:
@@ -99,6 +105,8 @@ class Codegen:
         self.host_ops: list[dict] = []
         self.fallbacks: list[dict] = []
         self.env: dict = {}
+        self.produced: dict = {}        # Relax var -> Ref of every op result (for calibration)
+        self.producer: dict = {}        # tensor name -> the Relax var that produced it
         self._act_end = 0
 
     # ---- DRAM -------------------------------------------------------------------------
@@ -115,11 +123,12 @@ class Codegen:
         self.names.add(name)
         return name
 
-    def _alloc(self, name: str, shape: tuple, dtype: str = "float32", role: str = "activation") -> Ref:
+    def _alloc(self, name: str, shape: tuple, dtype: str = "float32", role: str = "activation",
+               exp: int | None = None) -> Ref:
         """DRAM for a tensor.  Activations are placed in a virtual range from ``ACT_BASE``
         and moved behind the constants when the program is finished."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        ref = Ref(self._unique(name), ACT_BASE + self._act_end, tuple(shape), dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZES[dtype]
+        ref = Ref(self._unique(name), ACT_BASE + self._act_end, tuple(shape), dtype, exp)
         self._act_end = align(self._act_end + nbytes)
         if self._act_end > self.m.dram_bytes:
             raise CodegenError(f"tensor {name} {shape}: the program needs more than the machine's "
@@ -152,11 +161,32 @@ class Codegen:
                 raise CodegenError(f"input {p.name}: only static float32 inputs are supported")
             r = self._alloc(p.name, shape_of(p), role="input")
             self.env[p] = r
+            self._record(p, r)
+        self._begin(main)
         for b in iter_bindings(main):
             self.env[b.var] = self._binding(b.var, b.value)
-        outs = self._result(main.body.body)
+        outs = self._outputs(self._result(main.body.body))
         self.insns.append(Insn("HALT"))
         return self._finish(outs)
+
+    # hooks of the float32 program (the int8 codegen overrides them)
+    def _begin(self, main):
+        pass
+
+    def _outputs(self, outs):
+        return outs
+
+    def _view(self, src: Ref, shape: tuple, var) -> Ref:
+        return Ref(src.name, src.addr, shape, src.dtype, src.exp)
+
+    def _out(self, var, spec, env) -> Ref:
+        return self._alloc(var.name, spec.out_shape)
+
+    def _record(self, var, ref: Ref) -> Ref:
+        """Remember which Relax variable produced ``ref`` (calibration, exponents)."""
+        self.produced[var] = ref
+        self.producer[ref.name] = var
+        return ref
 
     def _binding(self, var, value):
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
@@ -165,7 +195,7 @@ class Codegen:
                 raise CodegenError(f"{var.name}: call to non-dLAC function {value.op.name_hint}")
             return self._region(func, [self.ref(a) for a in value.args], value.op.name_hint)
         if op_name(value) is not None:
-            return self._host_call(var, value)
+            return self._record(var, self._host_call(var, value))
         if isinstance(value, relax.Tuple):
             return tuple(self._result(f) for f in value.fields)
         if isinstance(value, relax.TupleGetItem):
@@ -209,10 +239,9 @@ class Codegen:
         try:
             spec = C.parse(fn)
             if isinstance(spec, C.ViewSpec):
-                src = env[spec.data]
-                return Ref(src.name, src.addr, spec.out_shape, src.dtype)
-            out = self._alloc(var.name, spec.out_shape)
+                return self._view(env[spec.data], spec.out_shape, var)
             start = len(self.insns)
+            out = self._out(var, spec, env)
             if isinstance(spec, C.ConvSpec):
                 entry = self._conv(spec, env, out)
             elif isinstance(spec, C.PoolSpec):
@@ -224,26 +253,39 @@ class Codegen:
             f = fn.without_attr("Composite")
             if f.attrs is not None and "dlac.layer" in f.attrs:
                 f = f.without_attr("dlac.layer")
-            return self._host(var.name, f, args, shape_of(var))
+            return self._record(var, self._host(var.name, f, args, shape_of(var)))
         entry.update(pc_start=start, pc_end=len(self.insns))
         self.layers.append(entry)
+        self._record(var, out)
         if self.progress:
             self.progress(entry["name"])
         return out
 
     # ---- lowering ---------------------------------------------------------------------
+    def _layer_weights(self, spec: C.ConvSpec, x: Ref, out: Ref, res: Ref | None):
+        """(weights, per-filter parameter vectors, Epilogue) of a layer in this mode."""
+        prm = ([spec.scale] if spec.scale is not None else []) + [spec.bias]
+        epi = Epilogue(spec.scale is not None, spec.act, spec.lo, spec.hi,
+                       None if res is None else res.addr)
+        return spec.weight, prm, epi
+
+    def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
+        return np.concatenate([v[f0:f1] for v in prm]).astype("<f4").tobytes()
+
     def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
         x = env[spec.data]
-        w = spec.weight
+        res = env[spec.residual] if spec.residual is not None else None
+        w, prm, epi = self._layer_weights(spec, x, out, res)
         if spec.kind == "dense":
             b, k = x.shape
             shape = ConvShape(b, k, 1, 1, w.shape[0], 1, 1, 1, 1, (0, 0, 0, 0), 1, 1, False,
-                              spec.residual is not None, spec.ternary)
+                              spec.residual is not None, spec.ternary, x.dtype)
         else:
             n, c, h, wd = x.shape
             _, f, oh, ow = spec.out_shape
             shape = ConvShape(n, c, h, wd, f, w.shape[2], w.shape[3], spec.strides[0], spec.strides[1],
-                              spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary)
+                              spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary,
+                              x.dtype)
         display = self.layer_names.get(spec.layer, spec.layer)
         blocks = _Weights(w, spec.ternary, spec.depthwise)
         sched = self.schedules.get(display) or self.schedules.get(spec.layer)
@@ -262,23 +304,18 @@ class Codegen:
                         else np.ascontiguousarray(tile).tobytes())      # float32 or int8, dense
                 wblock[(fi, ci)] = (self._const_bytes(data), len(data))
                 wbytes += len(data)
-            prm = ([spec.scale[f0:f1]] if spec.scale is not None else []) + [spec.bias[f0:f1]]
-            data = np.concatenate(prm).astype("<f4").tobytes()
+            data = self._param_block(prm, f0, f1)
             pblock[fi] = (self._const_bytes(data), len(data))
             wbytes += len(data)
-        res = env[spec.residual] if spec.residual is not None else None
-        epi = Epilogue(spec.scale is not None, spec.act, spec.lo, spec.hi,
-                       None if res is None else res.addr)
         self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
                                  pblock=pblock, epi=epi, name=display,
                                  wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
-        nbytes = lambda r: int(np.prod(r.shape)) * 4  # noqa: E731
         op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
         default_prec = "ternary" if spec.ternary else ("int8" if w.dtype == np.int8 else "fp32")
         return {"name": display, "var": spec.layer, "op": op,
                 "precision": self.precisions.get(spec.layer, default_prec),
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
-                "min_dram_bytes": nbytes(x) + wbytes + nbytes(out) + (nbytes(res) if res else 0)}
+                "min_dram_bytes": x.nbytes + wbytes + out.nbytes + (res.nbytes if res else 0)}
 
     def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
         x = env[spec.data]
@@ -321,7 +358,8 @@ class Codegen:
         idx = len(self.host_ops)
         fname = f"host_{idx}"
         self.host_funcs[fname] = fn.with_attr("global_symbol", fname)
-        out = self._alloc(name, out_shape)
+        dtype = dtype_of(fn.body)            # e.g. int8 between a host quantize and dequantize
+        out = self._alloc(name, out_shape, dtype if dtype in DTYPE_SIZES else "float32")
         start = len(self.insns)
         self.insns += [Insn("HOST", {"index": idx}), Insn("SYNC")]
         self.host_ops.append({"func": fname, "op": (op or "composite").removeprefix("relax."),
