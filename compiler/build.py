@@ -28,7 +28,7 @@ ACTIVATIONS = ("fp32", "int8")
 def _codegen_args(result, machine, schedules, progress) -> dict:
     return dict(layer_names={i.var: i.name for i in result.layers},
                 precisions={i.var: i.precision for i in result.layers},
-                schedules=schedules, progress=progress)
+                schedules=schedules, swis=result.swis, progress=progress)
 
 
 def calibrate(codegen, program, calib: dict) -> dict:

@@ -82,7 +82,9 @@ def main():
                    "--quant cluster, else 1.")
 @click.option("--activations", type=click.Choice(("fp32", "fp16", "int8")), default="fp32",
               show_default=True)
-@click.option("--calib", help="Calibration inputs (.npz) for int8 activations.")
+@click.option("--calib", metavar="FILE.npz",
+              help="Calibration inputs for --activations int8: arrays keyed by input name, samples "
+                   "stacked on the batch axis.")
 @click.option("--keep-first/--quantize-first", default=True, show_default=True,
               help="Keep the first layer at full precision.")
 @click.option("--keep-last/--quantize-last", default=True, show_default=True,
@@ -106,8 +108,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         if quant in QUANT_LATER:
             raise ConfigError(f"--quant {quant} is not yet supported (arrives with the "
                               "quantization-breadth issue)")
-        for flag, value, issue in (("--activations", activations != "fp32", "the quantization-breadth issue"),
-                                   ("--calib", calib, "the quantization-breadth issue"),
+        for flag, value, issue in (("--activations fp16", activations == "fp16", "a later issue"),
                                    ("--tuning-log", tuning_log, "the autotuner issue")):
             if value:
                 raise ConfigError(f"{flag} is not yet supported (arrives with {issue})")
@@ -120,6 +121,13 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         from .pipeline import compile_model
 
         mach = _machine(machine)
+        if activations == "int8" and not output:
+            raise ConfigError("--activations int8 builds a binary: give -o OUT.dlac")
+        if activations == "int8" and not calib:
+            raise ConfigError("--activations int8 needs calibration inputs: --calib FILE.npz")
+        if calib and activations != "int8":
+            raise ConfigError("--calib is only used with --activations int8")
+        calib_data = _load_npz(calib, "--calib") if calib else None
         result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
                                dump_ir=dump_ir,
                                progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
@@ -136,7 +144,8 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
 
             import time
             t0 = time.perf_counter()
-            prog = build_program(result, mach, reference=not no_reference)
+            prog = build_program(result, mach, reference=not no_reference, activations=activations,
+                                 calib=calib_data)
             write_program(output, prog)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
             counts = _op_counts(prog)
@@ -165,6 +174,20 @@ def _op_counts(prog) -> dict:
     for ins in prog.insns:
         counts[ins.op] = counts.get(ins.op, 0) + 1
     return counts
+
+
+def _load_npz(path: str, what: str) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if isinstance(data, np.ndarray):
+                raise ConfigError(f"{what} {path!r}: expected a .npz keyed by input name")
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path!r} not found") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{what} file {path!r} is not a .npz array file: {e}") from None
 
 
 def _load_inputs(path: str, prog) -> dict:
@@ -236,9 +259,15 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
                 worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
                 click.echo(f"check {name} vs TVM CPU reference: max abs err {diff:.3g}, "
                            f"max rel err {rel:.3g}")
-            failed = worst_rel > tolerance
+            exact = prog.meta.get("activations") == "int8"
+            if exact:       # the all-integer pipeline must match its reference bit for bit
+                failed = worst_abs != 0.0
+                click.echo("check: exact equality required (int8 pipeline): "
+                           + ("FAILED" if failed else "outputs identical"))
+            else:
+                failed = worst_rel > tolerance
             rep["check"] = {"reference": "tvm-llvm", "max_abs_err": worst_abs, "max_rel_err": worst_rel,
-                            "tolerance": tolerance, "passed": not failed}
+                            "tolerance": 0.0 if exact else tolerance, "passed": not failed}
         if output_path:
             import io
             buf = io.BytesIO()
@@ -247,6 +276,9 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
         if report_json:
             atomic_write_text(report_json, json.dumps(rep, indent=2))
         if failed:
+            if exact:
+                raise CheckFailed(f"the int8 outputs differ from the reference (max abs err {worst_abs:.3g}); "
+                                  "an integer pipeline must match exactly")
             raise CheckFailed(f"max relative error {worst_rel:.3g} exceeds --tolerance {tolerance:g}")
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
         _fail(e, debug)

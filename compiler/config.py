@@ -14,7 +14,9 @@ order of priority:
 Weight precisions: ``fp32`` (float weights), ``ternary`` (TWN), ``int4`` and ``int8``
 (symmetric), each quantized layer with one scale per cluster of ``cluster_size``
 filters (1 = per filter, the default; 0 = the whole layer, the same as
-``granularity="layer"``).
+``granularity="layer"``); ``swis`` (shared weight bit sparsity: ``swis_shifts`` bit
+positions per group of 4 weights on average, consecutive ones with
+``swis_consecutive``; one scale per filter; depthwise layers fall back to int8).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field, asdict
 from .errors import ConfigError
 
 #: Weight precisions this version implements.  ``fp32`` keeps the float weights.
-WEIGHT_PRECISIONS = ("fp32", "ternary", "int4", "int8")
+WEIGHT_PRECISIONS = ("fp32", "ternary", "int4", "int8", "swis")
 #: Scale sharing of ternary weights: one scale per output filter or per layer.
 GRANULARITIES = ("filter", "layer")
 
@@ -36,6 +38,8 @@ class QuantConfig:
     granularity: str = "filter"
     threshold_factor: float = 0.7
     cluster_size: int = 1
+    swis_shifts: float = 3.0
+    swis_consecutive: bool = False
     keep_first: bool = True
     keep_last: bool = True
     overrides: dict = field(default_factory=dict)
@@ -49,6 +53,10 @@ class QuantConfig:
                 or self.cluster_size < 0:
             raise ConfigError(f"cluster_size={self.cluster_size!r}; expected an integer >= 0 "
                               "(filters per shared scale, 0 = whole layer)")
+        if isinstance(self.swis_shifts, bool) or not isinstance(self.swis_shifts, (int, float)) \
+                or not 1.0 <= self.swis_shifts <= 8.0:
+            raise ConfigError(f"swis_shifts={self.swis_shifts!r}; expected a number in [1, 8] "
+                              "(average shifts per weight group, may be fractional)")
         if not 0.0 <= self.threshold_factor < 10.0:
             raise ConfigError(f"threshold_factor={self.threshold_factor} is out of range [0, 10)")
         for pattern, prec in self.overrides.items():

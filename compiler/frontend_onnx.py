@@ -32,13 +32,20 @@ def load_onnx(path: str | os.PathLike):
     return model
 
 
+#: QOperator-format quantized ops (onnxruntime QuantFormat.QOperator): no TVM converter
+_QOPERATOR = re.compile(r"^(QLinear\w+|QGemm|ConvInteger|MatMulInteger)$")
+_QOPERATOR_HINT = ("a QOperator-format quantized model; quantize it in QDQ format instead "
+                   "(onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ))")
+
+
 def _check_nodes(model, label: str) -> None:
     for i, node in enumerate(model.graph.node):
+        hint = f"; {_QOPERATOR_HINT}" if _QOPERATOR.match(node.op_type) else ""
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(f"{node.domain}::{node.op_type}", node.name or f"#{i}",
-                                     "custom op domain")
+                                     "custom op domain" + hint)
         if node.op_type not in ONNX_OPS:
-            raise UnsupportedOpError(node.op_type, node.name or f"#{i}", f"in {label}")
+            raise UnsupportedOpError(node.op_type, node.name or f"#{i}", f"in {label}{hint}")
 
 
 def _input_shapes(model, given: dict) -> dict[str, tuple[int, ...]]:

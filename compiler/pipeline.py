@@ -64,6 +64,7 @@ class CompileResult:
     source: str
     source_hash: str
     timings: dict = field(default_factory=dict)
+    swis: dict = field(default_factory=dict)     # layer var -> passes.swis.SwisResult
 
     @property
     def mod(self):
@@ -139,7 +140,7 @@ def compile_model(model, example_inputs=None, *, config: QuantConfig | None = No
     if stop_after not in STAGES:
         raise ConfigError(f"unknown stage {stop_after!r}; stages are {', '.join(STAGES)}")
     stages, timings = {}, {}
-    state: dict = {}
+    state: dict = {"swis": {}}
 
     def run(stage, fn):
         t0 = time.perf_counter()
@@ -175,9 +176,10 @@ def compile_model(model, example_inputs=None, *, config: QuantConfig | None = No
                                 {name: kind for name, (_, _, kind) in pre.items()})
         state["layers"] = infos
         own = {i.var for i in infos if i.var in pre and i.precision != "fp32"}
-        plan = {i.var: WeightSpec(i.precision, config.cluster, config.threshold_factor)
+        plan = {i.var: WeightSpec(i.precision, config.cluster, config.threshold_factor,
+                                  config.swis_shifts, config.swis_consecutive)
                 for i in infos if i.precision != "fp32" and i.var not in own}
-        mod, state["decomp"] = quantize_weights(mod, plan)
+        mod, state["decomp"] = quantize_weights(mod, plan, state["swis"])
         # pre-quantized layers: weights unchanged (already scale * q), integers from the model
         state["decomp"].update({v: pre[v][:2] for v in own})
         return mod
@@ -213,4 +215,4 @@ def compile_model(model, example_inputs=None, *, config: QuantConfig | None = No
     return CompileResult(stages, infos, mults, state.get("host", []),
                          regions(last) if "partition" in stages else [], imported.input_names,
                          imported.input_shapes, config, imported.source, imported.source_hash,
-                         timings)
+                         timings, state["swis"])

@@ -51,12 +51,14 @@ def multiply_to_accumulate(mod, quantized=frozenset()):
 
     def to_int8(layer):
         w = layer.weight
-        ok = _is_sign(w) if precision[layer.name] == "ternary" else \
-            bool(np.all((w == np.rint(w)) & (np.abs(w) <= 127)))
+        prec = precision[layer.name]
+        limit = 255 if prec == "swis" else 127      # SWIS: sign + 8 magnitude bits (int16)
+        ok = _is_sign(w) if prec == "ternary" else bool(np.all((w == np.rint(w)) & (np.abs(w) <= limit)))
         if not ok:
-            raise QuantizationError(f"weights are not {precision[layer.name]} integers; run "
-                                    "QuantizeWeights and FoldScales first", where=f"layer {layer.name}")
-        return make_const(w.astype(np.int8), "int8"), dtype_of(layer.call)
+            raise QuantizationError(f"weights are not {prec} integers; run QuantizeWeights and "
+                                    "FoldScales first", where=f"layer {layer.name}")
+        dt = "int16" if np.abs(w).max(initial=0) > 127 else "int8"     # SWIS magnitudes reach 255
+        return make_const(w.astype(dt), dt), dtype_of(layer.call)
 
     return replace_weights(mod, set(precision), to_int8)
 

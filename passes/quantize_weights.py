@@ -20,24 +20,39 @@ from dataclasses import dataclass
 
 from .ir_util import make_const, module_pass
 from .layers import replace_weights
+from .swis import swis_quantize
 from .weight_quant import dequantize, quantize_weight
 
 
 @dataclass(frozen=True)
 class WeightSpec:
-    kind: str = "ternary"        # ternary | int4 | int8
+    kind: str = "ternary"        # ternary | int4 | int8 | swis
     cluster: int = 1             # filters per shared scale; 0 = whole layer
     factor: float = 0.7          # TWN threshold factor (ternary)
+    shifts: float = 3.0          # SWIS: average shifts per group (may be fractional)
+    consecutive: bool = False    # SWIS-C
+    pe_cols: int = 32            # SWIS: filters that run together share a shift count
 
 
-def quantize_weights(mod, plan: dict[str, WeightSpec]):
-    """``plan`` maps layer (variable) names to their spec; others are kept.
-    Returns ``(module, {layer: (q int8, scale per output channel)})``."""
+def quantize_weights(mod, plan: dict[str, WeightSpec], swis: dict | None = None):
+    """``plan`` maps layer (variable) names to their spec; others are kept.  Returns
+    ``(module, {layer: (q integers, scale per output channel)})``; SWIS layers' full
+    decompositions (shift sets, counts, PE order) go into ``swis`` if given."""
     decomp = {}
 
     def fake_quant(layer):
         spec = plan[layer.name]
-        q, scale = quantize_weight(layer.weight, layer.out_axis, spec.kind, spec.cluster, spec.factor)
+        w = layer.weight
+        depthwise = layer.op == "conv2d" and int(layer.attrs.get("groups", 1)) > 1
+        if spec.kind == "swis" and not depthwise:
+            r = swis_quantize(w, spec.shifts, axis=layer.out_axis, consecutive=spec.consecutive,
+                              pe_cols=spec.pe_cols)
+            q, scale = r.values, r.scale
+            if swis is not None:
+                swis[layer.name] = r
+        else:      # depthwise SWIS has no input-channel groups: int8 instead
+            kind = "int8" if spec.kind == "swis" else spec.kind
+            q, scale = quantize_weight(w, layer.out_axis, kind, spec.cluster, spec.factor)
         decomp[layer.name] = (q, scale)
         return make_const(dequantize(q, scale, layer.out_axis), "float32"), None
 

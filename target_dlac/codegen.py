@@ -33,7 +33,7 @@ from . import composites as C
 from .isa import WFMTS, Insn
 from .lower import Elt, Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
 from .machine import Machine
-from .packing import pack_ternary, ternary_block_bytes
+from .packing import pack_swis, pack_ternary, swis_block_bytes, ternary_block_bytes
 from .program import DTYPE_SIZES, Program, Tensor
 from .schedule import ConvShape, check, default_schedule
 
@@ -67,8 +67,8 @@ def pe_order(t: np.ndarray, how: str) -> np.ndarray:
 class _Weights:
     """Block sizes of one layer's weights under any tiling (for schedule fitting)."""
 
-    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool):
-        self.w, self.ternary, self.depthwise = w, ternary, depthwise
+    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool, swis=None):
+        self.w, self.ternary, self.depthwise, self.swis = w, ternary, depthwise, swis
         nz = np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2)
         self.prefix = np.zeros((nz.shape[0] + 1, nz.shape[1] + 1), np.int64)
         self.prefix[1:, 1:] = nz.cumsum(0).cumsum(1)
@@ -77,6 +77,10 @@ class _Weights:
     def _max_bytes(self, f_t: int, c_t: int) -> int:
         F, Cw = self.w.shape[:2]
         kk = self.w.shape[2] * self.w.shape[3]
+        if self.swis is not None:
+            counts = self.swis.counts
+            return max(swis_block_bytes(counts[f0:f1], kk * -(-(c1 - c0) // 4))
+                       for f0, f1 in ranges(F, f_t) for c0, c1 in ranges(Cw, c_t))
         if not self.ternary:
             return f_t * (1 if self.depthwise else c_t) * kk * self.w.dtype.itemsize
         best = 0
@@ -90,11 +94,13 @@ class _Weights:
 
 class Codegen:
     def __init__(self, mod: tvm.IRModule, machine: Machine, *, layer_names: dict | None = None,
-                 precisions: dict | None = None, schedules: dict | None = None, progress=None):
+                 precisions: dict | None = None, schedules: dict | None = None, swis: dict | None = None,
+                 progress=None):
         self.mod, self.m = mod, machine
         self.layer_names = layer_names or {}
         self.precisions = precisions or {}
         self.schedules = schedules or {}
+        self.swis = swis or {}
         self.progress = progress
         self.consts = bytearray()
         self.tensors: list[Tensor] = []
@@ -276,18 +282,21 @@ class Codegen:
         x = env[spec.data]
         res = env[spec.residual] if spec.residual is not None else None
         w, prm, epi = self._layer_weights(spec, x, out, res)
+        sw = self.swis.get(spec.layer) if w.dtype == np.int16 else None
+        if w.dtype == np.int16 and sw is None:
+            raise CodegenError(f"layer {spec.layer}: int16 (SWIS) weights without their decomposition")
         if spec.kind == "dense":
             b, k = x.shape
             shape = ConvShape(b, k, 1, 1, w.shape[0], 1, 1, 1, 1, (0, 0, 0, 0), 1, 1, False,
-                              spec.residual is not None, spec.ternary, x.dtype)
+                              spec.residual is not None, spec.ternary, x.dtype, sw is not None)
         else:
             n, c, h, wd = x.shape
             _, f, oh, ow = spec.out_shape
             shape = ConvShape(n, c, h, wd, f, w.shape[2], w.shape[3], spec.strides[0], spec.strides[1],
                               spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary,
-                              x.dtype)
+                              x.dtype, sw is not None)
         display = self.layer_names.get(spec.layer, spec.layer)
-        blocks = _Weights(w, spec.ternary, spec.depthwise)
+        blocks = _Weights(w, spec.ternary, spec.depthwise, sw)
         sched = self.schedules.get(display) or self.schedules.get(spec.layer)
         if sched is None:
             sched = default_schedule(shape, self.m, blocks.max_bytes, where=f"layer {display}")
@@ -300,8 +309,12 @@ class Codegen:
         for fi, (f0, f1) in enumerate(ftiles):
             for ci, (c0, c1) in enumerate(ctiles):
                 tile = w[f0:f1] if spec.depthwise else w[f0:f1, c0:c1]
-                data = (pack_ternary(tile, pe_order(tile, sched.pe_order)) if spec.ternary
-                        else np.ascontiguousarray(tile).tobytes())      # float32 or int8, dense
+                if sw is not None:
+                    data = self._swis_block(sw, tile, f0, f1, c0, c1, sched.pe_order)
+                elif spec.ternary:
+                    data = pack_ternary(tile, pe_order(tile, sched.pe_order))
+                else:
+                    data = np.ascontiguousarray(tile).tobytes()      # float32 or int8, dense
                 wblock[(fi, ci)] = (self._const_bytes(data), len(data))
                 wbytes += len(data)
             data = self._param_block(prm, f0, f1)
@@ -311,11 +324,23 @@ class Codegen:
                                  pblock=pblock, epi=epi, name=display,
                                  wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
         op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
-        default_prec = "ternary" if spec.ternary else ("int8" if w.dtype == np.int8 else "fp32")
+        default_prec = ("ternary" if spec.ternary else "swis" if sw is not None
+                        else "int8" if w.dtype == np.int8 else "fp32")
         return {"name": display, "var": spec.layer, "op": op,
                 "precision": self.precisions.get(spec.layer, default_prec),
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
                 "min_dram_bytes": x.nbytes + wbytes + out.nbytes + (res.nbytes if res else 0)}
+
+    @staticmethod
+    def _swis_block(sw, tile: np.ndarray, f0: int, f1: int, c0: int, c1: int, how: str) -> bytes:
+        """A SWIS tile: the layer's shift sets of groups c0/4 .. ceil(c1/4); filters in PE
+        order by shift count (as_is: as given)."""
+        kk = tile.shape[2] * tile.shape[3]
+        g_all = sw.shifts.shape[1] // kk                 # groups per kernel position
+        shifts = sw.shifts.reshape(sw.shifts.shape[0], kk, g_all, -1)[f0:f1, :, c0 // 4:-(-c1 // 4)]
+        counts = sw.counts[f0:f1]
+        order = (np.arange(f1 - f0) if how == "as_is" else np.argsort(-counts, kind="stable"))
+        return pack_swis(tile.astype(np.int64), shifts, counts, order)
 
     def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
         x = env[spec.data]

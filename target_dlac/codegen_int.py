@@ -98,7 +98,7 @@ class IntCodegen(Codegen):
     # ---- lowering ---------------------------------------------------------------------
     def _layer_weights(self, spec: C.ConvSpec, x: Ref, out: Ref, res: Ref | None):
         w, scale = spec.weight, spec.scale
-        if w.dtype != np.int8:                       # float weights: int8, a scale per filter
+        if w.dtype.kind == "f":                       # float weights: int8, a scale per filter
             w, s = quantize_weight(w, 0, "int8", 1)
             scale = s.astype(np.float64) if scale is None else s * scale
         if scale is None:
@@ -115,7 +115,7 @@ class IntCodegen(Codegen):
 
     def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
         entry = super()._conv(spec, env, out)
-        if spec.weight.dtype != np.int8:
+        if spec.weight.dtype.kind == "f":
             entry["precision"] = "int8w"      # full-precision weights held as int8 (per filter)
         return entry
 

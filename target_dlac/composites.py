@@ -109,7 +109,7 @@ def _conv(kind: str, binds, out_shape) -> ConvSpec:
     call = layer.value
     w = const_np(call.args[1])
     ternary = w.dtype == np.int8 and bool(np.isin(w, (-1, 0, 1)).all())
-    if w.dtype not in (np.int8, np.float32):
+    if w.dtype not in (np.int8, np.int16, np.float32):
         raise Unlowerable(f"weights of dtype {w.dtype}")
     in_shape = shape_of(call.args[0])
     if kind.startswith("dense"):
@@ -134,6 +134,8 @@ def _conv(kind: str, binds, out_shape) -> ConvSpec:
                     out_shape=tuple(out_shape))
     if w.dtype == np.int8 and np.abs(w).max(initial=0) > 127:
         raise Unlowerable("int8 weight -128 is outside the symmetric range")
+    if w.dtype == np.int16 and (depthwise or np.abs(w).max(initial=0) > 255):
+        raise Unlowerable("int16 weights are SWIS values (|w| <= 255, not depthwise)")
     prev, seen_bias = layer.var, False
     for b in binds[1:]:
         v, name = b.value, op_name(b.value)

@@ -9,6 +9,10 @@ non-zero counts it reads from the weight buffer) and by the analytic cost model.
   the one with most non-zeros) and ``passes = ceil(oh * ow / (pe_rows * lanes))``.
 * ``MAC``: as TACC with every filter holding ``c * kh * kw`` weights (``kh * kw``
   for depthwise): nothing is skipped.
+* ``SACC`` (SWIS, bit-serial): ``compute_setup + passes * sum_g G * ceil(S_g / k)`` with
+  ``G = kh * kw * ceil(c / 4)`` weight groups per filter (4 weights per PE per pass),
+  ``S_g`` the largest shift count in PE group ``g`` and ``k = swis_shifts_per_pass``
+  (1 for a single-shift PE, 2 for a double-shift PE).
 * ``EPI``: ``compute_setup + ceil(f * p / (pes * lanes))``.
 * ``POOL``: ``compute_setup + ceil(c * oh * ow / (pes * lanes)) * kh * kw``.
 * ``ALU``: ``compute_setup + ceil(n / (pes * lanes))``.
@@ -66,9 +70,19 @@ def elementwise_cycles(n: int, m: Machine, per_element: int = 1) -> int:
     return m.compute_setup + ceil_div(n, m.macs_per_cycle) * per_element
 
 
+def sacc_cycles(ins: Insn, m: Machine, shift_counts: np.ndarray) -> int:
+    f = ins.f
+    groups = f["kh"] * f["kw"] * ceil_div(f["c"], 4)
+    per_pass = np.asarray([ceil_div(int(s), m.swis_shifts_per_pass) for s in shift_counts], np.int64)
+    return m.compute_setup + passes(ins, m) * groups * group_max_sum(per_pass, m.pe_cols)
+
+
 def cost(ins: Insn, m: Machine, counts: np.ndarray | None = None) -> int:
-    """Cycles of ``ins`` on machine ``m``; TACC needs its filters' non-zero counts."""
+    """Cycles of ``ins`` on machine ``m``; TACC needs its filters' non-zero counts and
+    SACC their shift counts (both read from the weight block)."""
     f, op = ins.f, ins.op
+    if op == "SACC":
+        return sacc_cycles(ins, m, counts)
     if op in ("LOAD", "STORE"):
         return dma_cycles(f["y"] * f["x"], m)
     if op == "TACC":

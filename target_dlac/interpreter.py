@@ -20,7 +20,7 @@ from compiler.errors import ConfigError, ExecutionError
 from . import costs
 from .isa import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, disassemble, \
     epi_param_layout, s32
-from .packing import BlockError, ternary_block_bytes, ternary_counts, unpack_ternary
+from .packing import BlockError, ternary_block_bytes, ternary_counts, unpack_swis, unpack_ternary
 from .program import Program
 from .report import InsnRecord, RunReport, build_report
 from .timeline import Timeline
@@ -136,6 +136,15 @@ class Interpreter:
         f = ins.f
         addr, nf = f["wgt"], f["f"]
         wgt = self.mem["WGT"]
+        if ins.op == "SACC":
+            if f["depthwise"]:
+                self._fail("SACC has no depthwise form")
+            try:
+                w, counts, nbytes = unpack_swis(wgt, addr, nf, f["c"], f["kh"], f["kw"])
+            except BlockError as e:
+                self._fail(f"WGT[{addr:#x}]: {e}")
+            self.acc.append(("WGT", addr, addr + nbytes, False))
+            return w, counts
         if ins.op == "TACC":
             try:
                 counts = ternary_counts(wgt, addr, nf)
@@ -326,7 +335,7 @@ class Interpreter:
             counts = None
             if op in ("LOAD", "STORE"):
                 self._dma(ins)
-            elif op in ("TACC", "MAC"):
+            elif op in ("TACC", "MAC", "SACC"):
                 counts = self._conv(ins)
             elif op == "EPI":
                 self._epi(ins)
@@ -342,7 +351,7 @@ class Interpreter:
             elif op == "HALT":
                 halted = True
             cyc = costs.cost(ins, self.m, counts)
-            dense = costs.dense_cycles(ins, self.m) if op == "TACC" else cyc
+            dense = costs.dense_cycles(ins, self.m) if op in ("TACC", "SACC") else cyc
             deps = (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next)
             slot = tl.step(pc, ins.unit, deps, cyc, self.acc, ins)
             dslot = dense_tl.step(pc, ins.unit, deps, dense, (), ins)

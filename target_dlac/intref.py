@@ -56,11 +56,11 @@ class IntGraphBuilder:
               res=None, rshift: int = 0, lo: int = -128, hi: int = 127):
         """conv2d (OIHW ``w``) or dense (``w`` [N, K, 1, 1]) with the integer epilogue."""
         if kind == "dense":
-            wt = make_const(np.ascontiguousarray(w.reshape(w.shape[0], -1).T), "int8")
+            wt = make_const(np.ascontiguousarray(w.reshape(w.shape[0], -1).T), str(w.dtype))
             acc = self.emit(relax.op.matmul(x, wt, out_dtype="int32"))
             rank = 2
         else:
-            acc = self.emit(relax.op.nn.conv2d(x, make_const(w, "int8"), strides=list(strides),
+            acc = self.emit(relax.op.nn.conv2d(x, make_const(w, str(w.dtype)), strides=list(strides),
                                                padding=list(pads), groups=groups, out_dtype="int32"))
             rank = 4
         t = relax.op.astype(acc, "int64")

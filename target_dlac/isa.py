@@ -77,6 +77,7 @@ FORMATS: dict[str, tuple[int, str, tuple]] = {
     "SYNC":  (8, "barrier", ()),
     "HOST":  (9, "barrier", (("index", 16),)),
     "HALT":  (10, "barrier", ()),
+    "SACC":  (11, "compute", _CONV),
 }
 BY_CODE = {code: name for name, (code, _, _) in FORMATS.items()}
 
@@ -246,7 +247,7 @@ def disassemble(ins: Insn) -> str:
         arrow = "<-" if op == "LOAD" else "->"
         body = (f"{buf}[{f['sram']:#x}] {arrow} dram[{f['dram']:#x}] {f['y']}x{f['x']}B "
                 f"dram_stride={f['dram_stride']} sram_stride={f['sram_stride']}")
-    elif op in ("TACC", "MAC"):
+    elif op in ("TACC", "MAC", "SACC"):
         body = (f"ACC[{f['acc']:#x}] {'+' if f['accumulate'] else ''}= WGT[{f['wgt']:#x}] * "
                 f"INP[{f['inp']:#x}] in={f['c']}x{f['h']}x{f['w']} out={f['f']}x{f['oh']}x{f['ow']} "
                 f"k={f['kh']}x{f['kw']} s={f['sh']}x{f['sw']} pad={f['pt']},{f['pl']},{f['pb']},{f['pr']}"

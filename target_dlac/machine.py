@@ -20,6 +20,7 @@ parameter              default     meaning
 ``dma_latency``        100         fixed cycles per DMA transfer
 ``compute_setup``      8           fixed cycles per compute instruction (pipeline fill)
 ``dram_mib``           1024        largest DRAM image a binary may declare
+``swis_shifts_per_pass`` 1         SWIS bit-serial PE: 1 = single-shift, 2 = double-shift
 =====================  ==========  ================================================
 
 Derived sizes (buffer bytes, address widths, PE count, peak rates) are properties,
@@ -56,6 +57,7 @@ class Machine:
     dma_latency: int = 100
     compute_setup: int = 8
     dram_mib: int = 1024
+    swis_shifts_per_pass: int = 1
 
     def __post_init__(self):
         for f in fields(self):

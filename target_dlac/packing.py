@@ -102,3 +102,93 @@ def unpack_ternary(buf: np.ndarray, addr: int, nfilters: int, k: int) -> tuple[n
     filt = np.repeat(rows, counts)
     dense = np.bincount(filt * k + idx, weights=vals, minlength=nfilters * k)
     return dense.reshape(nfilters, k).astype(np.float32), counts
+
+
+# ---- SWIS blocks (operand of SACC) ------------------------------------------------------
+#
+#     u8   count[F]     shift count S_f of each filter, in PE order (padded to 4 bytes)
+#     u16  row[F]       accumulator row of each filter (padded to 4 bytes)
+#     then, for each filter in PE order, for each kernel position (ky, kx), for each group of
+#     SWIS_M consecutive input channels (the last group zero-padded):
+#         u8   shift[S_f]        bit positions (0..7) shared by the group
+#         u16  code[SWIS_M]      bit 15: sign (1 = negative); bit j < S_f: mask of shift j
+#     each filter's record padded to 4 bytes.
+#     weight = (-1 if sign) * sum_j mask_j * 2^shift_j
+
+SWIS_M = 4
+
+
+def swis_groups(c: int, kh: int, kw: int) -> int:
+    return kh * kw * -(-c // SWIS_M)
+
+
+def swis_filter_bytes(count: int, groups: int) -> int:
+    return pad4(groups * (count + 2 * SWIS_M))
+
+
+def swis_block_bytes(counts, groups: int) -> int:
+    f = len(counts)
+    return pad4(f) + pad4(2 * f) + sum(swis_filter_bytes(int(s), groups) for s in counts)
+
+
+def pack_swis(values: np.ndarray, shifts: np.ndarray, counts: np.ndarray, order: np.ndarray) -> bytes:
+    """``values`` [F, C, KH, KW] SWIS integers; ``shifts`` [F, KH*KW, ceil(C/M), >= max count]
+    their groups' bit positions; ``counts`` [F]; ``order``: PE order of the filters."""
+    f, c, kh, kw = values.shape
+    g_c = -(-c // SWIS_M)
+    vals = np.zeros((f, g_c * SWIS_M, kh, kw), np.int64)
+    vals[:, :c] = values
+    # [F, kpos, group, M]
+    grp = vals.reshape(f, g_c, SWIS_M, kh * kw).transpose(0, 3, 1, 2)
+    out = bytearray()
+    out += np.asarray(counts, np.uint8)[order].tobytes().ljust(pad4(f), b"\0")
+    out += np.asarray(order, "<u2").tobytes().ljust(pad4(2 * f), b"\0")
+    for fi in order:
+        s = int(counts[fi])
+        sh = np.asarray(shifts[fi, :, :, :s], np.int64)                   # [kpos, group, S]
+        mag = np.abs(grp[fi])                                              # [kpos, group, M]
+        masks = (mag[..., None] >> sh[:, :, None, :]) & 1                  # [kpos, group, M, S]
+        rebuilt = (masks << sh[:, :, None, :]).sum(axis=-1)
+        if not np.array_equal(rebuilt, mag):
+            raise ValueError(f"filter {fi}: weights are not representable by their shift sets")
+        code = (masks << np.arange(s)).sum(axis=-1) | ((grp[fi] < 0).astype(np.int64) << 15)
+        rec = np.concatenate([np.ascontiguousarray(sh.astype(np.uint8).reshape(-1, s)),
+                              np.ascontiguousarray(code.astype("<u2").reshape(-1, SWIS_M)).view(np.uint8)],
+                             axis=1)
+        out += rec.tobytes().ljust(swis_filter_bytes(s, kh * kw * g_c), b"\0")
+    return bytes(out)
+
+
+def unpack_swis(buf: np.ndarray, addr: int, nfilters: int, c: int, kh: int, kw: int):
+    """Read a SWIS block; returns (dense float32 ``[F, C*KH*KW]`` by accumulator row,
+    shift counts in PE order, block bytes).  Every field is checked."""
+    g_c = -(-c // SWIS_M)
+    groups = kh * kw * g_c
+    head = pad4(nfilters) + pad4(2 * nfilters)
+    if addr + head > len(buf):
+        raise BlockError(f"SWIS block header [{addr}, {addr + head}) runs past WGT ({len(buf)} bytes)")
+    counts = buf[addr:addr + nfilters].astype(np.int64)
+    rows = buf[addr + pad4(nfilters):addr + pad4(nfilters) + 2 * nfilters].view("<u2").astype(np.int64)
+    if nfilters and (counts.min() < 1 or counts.max() > 8):
+        raise BlockError("SWIS shift counts must be 1..8")
+    if nfilters and (rows.max() >= nfilters or np.bincount(rows, minlength=nfilters).max() != 1):
+        raise BlockError(f"SWIS block rows are not a permutation of 0..{nfilters - 1}")
+    total = head + sum(swis_filter_bytes(int(s), groups) for s in counts)
+    if addr + total > len(buf):
+        raise BlockError(f"SWIS block [{addr}, {addr + total}) runs past WGT ({len(buf)} bytes)")
+    dense = np.zeros((nfilters, c, kh * kw), np.float32)
+    o = addr + head
+    for fi in range(nfilters):
+        s = int(counts[fi])
+        rec = buf[o:o + groups * (s + 2 * SWIS_M)].reshape(groups, s + 2 * SWIS_M)
+        sh = rec[:, :s].astype(np.int64)
+        if sh.size and sh.max() > 7:
+            raise BlockError("SWIS shift position above 7")
+        code = np.ascontiguousarray(rec[:, s:]).view("<u2").astype(np.int64)       # [groups, M]
+        if (code & ~((1 << s) - 1 | 1 << 15)).any():
+            raise BlockError("SWIS weight code has bits set beyond its shift count")
+        mags = (((code[..., None] >> np.arange(s)) & 1) << sh[:, None, :]).sum(axis=-1)
+        vals = np.where(code >> 15, -mags, mags).reshape(kh * kw, g_c * SWIS_M)[:, :c]
+        dense[rows[fi]] = vals.T
+        o += swis_filter_bytes(s, groups)
+    return dense.reshape(nfilters, -1), counts, total

@@ -11,11 +11,12 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
   ``issued_macs``: those issued (non-zero weights only for ternary layers);
 * ``zero_skip_speedup``: cycles of the same program with every weight issued (the
   same timeline with ``TACC`` costed as ``MAC``) divided by ``cycles``;
-* ``load_balance``: work done over work paid for in ternary steps: the sum of the
-  filters' non-zero counts over the sum of (filters x the largest count) of every
-  group of filters that ran together (1.0 = perfectly balanced);
+* ``load_balance``: work done over work paid for in ternary (SWIS) steps: the sum of
+  the filters' non-zero (shift) counts over the sum of (filters x the largest count)
+  of every group of filters that ran together (1.0 = perfectly balanced);
 * ``lower_bound_cycles`` = max(issued MACs / MAC lanes, minimum DRAM bytes /
-  bandwidth) and ``pct_of_bound`` = 100 * cycles / lower bound;
+  bandwidth) and ``pct_of_bound`` = 100 * cycles / lower bound (for SWIS layers the
+  compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
 * ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
   ``tflops_per_mm2``.
 """
@@ -111,19 +112,24 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
     lr.cycles = max(0, end - prev_end)
     lr.dense_cycles = max(0, dense_end - prev_dense_end)
     lr.instructions = len(recs)
-    done = paid = 0
+    done = paid = work = 0      # work: PE-cycles of useful compute (the bound's numerator)
     for r in recs:
         ins = r.ins
         if ins.unit == "compute":
             lr.compute += r.cycles
             lr.load_stall += r.slot.load_stall
-        if ins.op in ("TACC", "MAC"):
+        if ins.op in ("TACC", "MAC", "SACC"):
             px = ins.f["oh"] * ins.f["ow"]
             k = costs.weights_per_filter(ins)
             lr.dense_macs += ins.f["f"] * k * px
-            if ins.op == "TACC":
+            if ins.op in ("TACC", "SACC"):      # balance over non-zero counts / shift counts
                 cnt = np.asarray(r.counts, np.int64)
-                lr.issued_macs += int(cnt.sum()) * px
+                lr.issued_macs += (int(cnt.sum()) if ins.op == "TACC" else ins.f["f"] * k) * px
+                if ins.op == "TACC":
+                    work += int(cnt.sum()) * px
+                else:       # a SWIS PE takes 4 weights per pass, one pass per shift (or two)
+                    groups = ins.f["kh"] * ins.f["kw"] * costs.ceil_div(ins.f["c"], 4)
+                    work += groups * px * sum(costs.ceil_div(int(s), m.swis_shifts_per_pass) for s in cnt)
                 npass = costs.passes(ins, m)
                 pad = (-len(cnt)) % m.pe_cols
                 groups = np.concatenate([cnt, np.full(pad, -1)]).reshape(-1, m.pe_cols)
@@ -132,11 +138,12 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
                 paid += npass * int((sizes * groups.max(axis=1)).sum())
             else:
                 lr.issued_macs += ins.f["f"] * k * px
+                work += ins.f["f"] * k * px
     lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
     lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
     lr.load_balance = done / paid if paid else 1.0
     lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
-    lr.lower_bound_cycles = max(costs.ceil_div(lr.issued_macs, m.macs_per_cycle),
+    lr.lower_bound_cycles = max(costs.ceil_div(work, m.macs_per_cycle),
                                 costs.ceil_div(lr.dram_bytes, m.dram_bytes_per_cycle))
     lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
     return lr

@@ -55,6 +55,7 @@ class ConvShape:
     residual: bool = False
     ternary: bool = True
     dtype: str = "float32"     # activation type: float32 | int8
+    swis: bool = False         # SWIS weights: input-channel tiles in whole groups of 4
 
     @property
     def elem_bytes(self) -> int:
@@ -133,6 +134,8 @@ def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer
     if problems:
         raise CodegenError(f"{where}: schedule {s}: " + "; ".join(problems))
     c_t = s.f_tile if shape.depthwise else s.c_tile
+    if shape.swis and s.c_tile % 4 and s.c_tile != shape.c:
+        problems.append(f"c_tile={s.c_tile}: SWIS layers tile input channels in groups of 4")
     if shape.in_rows(s.h_tile) > MAX_DIM or shape.in_cols(s.w_tile) > MAX_DIM:
         problems.append("input tile exceeds 4095 rows/columns")
     if shape.ternary and (1 if shape.depthwise else c_t) * shape.kh * shape.kw > MAX_KIDX:
@@ -188,6 +191,8 @@ def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool =
                 if n * acc_per_pe(f_t, h_t * w_t, m) > m.obuf_bytes_per_pe:
                     continue
                 opts = [f_t] if shape.depthwise else _splits(min(shape.c, MAX_DIM))
+                if shape.swis:
+                    opts = [c for c in opts if c % 4 == 0 or c == shape.c]
                 lo, hi, found = 0, len(opts) - 1, None      # opts descending; fit grows with index
                 while lo <= hi:
                     mid = (lo + hi) // 2

@@ -31,9 +31,9 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
         buf = BUFFERS[f["buf"]]
         return [("DRAM", f["dram"], f["dram"] + (f["y"] - 1) * f["dram_stride"] + f["x"]),
                 (buf, f["sram"], f["sram"] + (f["y"] - 1) * f["sram_stride"] + f["x"])]
-    if op in ("TACC", "MAC"):
+    if op in ("TACC", "MAC", "SACC"):
         k = (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
-        w = 4 * f["f"] if op == "TACC" else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
+        w = 4 * f["f"] if op in ("TACC", "SACC") else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
         return [("INP", f["inp"], f["inp"] + 4 * f["c"] * f["h"] * f["w"]),
                 ("WGT", f["wgt"], f["wgt"] + w),
                 ("ACC", f["acc"], f["acc"] + 4 * f["f"] * f["oh"] * f["ow"])]
@@ -64,7 +64,7 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
         dst_stride = f["sram_stride"] if op == "LOAD" else f["dram_stride"]
         if f["y"] > 1 and dst_stride < f["x"]:
             return "destination rows overlap (stride smaller than the row)"
-    elif op in ("TACC", "MAC"):
+    elif op in ("TACC", "MAC", "SACC"):
         if f["dtype"] >= len(DTYPES) or DTYPES[f["dtype"]] != "float32":
             return "this version executes float32 activations only (dtype 0)"
         if f["depthwise"] and f["c"] != f["f"]:
