@@ -22,10 +22,9 @@ from .config import QuantConfig
 from .errors import ConfigError, DlacError
 
 QUANT_CHOICES = ("none", "ternary", "cluster", "int4", "int8", "swis")
-QUANT_LATER = ("swis",)       # the rest of the quantization-breadth issue
 #: --quant -> (weight precision, default cluster size)
 QUANT_WEIGHTS = {"none": ("fp32", 1), "ternary": ("ternary", 1), "cluster": ("ternary", 4),
-                 "int4": ("int4", 1), "int8": ("int8", 1)}
+                 "int4": ("int4", 1), "int8": ("int8", 1), "swis": ("swis", 1)}
 
 
 def _fail(e: BaseException, debug: bool) -> None:
@@ -56,13 +55,36 @@ def parse_input_shapes(specs) -> dict:
 
 
 def parse_precisions(specs) -> dict:
+    """``PATTERN=PREC`` strings, or ``FILE.toml`` files holding ``"pattern" = "prec"`` pairs
+    (top level or under ``[precision]``), in order; later entries are checked after earlier."""
     out = {}
     for spec in specs:
+        if spec.endswith(".toml"):
+            out.update(_precision_file(spec))
+            continue
         pattern, sep, prec = spec.rpartition("=")
         if not sep or not pattern:
             raise ConfigError(f"--precision {spec!r}: expected PATTERN=PRECISION (e.g. 'layer4.*=fp32')")
         out[pattern] = prec
     return out
+
+
+def _precision_file(path: str) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"precision file {path!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"precision file {path!r}: {e}") from None
+    table = data.get("precision", data)
+    bad = [k for k, v in table.items() if not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"precision file {path!r}: entry {bad[0]!r} must map a layer pattern to a "
+                          "precision string (fp32, ternary, int4, int8, swis)")
+    return dict(table)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,8 +111,12 @@ def main():
               help="Keep the first layer at full precision.")
 @click.option("--keep-last/--quantize-last", default=True, show_default=True,
               help="Keep the last layer at full precision.")
-@click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC",
-              help="Per-layer override, fnmatch on layer names (repeatable).")
+@click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml",
+              help="Per-layer precision, fnmatch on layer names (repeatable; a .toml file holds "
+                   "\"pattern\" = \"precision\" pairs).")
+@click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S",
+              help="SWIS: average shifts per group of 4 weights (may be fractional).")
+@click.option("--swis-consecutive", is_flag=True, help="SWIS-C: the shifts of a group are consecutive.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
               help="Shape of a dynamic input, e.g. x=1x3x224x224 (repeatable).")
 @click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md).")
@@ -101,13 +127,10 @@ def main():
               help="Leave the quantized graph out of the binary (smaller; `run --check` then fails).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
-                keep_last, precisions, input_shapes, machine, tuning_log, dump_ir, report_json,
-                no_reference, debug):
+                keep_last, precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
+                dump_ir, report_json, no_reference, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it."""
     try:
-        if quant in QUANT_LATER:
-            raise ConfigError(f"--quant {quant} is not yet supported (arrives with the "
-                              "quantization-breadth issue)")
         for flag, value, issue in (("--activations fp16", activations == "fp16", "a later issue"),
                                    ("--tuning-log", tuning_log, "the autotuner issue")):
             if value:
@@ -115,6 +138,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         weights, default_n = QUANT_WEIGHTS[quant]
         config = QuantConfig(weights=weights, granularity=granularity,
                              cluster_size=default_n if cluster_size is None else cluster_size,
+                             swis_shifts=swis_shifts, swis_consecutive=swis_consecutive,
                              keep_first=keep_first, keep_last=keep_last,
                              overrides=parse_precisions(precisions))
         from .atomic import atomic_write_text
@@ -349,6 +373,8 @@ def report_dict(result) -> dict:
         "layers": [dict(vars(i), weight_shape=list(i.weight_shape)) for i in result.layers],
         "multiplies": [r.to_dict() for r in result.multiplies],
         "totals": result.totals(),
+        "cluster_counting": (result.cluster_counts()
+                             if any(i.precision == "ternary" for i in result.layers) else None),
         "host_ops": [vars(h) for h in result.host_ops],
         "regions": [{"name": n, "composites": c} for n, c in result.regions],
         "stage_seconds": result.timings,
