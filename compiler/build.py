@@ -7,6 +7,8 @@ embeds the graph the binary computes (``REF`` section) so ``dlac run --check`` c
 build the TVM CPU reference of exactly that graph:
 
 * ``activations="fp32"``: the quantized float graph (the ``fold`` stage);
+* ``activations="fp16"``: the same graph with float16 storage between ops, built by the
+  fp16 codegen (:mod:`target_dlac.codegen_fp16`);
 * ``activations="int8"``: the all-integer graph, built by the int8 codegen with the
   same integer parameters as the instructions (:mod:`target_dlac.intmode`).  Its
   exponents come from calibration: the float program runs in the interpreter on the
@@ -22,7 +24,7 @@ import numpy as np
 from . import __version__
 from .errors import ConfigError
 
-ACTIVATIONS = ("fp32", "int8")
+ACTIVATIONS = ("fp32", "fp16", "int8")
 
 
 def _codegen_args(result, machine, schedules, progress) -> dict:
@@ -83,6 +85,12 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     cg = Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
     prog = cg.generate()
     ref_mod = result.stages["fold"]
+    if activations == "fp16":
+        from target_dlac.codegen_fp16 import Fp16Codegen
+
+        hcg = Fp16Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
+        prog = hcg.generate()
+        ref_mod = hcg.reference_mod
     if activations == "int8":
         from target_dlac.codegen_int import IntCodegen
 

@@ -347,7 +347,7 @@ class Codegen:
         n, c, h, w = x.shape
         oh, ow = (spec.out_shape[2], spec.out_shape[3]) if len(spec.out_shape) == 4 else (1, 1)
         p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],
-                      spec.strides[1], spec.pads, spec.mode, spec.count_pad)
+                      spec.strides[1], spec.pads, spec.mode, spec.count_pad, x.dtype)
         if max(p.kh, p.kw) > 4095 or max(p.sh, p.sw) > 255:
             raise C.Unlowerable("pool window or stride exceeds the encoding's fields")
         self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
@@ -358,7 +358,7 @@ class Codegen:
     def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
         refs = [env[a] if isinstance(a, relax.Var) and a in env else self.ref(a) for a in spec.args]
         n = int(np.prod(spec.out_shape))
-        self.insns += lower_eltwise(Elt(spec.op), n, self.m, a_addr=refs[0].addr,
+        self.insns += lower_eltwise(Elt(spec.op, refs[0].dtype), n, self.m, a_addr=refs[0].addr,
                                     b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
         return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op, "precision": "fp32",
                 "min_dram_bytes": 4 * n * (len(refs) + 1)}

@@ -26,6 +26,8 @@ from .report import InsnRecord, RunReport, build_report
 from .timeline import Timeline
 
 F32 = np.dtype("<f4")
+F16 = np.dtype("<f2")
+FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
 WBYTES = (4, 1)
 MAX_EXP = 64               # |exponent| of ALU quantize/dequantize (2^64 is far from float32 limits)            # bytes per weight of each MAC weight format (isa.WFMTS)
 
@@ -107,8 +109,10 @@ class Interpreter:
             dv[...] = sv
 
     def _input_tile(self, f) -> np.ndarray:
-        dt = np.int8 if f["dtype"] == INT8 else F32
+        dt = np.int8 if f["dtype"] == INT8 else FLOAT_TYPES[f["dtype"]]
         x = self._arr("INP", f["inp"], (f["c"], f["h"], f["w"]), dt, "input tile")
+        if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
+            x = x.astype(F32)
         hp, wp = f["h"] + f["pt"] + f["pb"], f["w"] + f["pl"] + f["pr"]
         if f["sh"] == 0 or f["sw"] == 0 or f["kh"] == 0 or f["kw"] == 0:
             self._fail("zero kernel or stride")
@@ -173,8 +177,8 @@ class Interpreter:
     def _conv(self, ins: Insn):
         f = ins.f
         integer = f["dtype"] == INT8
-        if f["dtype"] not in (0, INT8):
-            self._fail(f"activation dtype {f['dtype']} is not executed by this version (float32, int8)")
+        if f["dtype"] not in (0, 1, INT8):
+            self._fail(f"activation dtype {f['dtype']} is not defined")
         if ins.op == "MAC" and f["wfmt"] >= len(WBYTES):
             self._fail(f"weight format {f['wfmt']} is not defined")
         if ins.op == "MAC" and integer and f["wfmt"] != 1:
@@ -235,28 +239,32 @@ class Interpreter:
                 lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
             self._put("ACC", f["dst"], self._requant(t, f["shift"], lo, hi), "epilogue output")
             return
-        if f["dtype"] != 0:
-            self._fail(f"activation dtype {f['dtype']} is not executed by this version")
+        if f["dtype"] not in FLOAT_TYPES:
+            self._fail(f"activation dtype {f['dtype']} is not defined")
+        fdt = FLOAT_TYPES[f["dtype"]]
         y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
         if f["has_scale"]:
             y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[:, None]
         y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[:, None]
         if f["has_res"]:
-            y += self._f32("INP", f["res"], (nf, p), "residual tile")
+            y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
         if act == "relu":
             np.maximum(y, 0, out=y)
         elif act == "clip":
             np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
-        self._put("ACC", f["dst"], y, "epilogue output")
+        self._put("ACC", f["dst"], y.astype(fdt), "epilogue output")
 
     def _pool(self, ins: Insn):
         f = ins.f
         c, h, w, oh, ow = f["c"], f["h"], f["w"], f["oh"], f["ow"]
         kh, kw, sh, sw = f["kh"], f["kw"], f["sh"], f["sw"]
         integer = f["dtype"] == INT8
-        if f["dtype"] not in (0, INT8):
-            self._fail(f"activation dtype {f['dtype']} is not executed by this version")
-        x = self._arr("INP", f["src"], (c, h, w), np.int8 if integer else F32, "pool input")
+        if f["dtype"] not in (0, 1, INT8):
+            self._fail(f"activation dtype {f['dtype']} is not defined")
+        odt = np.int8 if integer else FLOAT_TYPES[f["dtype"]]
+        x = self._arr("INP", f["src"], (c, h, w), odt, "pool input")
+        if odt == F16:
+            x = x.astype(F32)
         hp, wp = h + f["pt"] + f["pb"], w + f["pl"] + f["pr"]
         if 0 in (kh, kw, sh, sw) or hp < kh or wp < kw or (hp - kh) // sh + 1 != oh \
                 or (wp - kw) // sw + 1 != ow:
@@ -281,7 +289,7 @@ class Interpreter:
             else:
                 ones = np.pad(np.ones((1, h, w), np.float32), pads)
                 out /= np.maximum(windows(ones).sum(axis=(3, 4)), 1)
-        self._put("ACC", f["dst"], out.astype(np.int8 if integer else F32), "pool output")
+        self._put("ACC", f["dst"], out.astype(odt), "pool output")
 
     def _alu(self, ins: Insn):
         f = ins.f
@@ -300,6 +308,11 @@ class Interpreter:
             a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a")
             self._put("ACC", f["dst"], a.astype(F32) * np.float32(2.0 ** -exp), "ALU output")
             return
+        if op in ("narrow", "widen"):       # float32 <-> float16 (round to nearest even)
+            src, dst = (F32, F16) if op == "narrow" else (F16, F32)
+            a = self._arr("INP", f["a"], (n,), src, "ALU operand a")
+            self._put("ACC", f["dst"], a.astype(dst), "ALU output")
+            return
         if f["dtype"] == INT8:
             a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a").astype(np.int64)
             if op == "relu":
@@ -310,14 +323,17 @@ class Interpreter:
                                     0 if op == "add_relu" else -128, 127)
             self._put("ACC", f["dst"], out, "ALU output")
             return
-        a = self._f32("INP", f["a"], (n,), "ALU operand a")
+        if f["dtype"] not in FLOAT_TYPES:
+            self._fail(f"activation dtype {f['dtype']} is not defined")
+        fdt = FLOAT_TYPES[f["dtype"]]
+        a = self._arr("INP", f["a"], (n,), fdt, "ALU operand a").astype(F32)
         if op == "relu":
             out = np.maximum(a, 0)
         else:
-            out = a + self._f32("INP", f["b"], (n,), "ALU operand b")
+            out = a + self._arr("INP", f["b"], (n,), fdt, "ALU operand b").astype(F32)
             if op == "add_relu":
                 np.maximum(out, 0, out=out)
-        self._put("ACC", f["dst"], out, "ALU output")
+        self._put("ACC", f["dst"], out.astype(fdt), "ALU output")
 
     # ---- run ---------------------------------------------------------------------------
     def run(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, RunReport]:

@@ -40,8 +40,9 @@ BUFFERS = ("INP", "WGT", "ACC")
 #: Activation functions of EPI (field ``act``).
 ACTS = ("none", "relu", "clip")
 #: Element-wise ops of ALU (field ``op``); quantize / dequantize convert between float32
-#: and int8 with the power-of-two exponent in field ``exp`` (biased by EXP_BIAS).
-ALU_OPS = ("add", "add_relu", "relu", "quantize", "dequantize")
+#: and int8 with the power-of-two exponent in field ``exp`` (biased by EXP_BIAS); narrow /
+#: widen convert float32 to float16 and back.
+ALU_OPS = ("add", "add_relu", "relu", "quantize", "dequantize", "narrow", "widen")
 EXP_BIAS = 128
 #: Activation data types (field ``dtype``); this version executes float32.
 DTYPES = ("float32", "float16", "int8")
@@ -276,7 +277,9 @@ def disassemble(ins: Insn) -> str:
                 + (f" int8 *{f['mult']}>>{f['shift']}" if f["dtype"] == 2 else ""))
     elif op == "ALU":
         aop = ALU_OPS[f["op"]] if f["op"] < len(ALU_OPS) else f"op{f['op']}"
-        if aop in ("quantize", "dequantize"):
+        if aop in ("narrow", "widen"):
+            body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}]) n={f['n']}"
+        elif aop in ("quantize", "dequantize"):
             body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}], exp={f['exp'] - EXP_BIAS}) n={f['n']}"
         elif f["dtype"] == 2 and aop != "relu":
             body = (f"ACC[{f['dst']:#x}] = {aop}((INP[{f['a']:#x}] << {f['sa']}) + (INP[{f['b']:#x}] << "

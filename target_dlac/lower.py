@@ -287,14 +287,12 @@ class Elt:
     exp: int = 0
 
     def bytes_in(self) -> int:
-        if self.op == "quantize":
-            return 4
-        return 1 if self.op == "dequantize" or self.dtype == "int8" else 4
+        return {"quantize": 4, "narrow": 4, "dequantize": 1, "widen": 2}.get(
+            self.op, elem_bytes(DTYPES.index(self.dtype)))
 
     def bytes_out(self) -> int:
-        if self.op == "dequantize":
-            return 4
-        return 1 if self.op == "quantize" or self.dtype == "int8" else 4
+        return {"quantize": 1, "narrow": 2, "dequantize": 4, "widen": 4}.get(
+            self.op, elem_bytes(DTYPES.index(self.dtype)))
 
 
 def lower_eltwise(e: Elt, n: int, m: Machine, *, a_addr: int, b_addr: int | None,

@@ -59,7 +59,7 @@ class ConvShape:
 
     @property
     def elem_bytes(self) -> int:
-        return 1 if self.dtype == "int8" else 4
+        return {"int8": 1, "float16": 2}.get(self.dtype, 4)
 
     def in_rows(self, rows: int) -> int:
         """Input rows (padded coordinates) that ``rows`` output rows read."""

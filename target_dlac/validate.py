@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from compiler.errors import BinaryFormatError
 
-from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, WFMTS, Insn, disassemble
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, WFMTS, Insn, disassemble, elem_bytes, \
+    epi_param_layout
 
 
 def _geometry_ok(f: dict, kh: int, kw: int, sh: int, sw: int) -> bool:
@@ -23,7 +24,8 @@ def _geometry_ok(f: dict, kh: int, kw: int, sh: int, sw: int) -> bool:
 
 
 def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
-    """Memory ranges ``(memory, lo, hi)`` an instruction touches (TACC: its block header)."""
+    """Memory ranges ``(memory, lo, hi)`` an instruction touches (TACC / SACC: the block
+    header; their full length depends on the block's contents)."""
     f, op = ins.f, ins.op
     if op in ("LOAD", "STORE"):
         if f["y"] == 0 or f["x"] == 0:
@@ -31,27 +33,31 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
         buf = BUFFERS[f["buf"]]
         return [("DRAM", f["dram"], f["dram"] + (f["y"] - 1) * f["dram_stride"] + f["x"]),
                 (buf, f["sram"], f["sram"] + (f["y"] - 1) * f["sram_stride"] + f["x"])]
+    eb = elem_bytes(f.get("dtype", 0))
     if op in ("TACC", "MAC", "SACC"):
         k = (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
         w = 4 * f["f"] if op in ("TACC", "SACC") else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
-        return [("INP", f["inp"], f["inp"] + 4 * f["c"] * f["h"] * f["w"]),
+        return [("INP", f["inp"], f["inp"] + eb * f["c"] * f["h"] * f["w"]),
                 ("WGT", f["wgt"], f["wgt"] + w),
                 ("ACC", f["acc"], f["acc"] + 4 * f["f"] * f["oh"] * f["ow"])]
     if op == "EPI":
-        n = 4 * f["f"] * f["p"]
-        out = [("ACC", f["acc"], f["acc"] + n), ("ACC", f["dst"], f["dst"] + n),
-               ("WGT", f["prm"], f["prm"] + 4 * f["f"] * (2 if f["has_scale"] else 1))]
+        n = f["f"] * f["p"]
+        out = [("ACC", f["acc"], f["acc"] + 4 * n), ("ACC", f["dst"], f["dst"] + eb * n),
+               ("WGT", f["prm"], f["prm"] + epi_param_layout(f["f"], f["has_scale"], f["dtype"])[2])]
         if f["has_res"]:
-            out.append(("INP", f["res"], f["res"] + n))
+            out.append(("INP", f["res"], f["res"] + eb * n))
         return out
     if op == "POOL":
-        return [("INP", f["src"], f["src"] + 4 * f["c"] * f["h"] * f["w"]),
-                ("ACC", f["dst"], f["dst"] + 4 * f["c"] * f["oh"] * f["ow"])]
+        return [("INP", f["src"], f["src"] + eb * f["c"] * f["h"] * f["w"]),
+                ("ACC", f["dst"], f["dst"] + eb * f["c"] * f["oh"] * f["ow"])]
     if op == "ALU":
-        n = 4 * f["n"]
-        reads_b = f["op"] < len(ALU_OPS) and ALU_OPS[f["op"]] != "relu"
-        return ([("INP", f["a"], f["a"] + n)] + ([("INP", f["b"], f["b"] + n)] if reads_b else [])
-                + [("ACC", f["dst"], f["dst"] + n)])
+        aop = ALU_OPS[f["op"]] if f["op"] < len(ALU_OPS) else None
+        bi = {"quantize": 4, "narrow": 4, "dequantize": 1, "widen": 2}.get(aop, eb)
+        bo = {"quantize": 1, "narrow": 2, "dequantize": 4, "widen": 4}.get(aop, eb)
+        reads_b = aop in ("add", "add_relu")
+        return ([("INP", f["a"], f["a"] + bi * f["n"])]
+                + ([("INP", f["b"], f["b"] + bi * f["n"])] if reads_b else [])
+                + [("ACC", f["dst"], f["dst"] + bo * f["n"])])
     return []
 
 
@@ -65,8 +71,8 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
         if f["y"] > 1 and dst_stride < f["x"]:
             return "destination rows overlap (stride smaller than the row)"
     elif op in ("TACC", "MAC", "SACC"):
-        if f["dtype"] >= len(DTYPES) or DTYPES[f["dtype"]] != "float32":
-            return "this version executes float32 activations only (dtype 0)"
+        if f["dtype"] >= len(DTYPES):
+            return f"activation dtype {f['dtype']} is not defined"
         if f["depthwise"] and f["c"] != f["f"]:
             return "depthwise tile needs as many channels as filters"
         if op == "MAC" and f["wfmt"] >= len(WFMTS):

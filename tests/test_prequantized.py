@@ -10,8 +10,8 @@ Numerics: the fold stage equals onnxruntime running the QDQ graph as written
 (``ORT_ENABLE_BASIC``), and the ISA interpreter equals the TVM reference of the fold
 stage within 1e-5.  onnxruntime's default ``ORT_ENABLE_ALL`` fuses QDQ into integer
 kernels (QLinearConv, QGemm) whose requantization rounds differently; on this net they
-are 8e-2..1.4e-1 (max|diff|/max|ref|) from the QDQ graph, and as far from the float
-model, so they are no reference for the graph's own semantics.
+are 8e-2..1.3e-1 (max|diff|/max|ref|, 20 inputs) from the QDQ graph, and 7e-2..1.3e-1 from
+the float model, so they are no reference for the graph's own semantics.
 """
 
 from __future__ import annotations
@@ -162,12 +162,12 @@ def test_qdq_matches_onnxruntime_and_interpreter(qdq):
 
 def test_qdq_is_close_to_the_float_model(qdq, float_onnx):
     """Sanity: the QDQ graph dlac compiled is the quantized network, not a broken one
-    (activation fake-quant with int8 steps; measured 7e-3..2.3e-2 on this net)."""
+    (activation fake-quant with int8 steps; measured 2.7e-3..4.3e-2 over 20 inputs)."""
     _, result = qdq
     sess = _session(onnx.load(str(float_onnx)))
     for x in _inputs():
         ref = run_reference(result.reference_module("fold"), x)[0]
-        assert max_rel_err(ref, sess.run(None, {"x": x})[0]) < 5e-2
+        assert max_rel_err(ref, sess.run(None, {"x": x})[0]) < 8e-2
 
 
 def test_qdq_override_fp32_keeps_float_weights(float_onnx):
