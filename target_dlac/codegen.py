@@ -353,7 +353,7 @@ class Codegen:
         self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
         kind = "global_avg_pool" if spec.kernel == (h, w) and spec.mode == "avg" else f"{spec.mode}_pool2d"
         return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": "fp32",
-                "min_dram_bytes": 4 * (n * c * h * w + int(np.prod(spec.out_shape)))}
+                "min_dram_bytes": x.nbytes + out.nbytes}
 
     def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
         refs = [env[a] if isinstance(a, relax.Var) and a in env else self.ref(a) for a in spec.args]
@@ -361,7 +361,7 @@ class Codegen:
         self.insns += lower_eltwise(Elt(spec.op, refs[0].dtype), n, self.m, a_addr=refs[0].addr,
                                     b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
         return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op, "precision": "fp32",
-                "min_dram_bytes": 4 * n * (len(refs) + 1)}
+                "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes}
 
     # ---- host ops ---------------------------------------------------------------------
     def _host_call(self, var, call):

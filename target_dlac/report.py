@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import costs
-from .isa import Insn
+from .isa import DTYPES, Insn
 from .timeline import Slot
 
 
@@ -120,16 +120,18 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
             lr.load_stall += r.slot.load_stall
         if ins.op in ("TACC", "MAC", "SACC"):
             px = ins.f["oh"] * ins.f["ow"]
+            lanes = m.lanes_for(DTYPES[ins.f["dtype"]]) / m.lanes      # fp16: twice the lanes
             k = costs.weights_per_filter(ins)
             lr.dense_macs += ins.f["f"] * k * px
             if ins.op in ("TACC", "SACC"):      # balance over non-zero counts / shift counts
                 cnt = np.asarray(r.counts, np.int64)
                 lr.issued_macs += (int(cnt.sum()) if ins.op == "TACC" else ins.f["f"] * k) * px
                 if ins.op == "TACC":
-                    work += int(cnt.sum()) * px
+                    work += int(cnt.sum()) * px / lanes
                 else:       # a SWIS PE takes 4 weights per pass, one pass per shift (or two)
                     groups = ins.f["kh"] * ins.f["kw"] * costs.ceil_div(ins.f["c"], 4)
-                    work += groups * px * sum(costs.ceil_div(int(s), m.swis_shifts_per_pass) for s in cnt)
+                    work += groups * px * sum(costs.ceil_div(int(s), m.swis_shifts_per_pass)
+                                              for s in cnt) / lanes
                 npass = costs.passes(ins, m)
                 pad = (-len(cnt)) % m.pe_cols
                 groups = np.concatenate([cnt, np.full(pad, -1)]).reshape(-1, m.pe_cols)
@@ -138,12 +140,12 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
                 paid += npass * int((sizes * groups.max(axis=1)).sum())
             else:
                 lr.issued_macs += ins.f["f"] * k * px
-                work += ins.f["f"] * k * px
+                work += ins.f["f"] * k * px / lanes
     lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
     lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
     lr.load_balance = done / paid if paid else 1.0
     lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
-    lr.lower_bound_cycles = max(costs.ceil_div(work, m.macs_per_cycle),
+    lr.lower_bound_cycles = max(int(np.ceil(work / m.macs_per_cycle)),
                                 costs.ceil_div(lr.dram_bytes, m.dram_bytes_per_cycle))
     lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
     return lr

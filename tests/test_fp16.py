@@ -1,0 +1,53 @@
+"""dLAC's fp16 mode: float16 activations between ops, float32 inside each op; the
+interpreter against the TVM build of the same graph with float16 storage, and twice the
+MAC lanes in the cycle model."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from compiler import QuantConfig, compile_model  # noqa: E402
+from compiler.build import build_program  # noqa: E402
+from compiler.datasets import mnist_cnn, mnist_test  # noqa: E402
+from compiler.reference import run_reference  # noqa: E402
+from target_dlac.interpreter import Interpreter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def case():
+    x, _ = mnist_test(8)
+    result = compile_model(mnist_cnn(), (torch.from_numpy(x[:1]),), config=QuantConfig())
+    return x, result, build_program(result, activations="fp16"), build_program(result)
+
+
+def test_fp16_matches_its_reference(case):
+    import tvm
+
+    x, result, prog, _ = case
+    ref = tvm.ir.load_json(zlib.decompress(prog.reference).decode())
+    interp = Interpreter(prog)
+    for i in range(4):
+        out = interp.run({"x": x[i:i + 1]})[0]["output_0"]
+        expect = run_reference(ref, x[i:i + 1])[0]
+        assert np.abs(out - expect).max() <= 1e-2 * np.abs(expect).max()
+        fp32 = run_reference(result.reference_module("fold"), x[i:i + 1])[0]
+        assert np.abs(out - fp32).max() <= 5e-3 * np.abs(fp32).max()      # float16 storage only
+        assert out.argmax() == fp32.argmax()
+
+
+def test_fp16_storage_and_rate(case):
+    x, _, prog16, prog32 = case
+    convs = [i for i in prog16.insns if i.op in ("TACC", "MAC")]
+    assert convs and all(i.f["dtype"] == 1 for i in convs)
+    assert {i.op for i in prog16.insns} >= {"ALU"}          # narrow the input, widen the output
+    _, rep16 = Interpreter(prog16).run({"x": x[:1]})
+    _, rep32 = Interpreter(prog32).run({"x": x[:1]})
+    c16 = {l.name: l.compute for l in rep16.layers}
+    for l in rep32.layers:
+        if l.op == "conv2d" and l.precision == "ternary":
+            assert c16[l.name] < 0.6 * l.compute      # twice the lanes, plus the fixed setup
