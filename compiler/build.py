@@ -58,12 +58,18 @@ def calibrate(codegen, program, calib: dict) -> dict:
     if count == 0:
         raise ConfigError("calibration data holds no samples")
     interp = Interpreter(program, check_races=False)
+    host = None
+    if program.host is not None:
+        from target_dlac.host import HostRunner
+        host = HostRunner(program)
+    # the program's tensor table holds the final (relocated) DRAM addresses
+    where = {var: program.tensor(ref.name) for var, ref in codegen.produced.items()}
     stats: dict = {}
     for i in range(count):
-        interp.run({k: v[i] for k, v in samples.items()})
+        interp.run({k: v[i] for k, v in samples.items()}, host_runner=host)
         dram = interp.mem["DRAM"]
-        for var, ref in codegen.produced.items():
-            raw = dram[ref.addr:ref.addr + ref.nbytes].view(np.float32)
+        for var, t in where.items():
+            raw = dram[t.addr:t.addr + t.nbytes].view(t.dtype)
             top = float(np.abs(raw).max()) if raw.size else 0.0
             stats[var] = max(stats.get(var, 0.0), top)
     return stats

@@ -40,7 +40,7 @@ from .program import DTYPE_SIZES, Program, Tensor
 from .validate import validate_program
 
 MAGIC = b"DLAC\x00BIN"
-VERSION = (1, 0)
+VERSION = (1, 1)      # 1.1: int8/fp16 fields, SACC, ALU conversions
 HEADER = struct.Struct("<8sHHIII32sII")
 ENTRY = struct.Struct("<8sQQII")
 REQUIRED = ("MACHINE", "INSTS", "CONSTS", "TENSORS", "META")

@@ -1,10 +1,12 @@
 """The dLAC ISA interpreter: executes a program one instruction at a time on simulated
 DRAM and on-chip buffers (INP, WGT, ACC), each instruction vectorized with NumPy,
-and places every instruction on the load/compute/store timeline.
+and places every instruction on the load/compute/store timeline.  Activations are
+float32, float16 (stored; float32 arithmetic inside an op) or int8 (int32 accumulators,
+integer requantization), per instruction (field ``dtype``).
 
 Every memory access is bounds-checked; an error names the pc, the instruction and
 the buffer.  The ISA has no branches, so a run executes each instruction at most
-once and always terminates.  Values are float32 throughout (dLAC's fp32 mode).
+once and always terminates.
 
 Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
 :class:`target_dlac.report.RunReport`.
@@ -29,7 +31,10 @@ F32 = np.dtype("<f4")
 F16 = np.dtype("<f2")
 FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
 WBYTES = (4, 1)
-MAX_EXP = 64               # |exponent| of ALU quantize/dequantize (2^64 is far from float32 limits)            # bytes per weight of each MAC weight format (isa.WFMTS)
+#: Largest |exponent| of ALU quantize/dequantize (2^64 stays far inside float32's range).
+ALU_MAX_EXP = 64
+#: Largest |value| of the int64 requantization sum before its shift (no silent wrap-around).
+INT64_LIMIT = 2 ** 62            # bytes per weight of each MAC weight format (isa.WFMTS)
 
 
 class Interpreter:
@@ -210,9 +215,10 @@ class Interpreter:
         self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
         return counts
 
-    @staticmethod
-    def _requant(t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+    def _requant(self, t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
         """``clip((t + 2^(shift-1)) >> shift, lo, hi)`` in int64 (round half up), as int8."""
+        if t.size and np.abs(t).max() >= INT64_LIMIT:
+            self._fail("int64 requantization sum out of range (a multiplier, bias or shift is too large)")
         if shift:
             t = (t + (1 << (shift - 1))) >> shift
         return np.clip(t, lo, hi).astype(np.int8)
@@ -297,8 +303,8 @@ class Interpreter:
             self._fail(f"ALU op code {f['op']} is not defined")
         op, n = ALU_OPS[f["op"]], f["n"]
         exp = f["exp"] - EXP_BIAS
-        if op in ("quantize", "dequantize") and not -MAX_EXP <= exp <= MAX_EXP:
-            self._fail(f"exponent {exp} is outside [-{MAX_EXP}, {MAX_EXP}]")
+        if op in ("quantize", "dequantize") and not -ALU_MAX_EXP <= exp <= ALU_MAX_EXP:
+            self._fail(f"exponent {exp} is outside [-{ALU_MAX_EXP}, {ALU_MAX_EXP}]")
         if op == "quantize":        # float32 -> int8: clip(floor(a * 2^exp + 0.5))
             a = self._f32("INP", f["a"], (n,), "ALU operand a")
             q = np.floor(a * np.float32(2.0 ** exp) + np.float32(0.5))

@@ -68,7 +68,7 @@ def conv_params(scale, bias, fx: int, fy: int, fr: int | None, where: str):
     rshift = 0
     if fr is not None:
         rshift = fy - fr + s
-        if not 0 <= rshift <= 62:
+        if not 0 <= rshift <= 55:
             raise CodegenError(f"{where}: residual exponent {fr} cannot be rescaled to {fy}")
     if m is None:
         m = np.full(bias.shape, 1 << acc_shift, np.int64)

@@ -44,7 +44,8 @@ ACTS = ("none", "relu", "clip")
 #: widen convert float32 to float16 and back.
 ALU_OPS = ("add", "add_relu", "relu", "quantize", "dequantize", "narrow", "widen")
 EXP_BIAS = 128
-#: Activation data types (field ``dtype``); this version executes float32.
+#: Activation data types (field ``dtype``): float32, float16 storage (float32 arithmetic
+#: inside an op), int8 (int32 accumulators, integer requantization).
 DTYPES = ("float32", "float16", "int8")
 #: Weight formats of MAC (field ``wfmt``): dense float32 or dense int8 (4-/8-bit weights).
 WFMTS = ("float32", "int8")
@@ -258,9 +259,9 @@ def disassemble(ins: Insn) -> str:
     elif op == "EPI":
         act = ACTS[f["act"]] if f["act"] < len(ACTS) else f"act{f['act']}"
         if act == "clip":
-            act = f"clip[{bits_f(f['lo_bits']):g},{bits_f(f['hi_bits']):g}]"
+            act = (f"clip[{s32(f['lo_bits'])},{s32(f['hi_bits'])}]" if f["dtype"] == 2 else
+                   f"clip[{bits_f(f['lo_bits']):g},{bits_f(f['hi_bits']):g}]")
         if f["dtype"] == 2:
-            act = act if act != "clip" else f"clip[{s32(f['lo_bits'])},{s32(f['hi_bits'])}]"
             body = (f"ACC[{f['dst']:#x}] = {act}((ACC[{f['acc']:#x}]" + (" * M" if f["has_scale"] else "")
                     + f" + B(WGT[{f['prm']:#x}])"
                     + (f" + (INP[{f['res']:#x}] << {f['rshift']})" if f["has_res"] else "")

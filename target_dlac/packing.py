@@ -13,11 +13,14 @@ interpreter walks them.
 Filters are listed in PE order: consecutive groups of ``pe_cols`` filters run
 together on the PE columns, so the codegen's filter order is its load balancing.
 
-**Dense block** (operand of ``MAC``): float32 ``[F, C, KH, KW]`` (depthwise:
-``[F, 1, KH, KW]``), row-major.
+**Dense block** (operand of ``MAC``): float32 (``wfmt`` 0) or int8 (``wfmt`` 1)
+``[F, C, KH, KW]`` (depthwise: ``[F, 1, KH, KW]``), row-major.
 
 **Epilogue parameters** (operand of ``EPI``): float32 ``scale[F]`` (if ``has_scale``)
-followed by float32 ``bias[F]``.
+followed by float32 ``bias[F]``; int8 mode: int32 ``M[F]`` then int64 ``B[F]`` at the
+next 8-byte boundary (:func:`target_dlac.isa.epi_param_layout`).
+
+**SWIS block** (operand of ``SACC``): see the comment above :data:`SWIS_M`.
 """
 
 from __future__ import annotations

@@ -133,10 +133,11 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
                     work += groups * px * sum(costs.ceil_div(int(s), m.swis_shifts_per_pass)
                                               for s in cnt) / lanes
                 npass = costs.passes(ins, m)
-                pad = (-len(cnt)) % m.pe_cols
-                groups = np.concatenate([cnt, np.full(pad, -1)]).reshape(-1, m.pe_cols)
+                bal = cnt if ins.op == "TACC" else -(-cnt // m.swis_shifts_per_pass)   # as costed
+                pad = (-len(bal)) % m.pe_cols
+                groups = np.concatenate([bal, np.full(pad, -1)]).reshape(-1, m.pe_cols)
                 sizes = (groups >= 0).sum(axis=1)
-                done += npass * int(cnt.sum())
+                done += npass * int(bal.sum())
                 paid += npass * int((sizes * groups.max(axis=1)).sum())
             else:
                 lr.issued_macs += ins.f["f"] * k * px

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from compiler.errors import BinaryFormatError
 
+#: Largest shift of the int8 requantization: 127 << 55 < 2^62 leaves room for the sum.
+MAX_SHIFT = 55
+
 from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, WFMTS, Insn, disassemble, elem_bytes, \
     epi_param_layout
 
@@ -36,7 +39,7 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
     eb = elem_bytes(f.get("dtype", 0))
     if op in ("TACC", "MAC", "SACC"):
         k = (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
-        w = 4 * f["f"] if op in ("TACC", "SACC") else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
+        w = 4 * f["f"] if op == "TACC" else 4 * ((f["f"] + 3) // 4) if op == "SACC" else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
         return [("INP", f["inp"], f["inp"] + eb * f["c"] * f["h"] * f["w"]),
                 ("WGT", f["wgt"], f["wgt"] + w),
                 ("ACC", f["acc"], f["acc"] + 4 * f["f"] * f["oh"] * f["ow"])]
@@ -77,12 +80,22 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
             return "depthwise tile needs as many channels as filters"
         if op == "MAC" and f["wfmt"] >= len(WFMTS):
             return f"weight format {f['wfmt']} is not defined"
+        if op == "MAC" and DTYPES[f["dtype"]] == "int8" and WFMTS[f["wfmt"]] != "int8":
+            return "int8 activations need int8 weights (wfmt 1)"
+        if op == "SACC" and f["depthwise"]:
+            return "SACC has no depthwise form"
         if not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
             return "output tile does not match the padded input, kernel and stride"
     elif op == "EPI":
         if f["act"] >= len(ACTS):
             return f"activation code {f['act']} is not defined"
+        if f["dtype"] >= len(DTYPES):
+            return f"activation dtype {f['dtype']} is not defined"
+        if f["rshift"] > MAX_SHIFT or f["shift"] > MAX_SHIFT:
+            return f"shifts above {MAX_SHIFT} would overflow the int64 requantization"
     elif op == "POOL":
+        if f["dtype"] >= len(DTYPES):
+            return f"activation dtype {f['dtype']} is not defined"
         if not _geometry_ok(f, f["kh"], f["kw"], f["sh"], f["sw"]):
             return "pool geometry is inconsistent"
         if max(f["pt"], f["pb"]) >= f["kh"] or max(f["pl"], f["pr"]) >= f["kw"]:
@@ -90,6 +103,10 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
     elif op == "ALU":
         if f["op"] >= len(ALU_OPS):
             return f"ALU op code {f['op']} is not defined"
+        if f["dtype"] >= len(DTYPES):
+            return f"activation dtype {f['dtype']} is not defined"
+        if max(f["sa"], f["sb"], f["shift"]) > MAX_SHIFT:
+            return f"shifts above {MAX_SHIFT} would overflow the int64 sum"
     elif op == "HOST":
         if f["index"] >= n_host:
             return f"host op #{f['index']} is not in the host table ({n_host} entries)"

@@ -174,7 +174,7 @@ def test_run_missing_input_file(work, tmp_path):
 def test_inspect_text_and_json(work):
     res = _ok(_cli(["inspect", work["bin"]]))
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("dlac ") and "binary, format 1.0" in lines[0]
+    assert lines[0].startswith("dlac ") and "binary, format 1.1" in lines[0]
     assert any(ln.startswith("instructions:") for ln in lines)
     assert any(ln.startswith("layers (6):") for ln in lines)
     listing = [ln.split() for ln in lines if ln.strip() and ln.split()[0].isdigit()]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compiler.errors import BinaryFormatError, ConfigError
-from target_dlac.container import ENTRY, HEADER, from_bytes, read_program, to_bytes, write_program
+from target_dlac.container import ENTRY, HEADER, VERSION, from_bytes, read_program, to_bytes, write_program
 from target_dlac.interpreter import run
 from target_dlac.isa import ACTS, BUFFERS, FORMATS, Insn
 from target_dlac.machine import Machine
@@ -156,7 +156,7 @@ def test_roundtrip_optional_sections():
 def test_layout(blob):
     """Magic, version, header size, 16-byte aligned sections in the documented order."""
     assert blob[:8] == b"DLAC\x00BIN"
-    assert struct.unpack_from("<HHII", blob, 8) == (1, 0, 64 + 32 * 5, 5)
+    assert struct.unpack_from("<HHII", blob, 8) == (*VERSION, 64 + 32 * 5, 5)
     t = table(blob)
     assert list(t) == list(TAGS)
     assert all(off % 16 == 0 for off, _ in t.values())

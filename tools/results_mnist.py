@@ -38,7 +38,9 @@ def configs():
 
     both = ACTS
     return [
-        ("fp32 weights (reference)", Q(weights="fp32"), both),
+        # fp32 weights with int8 activations is the int8 row: the int8 pipeline gives every
+        # float layer int8 weights with one scale per filter
+        ("fp32 weights (reference)", Q(weights="fp32"), ("fp32",)),
         ("int8 weights, per filter", Q(weights="int8"), both),
         ("ternary N=1 (per filter)", Q(weights="ternary", cluster_size=1), both),
         ("ternary N=4", Q(weights="ternary", cluster_size=4), both),
