@@ -91,10 +91,21 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     cg = Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
     prog = cg.generate()
     ref_mod = result.stages["fold"]
+    if activations == "int8" and result.config.activation_overrides:
+        raise ConfigError("per-layer activation overrides mix float16/float32 layers; the int8 "
+                          "pipeline is whole-graph (drop the overrides or use fp32/fp16)")
+    if activations == "fp32" and "fp16" in result.config.activation_overrides.values():
+        activations = "fp16"      # mixed: fp32 by default, the overridden layers in fp16
+        default_half = False
+    else:
+        default_half = True
     if activations == "fp16":
         from target_dlac.codegen_fp16 import Fp16Codegen
 
-        hcg = Fp16Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
+        cfg = result.config
+        default = "fp16" if default_half else "fp32"
+        hcg = Fp16Codegen(mod, machine, half=lambda name: cfg.activations_for(name, default) == "fp16",
+                          **_codegen_args(result, machine, schedules, progress))
         prog = hcg.generate()
         ref_mod = hcg.reference_mod
     if activations == "int8":

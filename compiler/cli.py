@@ -54,13 +54,17 @@ def parse_input_shapes(specs) -> dict:
     return shapes
 
 
-def parse_precisions(specs) -> dict:
+def parse_precisions(specs, acts: dict | None = None) -> dict:
     """``PATTERN=PREC`` strings, or ``FILE.toml`` files holding ``"pattern" = "prec"`` pairs
-    (top level or under ``[precision]``), in order; later entries are checked after earlier."""
+    (top level or under ``[precision]``; activation types under ``[activations]``, put
+    into ``acts``), in order; earlier entries are checked first."""
     out = {}
     for spec in specs:
         if spec.endswith(".toml"):
-            out.update(_precision_file(spec))
+            weights, act = _precision_file(spec)
+            out.update(weights)
+            if acts is not None:
+                acts.update(act)
             continue
         pattern, sep, prec = spec.rpartition("=")
         if not sep or not pattern:
@@ -79,12 +83,15 @@ def _precision_file(path: str) -> dict:
         raise ConfigError(f"precision file {path!r} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"precision file {path!r}: {e}") from None
-    table = data.get("precision", data)
-    bad = [k for k, v in table.items() if not isinstance(v, str)]
-    if bad:
-        raise ConfigError(f"precision file {path!r}: entry {bad[0]!r} must map a layer pattern to a "
-                          "precision string (fp32, ternary, int4, int8, swis)")
-    return dict(table)
+    acts = data.get("activations", {})
+    table = data.get("precision", {k: v for k, v in data.items() if k != "activations"})
+    for what, t in (("precision", table), ("activations", acts)):
+        bad = [k for k, v in (t.items() if isinstance(t, dict) else [("", None)]) if not isinstance(v, str)]
+        if bad:
+            raise ConfigError(f"precision file {path!r}: [{what}] entry {bad[0]!r} must map a layer "
+                              "pattern to a string (weights: fp32, ternary, int4, int8, swis; "
+                              "activations: fp32, fp16)")
+    return dict(table), dict(acts)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,6 +121,8 @@ def main():
 @click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml",
               help="Per-layer precision, fnmatch on layer names (repeatable; a .toml file holds "
                    "\"pattern\" = \"precision\" pairs).")
+@click.option("--activation-precision", "act_precisions", multiple=True, metavar="PATTERN=fp16|fp32",
+              help="Per-layer activation type (mixed fp16/fp32), fnmatch on layer names (repeatable).")
 @click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S",
               help="SWIS: average shifts per group of 4 weights (may be fractional).")
 @click.option("--swis-consecutive", is_flag=True, help="SWIS-C: the shifts of a group are consecutive.")
@@ -127,7 +136,7 @@ def main():
               help="Leave the quantized graph out of the binary (smaller; `run --check` then fails).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
-                keep_last, precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
+                keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
                 dump_ir, report_json, no_reference, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it."""
     try:
@@ -135,17 +144,23 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             if value:
                 raise ConfigError(f"{flag} is not yet supported (arrives with {issue})")
         weights, default_n = QUANT_WEIGHTS[quant]
+        acts: dict = {}
+        overrides = parse_precisions(precisions, acts)
+        acts.update(parse_precisions(act_precisions))
         config = QuantConfig(weights=weights, granularity=granularity,
                              cluster_size=default_n if cluster_size is None else cluster_size,
                              swis_shifts=swis_shifts, swis_consecutive=swis_consecutive,
                              keep_first=keep_first, keep_last=keep_last,
-                             overrides=parse_precisions(precisions))
+                             overrides=overrides, activation_overrides=acts)
         from .atomic import atomic_write_text
         from .pipeline import compile_model
 
         mach = _machine(machine)
         if activations != "fp32" and not output:
             raise ConfigError(f"--activations {activations} builds a binary: give -o OUT.dlac")
+        if act_precisions and activations == "int8":
+            raise ConfigError("--activation-precision mixes fp16/fp32 layers; it cannot be combined "
+                              "with --activations int8")
         if activations == "int8" and not calib:
             raise ConfigError("--activations int8 needs calibration inputs: --calib FILE.npz")
         if calib and activations != "int8":

@@ -40,6 +40,7 @@ class QuantConfig:
     cluster_size: int = 1
     swis_shifts: float = 3.0
     swis_consecutive: bool = False
+    activation_overrides: dict = field(default_factory=dict)
     keep_first: bool = True
     keep_last: bool = True
     overrides: dict = field(default_factory=dict)
@@ -59,6 +60,10 @@ class QuantConfig:
                               "(average shifts per weight group, may be fractional)")
         if not 0.0 <= self.threshold_factor < 10.0:
             raise ConfigError(f"threshold_factor={self.threshold_factor} is out of range [0, 10)")
+        for pattern, act in self.activation_overrides.items():
+            if act not in ("fp32", "fp16"):
+                raise ConfigError(f"activation override {pattern!r} -> {act!r}; expected fp32 or fp16 "
+                                  "(mixed with fp16 builds; int8 is whole-graph)")
         for pattern, prec in self.overrides.items():
             if prec not in WEIGHT_PRECISIONS:
                 raise ConfigError(f"override {pattern!r} -> {prec!r}; expected one of {WEIGHT_PRECISIONS}")
@@ -88,6 +93,13 @@ class QuantConfig:
         if self.keep_last and index == count - 1:
             return "fp32", "last layer"
         return self.weights, "default"
+
+    def activations_for(self, name: str, default: str) -> str:
+        """Activation type of layer ``name``: the first matching override, else ``default``."""
+        for pattern, act in self.activation_overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return act
+        return default
 
     def to_dict(self) -> dict:
         return asdict(self)

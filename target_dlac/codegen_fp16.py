@@ -1,9 +1,10 @@
 """Codegen of dLAC's fp16 mode: float16 activations between ops, float32 products, sums
 and epilogues inside each op (the paper's half-precision mode, twice the MAC lanes).
 
-The same walk as :class:`target_dlac.codegen.Codegen` with every op result stored as
-float16: graph inputs are narrowed on dLAC (ALU ``narrow``), outputs and host-op
-inputs widened (ALU ``widen``).  The reference graph is the quantized graph with the
+The same walk as :class:`target_dlac.codegen.Codegen` with op results stored as float16:
+graph inputs are narrowed on dLAC (ALU ``narrow``), outputs and host-op inputs widened
+(ALU ``widen``).  Mixed precision: ``half(name)`` decides per layer (conv/dense, by its
+source name) whether it runs in fp16 or fp32; other ops follow their first input.  The reference graph is the quantized graph with the
 same storage: each composite runs in float32 on widened inputs and its result is
 narrowed to float16 (``astype``), built op by op here; the TVM CPU build of it checks
 the interpreter (within float16 rounding: a float32 sum that differs in its last bit
@@ -27,8 +28,9 @@ def _plain(fn: relax.Function) -> relax.Function:
 
 
 class Fp16Codegen(Codegen):
-    def __init__(self, mod, machine, **kw):
+    def __init__(self, mod, machine, *, half=lambda name: True, **kw):
         super().__init__(mod, machine, **kw)
+        self.half = half
         self.rv: dict = {}
         self.reference_mod = None
 
@@ -78,17 +80,24 @@ class Fp16Codegen(Codegen):
         return out
 
     def _composite(self, fn, args, var):
-        args = [self._as_half(a) for a in args]
+        layer = fn.attrs.get("dlac.layer") if fn.attrs is not None else None
+        if layer is not None:
+            half = self.half(self.layer_names.get(str(layer), str(layer)))
+        else:
+            half = bool(args) and args[0].dtype == "float16"
+        args = [self._as_half(a) if half else self._as_float(a) for a in args]
+        self._half_out = half
         out = super()._composite(fn, args, var)
         if out.name not in self.rv:        # lowered on dLAC: the reference runs the composite
             gv = self.bb.add_func(_plain(fn), f"ref_{len(self.rv)}")
-            widened = [self.bb.emit(relax.op.astype(self.rv[a.name], "float32")) for a in args]
-            y = self.bb.emit(relax.Call(gv, widened))
-            self.rv[out.name] = self.bb.emit(relax.op.astype(y, "float16"))
+            ins = [self.bb.emit(relax.op.astype(self.rv[a.name], "float32")) if half else self.rv[a.name]
+                   for a in args]
+            y = self.bb.emit(relax.Call(gv, ins))
+            self.rv[out.name] = self.bb.emit(relax.op.astype(y, "float16")) if half else y
         return out
 
     def _out(self, var, spec, env) -> Ref:
-        return self._alloc(var.name, spec.out_shape, "float16")
+        return self._alloc(var.name, spec.out_shape, "float16" if self._half_out else "float32")
 
     def _host(self, name, fn, args, out_shape, op=None):
         fargs = [self._as_float(a) for a in args]

@@ -51,3 +51,29 @@ def test_fp16_storage_and_rate(case):
     for l in rep32.layers:
         if l.op == "conv2d" and l.precision == "ternary":
             assert c16[l.name] < 0.6 * l.compute      # twice the lanes, plus the fixed setup
+
+
+def test_mixed_fp16_layers(case):
+    """Per-layer activation types: the overridden layers run in fp16, the rest in fp32,
+    with conversions where they meet; still checked against the same-storage reference."""
+    import tvm
+
+    x, _, _, _ = case
+    result = compile_model(mnist_cnn(), (torch.from_numpy(x[:1]),),
+                           config=QuantConfig(activation_overrides={"conv_layers.3": "fp16"}))
+    prog = build_program(result)
+    by_layer = {l["name"]: l for l in prog.meta["layers"]}
+    dtypes = {name: {prog.insns[pc].f["dtype"] for pc in range(l["pc_start"], l["pc_end"])
+                     if prog.insns[pc].op in ("TACC", "MAC")} for name, l in by_layer.items()}
+    assert dtypes["conv_layers.3"] == {1} and dtypes["conv_layers.6"] == {0} and dtypes["conv_layers.0"] == {0}
+    ref = tvm.ir.load_json(zlib.decompress(prog.reference).decode())
+    out = Interpreter(prog).run({"x": x[:1]})[0]["output_0"]
+    expect = run_reference(ref, x[:1])[0]
+    assert np.abs(out - expect).max() <= 1e-2 * np.abs(expect).max()
+
+
+def test_activation_override_validation():
+    from compiler.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp32 or fp16"):
+        QuantConfig(activation_overrides={"conv*": "int8"})
