@@ -20,17 +20,10 @@ TOL = 1e-5
 
 
 from tests.bad_models import *  # noqa: E402,F401,F403  (builders and fixtures)
+from tests.cli_helpers import cli
 
 
 # ------------------------------------------------------------------------- 7. CLI
-
-def _cli(args):
-    from click.testing import CliRunner
-
-    from compiler.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
-
 
 def _one_error_line(result) -> str:
     assert result.exit_code != 0
@@ -45,7 +38,7 @@ def _one_error_line(result) -> str:
 @pytest.mark.parametrize("kind", ["random", "empty", "truncated"])
 def test_cli_garbage_onnx(tmp_path, kind):
     path = _write_bad_onnx(tmp_path, kind)
-    result = _cli(["compile", path])
+    result = cli(["compile", path])
     line = _one_error_line(result)
     assert result.exit_code == 1
     assert str(path) in line
@@ -53,19 +46,19 @@ def test_cli_garbage_onnx(tmp_path, kind):
 
 def test_cli_missing_file(tmp_path):
     path = tmp_path / "absent.onnx"
-    line = _one_error_line(_cli(["compile", path]))
+    line = _one_error_line(cli(["compile", path]))
     assert str(path) in line and "no such file" in line
 
 
 def test_cli_unsupported_op(tmp_path):
     path = tmp_path / "topk.onnx"
     onnx.save(conv_onnx(extra="topk"), str(path))
-    line = _one_error_line(_cli(["compile", path]))
+    line = _one_error_line(cli(["compile", path]))
     assert "'TopK'" in line and "'my_topk'" in line
 
 
 def test_cli_quant_not_yet_supported(good_onnx):
-    result = _cli(["compile", good_onnx, "--tuning-log", "log.jsonl"])
+    result = cli(["compile", good_onnx, "--tuning-log", "log.jsonl"])
     line = _one_error_line(result)
     assert result.exit_code == 2
     assert "--tuning-log" in line and "not yet supported" in line
@@ -78,7 +71,7 @@ def test_cli_quant_not_yet_supported(good_onnx):
     ("bogus", "NAME=1x3x224x224"),
 ])
 def test_cli_bad_input_shape(dyn_onnx, spec, fragment):
-    result = _cli(["compile", dyn_onnx, "--input-shape", spec])
+    result = cli(["compile", dyn_onnx, "--input-shape", spec])
     line = _one_error_line(result)
     assert fragment is None or fragment in line
     if fragment is None:
@@ -86,9 +79,9 @@ def test_cli_bad_input_shape(dyn_onnx, spec, fragment):
 
 
 def test_cli_dynamic_shape_hint_then_success(dyn_onnx):
-    line = _one_error_line(_cli(["compile", dyn_onnx]))
+    line = _one_error_line(cli(["compile", dyn_onnx]))
     assert "'x'" in line and "--input-shape x=" in line
-    ok = _cli(["compile", dyn_onnx, "--input-shape", "x=2x3x8x8"])
+    ok = cli(["compile", dyn_onnx, "--input-shape", "x=2x3x8x8"])
     assert ok.exit_code == 0, ok.output
     assert "dlac: error" not in ok.output
     assert "dLAC regions:" in ok.stdout
@@ -97,19 +90,19 @@ def test_cli_dynamic_shape_hint_then_success(dyn_onnx):
 def test_cli_unknown_extension(tmp_path):
     path = tmp_path / "model.xyz"
     path.write_bytes(b"x")
-    result = _cli(["compile", path])
+    result = cli(["compile", path])
     line = _one_error_line(result)
     assert result.exit_code == 2 and "model.xyz" in line
 
 
 def test_cli_bad_precision_override(good_onnx):
-    line = _one_error_line(_cli(["compile", good_onnx, "--precision", "conv*=int3"]))
+    line = _one_error_line(cli(["compile", good_onnx, "--precision", "conv*=int3"]))
     assert "'int3'" in line and "conv*" in line
 
 
 def test_cli_debug_shows_the_exception(tmp_path):
     path = _write_bad_onnx(tmp_path, "random")
-    result = _cli(["compile", path, "--debug"])
+    result = cli(["compile", path, "--debug"])
     assert result.exit_code != 0
     assert isinstance(result.exception, NotOnnxError)
 

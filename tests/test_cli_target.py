@@ -19,67 +19,13 @@ import pytest
 from target_dlac.container import read_program
 from target_dlac.interpreter import run
 from target_dlac.machine import Machine
+from tests.cli_helpers import FACTORY, cli, error_line, ok
 
 REPO = Path(__file__).resolve().parent.parent
 TOL = 1e-5
 
-FACTORY = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
-            self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-            self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-            self.gap = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(32, 10)
-
-        def forward(self, x):
-            x = self.pool(torch.relu(self.conv1(x)))
-            x = torch.relu(self.conv2(x))
-            x = torch.relu(self.conv3(x))
-            return self.fc(torch.flatten(self.gap(x), 1))
-
-
-    def make():
-        torch.manual_seed(0)
-        return Tiny().eval(), (torch.randn(1, 1, 16, 16),)
-''')
-
 LAYER_KEYS = ("name", "op", "precision", "dense_macs", "issued_macs", "cycles", "lower_bound_cycles",
               "zero_skip_speedup", "load_balance")
-
-
-def _cli(args):
-    from click.testing import CliRunner
-
-    from compiler.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(result, exit_code=None, stdout_empty=True) -> str:
-    """The single 'dlac: error:' line of a failed command (no traceback)."""
-    assert result.exit_code != 0, result.output
-    if exit_code is not None:
-        assert result.exit_code == exit_code, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("  stage ")]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("dlac: error:"), lines[0]
-    if stdout_empty:
-        assert result.stdout == ""
-    return lines[0]
-
-
-def _ok(result):
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +36,7 @@ def work(tmp_path_factory):
     x = np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)
     np.save(d / "x.npy", x)
     out = d / "out.dlac"
-    res = _ok(_cli(["compile", f"{d / 'factory.py'}:make", "-o", out]))
+    res = ok(cli(["compile", f"{d / 'factory.py'}:make", "-o", out]))
     assert f"wrote {out}" in res.stdout and "host ops: none" in res.stdout
     return {"dir": d, "factory": f"{d / 'factory.py'}:make", "x": x, "bin": out}
 
@@ -99,8 +45,8 @@ def work(tmp_path_factory):
 
 def test_compile_run_check_report_and_outputs(work, tmp_path):
     rj, yz = tmp_path / "r.json", tmp_path / "y.npz"
-    res = _ok(_cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--check",
-                    "--report-json", rj, "--output", yz]))
+    res = ok(cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--check",
+                  "--report-json", rj, "--output", yz]))
     assert "check output_0 vs TVM CPU reference" in res.stdout
     rep = json.loads(rj.read_text())
     assert set(rep["check"]) >= {"reference", "max_abs_err", "max_rel_err"}
@@ -132,47 +78,47 @@ def test_compile_run_check_report_and_outputs(work, tmp_path):
 
 def test_run_check_tolerance_exceeded(work, tmp_path):
     rj = tmp_path / "r.json"
-    res = _cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--check", "--tolerance", "0",
-                "--report-json", rj])
+    res = cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--check", "--tolerance", "0",
+               "--report-json", rj])
     if res.exit_code == 0:          # the interpreter happened to be bit-exact: nothing to refuse
         assert json.loads(rj.read_text())["check"]["max_rel_err"] == 0
         return
-    line = _error_line(res, exit_code=1, stdout_empty=False)
+    line = error_line(res, exit_code=1, stdout_empty=False)
     assert "exceeds --tolerance" in line
     assert json.loads(rj.read_text())["check"]["passed"] is False
 
 
 def test_run_npz_input_keyed_by_name(work, tmp_path):
     np.savez(tmp_path / "x.npz", x=work["x"])
-    _ok(_cli(["run", work["bin"], "--input", tmp_path / "x.npz", "--output", tmp_path / "a.npz"]))
-    _ok(_cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--output", tmp_path / "b.npz"]))
+    ok(cli(["run", work["bin"], "--input", tmp_path / "x.npz", "--output", tmp_path / "a.npz"]))
+    ok(cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--output", tmp_path / "b.npz"]))
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         np.testing.assert_array_equal(a["output_0"], b["output_0"])
 
 
 def test_run_npz_wrong_name(work, tmp_path):
     np.savez(tmp_path / "x.npz", image=work["x"])
-    line = _error_line(_cli(["run", work["bin"], "--input", tmp_path / "x.npz"]))
+    line = error_line(cli(["run", work["bin"], "--input", tmp_path / "x.npz"]))
     assert "'x'" in line and "'image'" in line
 
 
 def test_run_wrong_shape_npy(work, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((1, 1, 8, 8), np.float32))
     out = tmp_path / "y.npz"
-    line = _error_line(_cli(["run", work["bin"], "--input", tmp_path / "bad.npy", "--output", out]))
+    line = error_line(cli(["run", work["bin"], "--input", tmp_path / "bad.npy", "--output", out]))
     assert "'x'" in line and "(1, 1, 8, 8)" in line and "(1, 1, 16, 16)" in line
     assert not out.exists()
 
 
 def test_run_missing_input_file(work, tmp_path):
-    line = _error_line(_cli(["run", work["bin"], "--input", tmp_path / "absent.npy"]))
+    line = error_line(cli(["run", work["bin"], "--input", tmp_path / "absent.npy"]))
     assert "absent.npy" in line and "not found" in line
 
 
 # ------------------------------------------------------------------ inspect
 
 def test_inspect_text_and_json(work):
-    res = _ok(_cli(["inspect", work["bin"]]))
+    res = ok(cli(["inspect", work["bin"]]))
     lines = res.stdout.splitlines()
     assert lines[0].startswith("dlac ") and "binary, format 1.1" in lines[0]
     assert any(ln.startswith("instructions:") for ln in lines)
@@ -183,7 +129,7 @@ def test_inspect_text_and_json(work):
     assert [int(parts[0]) for parts in listing] == list(range(len(listing)))
     assert "; --- conv2 (conv2d, ternary)" in res.stdout
 
-    info = json.loads(_ok(_cli(["inspect", work["bin"], "--json"])).stdout)
+    info = json.loads(ok(cli(["inspect", work["bin"], "--json"])).stdout)
     assert {"opcodes", "layers", "machine", "instructions"} <= set(info)
     assert info["opcodes"]["HALT"] == 1 and info["opcodes"]["TACC"] >= 2
     assert sum(info["opcodes"].values()) == info["instructions_total"] == len(listing)
@@ -192,7 +138,7 @@ def test_inspect_text_and_json(work):
     assert info["machine"]["hash"] == Machine().hash()
     assert info["sections"] == {"host": False, "reference": True}
 
-    summary = _ok(_cli(["inspect", work["bin"], "--summary"])).stdout
+    summary = ok(cli(["inspect", work["bin"], "--summary"])).stdout
     assert "TACC" in summary and not any(ln.split()[0].isdigit() for ln in summary.splitlines()
                                          if ln.strip())
 
@@ -240,16 +186,16 @@ def test_machine_toml_changes_hash_and_cycles(work, tmp_path):
     toml = tmp_path / "machine.toml"
     toml.write_text("[machine]\npe_cols = 16\nwgt_buf_kib = 128\n")
     out = tmp_path / "m.dlac"
-    _ok(_cli(["compile", work["factory"], "-o", out, "--machine", toml]))
-    default = json.loads(_ok(_cli(["inspect", work["bin"], "--json", "--summary"])).stdout)
-    custom = json.loads(_ok(_cli(["inspect", out, "--json", "--summary"])).stdout)
+    ok(cli(["compile", work["factory"], "-o", out, "--machine", toml]))
+    default = json.loads(ok(cli(["inspect", work["bin"], "--json", "--summary"])).stdout)
+    custom = json.loads(ok(cli(["inspect", out, "--json", "--summary"])).stdout)
     want = Machine(pe_cols=16, wgt_buf_kib=128)
     assert custom["machine"]["hash"] == want.hash() != default["machine"]["hash"]
     assert custom["machine"]["pe_cols"] == 16 and custom["machine"]["wgt_buf_kib"] == 128
     cycles = {}
     for name, path in (("default", work["bin"]), ("custom", out)):
         rj = tmp_path / f"{name}.json"
-        _ok(_cli(["run", path, "--input", work["dir"] / "x.npy", "--check", "--report-json", rj]))
+        ok(cli(["run", path, "--input", work["dir"] / "x.npy", "--check", "--report-json", rj]))
         rep = json.loads(rj.read_text())
         assert rep["check"]["max_rel_err"] <= TOL
         cycles[name] = rep["cycles"]["total"]
@@ -262,7 +208,7 @@ def test_machine_toml_unknown_key(work, tmp_path):
     toml = tmp_path / "machine.toml"
     toml.write_text("[machine]\npe_colz = 16\n")
     out = tmp_path / "m.dlac"
-    line = _error_line(_cli(["compile", work["factory"], "-o", out, "--machine", toml]))
+    line = error_line(cli(["compile", work["factory"], "-o", out, "--machine", toml]))
     assert "pe_colz" in line and "unknown" in line and "machine.toml" in line
     assert not out.exists()
 
@@ -270,7 +216,7 @@ def test_machine_toml_unknown_key(work, tmp_path):
 def test_machine_toml_bad_value(work, tmp_path):
     toml = tmp_path / "machine.toml"
     toml.write_text("[machine]\npe_rows = -4\n")
-    line = _error_line(_cli(["compile", work["factory"], "-o", tmp_path / "m.dlac", "--machine", toml]))
+    line = error_line(cli(["compile", work["factory"], "-o", tmp_path / "m.dlac", "--machine", toml]))
     assert "pe_rows" in line and "-4" in line
 
 
@@ -294,7 +240,7 @@ def test_corrupt_binary(work, tmp_path, cmd, kind):
     bad = tmp_path / "bad.dlac"
     bad.write_bytes(_corrupt(work["bin"].read_bytes(), kind))
     args = ["inspect", bad] if cmd == "inspect" else ["run", bad, "--input", work["dir"] / "x.npy"]
-    line = _error_line(_cli(args), exit_code=1)
+    line = error_line(cli(args), exit_code=1)
     assert "section " in line and "byte offset" in line, line
 
 
@@ -303,8 +249,8 @@ def test_corrupt_binary(work, tmp_path, cmd, kind):
 def test_failed_compile_quant_leaves_nothing(work, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    line = _error_line(_cli(["compile", work["factory"], "--tuning-log", "log.jsonl", "-o", out_dir / "out.dlac"]),
-                       exit_code=2)
+    line = error_line(cli(["compile", work["factory"], "--tuning-log", "log.jsonl", "-o", out_dir / "out.dlac"]),
+                      exit_code=2)
     assert "--tuning-log" in line and "not yet supported" in line
     assert list(out_dir.iterdir()) == []
 
@@ -316,9 +262,9 @@ def test_failed_codegen_leaves_nothing(work, tmp_path):
     toml.write_text("[machine]\nobuf_bytes_per_pe = 4\n")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    res = _cli(["compile", work["factory"], "-o", out_dir / "out.dlac", "--machine", toml,
-                "--report-json", out_dir / "report.json"])
-    line = _error_line(res, exit_code=1, stdout_empty=False)
+    res = cli(["compile", work["factory"], "-o", out_dir / "out.dlac", "--machine", toml,
+               "--report-json", out_dir / "report.json"])
+    line = error_line(res, exit_code=1, stdout_empty=False)
     assert "fits" in line and "ACC" in line
     assert list(out_dir.iterdir()) == []
 
@@ -327,15 +273,15 @@ def test_failed_codegen_leaves_nothing(work, tmp_path):
 
 def test_check_needs_reference_section(work, tmp_path):
     out = tmp_path / "noref.dlac"
-    _ok(_cli(["compile", work["factory"], "-o", out, "--no-reference"]))
+    ok(cli(["compile", work["factory"], "-o", out, "--no-reference"]))
     assert out.stat().st_size < work["bin"].stat().st_size
-    info = json.loads(_ok(_cli(["inspect", out, "--json", "--summary"])).stdout)
+    info = json.loads(ok(cli(["inspect", out, "--json", "--summary"])).stdout)
     assert info["sections"]["reference"] is False
-    _ok(_cli(["run", out, "--input", work["dir"] / "x.npy"]))          # runs fine without --check
+    ok(cli(["run", out, "--input", work["dir"] / "x.npy"]))          # runs fine without --check
     rj, yz = tmp_path / "r.json", tmp_path / "y.npz"
-    res = _cli(["run", out, "--input", work["dir"] / "x.npy", "--check", "--report-json", rj,
-                "--output", yz])
-    line = _error_line(res, exit_code=1, stdout_empty=False)
+    res = cli(["run", out, "--input", work["dir"] / "x.npy", "--check", "--report-json", rj,
+               "--output", yz])
+    line = error_line(res, exit_code=1, stdout_empty=False)
     assert "REF" in line and "--no-reference" in line
     assert not rj.exists() and not yz.exists()
 
@@ -346,7 +292,7 @@ def test_outputs_respect_umask(work, tmp_path):
     old = os.umask(0o022)
     try:
         yz = tmp_path / "y.npz"
-        _ok(_cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--output", yz]))
+        ok(cli(["run", work["bin"], "--input", work["dir"] / "x.npy", "--output", yz]))
         assert (yz.stat().st_mode & 0o777) == 0o644, oct(yz.stat().st_mode & 0o777)
     finally:
         os.umask(old)

@@ -1,82 +1,22 @@
-"""The ``.dlac`` container: exact round trip, refusal of every kind of damage with the
-section and byte offset named, static validation at read time, and atomic writing.
-NumPy only."""
+"""The ``.dlac`` container: exact round trip, the documented layout, reading errors
+that are not format errors, and atomic writing.  Damage and static validation at read
+time: test_container_corruption.py.  NumPy only."""
 
 from __future__ import annotations
 
 import os
 import struct
-import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 
 from compiler.errors import BinaryFormatError, ConfigError
-from target_dlac.container import ENTRY, HEADER, VERSION, from_bytes, read_program, to_bytes, write_program
+from target_dlac.container import VERSION, from_bytes, read_program, to_bytes, write_program
 from target_dlac.interpreter import run
-from target_dlac.isa import ACTS, BUFFERS, FORMATS, Insn
-from target_dlac.machine import Machine
-from target_dlac.packing import pack_ternary
-from target_dlac.program import Program, Tensor
-
-MACHINE = Machine(pe_rows=4, pe_cols=8, dram_mib=1)     # not the default: its JSON must travel
-TAGS = ("MACHINE", "INSTS", "CONSTS", "TENSORS", "META")
-
-
-# ---- a small valid program ----------------------------------------------------------------------
-
-def _fields(opcode, **kw):
-    f = {n: 0 for n, _ in FORMATS[opcode][2]}
-    assert not set(kw) - set(f)
-    f.update(kw)
-    return f
-
-
-def _dma(opcode, buf, sram, dram, x, **deps):
-    return Insn(opcode, _fields(opcode, buf=BUFFERS.index(buf), sram=sram, dram=dram, x=x, y=1), **deps)
-
-
-def _pad16(n):
-    return (n + 15) & ~15
-
-
-def make_program(machine=MACHINE, extra_insns=(), **meta_over) -> Program:
-    """ternary 3x3 conv (pad 1) -> EPI (scale, bias, relu) -> STORE, with tokens."""
-    rng = np.random.default_rng(0)
-    F, C, H, W = 4, 3, 5, 5
-    wt = rng.choice([-1, 0, 1], size=(F, C, 3, 3))
-    blk = pack_ternary(wt, rng.permutation(F))
-    prm = np.concatenate([rng.integers(1, 4, F), rng.integers(-3, 4, F)]).astype(np.float32)
-    consts = bytearray(blk)
-    prm_addr = _pad16(len(consts))
-    consts += bytes(prm_addr - len(consts)) + prm.tobytes()
-    x_addr = _pad16(len(consts))
-    y_addr = x_addr + C * H * W * 4
-    dram = _pad16(y_addr + F * H * W * 4)
-    insns = [
-        _dma("LOAD", "WGT", 0, 0, len(blk)),
-        _dma("LOAD", "WGT", 1024, prm_addr, prm.nbytes),
-        _dma("LOAD", "INP", 0, x_addr, C * H * W * 4, push_next=1),
-        Insn("TACC", _fields("TACC", inp=0, wgt=0, acc=0, c=C, h=H, w=W, f=F, kh=3, kw=3, oh=H, ow=W,
-                             sh=1, sw=1, pt=1, pb=1, pl=1, pr=1), pop_prev=1),
-        Insn("EPI", _fields("EPI", acc=0, dst=0, has_scale=1, act=ACTS.index("relu"), prm=1024, f=F,
-                            p=H * W), push_next=1),
-        _dma("STORE", "ACC", 0, y_addr, F * H * W * 4, pop_prev=1),
-        Insn("SYNC"),
-        *extra_insns,
-        Insn("HALT"),
-    ]
-    tensors = [Tensor("x", "input", (1, C, H, W), "float32", x_addr),
-               Tensor("y", "output", (1, F, H, W), "float32", y_addr)]
-    meta = {"dram_bytes": dram, "host_ops": [], "compiler": "test", "quant": {"weights": "ternary"},
-            "layers": [{"name": "conv1", "op": "conv2d", "precision": "ternary", "pc_start": 0,
-                        "pc_end": 7}]}
-    meta.update(meta_over)
-    return Program(machine, insns, bytes(consts), tensors, meta)
-
-
-X = np.random.default_rng(1).integers(-4, 5, size=(1, 3, 5, 5)).astype(np.float32)
+from target_dlac.isa import Insn
+from tests.container_helpers import TAGS, X, make_program, table
+from tests.isa_programs import fields
 
 
 @pytest.fixture(scope="module")
@@ -87,40 +27,6 @@ def prog():
 @pytest.fixture(scope="module")
 def blob(prog):
     return to_bytes(prog)
-
-
-def table(data: bytes) -> dict:
-    """tag -> (offset, length) from the section table."""
-    n = struct.unpack_from("<I", data, 16)[0]
-    out = {}
-    for i in range(n):
-        tag, off, length, _, _ = ENTRY.unpack_from(data, HEADER.size + i * ENTRY.size)
-        out[tag.rstrip(b"\0").decode()] = (off, length)
-    return out
-
-
-def refix_crcs(data: bytearray) -> bytearray:
-    """Recompute every section CRC and the header CRC (to smuggle in a change that only
-    the deeper checks can catch)."""
-    n = struct.unpack_from("<I", data, 16)[0]
-    for i in range(n):
-        at = HEADER.size + i * ENTRY.size
-        tag, off, length, _, res = ENTRY.unpack_from(data, at)
-        ENTRY.pack_into(data, at, tag, off, length, zlib.crc32(bytes(data[off:off + length])), res)
-    hb = HEADER.size + n * ENTRY.size
-    struct.pack_into("<I", data, 56, zlib.crc32(bytes(data[:56]) + bytes(data[HEADER.size:hb])))
-    return data
-
-
-def refused(data, section, offset, match=None) -> BinaryFormatError:
-    with pytest.raises(BinaryFormatError) as ei:
-        from_bytes(bytes(data))
-    e = ei.value
-    assert (e.section, e.offset) == (section, offset), str(e)
-    assert f"section {section}, byte offset {offset}" in str(e)
-    if match:
-        assert match in str(e), str(e)
-    return e
 
 
 # ---- round trip --------------------------------------------------------------------------------
@@ -161,292 +67,6 @@ def test_layout(blob):
     assert list(t) == list(TAGS)
     assert all(off % 16 == 0 for off, _ in t.values())
     assert t["INSTS"][1] == 32 * 8
-
-
-# ---- truncation ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("cut", [0, 1, 10, 63])
-def test_truncated_header(tmp_path, blob, cut):
-    path = tmp_path / "t.dlac"
-    path.write_bytes(blob[:cut])
-    with pytest.raises(BinaryFormatError) as ei:
-        read_program(path)
-    assert (ei.value.section, ei.value.offset) == ("header", cut)
-    assert f"byte offset {cut}" in str(ei.value) and "truncated" in str(ei.value)
-
-
-@pytest.mark.parametrize("cut", [64, 65, 64 + 40, 64 + 32 * 5 - 1])
-def test_truncated_section_table(blob, cut):
-    refused(blob[:cut], "header", cut, "truncated")
-
-
-@pytest.mark.parametrize("tag", TAGS)
-@pytest.mark.parametrize("where", ["start", "middle", "last byte"])
-def test_truncated_inside_a_section(tmp_path, blob, tag, where):
-    off, length = table(blob)[tag]
-    cut = {"start": off, "middle": off + length // 2, "last byte": off + length - 1}[where]
-    path = tmp_path / "t.dlac"
-    path.write_bytes(blob[:cut])
-    with pytest.raises(BinaryFormatError) as ei:
-        read_program(path)
-    assert (ei.value.section, ei.value.offset) == (tag, off)
-    assert f"section {tag}, byte offset {off}" in str(ei.value)
-
-
-# ---- header damage ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("magic", [b"DLAC\x00BIM", b"\x00" * 8, b"\x7fELF\x02\x01\x01\x00"])
-def test_wrong_magic(blob, magic):
-    refused(magic + blob[8:], "header", 0, "not a dLAC binary")
-
-
-@pytest.mark.parametrize("major", [0, 2, 0xFFFF])
-def test_wrong_major_version(blob, major):
-    data = bytearray(blob)
-    struct.pack_into("<H", data, 8, major)
-    refused(data, "header", 8, "format version")
-    refused(refix_crcs(data), "header", 8, "format version")
-
-
-def test_other_minor_version_is_read(blob):
-    data = bytearray(blob)
-    struct.pack_into("<H", data, 10, 7)
-    assert from_bytes(bytes(refix_crcs(data))).insns == from_bytes(blob).insns
-
-
-def _expected_header_offset(byte: int) -> int:
-    if byte < 8:
-        return 0        # magic
-    if byte < 10:
-        return 8        # major version
-    if 12 <= byte < 20:
-        return 12       # header size / section count
-    if 20 <= byte < 24:
-        return 20       # flags (must be 0)
-    return 56           # everything else: header CRC
-
-
-def test_every_bit_flip_in_header_and_table(blob):
-    """A flipped bit anywhere in the header (but its reserved word) or the section table
-    is refused, naming the header and the field's offset."""
-    hb = 64 + 32 * 5
-    for byte in [b for b in range(hb) if not 60 <= b < 64]:
-        for bit in range(8):
-            data = bytearray(blob)
-            data[byte] ^= 1 << bit
-            with pytest.raises(BinaryFormatError) as ei:
-                from_bytes(bytes(data))
-            assert ei.value.section == "header", (byte, bit, str(ei.value))
-            assert ei.value.offset == _expected_header_offset(byte), (byte, bit, str(ei.value))
-
-
-@pytest.mark.parametrize("byte", [60, 63])
-def test_bit_flip_in_reserved_header_word(blob, byte):
-    data = bytearray(blob)
-    data[byte] ^= 0x01
-    with pytest.raises(BinaryFormatError):
-        from_bytes(bytes(data))
-
-
-# ---- section damage ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("tag", TAGS)
-@pytest.mark.parametrize("where", ["first", "middle", "last"])
-@pytest.mark.parametrize("bit", [0, 7])
-def test_bit_flip_in_each_section(blob, tag, where, bit):
-    off, length = table(blob)[tag]
-    at = {"first": off, "middle": off + length // 2, "last": off + length - 1}[where]
-    data = bytearray(blob)
-    data[at] ^= 1 << bit
-    refused(data, tag, off, "CRC32 mismatch")
-
-
-def test_bit_flip_read_from_file(tmp_path, blob):
-    off, length = table(blob)["CONSTS"]
-    data = bytearray(blob)
-    data[off + 3] ^= 0x20
-    path = tmp_path / "x.dlac"
-    path.write_bytes(bytes(data))
-    with pytest.raises(BinaryFormatError, match=rf"section CONSTS, byte offset {off}"):
-        read_program(path)
-
-
-def test_unknown_and_repeated_tags(blob):
-    data = bytearray(blob)
-    data[64 + 32 * 2: 64 + 32 * 2 + 8] = b"BOGUS\0\0\0"
-    refused(refix_crcs(data), "header", 64 + 64, "unknown or repeated")
-    data = bytearray(blob)
-    data[64 + 32 * 2: 64 + 32 * 2 + 8] = b"INSTS\0\0\0"
-    refused(refix_crcs(data), "header", 64 + 64, "unknown or repeated")
-
-
-def test_section_outside_file_and_overlap(blob):
-    t = table(blob)
-    data = bytearray(blob)
-    struct.pack_into("<Q", data, 64 + 32 * 4 + 16, t["META"][1] + 100)     # META length too long
-    refused(refix_crcs(data), "META", t["META"][0], "outside the file")
-    data = bytearray(blob)
-    struct.pack_into("<Q", data, 64 + 32 * 2 + 8, t["INSTS"][0])            # CONSTS on top of INSTS
-    refused(refix_crcs(data), "CONSTS", t["INSTS"][0], "overlaps section INSTS")
-
-
-def _patch(blob, tag, fn) -> bytearray:
-    off, length = table(blob)[tag]
-    data = bytearray(blob)
-    body = bytearray(data[off:off + length])
-    fn(body)
-    assert len(body) == length
-    data[off:off + length] = body
-    return refix_crcs(data)
-
-
-@pytest.mark.parametrize("tag", ["MACHINE", "TENSORS", "META"])
-def test_invalid_json_with_good_crc(blob, tag):
-    data = _patch(blob, tag, lambda b: b.__setitem__(0, ord("X")))
-    refused(data, tag, table(blob)[tag][0], "invalid JSON")
-
-
-def test_machine_hash_mismatch(blob):
-    def change(b):
-        s = bytes(b).replace(b'"dma_latency":100', b'"dma_latency":999')
-        assert s != bytes(b)
-        b[:] = s
-    refused(_patch(blob, "MACHINE", change), "MACHINE", table(blob)["MACHINE"][0], "hash")
-
-
-def test_malformed_tensor_entry(blob):
-    def change(b):
-        s = bytes(b).replace(b'"role":"input"', b'"role":"inpux"')
-        assert s != bytes(b)
-        b[:] = s
-    refused(_patch(blob, "TENSORS", change), "TENSORS", table(blob)["TENSORS"][0], "malformed")
-
-
-# ---- instruction damage and static validation (CRCs correct) -------------------------------------
-
-def _set_bits(pc, word, value):
-    def fn(b):
-        at = pc * 32 + 8 * word
-        w = int.from_bytes(b[at:at + 8], "little") | value
-        b[at:at + 8] = w.to_bytes(8, "little")
-    return fn
-
-
-def _clear_opcode(pc):
-    def fn(b):
-        b[pc * 32] &= ~63
-    return fn
-
-
-INSN_DAMAGE = {"reserved bit": _set_bits(6, 2, 1 << 40),     # SYNC at pc 6: word 2 unused
-               "unknown opcode": _clear_opcode(3)}
-
-
-@pytest.mark.parametrize("kind", sorted(INSN_DAMAGE))
-def test_bad_instruction_word_with_good_crc(blob, kind):
-    pc = 6 if kind == "reserved bit" else 3
-    e = refused(_patch(blob, "INSTS", INSN_DAMAGE[kind]), "INSTS", table(blob)["INSTS"][0] + 32 * pc)
-    assert f"pc {pc}" in str(e)
-
-
-def test_instruction_section_not_a_multiple_of_32(blob):
-    """INSTS one byte short (the following sections moved up, every CRC correct)."""
-    p = from_bytes(blob)
-    data = bytearray(to_bytes(p))
-    t = table(data)
-    off, length = t["INSTS"]
-    struct.pack_into("<Q", data, 64 + 32 * 1 + 16, length - 1)
-    refused(refix_crcs(data), "INSTS", off + length - 32, "not a multiple of 32")
-
-
-BAD_INSNS = {
-    "LOAD past INP": (_dma("LOAD", "INP", MACHINE.inp_bytes - 4, 0, 8), "outside INP"),
-    "STORE past DRAM": (_dma("STORE", "ACC", 0, 10 ** 9, 4), "outside DRAM"),
-    "TACC acc past ACC": (Insn("TACC", _fields("TACC", acc=MACHINE.acc_bytes - 4, c=1, h=2, w=2, f=1,
-                                               kh=1, kw=1, oh=2, ow=2, sh=1, sw=1)), "outside ACC"),
-    "ALU past INP": (Insn("ALU", _fields("ALU", a=MACHINE.inp_bytes, n=1)), "outside INP"),
-    "LOAD buffer code 3": (Insn("LOAD", _fields("LOAD", buf=3, x=4, y=1)), "names no buffer"),
-    "MAC bad geometry": (Insn("MAC", _fields("MAC", c=1, h=4, w=4, f=1, kh=3, kw=3, oh=4, ow=4, sh=1,
-                                             sw=1)), "does not match"),
-    "EPI act 3": (Insn("EPI", _fields("EPI", act=3, f=1, p=1)), "activation code 3"),
-    "HOST without table": (Insn("HOST", {"index": 0}), "host op #0"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INSNS))
-def test_instruction_refused_statically(case):
-    """The encoding is fine and the CRCs match: validate_program must still refuse it."""
-    bad, what = BAD_INSNS[case]
-    p = make_program(extra_insns=[bad])        # pc 7, between SYNC and HALT
-    data = to_bytes(p)
-    e = refused(data, "INSTS", table(data)["INSTS"][0] + 7 * 32, what)
-    assert "pc 7" in str(e)
-
-
-def test_missing_halt_refused():
-    p = make_program()
-    p.insns = p.insns[:-1]
-    data = to_bytes(p)
-    refused(data, "INSTS", table(data)["INSTS"][0] + 6 * 32, "HALT")
-
-
-def test_halt_before_the_end_refused():
-    p = make_program(extra_insns=[Insn("HALT"), Insn("SYNC")])     # HALT at pc 7
-    data = to_bytes(p)
-    refused(data, "INSTS", table(data)["INSTS"][0] + 7 * 32, "HALT before the end")
-
-
-def test_flags_must_be_zero_even_with_good_crc(blob):
-    data = bytearray(blob)
-    struct.pack_into("<I", data, 20, 4)
-    refused(refix_crcs(data), "header", 20, "flags")
-
-
-@pytest.mark.parametrize("meta,section,what", [
-    ({"dram_bytes": 0}, "META", "DRAM size"),
-    ({"dram_bytes": -5}, "META", "DRAM size"),
-    ({"dram_bytes": "4096"}, "META", "DRAM size"),
-    ({"dram_bytes": 200}, "CONSTS", "constants exceed"),       # the constants are 224 bytes
-    ({"layers": [{"name": "l", "op": "conv", "pc_start": 3, "pc_end": 99}]}, "META", "layer table"),
-    ({"layers": "x"}, "META", "layer table"),
-    ({"host_ops": [{"func": "f", "inputs": ["x"], "outputs": ["y"]}]}, "META", "HOST section"),
-])
-def test_bad_meta_refused(meta, section, what):
-    p = make_program(**meta)
-    if section == "CONSTS":
-        assert len(p.constants) > p.meta["dram_bytes"]
-    data = to_bytes(p)
-    refused(data, section, table(data)[section][0], what)
-
-
-def test_bad_tensor_table_refused():
-    p = make_program()
-    p.tensors[1] = Tensor("y", "output", (1, 4, 5, 5), "float32", p.dram_bytes - 4)
-    data = to_bytes(p)
-    refused(data, "TENSORS", table(data)["TENSORS"][0], "outside DRAM")
-    p.tensors[1] = Tensor("y", "activation", (1, 4, 5, 5), "float32", 0)
-    data = to_bytes(p)
-    refused(data, "TENSORS", table(data)["TENSORS"][0], "no outputs")
-
-
-def test_dram_bytes_at_the_machine_limit_is_read():
-    p = make_program(dram_bytes=MACHINE.dram_bytes)
-    assert from_bytes(to_bytes(p)).dram_bytes == MACHINE.dram_bytes
-
-
-@pytest.mark.parametrize("machine,dram", [(MACHINE, MACHINE.dram_bytes + 1),
-                                          (Machine(), 8 << 30),
-                                          (Machine(), 1 << 39)])
-def test_dram_bytes_beyond_machine_refused_without_allocating(machine, dram):
-    data = to_bytes(make_program(machine=machine, dram_bytes=dram))
-    tracemalloc.start()
-    try:
-        refused(data, "META", table(data)["META"][0], "DRAM size")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 << 20, f"reading allocated {peak} bytes"
-
 
 # ---- reading errors that are not format errors ---------------------------------------------------------
 
@@ -531,7 +151,7 @@ def test_failed_fsync_new_path_leaves_nothing(tmp_path, monkeypatch):
 
 def test_unencodable_program_keeps_old_file(tmp_path):
     path, before = _old_file(tmp_path)
-    bad = make_program(extra_insns=[Insn("ALU", _fields("ALU", n=1 << 24))])
+    bad = make_program(extra_insns=[Insn("ALU", fields("ALU", n=1 << 24))])
     with pytest.raises(BinaryFormatError, match=r"pc 7: ALU\.n="):
         write_program(path, bad)
     assert path.read_bytes() == before

@@ -12,7 +12,6 @@ and through the CLI (``dlac run --check`` demands exact equality for int8 binari
 from __future__ import annotations
 
 import json
-import textwrap
 import zlib
 
 import numpy as np
@@ -29,6 +28,7 @@ from passes.ir_util import const_np
 from target_dlac import intmode
 from target_dlac.interpreter import Interpreter
 from target_dlac.isa import ALU_OPS, EXP_BIAS, INT8
+from tests.cli_helpers import FACTORY, cli, error_line
 
 
 def ref_module(prog):
@@ -345,51 +345,6 @@ def test_calibration_sample_layouts_agree(mix, mix_data):
 
 # ------------------------------------------------------------------------ CLI
 
-FACTORY = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
-            self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-            self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-            self.gap = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(32, 10)
-
-        def forward(self, x):
-            x = self.pool(torch.relu(self.conv1(x)))
-            x = torch.relu(self.conv2(x))
-            x = torch.relu(self.conv3(x))
-            return self.fc(torch.flatten(self.gap(x), 1))
-
-
-    def make():
-        torch.manual_seed(0)
-        return Tiny().eval(), (torch.randn(1, 1, 16, 16),)
-''')
-
-
-def _cli(args):
-    from click.testing import CliRunner
-
-    from compiler.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error_line(result) -> str:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("  stage ")]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("dlac: error:"), lines[0]
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def cli_work(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli_int8")
@@ -404,8 +359,8 @@ def cli_work(tmp_path_factory):
 def cli_binary(cli_work):
     d = cli_work
     out = d / "m.dlac"
-    res = _cli(["compile", f"{d / 'factory.py'}:make", "-o", out, "--activations", "int8",
-                "--calib", d / "calib.npz"])
+    res = cli(["compile", f"{d / 'factory.py'}:make", "-o", out, "--activations", "int8",
+               "--calib", d / "calib.npz"])
     assert res.exit_code == 0, (res.output, res.exception)
     assert f"wrote {out}" in res.stdout
     return out
@@ -418,7 +373,7 @@ def test_cli_compile_int8(cli_binary):
 
 def test_cli_run_check_int8(cli_binary, cli_work, tmp_path):
     rj = tmp_path / "r.json"
-    res = _cli(["run", cli_binary, "--input", cli_work / "x.npy", "--check", "--report-json", rj])
+    res = cli(["run", cli_binary, "--input", cli_work / "x.npy", "--check", "--report-json", rj])
     assert res.exit_code == 0, res.output
     assert "outputs identical" in res.stdout
     rep = json.loads(rj.read_text())
@@ -430,14 +385,14 @@ def test_cli_run_check_int8(cli_binary, cli_work, tmp_path):
 
 
 def test_cli_int8_needs_calib(cli_work, tmp_path):
-    line = _error_line(_cli(["compile", f"{cli_work / 'factory.py'}:make", "-o", tmp_path / "m.dlac",
-                             "--activations", "int8"]))
+    line = error_line(cli(["compile", f"{cli_work / 'factory.py'}:make", "-o", tmp_path / "m.dlac",
+                           "--activations", "int8"]), stdout_empty=False)
     assert "--calib" in line
     assert not (tmp_path / "m.dlac").exists()
 
 
 def test_cli_calib_needs_int8(cli_work, tmp_path):
-    line = _error_line(_cli(["compile", f"{cli_work / 'factory.py'}:make", "-o", tmp_path / "m.dlac",
-                             "--calib", cli_work / "calib.npz"]))
+    line = error_line(cli(["compile", f"{cli_work / 'factory.py'}:make", "-o", tmp_path / "m.dlac",
+                           "--calib", cli_work / "calib.npz"]), stdout_empty=False)
     assert "--calib" in line and "int8" in line
     assert not (tmp_path / "m.dlac").exists()

@@ -1,12 +1,15 @@
 """The int8 mode of every dLAC instruction family, run by the interpreter on tiny
 hand-written programs and compared for EXACT equality with independent references
-written here (Python integers / float64 direct loops, not the interpreter's NumPy
-vectorization): TACC and MAC with int8 activations and int32 accumulators, EPI
-requantization, integer POOL, ALU int8 add / add_relu / relu and quantize / dequantize;
-and the run-time errors of the integer mode (accumulator overflow, exponent range).
-The exact definitions are those of :mod:`target_dlac.intmode`.  NumPy only."""
+(Python integers / float64 direct loops, here and in tests/isa_programs.py, not the
+interpreter's NumPy vectorization): TACC and MAC with int8 activations and int32
+accumulators, EPI requantization, integer POOL, ALU int8 add / add_relu / relu and
+quantize / dequantize; and the run-time errors of the integer mode (accumulator overflow,
+exponent range).  The exact definitions are those of :mod:`target_dlac.intmode`.
+NumPy only."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -16,138 +19,36 @@ from target_dlac.interpreter import run
 from target_dlac.isa import (
     ACTS,
     ALU_OPS,
-    BUFFERS,
     DTYPES,
     EXP_BIAS,
-    FORMATS,
     POOL_MODES,
     Insn,
     disassemble,
     epi_param_layout,
     s32_bits,
 )
-from target_dlac.machine import Machine
 from target_dlac.packing import pack_ternary
-from target_dlac.program import Program, Tensor
+from tests import isa_programs
+from tests.isa_programs import HALT, SMALL, SYNC, conv_ref, fields, load, out_hw, pool_windows, store
 
-M = Machine()
-SMALL = Machine(pe_rows=2, pe_cols=4)
 INT8 = DTYPES.index("int8")
 assert INT8 == 2
 
-
-# ---- program building (the style of test_interpreter_ops.py) -------------------------------
-
-def _fields(opcode, **kw):
-    f = {n: 0 for n, _ in FORMATS[opcode][2]}
-    unknown = set(kw) - set(f)
-    assert not unknown, unknown
-    f.update(kw)
-    return f
-
-
-def _deps(kw):
-    return {k: kw.pop(k) for k in ("pop_prev", "pop_next", "push_prev", "push_next") if k in kw}
-
-
-def dma(op, buf, sram, dram, x, y=1, **kw):
-    deps = _deps(kw)
-    assert not kw, kw
-    return Insn(op, _fields(op, buf=BUFFERS.index(buf), sram=sram, dram=dram, x=x, y=y,
-                            dram_stride=x, sram_stride=x), **deps)
-
-
-def load(buf, sram, dram, x, **kw):
-    return dma("LOAD", buf, sram, dram, x, **kw)
-
-
-def store(buf, sram, dram, x, **kw):
-    return dma("STORE", buf, sram, dram, x, **kw)
-
-
-def out_hw(h, w, kh, kw_, sh, sw, pads):
-    pt, pb, pl, pr = pads
-    return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw_) // sw + 1
-
-
-def conv(op, inp, wgt, acc, c, h, w, f, kh, kw_, sh=1, sw=1, pads=(0, 0, 0, 0), accumulate=0,
-         depthwise=0, dtype=INT8, wfmt=0, **kw):
-    deps = _deps(kw)
-    assert not kw, kw
-    oh, ow = out_hw(h, w, kh, kw_, sh, sw, pads)
-    pt, pb, pl, pr = pads
-    return Insn(op, _fields(op, inp=inp, wgt=wgt, acc=acc, c=c, h=h, w=w, f=f, kh=kh, kw=kw_,
-                            oh=oh, ow=ow, sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr,
-                            accumulate=accumulate, depthwise=depthwise, dtype=dtype, wfmt=wfmt),
-                **deps)
-
-
-SYNC, HALT = Insn("SYNC"), Insn("HALT")
-
-
-def pad16(n):
-    return (n + 15) & ~15
-
-
-class Dram:
-    """Lays out a DRAM image: constants from address 0, then tensors (16-byte aligned)."""
-
-    def __init__(self):
-        self.consts = bytearray()
-        self.tensors: list[Tensor] = []
-        self.top = 0
-
-    def const(self, data: bytes) -> int:
-        addr = pad16(len(self.consts))
-        self.consts.extend(b"\0" * (addr - len(self.consts)))
-        self.consts.extend(data)
-        self.top = pad16(len(self.consts))
-        return addr
-
-    def tensor(self, name, role, shape, dtype="int8") -> Tensor:
-        self.top = pad16(max(self.top, len(self.consts)))
-        t = Tensor(name, role, tuple(shape), dtype, self.top)
-        self.tensors.append(t)
-        self.top += t.nbytes
-        return t
-
-    def program(self, insns, machine=M) -> Program:
-        return Program(machine, list(insns), bytes(self.consts), list(self.tensors),
-                       {"dram_bytes": pad16(self.top) + 64, "layers": [], "host_ops": []})
+# the helpers of tests/isa_programs.py with int8 defaults
+Dram = functools.partial(isa_programs.Dram, dtype="int8")
+conv = functools.partial(isa_programs.conv, dtype=INT8)
+ternary = functools.partial(isa_programs.ternary, p_zero=0.4)
 
 
 def i8(rng, shape, lo=-128, hi=127):
     return rng.integers(lo, hi + 1, size=shape).astype(np.int8)
 
 
-def ternary(rng, shape, p_zero=0.4):
-    t = rng.choice([-1, 1], size=shape).astype(np.int8)
-    t[rng.random(shape) < p_zero] = 0
-    return t
-
-
 # ---- independent references: Python integers, direct loops -------------------------------
 
 def conv_ref_int(x, w, sh, sw, pads, depthwise=False):
     """Direct-loop integer convolution (Python ints: no overflow, no rounding)."""
-    c, h, wd = x.shape
-    nf, _, kh, kw = w.shape
-    pt, _, pl, _ = pads
-    oh, ow = out_hw(h, wd, kh, kw, sh, sw, pads)
-    out = np.zeros((nf, oh, ow), np.int64)
-    for fi in range(nf):
-        chans = [fi] if depthwise else range(c)
-        for oy in range(oh):
-            for ox in range(ow):
-                s = 0
-                for ci_w, ci in enumerate(chans):
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            iy, ix = oy * sh + ky - pt, ox * sw + kx - pl
-                            if 0 <= iy < h and 0 <= ix < wd:
-                                s += int(w[fi, 0 if depthwise else ci, ky, kx]) * int(x[ci, iy, ix])
-                out[fi, oy, ox] = s
-    return out
+    return conv_ref(x, w, sh, sw, pads, depthwise=depthwise, scalar=int)
 
 
 def rshift_round(t: int, s: int) -> int:
@@ -310,10 +211,10 @@ def test_epi_int8(act, has_res, has_scale, inplace):
     rt = d.tensor("res", "input", (F, P))
     yt = d.tensor("y", "output", (F, P))
     dst = 0 if inplace else 4096
-    epi = Insn("EPI", _fields("EPI", acc=0, dst=dst, has_scale=has_scale, has_res=has_res,
-                              act=ACTS.index(act), prm=64, res=32, f=F, p=P,
-                              lo_bits=s32_bits(lo), hi_bits=s32_bits(hi), dtype=INT8,
-                              shift=shift, rshift=rshift if has_res else 0))
+    epi = Insn("EPI", fields("EPI", acc=0, dst=dst, has_scale=has_scale, has_res=has_res,
+                             act=ACTS.index(act), prm=64, res=32, f=F, p=P,
+                             lo_bits=s32_bits(lo), hi_bits=s32_bits(hi), dtype=INT8,
+                             shift=shift, rshift=rshift if has_res else 0))
     insns = [load("ACC", 0, at.addr, acc.nbytes), load("WGT", 64, pa, len(block)),
              load("INP", 32, rt.addr, F * P), SYNC, epi, SYNC,
              store("ACC", dst, yt.addr, F * P), SYNC, HALT]
@@ -339,8 +240,8 @@ def test_epi_int8_clip_bounds_signed_fields(bounds):
     d = Dram()
     pa = d.const(bias.tobytes())
     at, yt = d.tensor("acc", "input", (F, P), "int32"), d.tensor("y", "output", (F, P))
-    epi = Insn("EPI", _fields("EPI", acc=0, dst=0, act=ACTS.index("clip"), prm=256, f=F, p=P,
-                              lo_bits=s32_bits(lo), hi_bits=s32_bits(hi), dtype=INT8, shift=0))
+    epi = Insn("EPI", fields("EPI", acc=0, dst=0, act=ACTS.index("clip"), prm=256, f=F, p=P,
+                             lo_bits=s32_bits(lo), hi_bits=s32_bits(hi), dtype=INT8, shift=0))
     insns = [load("ACC", 0, at.addr, acc.nbytes), load("WGT", 256, pa, 16), SYNC, epi, SYNC,
              store("ACC", 0, yt.addr, F * P), SYNC, HALT]
     out, _ = run(d.program(insns), {"acc": acc})
@@ -348,8 +249,8 @@ def test_epi_int8_clip_bounds_signed_fields(bounds):
 
 
 def test_epi_int8_clip_disassembly():
-    ins = Insn("EPI", _fields("EPI", acc=0, dst=0, act=ACTS.index("clip"), prm=0, f=1, p=1,
-                              lo_bits=s32_bits(-3), hi_bits=s32_bits(96), dtype=INT8, shift=7))
+    ins = Insn("EPI", fields("EPI", acc=0, dst=0, act=ACTS.index("clip"), prm=0, f=1, p=1,
+                             lo_bits=s32_bits(-3), hi_bits=s32_bits(96), dtype=INT8, shift=7))
     assert "clip[-3,96]" in disassemble(ins)          # the signed integer bounds
     assert "(INP" not in disassemble(ins) and ">> 7" in disassemble(ins)
 
@@ -358,19 +259,13 @@ def test_epi_int8_clip_disassembly():
 
 def pool_ref_int(x, mode, kh, kw, sh, sw, pads, mult=0, shift=0):
     c, h, wd = x.shape
-    pt, _, pl, _ = pads
     oh, ow = out_hw(h, wd, kh, kw, sh, sw, pads)
     out = np.zeros((c, oh, ow), np.int8)
-    for ci in range(c):
-        for oy in range(oh):
-            for ox in range(ow):
-                vals = [int(x[ci, oy * sh + ky - pt, ox * sw + kx - pl])
-                        for ky in range(kh) for kx in range(kw)
-                        if 0 <= oy * sh + ky - pt < h and 0 <= ox * sw + kx - pl < wd]
-                if mode == "max":                # padding (-128) never beats a real value
-                    out[ci, oy, ox] = max(vals)
-                else:                            # zero padding: the window sum of real values
-                    out[ci, oy, ox] = clamp(rshift_round(sum(vals) * mult, shift), -128, 127)
+    for ci, oy, ox, vals in pool_windows(x, kh, kw, sh, sw, pads, scalar=int):
+        if mode == "max":                # padding (-128) never beats a real value
+            out[ci, oy, ox] = max(vals)
+        else:                            # zero padding: the window sum of real values
+            out[ci, oy, ox] = clamp(rshift_round(sum(vals) * mult, shift), -128, 127)
     return out
 
 
@@ -404,10 +299,10 @@ def test_pool_int8(case):
     d = Dram()
     xt, yt = d.tensor("x", "input", (c, h, w)), d.tensor("y", "output", (c, oh, ow))
     pt, pb, pl, pr = pads
-    pool = Insn("POOL", _fields("POOL", src=16, dst=32, mode=POOL_MODES.index(mode),
-                                count_pad=int(mode == "avg"), c=c, h=h, w=w, oh=oh, ow=ow, kh=kh,
-                                kw=kw, sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, dtype=INT8,
-                                mult=mult, shift=shift), pop_prev=1, push_next=1)
+    pool = Insn("POOL", fields("POOL", src=16, dst=32, mode=POOL_MODES.index(mode),
+                               count_pad=int(mode == "avg"), c=c, h=h, w=w, oh=oh, ow=ow, kh=kh,
+                               kw=kw, sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, dtype=INT8,
+                               mult=mult, shift=shift), pop_prev=1, push_next=1)
     insns = [load("INP", 16, xt.addr, x.nbytes, push_next=1), pool,
              store("ACC", 32, yt.addr, c * oh * ow, pop_prev=1), SYNC, HALT]
     out, _ = run(d.program(insns), {"x": x})
@@ -433,8 +328,8 @@ def test_alu_int8(op, sa, sb, shift):
     b[:4] = [127, -128, -128, 1]
     d = Dram()
     at, bt, yt = d.tensor("a", "input", (n,)), d.tensor("b", "input", (n,)), d.tensor("y", "output", (n,))
-    alu = Insn("ALU", _fields("ALU", a=0, b=400, op=ALU_OPS.index(op), dst=800, n=n, dtype=INT8,
-                              sa=sa, sb=sb, shift=shift), pop_prev=1, push_next=1)
+    alu = Insn("ALU", fields("ALU", a=0, b=400, op=ALU_OPS.index(op), dst=800, n=n, dtype=INT8,
+                             sa=sa, sb=sb, shift=shift), pop_prev=1, push_next=1)
     insns = [load("INP", 0, at.addr, n), load("INP", 400, bt.addr, n, push_next=1), alu,
              store("ACC", 800, yt.addr, n, pop_prev=1), SYNC, HALT]
     out, _ = run(d.program(insns), {"a": a, "b": b})
@@ -455,8 +350,8 @@ def _alu_convert(op, a, exp_field, out_dtype):
     d = Dram()
     at = d.tensor("a", "input", (n,), "float32" if op == "quantize" else "int8")
     yt = d.tensor("y", "output", (n,), out_dtype)
-    alu = Insn("ALU", _fields("ALU", a=0, op=ALU_OPS.index(op), dst=1024, n=n, exp=exp_field,
-                              dtype=INT8))
+    alu = Insn("ALU", fields("ALU", a=0, op=ALU_OPS.index(op), dst=1024, n=n, exp=exp_field,
+                             dtype=INT8))
     nbytes = n * (4 if op == "quantize" else 1)
     insns = [load("INP", 0, at.addr, nbytes), SYNC, alu, SYNC,
              store("ACC", 1024, yt.addr, n * (1 if op == "quantize" else 4)), SYNC, HALT]

@@ -1,8 +1,9 @@
 """Each dLAC instruction family, run by the interpreter on a tiny hand-written program,
-compared for EXACT equality with an independent NumPy implementation written here
-(integer-valued data where a different summation order could otherwise round
-differently).  Also the timeline (overlap, races, deadlocks, exact cycles), run-time
-bounds checks and malformed ternary blocks.  NumPy only."""
+compared for EXACT equality with an independent NumPy implementation (direct loops in
+tests/isa_programs.py and here; integer-valued data where a different summation order
+could otherwise round differently), and malformed ternary blocks.  The timeline
+(overlap, races, deadlocks, exact cycles) and run-time bounds checks: test_timeline.py.
+NumPy only."""
 
 from __future__ import annotations
 
@@ -14,149 +15,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.errors import ExecutionError
-from target_dlac import costs
 from target_dlac.interpreter import run
-from target_dlac.isa import ACTS, ALU_OPS, BUFFERS, FORMATS, Insn, fbits
-from target_dlac.machine import Machine
-from target_dlac.packing import pad4, pack_ternary
-from target_dlac.program import Program, Tensor
-
-M = Machine()
-SMALL = Machine(pe_rows=2, pe_cols=4)          # groups of 4 filters: the PE order matters
-
-
-# ---- program building -------------------------------------------------------------------
-
-def _fields(opcode, **kw):
-    f = {n: 0 for n, _ in FORMATS[opcode][2]}
-    unknown = set(kw) - set(f)
-    assert not unknown, unknown
-    f.update(kw)
-    return f
-
-
-def _deps(kw):
-    return {k: kw.pop(k) for k in ("pop_prev", "pop_next", "push_prev", "push_next") if k in kw}
-
-
-def dma(op, buf, sram, dram, x, y=1, dram_stride=None, sram_stride=None, **kw):
-    deps = _deps(kw)
-    assert not kw, kw
-    return Insn(op, _fields(op, buf=BUFFERS.index(buf), sram=sram, dram=dram, x=x, y=y,
-                            dram_stride=x if dram_stride is None else dram_stride,
-                            sram_stride=x if sram_stride is None else sram_stride), **deps)
-
-
-def load(buf, sram, dram, x, **kw):
-    return dma("LOAD", buf, sram, dram, x, **kw)
-
-
-def store(buf, sram, dram, x, **kw):
-    return dma("STORE", buf, sram, dram, x, **kw)
-
-
-def out_hw(h, w, kh, kw_, sh, sw, pads):
-    pt, pb, pl, pr = pads
-    return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw_) // sw + 1
-
-
-def conv(op, inp, wgt, acc, c, h, w, f, kh, kw_, sh=1, sw=1, pads=(0, 0, 0, 0), accumulate=0,
-         depthwise=0, dtype=0, **kw):
-    deps = _deps(kw)
-    assert not kw, kw
-    oh, ow = out_hw(h, w, kh, kw_, sh, sw, pads)
-    pt, pb, pl, pr = pads
-    return Insn(op, _fields(op, inp=inp, wgt=wgt, acc=acc, c=c, h=h, w=w, f=f, kh=kh, kw=kw_,
-                            oh=oh, ow=ow, sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr,
-                            accumulate=accumulate, depthwise=depthwise, dtype=dtype), **deps)
-
-
-SYNC, HALT = Insn("SYNC"), Insn("HALT")
-
-
-class Dram:
-    """Lays out a DRAM image: constants from address 0, then tensors (16-byte aligned)."""
-
-    def __init__(self):
-        self.consts = bytearray()
-        self.tensors: list[Tensor] = []
-        self.top = 0
-
-    def const(self, data: bytes) -> int:
-        addr = pad16(len(self.consts))
-        self.consts.extend(b"\0" * (addr - len(self.consts)))
-        self.consts.extend(data)
-        self.top = pad16(len(self.consts))
-        return addr
-
-    def tensor(self, name, role, shape, dtype="float32") -> Tensor:
-        self.top = pad16(max(self.top, len(self.consts)))
-        t = Tensor(name, role, tuple(shape), dtype, self.top)
-        self.tensors.append(t)
-        self.top += t.nbytes
-        return t
-
-    def program(self, insns, machine=M, layers=()) -> Program:
-        dram = pad16(self.top) + 64
-        return Program(machine, list(insns), bytes(self.consts), list(self.tensors),
-                       {"dram_bytes": dram, "layers": list(layers), "host_ops": []})
-
-
-def pad16(n):
-    return (n + 15) & ~15
-
-
-def ints(rng, shape, lo=-8, hi=8):
-    """Integer-valued float32: every sum of a few hundred products is exact."""
-    return rng.integers(lo, hi + 1, size=shape).astype(np.float32)
-
-
-def ternary(rng, shape, p_zero=0.5):
-    t = rng.choice([-1, 1], size=shape).astype(np.int8)
-    t[rng.random(shape) < p_zero] = 0
-    return t
-
-
-# ---- independent references (direct loops) -----------------------------------------------
-
-def conv_ref(x, w, sh, sw, pads, depthwise=False):
-    """Direct-loop convolution in float64 (exact for integer-valued data)."""
-    c, h, wd = x.shape
-    nf, _, kh, kw = w.shape
-    pt, pb, pl, pr = pads
-    oh, ow = out_hw(h, wd, kh, kw, sh, sw, pads)
-    out = np.zeros((nf, oh, ow))
-    for fi in range(nf):
-        chans = [fi] if depthwise else range(c)
-        for oy in range(oh):
-            for ox in range(ow):
-                s = 0.0
-                for ci_w, ci in enumerate(chans):
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            iy, ix = oy * sh + ky - pt, ox * sw + kx - pl
-                            if 0 <= iy < h and 0 <= ix < wd:
-                                s += float(w[fi, 0 if depthwise else ci, ky, kx]) * float(x[ci, iy, ix])
-                out[fi, oy, ox] = s
-    return out
+from target_dlac.isa import ACTS, ALU_OPS, Insn, fbits
+from target_dlac.packing import pack_ternary, pad4
+from tests.isa_programs import (HALT, SMALL, SYNC, Dram, M, conv, conv_ref, fields, ints, load, out_hw,
+                                pool_windows, store, ternary)
 
 
 def pool_ref(x, mode, kh, kw, sh, sw, pads, count_pad):
     c, h, wd = x.shape
-    pt, pb, pl, pr = pads
     oh, ow = out_hw(h, wd, kh, kw, sh, sw, pads)
     out = np.zeros((c, oh, ow), np.float32)
-    for ci in range(c):
-        for oy in range(oh):
-            for ox in range(ow):
-                vals = [float(x[ci, oy * sh + ky - pt, ox * sw + kx - pl])
-                        for ky in range(kh) for kx in range(kw)
-                        if 0 <= oy * sh + ky - pt < h and 0 <= ox * sw + kx - pl < wd]
-                if mode == "max":
-                    out[ci, oy, ox] = max(vals)
-                else:
-                    div = kh * kw if count_pad else max(len(vals), 1)
-                    out[ci, oy, ox] = np.float32(sum(vals)) / np.float32(div)
+    for ci, oy, ox, vals in pool_windows(x, kh, kw, sh, sw, pads):
+        if mode == "max":
+            out[ci, oy, ox] = max(vals)
+        else:
+            div = kh * kw if count_pad else max(len(vals), 1)
+            out[ci, oy, ox] = np.float32(sum(vals)) / np.float32(div)
     return out
 
 
@@ -320,9 +195,9 @@ def test_epi(act, has_res, has_scale, inplace):
                    d.tensor("res", "input", (F, P)))
     yt = d.tensor("y", "output", (F, P))
     dst = 0 if inplace else 4096
-    epi = Insn("EPI", _fields("EPI", acc=0, dst=dst, has_scale=has_scale, has_res=has_res,
-                              act=ACTS.index(act), prm=64, res=32, f=F, p=P,
-                              lo_bits=fbits(lo), hi_bits=fbits(hi)), pop_prev=1, push_next=1)
+    epi = Insn("EPI", fields("EPI", acc=0, dst=dst, has_scale=has_scale, has_res=has_res,
+                             act=ACTS.index(act), prm=64, res=32, f=F, p=P,
+                             lo_bits=fbits(lo), hi_bits=fbits(hi)), pop_prev=1, push_next=1)
     insns = [load("ACC", 0, at.addr, acc.nbytes), load("WGT", 64, pt_.addr, prm.nbytes),
              load("INP", 32, rt.addr, res.nbytes, push_next=1), epi,
              store("ACC", dst, yt.addr, F * P * 4, pop_prev=1), SYNC, HALT]
@@ -366,9 +241,9 @@ def test_pool(case):
     d = Dram()
     xt, yt = d.tensor("x", "input", (c, h, w)), d.tensor("y", "output", (c, oh, ow))
     pt, pb, pl, pr = pads
-    pool = Insn("POOL", _fields("POOL", src=16, dst=32, mode=["max", "avg"].index(mode),
-                                count_pad=count_pad, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw,
-                                sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr), pop_prev=1, push_next=1)
+    pool = Insn("POOL", fields("POOL", src=16, dst=32, mode=["max", "avg"].index(mode),
+                               count_pad=count_pad, c=c, h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw,
+                               sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr), pop_prev=1, push_next=1)
     insns = [load("INP", 16, xt.addr, x.nbytes, push_next=1), pool,
              store("ACC", 32, yt.addr, c * oh * ow * 4, pop_prev=1), SYNC, HALT]
     out, rep = run(d.program(insns), {"x": x})
@@ -385,174 +260,13 @@ def test_alu(op):
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     d = Dram()
     at, bt, yt = d.tensor("a", "input", (n,)), d.tensor("b", "input", (n,)), d.tensor("y", "output", (n,))
-    alu = Insn("ALU", _fields("ALU", a=0, b=400, op=ALU_OPS.index(op), dst=800, n=n), pop_prev=1,
+    alu = Insn("ALU", fields("ALU", a=0, b=400, op=ALU_OPS.index(op), dst=800, n=n), pop_prev=1,
                push_next=1)
     insns = [load("INP", 0, at.addr, a.nbytes), load("INP", 400, bt.addr, b.nbytes, push_next=1), alu,
              store("ACC", 800, yt.addr, n * 4, pop_prev=1), SYNC, HALT]
     out, _ = run(d.program(insns), {"a": a, "b": b})
     exp = {"add": a + b, "add_relu": np.maximum(a + b, np.float32(0)), "relu": np.maximum(a, np.float32(0))}[op]
     np.testing.assert_array_equal(out["y"], exp)
-
-
-# ---- timeline -------------------------------------------------------------------------------
-
-def _pipeline(double_buffered: bool):
-    """4 input tiles through one MAC layer.  Double-buffered: two INP slots, tokens let
-    the load of tile i+1 overlap the MAC of tile i.  Otherwise: SYNC after everything."""
-    rng = np.random.default_rng(7)
-    T, C, F, h, w = 4, 2, 4, 6, 6
-    wt = ints(rng, (F, C, 3, 3), -3, 3)
-    x = ints(rng, (T, C, h, w))
-    d = Dram()
-    wa = d.const(wt.tobytes())
-    xt, yt = d.tensor("x", "input", x.shape), d.tensor("y", "output", (T, F, h * w))
-    tile, otile = C * h * w * 4, F * h * w * 4
-    slots = [0, 4096]
-    L = [load("INP", slots[i % 2], xt.addr + i * tile, tile) for i in range(T)]
-    Cx = [conv("MAC", slots[i % 2], 0, i * otile, C, h, w, F, 3, 3, pads=(1, 1, 1, 1)) for i in range(T)]
-    LW = load("WGT", 0, wa, wt.nbytes)
-    ST = store("ACC", 0, yt.addr, T * otile)
-    if double_buffered:
-        for i in range(T):
-            L[i].push_next = 1
-            Cx[i].pop_prev = 1
-            if i + 2 < T:
-                Cx[i].push_prev = 1
-                L[i + 2].pop_next = 1
-        insns = [LW, L[0], L[1], Cx[0], L[2], Cx[1], L[3], Cx[2], Cx[3], SYNC, ST, SYNC, HALT]
-    else:
-        insns = [LW, SYNC]
-        for i in range(T):
-            insns += [L[i], SYNC, Cx[i], SYNC]
-        insns += [ST, SYNC, HALT]
-    ref = np.stack([conv_ref(x[i], wt, 1, 1, (1, 1, 1, 1)).reshape(F, -1) for i in range(T)])
-    return d.program(insns), x, ref.astype(np.float32)
-
-
-def test_double_buffering_overlaps():
-    p, x, ref = _pipeline(True)
-    out, rep = run(p, {"x": x})
-    np.testing.assert_array_equal(out["y"], ref)
-    work = sum(costs.cost(i, M) for i in p.insns if i.unit != "barrier")
-    lw, ld, mac, st = (costs.cost(p.insns[k], M) for k in (0, 1, 3, 10))
-    assert (lw, ld, mac, st) == (105, 105, 62, 136)   # 288 B, 288 B, 3 passes x 18, 2304 B
-    # by hand: L0 105-210, L1 210-315, C0 210-272, L2 315-420, C1 315-377, L3 420-525,
-    # C2 420-482, C3 525-587, SYNC -588, STORE -724, SYNC -725
-    assert rep.cycles["total"] == 725
-    assert rep.cycles["total"] < work
-
-    ps, _, _ = _pipeline(False)
-    out_s, rep_s = run(ps, {"x": x})
-    np.testing.assert_array_equal(out_s["y"], ref)
-    nsync = sum(1 for i in ps.insns if i.op == "SYNC")
-    assert rep_s.cycles["total"] == work + nsync      # serialized: exactly the sum of costs
-
-
-def _race_program(kind: str, tokens: bool):
-    rng = np.random.default_rng(8)
-    wt = ints(rng, (2, 1, 1, 1), -2, 2)
-    d = Dram()
-    wa = d.const(wt.tobytes())
-    wb = d.const((wt + 1).tobytes())
-    xt, yt = d.tensor("x", "input", (1, 4, 4)), d.tensor("y", "output", (2, 16))
-    mac = conv("MAC", 0, 0, 0, 1, 4, 4, 2, 1, 1)
-    pre = [load("WGT", 0, wa, 8), load("INP", 0, xt.addr, 64), SYNC]
-    if kind == "load overwrites weights":
-        reload = load("WGT", 0, wb, 8)
-        if tokens:
-            mac.push_prev, reload.pop_next = 1, 1
-        insns = pre + [mac, reload, SYNC, store("ACC", 0, yt.addr, 128), SYNC, HALT]
-    else:   # "store reads an accumulator being written"
-        st_ = store("ACC", 0, yt.addr, 128)
-        if tokens:
-            mac.push_next, st_.pop_prev = 1, 1
-        insns = pre + [mac, st_, SYNC, HALT]
-    return d.program(insns), {"x": ints(rng, (1, 4, 4))}
-
-
-@pytest.mark.parametrize("kind", ["load overwrites weights", "store reads an accumulator being written"])
-def test_missing_token_is_a_race(kind):
-    p, inputs = _race_program(kind, tokens=True)
-    run(p, inputs)                                     # with the token: fine
-    p, inputs = _race_program(kind, tokens=False)
-    with pytest.raises(ExecutionError, match="race") as ei:
-        run(p, inputs)
-    assert ei.value.pc == 4 and "pc 3" in str(ei.value)
-    run(p, inputs, check_races=False)                  # the check is what refuses it
-
-
-@pytest.mark.parametrize("ins", [
-    conv("MAC", 0, 0, 0, 1, 4, 4, 2, 1, 1, pop_prev=1),   # no LOAD pushed
-    store("ACC", 0, 0, 16, pop_prev=1),                 # no compute pushed
-    load("INP", 0, 0, 16, pop_next=1),                  # no compute pushed back
-])
-def test_pop_without_push_is_deadlock(ins):
-    d = Dram()
-    d.tensor("y", "output", (4,))
-    with pytest.raises(ExecutionError, match="deadlock") as ei:
-        run(d.program([SYNC, ins, SYNC, HALT]), {})
-    assert ei.value.pc == 1
-
-
-def test_unconsumed_token_at_barrier():
-    d = Dram()
-    d.tensor("y", "output", (4,))
-    with pytest.raises(ExecutionError, match="unconsumed tokens") as ei:
-        run(d.program([load("INP", 0, 0, 16, push_next=1), SYNC, HALT]), {})
-    assert ei.value.pc == 1
-
-
-@pytest.mark.parametrize("nbytes", [1, 64, 1000, 4096])
-def test_single_load_cycles(nbytes):
-    d = Dram()
-    d.const(bytes(range(256)) * 16)
-    d.tensor("y", "output", (4,))
-    _, rep = run(d.program([load("INP", 0, 0, nbytes), SYNC, HALT]), {})
-    assert rep.cycles["total"] == M.dma_latency + math.ceil(nbytes / M.dram_bytes_per_cycle) + 1
-
-
-def test_missing_halt():
-    d = Dram()
-    d.tensor("y", "output", (4,))
-    with pytest.raises(ExecutionError, match="without HALT"):
-        run(d.program([SYNC]), {})
-
-
-# ---- bounds -------------------------------------------------------------------------------
-
-def _bounds_cases():
-    f = lambda opcode, **kw: Insn(opcode, _fields(opcode, **kw))  # noqa: E731
-    return {
-        "LOAD into INP": (load("INP", M.inp_bytes - 4, 0, 8), "INP"),
-        "LOAD from DRAM": (load("WGT", 0, 1000, 64), "DRAM"),
-        "strided LOAD rows": (load("ACC", M.acc_bytes - 100, 0, 8, y=3, sram_stride=48), "ACC"),
-        "STORE from ACC": (store("ACC", M.acc_bytes, 0, 4), "ACC"),
-        "STORE into DRAM": (store("INP", 0, 1020, 8), "DRAM"),
-        "MAC accumulator": (conv("MAC", 0, 0, M.acc_bytes - 4, 1, 2, 2, 1, 1, 1), "ACC"),
-        "MAC input tile": (conv("MAC", M.inp_bytes - 8, 0, 0, 1, 2, 2, 1, 1, 1), "INP"),
-        "MAC weights": (conv("MAC", 0, M.wgt_bytes - 4, 0, 2, 2, 2, 1, 1, 1), "WGT"),
-        "TACC block header": (conv("TACC", 0, M.wgt_bytes - 4, 0, 1, 2, 2, 2, 1, 1), "WGT"),
-        "EPI params": (f("EPI", acc=0, dst=0, prm=M.wgt_bytes - 4, f=2, p=1), "WGT"),
-        "EPI residual": (f("EPI", acc=0, dst=0, prm=0, has_res=1, res=M.inp_bytes - 4, f=2, p=1), "INP"),
-        "POOL source": (f("POOL", src=M.inp_bytes - 12, dst=0, c=1, h=2, w=2, oh=1, ow=1, kh=2, kw=2,
-                          sh=1, sw=1), "INP"),
-        "ALU output": (f("ALU", a=0, b=0, dst=M.acc_bytes - 8, n=4), "ACC"),
-        "ALU operand b": (f("ALU", a=0, b=M.inp_bytes, dst=0, n=1), "INP"),
-    }
-
-
-@pytest.mark.parametrize("case", sorted(_bounds_cases()))
-def test_out_of_bounds_names_pc_and_buffer(case):
-    ins, buf = _bounds_cases()[case]
-    d = Dram()
-    d.tensor("y", "output", (4,))
-    p = d.program([SYNC, ins, SYNC, HALT])
-    p.meta["dram_bytes"] = 1024
-    with pytest.raises(ExecutionError) as ei:
-        run(p, {})
-    msg = str(ei.value)
-    assert ei.value.pc == 1 and msg.startswith("pc 1 (")
-    assert f"outside {buf}" in msg or f"past {buf}" in msg, msg
 
 
 # ---- malformed ternary blocks ---------------------------------------------------------------
