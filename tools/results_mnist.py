@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -107,41 +108,82 @@ def run_pipeline(act, r1, rb, xe, ye, xcal, args) -> dict:
     return row
 
 
-def evaluate_config(name, cfg, acts, model, xe, ye, xcal, args, progress) -> dict:
+# ---- one task: a config under one activation pipeline (run in a worker process) -------
+_W: dict = {}       # per-process state: model and data, loaded once
+
+
+def init_worker(limit: int, calib: int, tvm_threads: int) -> None:
+    os.environ["TVM_NUM_THREADS"] = str(tvm_threads)    # before compiler.reference is imported
+    torch.set_num_threads(tvm_threads)
+    from compiler.datasets import mnist_cnn, mnist_test
+
+    x, y = mnist_test()
+    n_eval = len(x) - calib
+    _W.update(model=mnist_cnn(), xe=x[:limit], ye=y[:limit], xcal=x[n_eval:])
+
+
+def run_task(name, cfg, act, args, t0) -> tuple:
+    """Compile ``cfg`` at batch 1 and ``args.batch`` and measure pipeline ``act``.
+    Returns ``(name, act, config facts, row)``; errors come back as tracebacks."""
     from compiler.pipeline import compile_model
 
-    entry: dict = {"name": name, "config": cfg.to_dict()}
-    t0 = time.perf_counter()
+    xe, ye, xcal = _W["xe"], _W["ye"], _W["xcal"]
     try:
-        r1 = compile_model(model, (torch.from_numpy(xe[:1].copy()),), config=cfg)
+        t1 = time.perf_counter()
+        r1 = compile_model(_W["model"], (torch.from_numpy(xe[:1].copy()),), config=cfg)
         ex = xe[:args.batch]
         if len(ex) < args.batch:
             ex = np.concatenate([ex, np.zeros((args.batch - len(ex), *ex.shape[1:]), ex.dtype)])
-        rb = compile_model(model, (torch.from_numpy(ex.copy()),), config=cfg)
-    except Exception:
-        entry["error"] = traceback.format_exc()
-        progress(f"{name}: COMPILE FAILED\n{entry['error']}")
-        return entry
-    entry["compile_s"] = time.perf_counter() - t0
+        rb = compile_model(_W["model"], (torch.from_numpy(ex.copy()),), config=cfg)
+        compile_s = time.perf_counter() - t1
+    except Exception:  # noqa: BLE001 - a failing mode is reported with its traceback
+        err = traceback.format_exc()
+        _log(t0, f"{name}: COMPILE FAILED\n{err}")
+        return name, act, {"error": err}, None
     t = r1.totals()
-    entry["replaced_share"] = t["replaced_share"]
-    entry["dense_macs"] = t["dense_macs"]
     c = r1.cluster_counts()
-    entry["cluster_counts"] = {"n": c["n"], "replaced_share": c["replaced_share"]}
-    entry["layers"] = [{"name": i.name, "op": i.op, "precision": i.precision, "why": i.reason}
-                       for i in r1.layers]
-    for act in acts:
-        try:
-            entry[act] = run_pipeline(act, r1, rb, xe, ye, xcal, args)
-            a = entry[act]
-            progress(f"{name:<26} {act}-act {100 * a['accuracy']:6.2f}%  cycles/img {a['cycles']:>9,}  "
-                     f"agree {a['agree']}/{a['agree_of']}  "
-                     f"(build {a['build_s']:.0f} s, reference {a['reference_s']:.0f} s, "
-                     f"interpreter {a['interpreter_s']:.0f} s)")
-        except Exception:
-            entry[act] = {"error": traceback.format_exc()}
-            progress(f"{name}: {act} activations FAILED\n{entry[act]['error']}")
-    return entry
+    facts = {"replaced_share": t["replaced_share"], "dense_macs": t["dense_macs"],
+             "cluster_counts": {"n": c["n"], "replaced_share": c["replaced_share"]},
+             "layers": [{"name": i.name, "op": i.op, "precision": i.precision, "why": i.reason}
+                        for i in r1.layers]}
+    try:
+        row = run_pipeline(act, r1, rb, xe, ye, xcal, args)
+        row["compile_s"] = compile_s
+        _log(t0, f"{name:<26} {act}-act {100 * row['accuracy']:6.2f}%  cycles/img {row['cycles']:>9,}  "
+                 f"agree {row['agree']}/{row['agree_of']}  (compile {compile_s:.0f} s, "
+                 f"build {row['build_s']:.0f} s, reference {row['reference_s']:.0f} s, "
+                 f"interpreter {row['interpreter_s']:.0f} s)")
+    except Exception:  # noqa: BLE001 - a failing mode is reported with its traceback
+        row = {"error": traceback.format_exc()}
+        _log(t0, f"{name}: {act} activations FAILED\n{row['error']}")
+    return name, act, facts, row
+
+
+def _log(t0: float, msg: str) -> None:
+    print(f"  [{time.time() - t0:6.0f} s] {msg}", flush=True)
+
+
+def run_all(tasks, args, t0) -> list:
+    """Run ``(name, cfg, act)`` tasks, ``args.jobs`` at a time; results in task order."""
+    if args.jobs == 1:
+        init_worker(args.limit, args.calib, os.cpu_count() or 1)
+        return [run_task(*task, args, t0) for task in tasks]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                             initargs=(args.limit, args.calib, threads)) as pool:
+        futures = [pool.submit(run_task, *task, args, t0) for task in tasks]
+        results = []
+        for (name, _, act), fut in zip(tasks, futures):
+            try:
+                results.append(fut.result())
+            except Exception:  # noqa: BLE001 - the worker died (e.g. a crash inside TVM)
+                err = traceback.format_exc()
+                _log(t0, f"{name}: {act} activations: WORKER FAILED\n{err}")
+                results.append((name, act, {}, {"error": err}))
+        return results
 
 
 def _cell(entry, act, fmt):
@@ -183,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--agree", type=int, default=200,
                     help="images on which the interpreter is compared with the reference")
     ap.add_argument("--batch", type=int, default=100, help="batch of the reference builds")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes (the TVM reference build runs on one core)")
     ap.add_argument("--only", help="run only the configs whose name contains this")
     ap.add_argument("--json", help="also write the results as JSON here")
     args = ap.parse_args(argv)
@@ -190,37 +234,39 @@ def main(argv=None) -> int:
     from compiler.atomic import atomic_write_text
     from compiler.datasets import mnist_cnn, mnist_test
 
-    t0 = time.perf_counter()
-    model = mnist_cnn()
+    t0 = time.time()
     x, y = mnist_test()
     n_eval = len(x) - args.calib
     if not 0 < args.limit <= n_eval:
         ap.error(f"--limit must be in 1..{n_eval} (the last {args.calib} images calibrate)")
-    xcal = x[n_eval:]
-    xe, ye = x[:args.limit], y[:args.limit]
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
+    ye = y[:args.limit]
     with torch.no_grad():
-        torch_acc = float((model(torch.from_numpy(xe)).argmax(1).numpy() == ye).mean())
-    print(f"{len(ye)} evaluation images (test[0:{len(ye)}]), calibration test[{n_eval}:{len(x)}]; "
-          f"PyTorch float {100 * torch_acc:.2f}%", flush=True)
+        pred = mnist_cnn()(torch.from_numpy(x[:args.limit])).argmax(1).numpy()
+    torch_acc = float((pred == ye).mean())
+    print(f"{len(ye)} evaluation images (test[0:{len(ye)}]), calibration test[{n_eval}:{len(x)}], "
+          f"{args.jobs} job(s); PyTorch float {100 * torch_acc:.2f}%", flush=True)
 
-    def progress(msg):
-        print(f"  [{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-
-    entries = []
-    for name, cfg, acts in configs():
-        if args.only and args.only not in name:
+    tasks = [(name, cfg, act) for name, cfg, acts in configs()
+             if not args.only or args.only in name for act in acts]
+    entries: dict = {}
+    for name, act, facts, row in run_all(tasks, args, t0):
+        e = entries.setdefault(name, {"name": name,
+                                      "config": next(c for n, c, _ in tasks if n == name).to_dict()})
+        if "error" in facts:
+            e["error"] = facts["error"]
             continue
-        entries.append(evaluate_config(name, cfg, acts, model, xe, ye, xcal, args, progress))
-        if args.json:       # partial results survive an interrupted run
-            atomic_write_text(args.json, json.dumps(_summary(args, entries, torch_acc, len(ye), n_eval,
-                                                             time.perf_counter() - t0), indent=2))
-    total = time.perf_counter() - t0
+        e.update(facts)
+        e[act] = row
+    entries = list(entries.values())
+    total = time.time() - t0
     print(format_table(entries, torch_acc, len(ye)))
     print(f"total {total:.0f} s")
     if args.json:
         atomic_write_text(args.json, json.dumps(_summary(args, entries, torch_acc, len(ye), n_eval, total),
                                                 indent=2))
-    failed = [e["name"] for e in entries if "error" in e or any("error" in e.get(a, {}) for a in ACTS)]
+    failed = [e["name"] for e in entries if "error" in e or any("error" in (e.get(a) or {}) for a in ACTS)]
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
@@ -229,7 +275,7 @@ def main(argv=None) -> int:
 def _summary(args, entries, torch_acc, images, n_eval, seconds) -> dict:
     return {"images": images, "eval_split": f"test[0:{images}]",
             "calib_split": f"test[{n_eval}:{n_eval + args.calib}]", "batch": args.batch,
-            "agree_images": args.agree, "torch_float": torch_acc, "seconds": seconds,
+            "agree_images": args.agree, "jobs": args.jobs, "torch_float": torch_acc, "seconds": seconds,
             "rows": entries}
 
 
