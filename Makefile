@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dlac-installed
 
-.PHONY: demo test install accuracy bench clean
+.PHONY: demo test install accuracy results bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -29,6 +29,10 @@ test: $(STAMP)
 # Full 10,000-image MNIST accuracy table (about two minutes).
 accuracy: $(STAMP)
 	$(PY) tools/eval_mnist.py --limit 10000
+
+# Accuracy of every quantization mode on MNIST (docs/results.md; about 10 minutes).
+results: $(STAMP)
+	$(PY) tools/results_mnist.py
 
 bench: $(STAMP)
 	$(PY) tools/bench/import_passes.py

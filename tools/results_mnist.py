@@ -15,6 +15,9 @@ activations: the ``fold`` stage; int8 activations: the integer graph in the REF
 section of a batch-``--batch`` program).  Cycles: a batch-1 program in the
 interpreter.  Agreement: that batch-1 program's predictions on the first ``--agree``
 evaluation images against the reference's.
+
+Each (config, activations) pair is one task; ``--jobs`` worker processes (default 2)
+run them, since the reference build of the unscheduled graph uses one core.
 """
 
 from __future__ import annotations
@@ -79,10 +82,12 @@ def run_pipeline(act, r1, rb, xe, ye, xcal, args) -> dict:
     if act == "fp32":
         ref = Reference(rb.reference_module("fold"))
         prog1 = build_program(r1, reference=False)
-    else:
+    elif act == "int8":
         progb = build_program(rb, activations="int8", calib={"x": xcal})
         ref = Reference(tvm.ir.load_json(zlib.decompress(progb.reference).decode()))
         prog1 = build_program(r1, activations="int8", calib={"x": xcal}, reference=False)
+    else:
+        raise ValueError(f"activations {act!r}; expected one of {ACTS}")
     t1 = time.perf_counter()
     logits = reference_logits(ref, xe, args.batch)
     pred = logits.argmax(1)
@@ -198,7 +203,7 @@ def _cell(entry, act, fmt):
 def format_table(entries, torch_acc, images) -> str:
     head = ("| config | accuracy, fp32 act | accuracy, int8 act | multiplies replaced (as executed) "
             "| papers.md §2 counting | cycles/image, fp32 act | cycles/image, int8 act "
-            "| interpreter = reference (fp32 / int8 act) |")
+            "| interpreter = reference, fp32 / int8 act |")
     lines = [head, "|" + "---|" * 8]
     for e in entries:
         if "error" in e:
@@ -207,10 +212,13 @@ def format_table(entries, torch_acc, images) -> str:
         acc = lambda r: f"{100 * r['accuracy']:.2f}%"
         cyc = lambda r: f"{r['cycles']:,}" + ("" if r["cycles_min"] == r["cycles_max"] else
                                               f" ({r['cycles_min']:,}-{r['cycles_max']:,})")
-        agr = lambda r: f"{r['agree']}/{r['agree_of']}"
+        agr = lambda r: f"{r['agree']}/{r['agree_of']}" + (f" ({r['exact_logits']} bit-exact)"
+                                                           if r["exact_logits"] else "")
         cc = e["cluster_counts"]
+        ternary = any(layer["precision"] == "ternary" for layer in e["layers"])
+        count = f"{100 * cc['replaced_share']:.1f}%" + (f" (n={cc['n']})" if ternary else "")
         lines.append(f"| {e['name']} | {_cell(e, 'fp32', acc)} | {_cell(e, 'int8', acc)} "
-                     f"| {100 * e['replaced_share']:.1f}% | {100 * cc['replaced_share']:.1f}% (n={cc['n']}) "
+                     f"| {100 * e['replaced_share']:.1f}% | {count} "
                      f"| {_cell(e, 'fp32', cyc)} | {_cell(e, 'int8', cyc)} "
                      f"| {_cell(e, 'fp32', agr)} / {_cell(e, 'int8', agr)} |")
     lines.append(f"| PyTorch float model | {100 * torch_acc:.2f}% | | | | | | |")
