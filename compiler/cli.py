@@ -74,15 +74,9 @@ def parse_precisions(specs, acts: dict | None = None) -> dict:
 
 
 def _precision_file(path: str) -> dict:
-    import tomllib
+    from .config import read_toml
 
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"precision file {path!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"precision file {path!r}: {e}") from None
+    data = read_toml(path, "precision file")
     acts = data.get("activations", {})
     table = data.get("precision", {k: v for k, v in data.items() if k != "activations"})
     for what, t in (("precision", table), ("activations", acts)):

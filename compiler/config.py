@@ -103,3 +103,16 @@ class QuantConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def read_toml(path: str, what: str) -> dict:
+    """The table of a TOML file; a missing or malformed file is a one-line ConfigError."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path!r}: {e}") from None

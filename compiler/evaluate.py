@@ -21,17 +21,22 @@ class EvalRow:
     run_s: float
 
 
-def predict(ref, x: np.ndarray, batch: int) -> np.ndarray:
-    """Class predictions of a compiled reference over ``x`` in fixed-size batches."""
-    preds = []
+def batched_logits(ref, x: np.ndarray, batch: int) -> np.ndarray:
+    """Logits of a compiled reference over ``x`` in fixed-size batches (the last one
+    zero-padded), for a graph compiled at batch size ``batch``."""
+    out = []
     for i in range(0, len(x), batch):
         chunk = x[i:i + batch]
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
-        logits = ref(chunk)[0]
-        preds.append(logits[:n].argmax(axis=1))
-    return np.concatenate(preds)
+        out.append(ref(chunk)[0][:n])
+    return np.concatenate(out)
+
+
+def predict(ref, x: np.ndarray, batch: int) -> np.ndarray:
+    """Class predictions of a compiled reference over ``x`` in fixed-size batches."""
+    return batched_logits(ref, x, batch).argmax(axis=1)
 
 
 def evaluate(model, configs: dict[str, QuantConfig], x: np.ndarray, y: np.ndarray,

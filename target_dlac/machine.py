@@ -33,9 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 
+from compiler.config import read_toml
 from compiler.errors import ConfigError
 
 KIB = 1024
@@ -144,13 +144,7 @@ class Machine:
 
     @classmethod
     def from_toml(cls, path: str) -> "Machine":
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"machine file {path!r} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"machine file {path!r}: {e}") from None
+        data = read_toml(path, "machine file")
         return cls.from_dict(data.get("machine", data), where=f"machine file {path!r}")
 
 

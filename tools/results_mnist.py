@@ -57,15 +57,8 @@ def configs():
 
 
 def reference_logits(ref, x: np.ndarray, batch: int) -> np.ndarray:
-    """Logits of a compiled reference over ``x`` in fixed-size batches (zero-padded)."""
-    out = []
-    for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
-        out.append(ref(chunk)[0][:n])
-    return np.concatenate(out)
+    from compiler.evaluate import batched_logits
+    return batched_logits(ref, x, batch)
 
 
 def run_pipeline(act, r1, rb, xe, ye, xcal, args) -> dict:
