@@ -1,0 +1,225 @@
+"""The analytic cost model (:mod:`target_dlac.costmodel`) against the interpreter.
+
+For the weighted layers of the MNIST CNN (default ternary config: fp32 first and last
+layer, ternary in between) and hand-built ternary layers with random sparsity (real
+packed blocks, race check on), under the default schedule and variants of it (smaller
+filter / channel / row / column tiles, filter-outer order, single buffering, PE order
+as is), ``layer_cycles`` must equal the interpreter's per-layer cycles and their
+compute / load-stall / store-stall split exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from compiler import QuantConfig, compile_model
+from compiler.build import _codegen_args, build_program
+from compiler.datasets import mnist_cnn
+from target_dlac.codegen import Codegen, _Weights, pe_order
+from target_dlac.costmodel import _blocks, layer_cycles
+from target_dlac.interpreter import run
+from target_dlac.isa import DTYPES, Insn, epi_param_layout
+from target_dlac.lower import Epilogue, align, lower_conv, ranges
+from target_dlac.machine import Machine
+from target_dlac.packing import pack_ternary, ternary_counts
+from target_dlac.program import Program, Tensor
+from target_dlac.schedule import ConvShape, Schedule, default_schedule, fits
+
+M = Machine()
+KINDS = ("default", "f_small", "c_small", "h_small", "w_small", "filter_outer", "single_buffer",
+         "as_is")
+
+
+def _cd(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def variants(shape: ConvShape, wbytes) -> dict:
+    """Schedule kind -> a legal schedule of that kind for ``shape`` (kinds that do not
+    apply or do not fit are left out)."""
+    d = default_schedule(shape, M, wbytes)
+    f_small = max(1, d.f_tile // 2 - 3)          # not a multiple of pe_cols
+    h_small = _cd(shape.oh, 3)
+    cand = {
+        "default": d,
+        "f_small": replace(d, f_tile=f_small),
+        "c_small": replace(d, c_tile=max(1, _cd(d.c_tile, 3))),
+        "h_small": replace(d, h_tile=min(d.h_tile, h_small)),
+        "w_small": replace(d, w_tile=max(1, _cd(shape.ow, 2)), h_tile=min(d.h_tile, h_small)),
+        "filter_outer": replace(d, order="filter_outer", f_tile=f_small, h_tile=min(d.h_tile, h_small)),
+        "single_buffer": replace(d, double_buffer=False),
+        "as_is": replace(d, pe_order="as_is", f_tile=min(shape.f, 40)),
+    }
+    if shape.depthwise:
+        cand.pop("c_small")
+    return {k: s for k, s in cand.items()
+            if (k == "default" or s != d) and fits(shape, s, M, wbytes)}
+
+
+def _check(pred: dict, layer, what: str):
+    got = {"total": layer.cycles, "compute": layer.compute, "load_stall": layer.load_stall,
+           "store_stall": layer.store_stall}
+    assert pred == got, f"{what}: cost model {pred} != interpreter {got}"
+
+
+# ------------------------------------------------------------------ MNIST CNN
+
+class _Recorder(Codegen):
+    """The codegen, remembering each layer's weights and epilogue (for the cost model)."""
+
+    def _layer_weights(self, spec, x, out, res):
+        w, prm, epi = super()._layer_weights(spec, x, out, res)
+        self.seen = getattr(self, "seen", {})
+        self.seen[spec.layer] = (w, epi.has_scale, res is not None, spec.ternary, spec.depthwise)
+        return w, prm, epi
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
+    rec = _Recorder(result.mod, M, **_codegen_args(result, M, None, None))
+    rec.generate()
+    layers = {}     # display name -> (shape, weights, has_scale, residual, variants)
+    for entry in rec.layers:
+        if "shape" not in entry:
+            continue
+        w, has_scale, res, ternary, dw = rec.seen[entry["var"]]
+        shape = ConvShape(**{**entry["shape"], "pads": tuple(entry["shape"]["pads"])})
+        wb = _Weights(w, ternary, dw).max_bytes
+        layers[entry["name"]] = (shape, w, has_scale, res, variants(shape, wb))
+    return result, layers
+
+
+def test_mnist_layers_match_interpreter(mnist):
+    result, layers = mnist
+    assert len(layers) == 5 and sum(s.ternary for s, *_ in layers.values()) == 3
+    x = np.random.default_rng(0).random((1, 1, 28, 28), np.float32)
+    checked = set()
+    for kind in KINDS:
+        scheds = {name: v[4][kind] for name, v in layers.items() if kind in v[4]}
+        if not scheds:
+            continue
+        prog = build_program(result, M, schedules=scheds, reference=False)
+        _, rep = run(prog, {"x": x})
+        by_name = {l.name: l for l in rep.layers}
+        for name, sched in scheds.items():
+            shape, w, has_scale, res, _ = layers[name]
+            meta = next(e for e in prog.meta["layers"] if e["name"] == name)
+            assert Schedule.from_dict(meta["schedule"]) == sched
+            pred = layer_cycles(shape, sched, M, w, res, has_scale=has_scale)
+            _check(pred, by_name[name], f"{name} {kind} {sched}")
+            checked.add((name, kind))
+    assert {k for _, k in checked} == set(KINDS)
+    assert len(checked) >= 25
+
+
+# ------------------------------------------------------------------ synthetic ternary layers
+
+def _ternary(rng, shape, density):
+    """Ternary weights; each filter with its own density around ``density`` (uneven
+    non-zero counts, so the PE order matters)."""
+    f = shape[0]
+    dens = np.clip(density * rng.uniform(0.3, 1.7, size=(f, 1, 1, 1)), 0.02, 1.0)
+    mask = rng.random(shape) < dens
+    return (mask * rng.choice(np.array([-1, 1], np.int8), size=shape)).astype(np.int8)
+
+
+def _program(shape: ConvShape, sched: Schedule, w: np.ndarray) -> Program:
+    """A one-layer program as the codegen builds it: real packed ternary blocks (filters in
+    PE order), scale + bias parameters, optional residual input."""
+    consts = bytearray()
+
+    def put(data: bytes) -> int:
+        addr = align(len(consts))
+        consts.extend(b"\0" * (addr - len(consts)) + data)
+        return addr
+
+    wblock, pblock = {}, {}
+    ctiles = [(0, 1)] if shape.depthwise else ranges(shape.c, sched.c_tile)
+    for fi, (f0, f1) in enumerate(ranges(shape.f, sched.f_tile)):
+        for ci, (c0, c1) in enumerate(ctiles):
+            tile = w[f0:f1] if shape.depthwise else w[f0:f1, c0:c1]
+            data = pack_ternary(tile, pe_order(tile, sched.pe_order))
+            wblock[(fi, ci)] = (put(data), len(data))
+        nb = epi_param_layout(f1 - f0, True, DTYPES.index("float32"))[2]
+        data = np.linspace(0.5, 1.5, nb // 4, dtype="<f4").tobytes()
+        pblock[fi] = (put(data), len(data))
+    x_addr = align(len(consts))
+    out_addr = align(x_addr + shape.n * shape.c * shape.h * shape.w * 4)
+    res_addr = align(out_addr + shape.n * shape.f * shape.oh * shape.ow * 4)
+    end = align(res_addr + shape.n * shape.f * shape.oh * shape.ow * 4)
+    epi = Epilogue(True, "relu", residual_addr=res_addr if shape.residual else None)
+    insns = lower_conv(shape, sched, M, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
+                       pblock=pblock, epi=epi)
+    n_layer = len(insns)
+    insns.append(Insn("HALT"))
+    tensors = [Tensor("x", "input", (shape.n, shape.c, shape.h, shape.w), "float32", x_addr),
+               Tensor("output_0", "output", (shape.n, shape.f, shape.oh, shape.ow), "float32", out_addr)]
+    if shape.residual:
+        tensors.append(Tensor("r", "input", (shape.n, shape.f, shape.oh, shape.ow), "float32", res_addr))
+    meta = {"dram_bytes": end, "layers": [{"name": "layer", "op": "conv2d", "precision": "ternary",
+                                          "pc_start": 0, "pc_end": n_layer}]}
+    return Program(M, insns, bytes(consts), tensors, meta)
+
+
+def _conv_shape(n, c, h, w, f, k, s, p, depthwise=False, residual=False):
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    return ConvShape(n, c, h, w, f, k, k, s, s, (p, p, p, p), oh, ow, depthwise, residual, True)
+
+
+SYNTHETIC = {
+    "c64_3x3": (_conv_shape(1, 64, 16, 16, 64, 3, 1, 1), 0.4),
+    "c48_f96_s2": (_conv_shape(2, 48, 15, 13, 96, 3, 2, 1), 0.25),
+    "residual_1x1": (_conv_shape(1, 96, 9, 9, 70, 1, 1, 0, residual=True), 0.6),
+    "depthwise": (_conv_shape(1, 40, 12, 12, 40, 3, 1, 1, depthwise=True), 0.5),
+    "dense": (ConvShape(3, 300, 1, 1, 100, 1, 1, 1, 1, (0, 0, 0, 0), 1, 1), 0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(SYNTHETIC))
+def test_synthetic_ternary_layers_match_interpreter(name):
+    shape, density = SYNTHETIC[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    w = _ternary(rng, (shape.f, 1 if shape.depthwise else shape.c, shape.kh, shape.kw), density)
+    scheds = variants(shape, _Weights(w, True, shape.depthwise).max_bytes)
+    assert len(scheds) >= 5, scheds
+    for kind, sched in scheds.items():
+        # the cost model's block sizes and counts are those of the packed blocks
+        for (fi, ci), (nbytes, counts) in _blocks(shape, sched, w).items():
+            f0, f1 = ranges(shape.f, sched.f_tile)[fi]
+            c0, c1 = (0, 1) if shape.depthwise else ranges(shape.c, sched.c_tile)[ci]
+            tile = w[f0:f1] if shape.depthwise else w[f0:f1, c0:c1]
+            data = pack_ternary(tile, pe_order(tile, sched.pe_order))
+            assert nbytes == len(data)
+            np.testing.assert_array_equal(counts, ternary_counts(np.frombuffer(data, np.uint8), 0, f1 - f0))
+        prog = _program(shape, sched, w)
+        inputs = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in prog.inputs}
+        _, rep = run(prog, inputs)
+        (layer,) = rep.layers
+        assert layer.cycles == rep.cycles["total"] > 0
+        _check(layer_cycles(shape, sched, M, w), layer, f"{name} {kind} {sched}")
+
+
+def test_timing_64_channel_layer():
+    """Prints the cost model's and the interpreter's time on a 64-channel 3x3 layer at 56x56
+    (ResNet-18's layer1; no assertion on time: speed is measured by the benchmarks)."""
+    shape, density = _conv_shape(1, 64, 56, 56, 64, 3, 1, 1), 0.4
+    rng = np.random.default_rng(1)
+    w = _ternary(rng, (shape.f, shape.c, 3, 3), density)
+    sched = default_schedule(shape, M, _Weights(w, True, False).max_bytes)
+    prog = _program(shape, sched, w)
+    x = {"x": rng.standard_normal((1, 64, 56, 56)).astype(np.float32)}
+    t0 = time.perf_counter()
+    _, rep = run(prog, x)
+    t1 = time.perf_counter()
+    pred = layer_cycles(shape, sched, M, w)
+    t2 = time.perf_counter()
+    assert pred["total"] == rep.layers[0].cycles
+    print(f"\n64-channel 3x3 layer, {pred['total']} cycles: layer_cycles {1e3 * (t2 - t1):.2f} ms, "
+          f"interpreter {1e3 * (t1 - t0):.2f} ms")
