@@ -1,0 +1,171 @@
+"""Search strategies over a :class:`~target_dlac.space.ScheduleSpace`, behind one interface:
+
+    search(space, cost_fn, strategy, *, trials=None, time_budget=None, patience=None,
+           seed=0, on_trial=None) -> SearchResult
+
+``cost_fn(schedule) -> number`` (lower is better), e.g. ``layer_cycles(...)["total"]``.
+
+Rules common to all strategies:
+
+* a *trial* is one call of ``cost_fn`` on a schedule not evaluated before in this run
+  (costs are memoized: revisiting a schedule costs no trial);
+* the default schedule (``space.default()``) is always trial 0, whatever the budgets, so
+  the result is never worse than the default;
+* budgets (any combination; checked before each further trial): ``trials`` = total
+  number of trials (including the default), ``time_budget`` = wall seconds since the
+  start, ``patience`` = stop once ``patience`` consecutive trials brought no strict
+  improvement of the best cost;
+* ``on_trial(i, schedule, cost)`` is called after each trial (``i`` from 0);
+* for a given ``seed`` (and no time budget hit) the run is deterministic.
+
+``stopped_because``: ``"exhausted"`` (exhaustive: every valid schedule evaluated;
+random / anneal: no unevaluated schedule found in a bounded number of draws / steps),
+``"trials"``, ``"time_budget"`` or ``"patience"``.
+
+Strategies:
+
+* ``exhaustive``: every valid schedule of the space in grid order (after the default);
+* ``random``: valid schedules drawn by :meth:`ScheduleSpace.random` (duplicates skipped);
+* ``anneal``: simulated annealing over :meth:`ScheduleSpace.neighbors`, starting from the
+  default.  Each step proposes a random neighbor of the current schedule; a better one is
+  always accepted, a worse one with probability ``exp(-d / T)`` where
+  ``d = (new - current) / current`` is the *relative* cost increase (so the temperature is
+  independent of the layer's cycle scale).  The temperature decays geometrically with the
+  trial count ``i``: ``T(i) = T0 * (T1 / T0) ** (i / N)``, ``T0 = 0.05`` (a 5% worse
+  schedule is accepted with probability 1/e at the start), ``T1 = 0.001``, ``N = trials``
+  (1000 if no trial budget).  A proposal already evaluated costs no trial; after 30
+  such steps in a row, or when the current schedule has no neighbor, the walk restarts
+  from the best schedule so far (every other restart: from a random valid schedule).
+  Random / anneal with no budget at all run 1000 trials.
+"""
+
+from __future__ import annotations
+
+import math
+import random as _random
+import time
+from dataclasses import dataclass, field
+
+from .schedule import Schedule
+from .space import ScheduleSpace
+
+STRATEGIES = ("exhaustive", "random", "anneal")
+T0, T1 = 0.05, 0.001
+DEFAULT_TRIALS = 1000
+STALE_STEPS = 30
+
+
+@dataclass
+class SearchResult:
+    best_schedule: Schedule
+    best_cost: float
+    trials_used: int
+    history: list = field(default_factory=list)     # [(schedule, cost)] in trial order
+    stopped_because: str = ""
+
+
+class _Stop(Exception):
+    def __init__(self, why: str):
+        self.why = why
+
+
+class _Run:
+    """Memoized evaluation with the budgets and the best-so-far."""
+
+    def __init__(self, cost_fn, trials, time_budget, patience, on_trial):
+        self.cost_fn, self.trials, self.time_budget = cost_fn, trials, time_budget
+        self.patience, self.on_trial = patience, on_trial
+        self.start = time.monotonic()
+        self.cache: dict[Schedule, float] = {}
+        self.history: list = []
+        self.best, self.best_cost, self.since_best = None, math.inf, 0
+
+    def _budget_left(self):
+        n = len(self.history)
+        if self.trials is not None and n >= self.trials:
+            raise _Stop("trials")
+        if self.time_budget is not None and time.monotonic() - self.start >= self.time_budget:
+            raise _Stop("time_budget")
+        if self.patience is not None and self.since_best >= self.patience:
+            raise _Stop("patience")
+
+    def evaluate(self, s: Schedule, force: bool = False) -> float:
+        if s in self.cache:
+            return self.cache[s]
+        if not force:
+            self._budget_left()
+        c = self.cost_fn(s)
+        i = len(self.history)
+        self.cache[s] = c
+        self.history.append((s, c))
+        if c < self.best_cost:
+            self.best, self.best_cost, self.since_best = s, c, 0
+        else:
+            self.since_best += 1
+        if self.on_trial is not None:
+            self.on_trial(i, s, c)
+        return c
+
+
+def search(space: ScheduleSpace, cost_fn, strategy: str = "anneal", *, trials: int | None = None,
+           time_budget: float | None = None, patience: int | None = None, seed: int = 0,
+           on_trial=None) -> SearchResult:
+    """Search ``space`` for the schedule of least ``cost_fn`` (see the module docstring)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
+    if strategy != "exhaustive" and trials is None and time_budget is None and patience is None:
+        trials = DEFAULT_TRIALS
+    rng = _random.Random(seed)
+    run = _Run(cost_fn, trials, time_budget, patience, on_trial)
+    run.evaluate(space.default(), force=True)
+    why = "exhausted"
+    try:
+        if strategy == "exhaustive":
+            for s in space:
+                run.evaluate(s)
+        elif strategy == "random":
+            _random_search(space, run, rng)
+        else:
+            _anneal(space, run, rng, trials or DEFAULT_TRIALS)
+    except _Stop as stop:
+        why = stop.why
+    return SearchResult(run.best, run.best_cost, len(run.history), run.history, why)
+
+
+def _random_search(space: ScheduleSpace, run: _Run, rng) -> None:
+    dups = 0
+    while dups < 200:
+        s = space.random(rng)
+        if s is None:
+            return
+        if s in run.cache:
+            dups += 1
+            continue
+        dups = 0
+        run.evaluate(s)
+
+
+def _anneal(space: ScheduleSpace, run: _Run, rng, n: int) -> None:
+    cur = space.default()
+    cur_cost = run.cache[cur]
+    stale = restarts = 0
+    max_restarts = 100
+    while True:
+        nbrs = space.neighbors(cur)
+        if stale >= STALE_STEPS or not nbrs:
+            restarts += 1
+            if restarts > max_restarts:
+                return
+            nxt = run.best if restarts % 2 else (space.random(rng) or run.best)
+            cur, cur_cost, stale = nxt, run.evaluate(nxt), 0
+            continue
+        cand = rng.choice(nbrs)
+        fresh = cand not in run.cache
+        c = run.evaluate(cand)
+        stale = 0 if fresh else stale + 1
+        if fresh:
+            restarts = 0
+        temp = T0 * (T1 / T0) ** min(1.0, len(run.history) / n)
+        d = (c - cur_cost) / cur_cost if cur_cost > 0 else c - cur_cost
+        if d <= 0 or rng.random() < math.exp(-d / temp):
+            cur, cur_cost = cand, c
