@@ -75,8 +75,32 @@ def calibrate(codegen, program, calib: dict) -> dict:
     return stats
 
 
+def _apply_tuning_log(result, machine, path, schedules, activations):
+    """Schedules from the best records of the tuning log at ``path`` (layers without a
+    matching record keep the default; explicit ``schedules`` win).  Returns
+    (schedules, {"log", "tuned_layers", "layers", "skipped_lines"})."""
+    import os
+
+    from target_dlac import tuning_log
+
+    from .tune import tuned_schedules
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"tuning log {str(path)!r} not found")
+    mixed = activations == "fp32" and "fp16" in result.config.activation_overrides.values()
+    if activations != "fp32" or mixed:
+        raise ConfigError("a tuning log holds schedules tuned for float32 activations; it cannot "
+                          f"be applied to a build with {'mixed fp16' if mixed else activations} activations")
+    records = tuning_log.load(path)
+    tuned, n_layers = tuned_schedules(result, machine, records)
+    merged = {**tuned, **(schedules or {})}
+    return merged, {"log": str(path), "tuned_layers": len(tuned), "layers": n_layers,
+                    "skipped_lines": records.skipped}
+
+
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
-                  activations: str = "fp32", calib: dict | None = None, progress=None):
+                  activations: str = "fp32", calib: dict | None = None, progress=None,
+                  tuning_log=None):
     import tvm
 
     from target_dlac.codegen import Codegen
@@ -88,6 +112,9 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         raise ConfigError(f"activations={activations!r}: this version builds {ACTIVATIONS}")
     machine = machine or Machine()
     mod = result.stages["partition"]
+    tuned = None
+    if tuning_log is not None:
+        schedules, tuned = _apply_tuning_log(result, machine, tuning_log, schedules, activations)
     cg = Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
     prog = cg.generate()
     ref_mod = result.stages["fold"]
@@ -124,6 +151,8 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         "input_names": list(result.input_names),
         "machine_hash": machine.hash(),
     })
+    if tuned is not None:
+        prog.meta["tuning"] = tuned
     if reference:
         prog.reference = zlib.compress(tvm.ir.save_json(ref_mod).encode(), 1)
     return prog

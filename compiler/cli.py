@@ -3,6 +3,7 @@
     dlac compile MODEL [-o out.dlac] [options]   quantize, partition, generate the dLAC binary
     dlac run out.dlac --input x.npy [--check]    execute a binary in the ISA interpreter
     dlac inspect out.dlac [--json]               summarize and disassemble a binary
+    dlac tune MODEL -o log.jsonl [options]       tune per-layer schedules (cost model)
     dlac demo                                    the MNIST demo (see README)
 
 ``inspect`` and ``run`` (without ``--check``, on a binary with no host ops) import
@@ -18,6 +19,8 @@ import sys
 
 import click
 
+from .cli_args import (_load_inputs, _load_npz, _machine, _op_counts, _summary_lines,  # noqa: F401
+                       parse_input_shapes, parse_precisions, report_dict)
 from .config import QuantConfig
 from .errors import ConfigError, DlacError
 
@@ -40,52 +43,6 @@ def _fail(e: BaseException, debug: bool) -> None:
     click.echo(f"dlac: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
                err=True)
     sys.exit(3)
-
-
-def parse_input_shapes(specs) -> dict:
-    from .frontend_common import parse_shape
-
-    shapes = {}
-    for spec in specs:
-        name, sep, shape = spec.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--input-shape {spec!r}: expected NAME=1x3x224x224")
-        shapes[name] = parse_shape(shape)
-    return shapes
-
-
-def parse_precisions(specs, acts: dict | None = None) -> dict:
-    """``PATTERN=PREC`` strings, or ``FILE.toml`` files holding ``"pattern" = "prec"`` pairs
-    (top level or under ``[precision]``; activation types under ``[activations]``, put
-    into ``acts``), in order; earlier entries are checked first."""
-    out = {}
-    for spec in specs:
-        if spec.endswith(".toml"):
-            weights, act = _precision_file(spec)
-            out.update(weights)
-            if acts is not None:
-                acts.update(act)
-            continue
-        pattern, sep, prec = spec.rpartition("=")
-        if not sep or not pattern:
-            raise ConfigError(f"--precision {spec!r}: expected PATTERN=PRECISION (e.g. 'layer4.*=fp32')")
-        out[pattern] = prec
-    return out
-
-
-def _precision_file(path: str) -> dict:
-    from .config import read_toml
-
-    data = read_toml(path, "precision file")
-    acts = data.get("activations", {})
-    table = data.get("precision", {k: v for k, v in data.items() if k != "activations"})
-    for what, t in (("precision", table), ("activations", acts)):
-        bad = [k for k, v in (t.items() if isinstance(t, dict) else [("", None)]) if not isinstance(v, str)]
-        if bad:
-            raise ConfigError(f"precision file {path!r}: [{what}] entry {bad[0]!r} must map a layer "
-                              "pattern to a string (weights: fp32, ternary, int4, int8, swis; "
-                              "activations: fp32, fp16)")
-    return dict(table), dict(acts)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,18 +91,17 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                 dump_ir, report_json, no_reference, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it."""
     try:
-        for flag, value, issue in (("--tuning-log", tuning_log, "the autotuner issue"),):
-            if value:
-                raise ConfigError(f"{flag} is not yet supported (arrives with {issue})")
-        weights, default_n = QUANT_WEIGHTS[quant]
-        acts: dict = {}
-        overrides = parse_precisions(precisions, acts)
-        acts.update(parse_precisions(act_precisions))
-        config = QuantConfig(weights=weights, granularity=granularity,
-                             cluster_size=default_n if cluster_size is None else cluster_size,
-                             swis_shifts=swis_shifts, swis_consecutive=swis_consecutive,
-                             keep_first=keep_first, keep_last=keep_last,
-                             overrides=overrides, activation_overrides=acts)
+        config = _quant_config(quant, granularity, cluster_size, precisions, act_precisions,
+                               swis_shifts, swis_consecutive, keep_first, keep_last)
+        if tuning_log:
+            import os
+            if not output:
+                raise ConfigError("--tuning-log applies schedules to the binary: give -o OUT.dlac")
+            if not os.path.isfile(tuning_log):
+                raise ConfigError(f"tuning log {tuning_log!r} not found")
+            if activations != "fp32":
+                raise ConfigError(f"--tuning-log: the log's schedules are tuned for fp32 activations; "
+                                  f"cannot apply them with --activations {activations}")
         from .atomic import atomic_write_text
         from .pipeline import compile_model
 
@@ -177,7 +133,12 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             import time
             t0 = time.perf_counter()
             prog = build_program(result, mach, reference=not no_reference, activations=activations,
-                                 calib=calib_data)
+                                 calib=calib_data, tuning_log=tuning_log)
+            if tuning_log:
+                t = prog.meta["tuning"]
+                click.echo(f"tuning log {tuning_log}: {t['tuned_layers']} of {t['layers']} conv/dense "
+                           f"layers got a tuned schedule"
+                           + (f" ({t['skipped_lines']} unreadable line(s) skipped)" if t["skipped_lines"] else ""))
             write_program(output, prog)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
             counts = _op_counts(prog)
@@ -195,49 +156,81 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         _fail(e, debug)
 
 
-def _machine(path):
-    from target_dlac.machine import Machine
+def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, swis_shifts,
+                  swis_consecutive, keep_first, keep_last) -> QuantConfig:
+    weights, default_n = QUANT_WEIGHTS[quant]
+    acts: dict = {}
+    overrides = parse_precisions(precisions, acts)
+    acts.update(parse_precisions(act_precisions))
+    return QuantConfig(weights=weights, granularity=granularity,
+                       cluster_size=default_n if cluster_size is None else cluster_size,
+                       swis_shifts=swis_shifts, swis_consecutive=swis_consecutive,
+                       keep_first=keep_first, keep_last=keep_last,
+                       overrides=overrides, activation_overrides=acts)
 
-    return Machine.from_toml(path) if path else Machine()
 
-
-def _op_counts(prog) -> dict:
-    counts: dict = {}
-    for ins in prog.insns:
-        counts[ins.op] = counts.get(ins.op, 0) + 1
-    return counts
-
-
-def _load_npz(path: str, what: str) -> dict:
-    import numpy as np
-
+@main.command("tune")
+@click.argument("model")
+@click.option("-o", "--output", "log", required=True, metavar="LOG.jsonl",
+              help="Tuning log to append to (also the resume state: tuned layers are skipped).")
+@click.option("--trials", type=int, help="Trials per layer (default 200; exhaustive: unlimited).")
+@click.option("--time-budget", type=float, metavar="S", help="Wall seconds per layer.")
+@click.option("--strategy", type=click.Choice(("exhaustive", "random", "anneal")), default="anneal",
+              show_default=True)
+@click.option("--patience", type=int, metavar="K", help="Stop a layer after K trials without improvement.")
+@click.option("--jobs", type=int, metavar="N", help="Layers tuned in parallel (default: CPU count).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dask", metavar="ADDRESS", help="Dask scheduler to fan the evaluations out to.")
+@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="ternary", show_default=True)
+@click.option("--granularity", type=click.Choice(("filter", "layer")), default="filter", show_default=True)
+@click.option("--cluster-size", type=int, metavar="N")
+@click.option("--keep-first/--quantize-first", default=True, show_default=True)
+@click.option("--keep-last/--quantize-last", default=True, show_default=True)
+@click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml")
+@click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S")
+@click.option("--swis-consecutive", is_flag=True)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE")
+@click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, quant, granularity,
+             cluster_size, keep_first, keep_last, precisions, swis_shifts, swis_consecutive,
+             input_shapes, machine, debug):
+    """Search per-layer tiling schedules of MODEL with the cost model; append them to LOG."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if isinstance(data, np.ndarray):
-                raise ConfigError(f"{what} {path!r}: expected a .npz keyed by input name")
-            return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file {path!r} not found") from None
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"{what} file {path!r} is not a .npz array file: {e}") from None
+        if dask:
+            raise ConfigError("--dask is not yet supported (use the local process pool, --jobs N)")
+        for flag, v in (("--trials", trials), ("--jobs", jobs), ("--patience", patience)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag} must be at least 1")
+        if time_budget is not None and time_budget <= 0:
+            raise ConfigError("--time-budget must be positive")
+        if trials is None and strategy != "exhaustive":
+            trials = 200
+        config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
+                               swis_consecutive, keep_first, keep_last)
+        from .pipeline import compile_model
+        from .tune import format_table, tune_model
 
+        mach = _machine(machine)
+        result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
+                               progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
 
-def _load_inputs(path: str, prog) -> dict:
-    import numpy as np
+        def progress(r):
+            if r["default_cycles"] is None:
+                click.echo(f"  {r['layer']}: {r['status']} ({r['note']})")
+            else:
+                click.echo(f"  {r['layer']}: {r['status']}: {r['default_cycles']:,} -> "
+                           f"{r['tuned_cycles']:,} cycles, {r['trials']} trials"
+                           + (f" ({r['note']})" if r["note"] else ""))
 
-    names = [t.name for t in prog.inputs]
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ConfigError(f"input file {path!r} not found") from None
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"input file {path!r} is not a .npy/.npz array file: {e}") from None
-    if isinstance(data, np.ndarray):
-        if len(names) != 1:
-            raise ConfigError(f"{path}: a .npy holds one array; the program takes {names} (use .npz)")
-        return {names[0]: data}
-    with data:
-        return {k: data[k] for k in data.files}
+        rows = tune_model(result, mach, log, strategy=strategy, trials=trials, time_budget=time_budget,
+                          patience=patience, jobs=jobs, progress=progress, seed=seed)
+        click.echo(format_table(rows))
+        n_new = sum(r["status"] == "tuned" for r in rows)
+        click.echo(f"{n_new} layer(s) tuned, {sum(r['status'] == 'from log' for r in rows)} from the log; "
+                   f"log: {log}")
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
+        _fail(e, debug)
 
 
 @main.command("run")
@@ -352,45 +345,6 @@ def inspect_cmd(binary, as_json, summary, debug):
                 click.echo(line)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
         _fail(e, debug)
-
-
-def _summary_lines(info: dict) -> list[str]:
-    out = [f"{info['file']['compiler']} binary, format {info['file']['format']}, "
-           f"machine {info['machine']['hash'][:16]}",
-           f"source: {info['source']} (sha256 {str(info['source_hash'])[:16]})",
-           f"instructions: {info['instructions_total']:,} "
-           f"({', '.join(f'{k} {v:,}' for k, v in info['opcodes'].items())})",
-           f"constants: {info['constants_bytes']:,} bytes; DRAM image: {info['dram_bytes']:,} bytes",
-           "tensors:"]
-    for t in info["tensors"]:
-        if t["role"] in ("input", "output"):
-            out.append(f"  {t['role']:<7} {t['name']:<16} {'x'.join(map(str, t['shape'])):<16} "
-                       f"{t['dtype']} @ {t['addr']:#x}")
-    out.append(f"layers ({len(info['layers'])}):")
-    for l in info["layers"]:
-        sched = l.get("schedule")
-        s = (f"f{sched['f_tile']} c{sched['c_tile']} h{sched['h_tile']} w{sched['w_tile']} "
-             f"{sched['order']}{' db' if sched['double_buffer'] else ''} {sched['pe_order']}") if sched else ""
-        out.append(f"  {l['name']:<28} {l['op']:<15} {l['precision']:<8} pc {l['pc_start']}-{l['pc_end']} {s}")
-    if info["host_ops"]:
-        out.append("host ops: " + ", ".join(f"{h['op']}({', '.join(h['inputs'])})" for h in info["host_ops"]))
-    return out
-
-
-def report_dict(result) -> dict:
-    return {
-        "source": result.source, "source_hash": result.source_hash,
-        "config": result.config.to_dict(),
-        "inputs": {k: list(v) for k, v in result.input_shapes.items()},
-        "layers": [dict(vars(i), weight_shape=list(i.weight_shape)) for i in result.layers],
-        "multiplies": [r.to_dict() for r in result.multiplies],
-        "totals": result.totals(),
-        "cluster_counting": (result.cluster_counts()
-                             if any(i.precision == "ternary" for i in result.layers) else None),
-        "host_ops": [vars(h) for h in result.host_ops],
-        "regions": [{"name": n, "composites": c} for n, c in result.regions],
-        "stage_seconds": result.timings,
-    }
 
 
 @main.command("demo")

@@ -57,11 +57,11 @@ def test_cli_unsupported_op(tmp_path):
     assert "'TopK'" in line and "'my_topk'" in line
 
 
-def test_cli_quant_not_yet_supported(good_onnx):
+def test_cli_tuning_log_needs_output(good_onnx):
     result = cli(["compile", good_onnx, "--tuning-log", "log.jsonl"])
     line = _one_error_line(result)
     assert result.exit_code == 2
-    assert "--tuning-log" in line and "not yet supported" in line
+    assert "--tuning-log" in line and "-o OUT.dlac" in line
 
 
 @pytest.mark.parametrize("spec, fragment", [

@@ -1,0 +1,192 @@
+"""Per-layer schedule tuning of a compiled model (``dlac tune``).
+
+:func:`collect_layers` walks the partition stage with the codegen (float32 program,
+default schedules) and records every conv / dense layer: display name, op,
+:class:`ConvShape`, weights, epilogue flags and its tuning-log key.
+:func:`tune_model` searches each layer's :class:`ScheduleSpace` with the analytic cost
+model (:func:`costmodel.layer_cycles`) and appends one record per layer to the log
+(:mod:`target_dlac.tuning_log`).  Layers run in parallel in a local process pool (each
+search is sequential); only the parent process writes the log.  A layer whose key
+already has a record is skipped: rerunning an interrupted tune continues where it
+stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
+:func:`tuned_schedules` maps a log's best records onto a model's layers for
+:func:`compiler.build.build_program`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    op: str
+    shape: object           # ConvShape
+    weights: np.ndarray
+    has_scale: bool
+    residual: bool
+    precision: str
+    key: dict
+
+    @property
+    def swis(self) -> bool:
+        return bool(self.shape.swis)
+
+
+def collect_layers(result, machine) -> list[LayerInfo]:
+    """The conv / dense layers of ``result``'s partition stage, in program order."""
+    from target_dlac.codegen import Codegen
+    from target_dlac.schedule import ConvShape
+    from target_dlac.tuning_log import layer_key
+
+    from .build import _codegen_args
+
+    class Collector(Codegen):
+        def _layer_weights(self, spec, x, out, res):
+            w, prm, epi = super()._layer_weights(spec, x, out, res)
+            self.seen[spec.layer] = (w, epi.has_scale, res is not None)
+            return w, prm, epi
+
+    cg = Collector(result.stages["partition"], machine, **_codegen_args(result, machine, None, None))
+    cg.seen = {}
+    cg.generate()
+    mh = machine.hash()
+    out = []
+    for entry in cg.layers:
+        if "shape" not in entry:
+            continue
+        w, has_scale, res = cg.seen[entry["var"]]
+        shape = ConvShape(**{**entry["shape"], "pads": tuple(entry["shape"]["pads"])})
+        key = layer_key(entry["op"], shape, w, entry["precision"], has_scale, mh)
+        out.append(LayerInfo(entry["name"], entry["op"], shape, w, has_scale, res,
+                             entry["precision"], key))
+    return out
+
+
+def _tune_layer(layer: LayerInfo, machine, strategy, trials, time_budget, patience, seed):
+    """Search one layer (runs in a worker process).  Returns a dict of the outcome."""
+    from target_dlac import costmodel
+    from target_dlac.codegen import _Weights
+    from target_dlac.search import search
+    from target_dlac.space import ScheduleSpace
+
+    t0 = time.perf_counter()
+    wb = _Weights(layer.weights, layer.shape.ternary, layer.shape.depthwise).max_bytes
+    space = ScheduleSpace(layer.shape, machine, wb)
+
+    def cost(s):
+        return costmodel.layer_cycles(layer.shape, s, machine, layer.weights, layer.residual,
+                                      has_scale=layer.has_scale)["total"]
+
+    res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
+                 seed=seed)
+    return {"schedule": res.best_schedule.to_dict(), "cycles": int(res.best_cost),
+            "default_cycles": int(res.history[0][1]), "trials": res.trials_used,
+            "stopped": res.stopped_because, "seconds": time.perf_counter() - t0}
+
+
+def _row(layer, status, rec=None, note=""):
+    row = {"layer": layer.name, "op": layer.op, "precision": layer.precision, "status": status,
+           "default_cycles": None, "tuned_cycles": None, "trials": 0, "lower_bound": None,
+           "note": note}
+    if rec is not None:
+        row.update(default_cycles=rec["default_cycles"], tuned_cycles=rec["cycles"],
+                   trials=rec["trials"], schedule=rec["schedule"])
+    return row
+
+
+def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int | None = 200,
+               time_budget: float | None = None, patience: int | None = None,
+               jobs: int | None = None, progress=None, seed: int = 0) -> list[dict]:
+    """Tune every conv / dense layer of ``result`` (a :class:`CompileResult` through the
+    partition stage) on ``machine``, appending one record per newly tuned layer to
+    ``log_path``.  ``time_budget`` is per layer (seconds).  ``progress(row)`` is called
+    as each layer is done (or skipped).  Returns one row per layer, in program order:
+    ``layer, op, precision, status ("tuned" | "from log" | "skipped"), default_cycles,
+    tuned_cycles, trials, lower_bound (None: not computed), note``."""
+    from target_dlac import tuning_log
+    from target_dlac.search import STRATEGIES
+
+    from .errors import ConfigError
+
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    layers = collect_layers(result, machine)
+    done = tuning_log.best(tuning_log.load(log_path))
+    rows: list = [None] * len(layers)
+    todo: dict = {}             # key_str -> [layer indices] (identical layers tuned once)
+
+    def emit(i, row):
+        rows[i] = row
+        if progress:
+            progress(row)
+
+    for i, layer in enumerate(layers):
+        k = tuning_log.key_str(layer.key)
+        if layer.swis:
+            emit(i, _row(layer, "skipped", note="SWIS: the cost model does not model SACC"))
+        elif k in done:
+            emit(i, _row(layer, "from log", done[k]))
+        else:
+            todo.setdefault(k, []).append(i)
+
+    def finish(k, out):
+        first = layers[todo[k][0]]
+        rec = {"key": first.key, "schedule": out["schedule"], "cycles": out["cycles"],
+               "default_cycles": out["default_cycles"], "trials": out["trials"],
+               "strategy": strategy, "time": time.time(), "layer": first.name}
+        tuning_log.append(log_path, rec)
+        for j, i in enumerate(todo[k]):
+            emit(i, _row(layers[i], "tuned" if j == 0 else "from log", rec,
+                         note=f"stopped: {out['stopped']}, {out['seconds']:.1f} s"))
+
+    args = (machine, strategy, trials, time_budget, patience, seed)
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1 or len(todo) <= 1:
+        for k, idx in todo.items():
+            finish(k, _tune_layer(layers[idx[0]], *args))
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
+            futs = {pool.submit(_tune_layer, layers[idx[0]], *args): k for k, idx in todo.items()}
+            for fut in as_completed(futs):
+                finish(futs[fut], fut.result())
+    return rows
+
+
+def tuned_schedules(result, machine, records) -> tuple[dict, int]:
+    """(``{layer display name: Schedule}`` of the layers whose key has a record in
+    ``records`` (the best one), number of conv / dense layers)."""
+    from target_dlac import tuning_log
+
+    best = tuning_log.best(records)
+    layers = collect_layers(result, machine)
+    out = {}
+    for layer in layers:
+        rec = best.get(tuning_log.key_str(layer.key))
+        if rec is not None and not layer.swis:
+            out[layer.name] = tuning_log.parse_schedule(rec["schedule"])
+    return out, len(layers)
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'layer':<28} {'op':<9} {'prec':<8} {'default':>11} {'tuned':>11} {'speedup':>8} "
+             f"{'trials':>7}  status"]
+    tot_d = tot_t = 0
+    for r in rows:
+        d, t = r["default_cycles"], r["tuned_cycles"]
+        if d is None:
+            lines.append(f"{r['layer']:<28} {r['op']:<9} {r['precision']:<8} {'-':>11} {'-':>11} "
+                         f"{'-':>8} {'-':>7}  {r['status']} ({r['note']})")
+            continue
+        tot_d, tot_t = tot_d + d, tot_t + t
+        lines.append(f"{r['layer']:<28} {r['op']:<9} {r['precision']:<8} {d:>11,} {t:>11,} "
+                     f"{d / t if t else 1.0:>7.2f}x {r['trials']:>7}  {r['status']}")
+    if tot_t:
+        lines.append(f"{'total':<28} {'':<9} {'':<8} {tot_d:>11,} {tot_t:>11,} {tot_d / tot_t:>7.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The autotuner's log: append-only JSON lines, one record per tuned layer.
+
+A record::
+
+    {"key": {"op", "shape": {ConvShape fields}, "weights_sha256", "precision",
+             "has_scale", "machine"},
+     "schedule": Schedule.to_dict(), "cycles": int, "default_cycles": int,
+     "trials": int, "strategy": str, "time": float (unix seconds)}
+
+The key names what the schedule's cycle count depends on: the layer's op and shape
+(with its activation dtype), the weights themselves (a ternary layer's cost follows
+its non-zero pattern, so the key holds the sha256 of the weight bytes), the weight
+precision, whether the epilogue scales, and the machine (:meth:`Machine.hash`).
+
+The log is the tuner's state: :func:`append` writes one line and ``fsync``\\ s it, so a
+process killed with ``kill -9`` loses at most the line being written; :func:`load`
+skips a torn last line (and any malformed line), counting them; a layer whose key
+already has a record is not tuned again.  Only ``json`` parses the file: nothing in it
+is ever executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import fields
+
+import numpy as np
+
+from .schedule import ORDERS, PE_ORDERS, ConvShape, Schedule
+
+KEY_FIELDS = ("op", "shape", "weights_sha256", "precision", "has_scale", "machine")
+_SHAPE_FIELDS = tuple(f.name for f in fields(ConvShape))
+
+
+def weights_sha256(w: np.ndarray) -> str:
+    """sha256 of the weight array (dtype, shape and C-order bytes)."""
+    w = np.ascontiguousarray(w)
+    h = hashlib.sha256(f"{w.dtype.str}{tuple(w.shape)}".encode())
+    h.update(w.tobytes())
+    return h.hexdigest()
+
+
+def layer_key(op: str, shape: ConvShape, weights: np.ndarray, precision: str, has_scale: bool,
+              machine_hash: str) -> dict:
+    sh = {k: getattr(shape, k) for k in _SHAPE_FIELDS}
+    sh["pads"] = [int(p) for p in sh["pads"]]
+    return {"op": op, "shape": sh, "weights_sha256": weights_sha256(weights),
+            "precision": precision, "has_scale": bool(has_scale), "machine": machine_hash}
+
+
+def key_str(key: dict) -> str:
+    """Canonical string of a key (dictionary key of :func:`best`)."""
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def append(path, record: dict) -> None:
+    """Append ``record`` as one line, flushed and fsynced before returning.  If the file
+    ends in a torn line (a writer was killed mid-line), a newline is written first so the
+    new record stays a line of its own."""
+    line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    line = "\n" + line
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Records(list):
+    """The valid records of a log, in file order, with counts of what was skipped:
+    ``torn`` (an unterminated, unparsable last line), ``malformed`` (lines that are not a
+    JSON object), ``invalid`` (JSON objects with a missing or bad field, e.g. a schedule
+    dict that is not a schedule)."""
+
+    def __init__(self, items=(), torn: int = 0, malformed: int = 0, invalid: int = 0):
+        super().__init__(items)
+        self.torn, self.malformed, self.invalid = torn, malformed, invalid
+
+    @property
+    def skipped(self) -> int:
+        return self.torn + self.malformed + self.invalid
+
+
+def _is_int(v, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def parse_schedule(d) -> Schedule | None:
+    """A :class:`Schedule` from a record's dict, or ``None`` if it is not a valid one."""
+    if not isinstance(d, dict):
+        return None
+    if not all(_is_int(d.get(k), 1) for k in ("f_tile", "c_tile", "h_tile", "w_tile")):
+        return None
+    if d.get("order") not in ORDERS or d.get("pe_order") not in PE_ORDERS:
+        return None
+    if not isinstance(d.get("double_buffer"), bool):
+        return None
+    return Schedule(d["f_tile"], d["c_tile"], d["h_tile"], d["w_tile"], order=d["order"],
+                    double_buffer=d["double_buffer"], pe_order=d["pe_order"])
+
+
+def valid_record(rec) -> bool:
+    if not isinstance(rec, dict):
+        return False
+    key = rec.get("key")
+    if not isinstance(key, dict) or any(k not in key for k in KEY_FIELDS):
+        return False
+    if not isinstance(key["shape"], dict) or not isinstance(key["weights_sha256"], str):
+        return False
+    if parse_schedule(rec.get("schedule")) is None:
+        return False
+    return all(_is_int(rec.get(k)) for k in ("cycles", "default_cycles", "trials"))
+
+
+def load(path) -> Records:
+    """Every valid record of the log at ``path`` (none if the file does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return Records()
+    lines = data.split(b"\n")
+    out = Records()
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1          # text after the final newline: unterminated
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            if last:
+                out.torn += 1
+            else:
+                out.malformed += 1
+            continue
+        if not isinstance(rec, dict):
+            out.malformed += 1
+        elif not valid_record(rec):
+            out.invalid += 1
+        else:
+            out.append(rec)
+    return out
+
+
+def best(records) -> dict:
+    """``{key_str: record}``: the record of least cycles per key (the earliest on ties)."""
+    out: dict = {}
+    for rec in records:
+        k = key_str(rec["key"])
+        if k not in out or rec["cycles"] < out[k]["cycles"]:
+            out[k] = rec
+    return out

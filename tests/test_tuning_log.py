@@ -1,0 +1,180 @@
+"""The tuning log (:mod:`target_dlac.tuning_log`), ``tune_model`` and ``dlac tune``:
+round trip, torn / malformed lines, resume, kill -9 midway, and compiling with the log
+(the interpreter's per-layer cycles equal the log's tuned cycles)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import FACTORY, cli
+from compiler import QuantConfig, compile_model
+from compiler.build import build_program
+from compiler.datasets import mnist_cnn
+from compiler.tune import collect_layers, tune_model
+from target_dlac import tuning_log
+from target_dlac.interpreter import run
+from target_dlac.machine import Machine
+from target_dlac.schedule import ConvShape, Schedule
+
+M = Machine()
+SHAPE = ConvShape(1, 8, 8, 8, 16, 3, 3, 1, 1, (1, 1, 1, 1), 8, 8)
+
+
+def _record(i: int, cycles: int = 100) -> dict:
+    w = np.full((16, 8, 3, 3), i % 3 - 1, np.int8)
+    key = tuning_log.layer_key("conv2d", SHAPE, w, "ternary", True, M.hash())
+    return {"key": key, "schedule": Schedule(16, 8, 4, 8).to_dict(), "cycles": cycles,
+            "default_cycles": 120, "trials": 7, "strategy": "anneal", "time": 1.0}
+
+
+def test_round_trip_and_best(tmp_path):
+    log = tmp_path / "log.jsonl"
+    recs = [_record(0, 100), _record(1, 90), _record(0, 80), _record(0, 95)]
+    for r in recs:
+        tuning_log.append(log, r)
+    got = tuning_log.load(log)
+    assert list(got) == recs and got.skipped == 0
+    best = tuning_log.best(got)
+    assert len(best) == 2
+    assert best[tuning_log.key_str(recs[0]["key"])]["cycles"] == 80
+    assert tuning_log.parse_schedule(best[tuning_log.key_str(recs[1]["key"])]["schedule"]) == \
+        Schedule(16, 8, 4, 8)
+    assert tuning_log.load(tmp_path / "missing.jsonl") == []
+
+
+def test_torn_and_malformed_lines_are_skipped(tmp_path):
+    log = tmp_path / "log.jsonl"
+    good = [_record(0), _record(1)]
+    bad_sched = dict(_record(2), schedule={"f_tile": "x"})
+    lines = [json.dumps(good[0]), "not json", json.dumps([1, 2]), json.dumps(bad_sched),
+             json.dumps(good[1])]
+    torn = json.dumps(_record(3))[:40]
+    log.write_text("\n".join(lines) + "\n" + torn)
+    got = tuning_log.load(log)
+    assert list(got) == good
+    assert (got.torn, got.malformed, got.invalid) == (1, 2, 1)
+    # appending after a torn line starts a fresh line: the new record is readable
+    tuning_log.append(log, _record(4))
+    got = tuning_log.load(log)
+    assert list(got) == good + [_record(4)] and got.torn == 0 and got.malformed == 3
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
+
+
+def test_resume_and_compile_with_log(mnist, tmp_path):
+    log = tmp_path / "log.jsonl"
+    rows = tune_model(mnist, M, log, trials=60, jobs=2)
+    assert [r["status"] for r in rows] == ["tuned"] * 5
+    assert all(r["tuned_cycles"] <= r["default_cycles"] for r in rows)
+    assert sum(r["tuned_cycles"] for r in rows) < sum(r["default_cycles"] for r in rows)
+    text = log.read_text()
+    assert len(text.splitlines()) == 5
+    # second run: everything comes from the log, no trial, nothing appended
+    seen = []
+    rows2 = tune_model(mnist, M, log, trials=60, jobs=2, progress=seen.append)
+    assert [r["status"] for r in rows2] == ["from log"] * 5 and len(seen) == 5
+    assert log.read_text() == text
+    assert [r["tuned_cycles"] for r in rows2] == [r["tuned_cycles"] for r in rows]
+
+    # compiling with the log: the interpreter's per-layer cycles are the logged ones
+    x = np.random.default_rng(0).random((1, 1, 28, 28), np.float32)
+    prog = build_program(mnist, M, tuning_log=log, reference=False)
+    assert prog.meta["tuning"]["tuned_layers"] == 5
+    _, rep = run(prog, {"x": x})
+    by_name = {l.name: l.cycles for l in rep.layers}
+    for r in rows:
+        assert by_name[r["layer"]] == r["tuned_cycles"], r
+    _, rep0 = run(build_program(mnist, M, reference=False), {"x": x})
+    assert rep.cycles["total"] <= rep0.cycles["total"]
+    by_name0 = {l.name: l.cycles for l in rep0.layers}
+    for r in rows:
+        assert by_name0[r["layer"]] == r["default_cycles"], r
+
+    # a record for another machine does not apply: default schedules
+    other = Machine(dram_bytes_per_cycle=M.dram_bytes_per_cycle * 2)
+    assert build_program(mnist, other, tuning_log=log, reference=False).meta["tuning"]["tuned_layers"] == 0
+
+
+_SCRIPT = textwrap.dedent('''
+    import sys, time
+    import torch
+    from compiler import QuantConfig, compile_model
+    from compiler.datasets import mnist_cnn
+    from compiler.tune import tune_model
+    from target_dlac import costmodel
+    from target_dlac.machine import Machine
+
+    if sys.argv[2] == "slow":                 # slow the cost model down: room to kill midway
+        fast = costmodel.layer_cycles
+        def slow(*a, **k):
+            time.sleep(0.03)
+            return fast(*a, **k)
+        costmodel.layer_cycles = slow
+    result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
+    rows = tune_model(result, Machine(), sys.argv[1], trials=40, jobs=1)
+    print("DONE", sum(r["status"] == "tuned" for r in rows))
+''')
+
+
+def test_kill_9_midway_then_resume(mnist, tmp_path):
+    log = tmp_path / "log.jsonl"
+    script = tmp_path / "tune_script.py"
+    script.write_text(_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    proc = subprocess.Popen([sys.executable, str(script), str(log), "slow"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.exists() and log.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    first = tuning_log.load(log)
+    assert 1 <= len(first) < 5, "killed after the first record, before the last"
+    out = subprocess.run([sys.executable, str(script), str(log), "fast"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"DONE {5 - len(first)}" in out.stdout
+    recs = tuning_log.load(log)
+    assert recs.skipped == 0 and list(recs[:len(first)]) == list(first)
+    keys = [tuning_log.key_str(r["key"]) for r in recs]
+    expected = {tuning_log.key_str(l.key) for l in collect_layers(mnist, M)}
+    assert len(keys) == len(set(keys)) == 5 and set(keys) == expected
+
+
+def test_cli_tune_prints_table_and_compile_applies(tmp_path):
+    fac = tmp_path / "fac.py"
+    fac.write_text(FACTORY)
+    log = tmp_path / "log.jsonl"
+    res = cli(["tune", f"{fac}:make", "-o", log, "--trials", "30", "--jobs", "1", "--strategy", "random"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "speedup" in out and "default" in out and "tuned" in out
+    for name in ("conv1", "conv2", "conv3", "fc"):
+        assert any(line.startswith(name) and "x" in line for line in out.splitlines())
+    assert len(tuning_log.load(log)) == 4
+    res = cli(["compile", f"{fac}:make", "-o", tmp_path / "out.dlac", "--tuning-log", log])
+    assert res.exit_code == 0, res.output
+    assert "4 of 4 conv/dense layers got a tuned schedule" in res.stdout
+    res = cli(["tune", f"{fac}:make", "-o", log, "--dask", "127.0.0.1:8786"])
+    assert res.exit_code == 2 and "not yet supported" in res.stderr
