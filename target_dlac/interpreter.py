@@ -4,9 +4,12 @@ and places every instruction on the load/compute/store timeline.  Activations ar
 float32, float16 (stored; float32 arithmetic inside an op) or int8 (int32 accumulators,
 integer requantization), per instruction (field ``dtype``).
 
-Every memory access is bounds-checked; an error names the pc, the instruction and
-the buffer.  The ISA has no branches, so a run executes each instruction at most
-once and always terminates.
+Before anything runs, every instruction passes the static checks of
+:func:`target_dlac.validate.first_insn_problem` (codes defined, tile geometry, ranges
+inside their memories); at run time every access is bounds-checked again, with what
+only the data tells (a weight block's length), and an error names the pc, the
+instruction and the buffer.  The ISA has no branches, so a run executes each
+instruction at most once and always terminates.
 
 Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
 :class:`target_dlac.report.RunReport`.
@@ -22,19 +25,19 @@ from compiler.errors import ConfigError, ExecutionError
 from . import costs
 from .isa import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, disassemble, \
     epi_param_layout, s32
-from .packing import BlockError, ternary_block_bytes, ternary_counts, unpack_swis, unpack_ternary
+from .packing import BlockError, swis_block_bytes, swis_counts, swis_groups, ternary_block_bytes, \
+    ternary_counts, unpack_swis, unpack_ternary
 from .program import Program
 from .report import InsnRecord, RunReport, build_report
 from .timeline import Timeline
+from .validate import first_insn_problem
 
 F32 = np.dtype("<f4")
 F16 = np.dtype("<f2")
 FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
-WBYTES = (4, 1)
-#: Largest |exponent| of ALU quantize/dequantize (2^64 stays far inside float32's range).
-ALU_MAX_EXP = 64
+WBYTES = (4, 1)            # bytes per weight of each MAC weight format (isa.WFMTS)
 #: Largest |value| of the int64 requantization sum before its shift (no silent wrap-around).
-INT64_LIMIT = 2 ** 62            # bytes per weight of each MAC weight format (isa.WFMTS)
+INT64_LIMIT = 2 ** 62
 
 
 class Interpreter:
@@ -43,6 +46,10 @@ class Interpreter:
         self.m = program.machine
         self.check_races = check_races
         self._wcache: dict = {}      # decoded weight blocks, keyed by their bytes
+        found = first_insn_problem(program)
+        if found:
+            pc, problem = found
+            raise ExecutionError(problem, pc=pc, insn=disassemble(program.insns[pc]))
 
     @property
     def text(self) -> str:
@@ -90,8 +97,6 @@ class Interpreter:
     # ---- instructions ------------------------------------------------------------------
     def _dma(self, ins: Insn):
         f = ins.f
-        if f["buf"] >= len(BUFFERS):
-            self._fail(f"buffer code {f['buf']} names no buffer")
         buf = BUFFERS[f["buf"]]
         y, x = f["y"], f["x"]
         if y == 0 or x == 0:
@@ -99,8 +104,6 @@ class Interpreter:
         load = ins.op == "LOAD"
         src_mem, src, s_stride = ("DRAM", f["dram"], f["dram_stride"]) if load else (buf, f["sram"], f["sram_stride"])
         dst_mem, dst, d_stride = (buf, f["sram"], f["sram_stride"]) if load else ("DRAM", f["dram"], f["dram_stride"])
-        if y > 1 and d_stride < x:
-            self._fail(f"destination rows overlap ({dst_mem} stride {d_stride} < row {x} bytes)")
         for mem, lo, stride, w in ((src_mem, src, s_stride, False), (dst_mem, dst, d_stride, True)):
             a, b = self._span(mem, lo, (y - 1) * stride + x, "DMA")
             self.acc.append((mem, a, b, w))
@@ -118,13 +121,6 @@ class Interpreter:
         x = self._arr("INP", f["inp"], (f["c"], f["h"], f["w"]), dt, "input tile")
         if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
             x = x.astype(F32)
-        hp, wp = f["h"] + f["pt"] + f["pb"], f["w"] + f["pl"] + f["pr"]
-        if f["sh"] == 0 or f["sw"] == 0 or f["kh"] == 0 or f["kw"] == 0:
-            self._fail("zero kernel or stride")
-        if hp < f["kh"] or wp < f["kw"] or (hp - f["kh"]) // f["sh"] + 1 != f["oh"] \
-                or (wp - f["kw"]) // f["sw"] + 1 != f["ow"]:
-            self._fail(f"output tile {f['oh']}x{f['ow']} does not match the padded input "
-                       f"{hp}x{wp} with kernel {f['kh']}x{f['kw']} and stride {f['sh']}x{f['sw']}")
         if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
             x = np.pad(x, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
         return x
@@ -139,57 +135,44 @@ class Interpreter:
         return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
 
     def _weights(self, ins: Insn, k: int):
-        """The weight block of a TACC/MAC as a dense float32 ``[f, k]`` matrix (and the
-        TACC's non-zero counts in PE order).  Decoding is memoized on the block's bytes,
+        """The weight block of a TACC/MAC/SACC as a dense float32 ``[f, k]`` matrix (and the
+        non-zero counts (TACC) or shift counts (SACC) of its filters in PE order).  The
+        block's length comes from its header; decoding is memoized on the block's bytes,
         so a block loaded again (next tile, next run) is decoded once."""
         f = ins.f
         addr, nf = f["wgt"], f["f"]
         wgt = self.mem["WGT"]
-        if ins.op == "SACC":
-            if f["depthwise"]:
-                self._fail("SACC has no depthwise form")
-            try:
-                w, counts, nbytes = unpack_swis(wgt, addr, nf, f["c"], f["kh"], f["kw"])
-            except BlockError as e:
-                self._fail(f"WGT[{addr:#x}]: {e}")
-            self.acc.append(("WGT", addr, addr + nbytes, False))
-            return w, counts
-        if ins.op == "TACC":
-            try:
-                counts = ternary_counts(wgt, addr, nf)
-            except BlockError as e:
-                self._fail(f"WGT[{addr:#x}]: {e}")
-            hi = addr + ternary_block_bytes(nf, int(counts.sum()))
-        else:
-            hi = addr + WBYTES[f["wfmt"]] * nf * k
+        try:
+            if ins.op == "TACC":
+                hi = addr + ternary_block_bytes(nf, int(ternary_counts(wgt, addr, nf).sum()))
+            elif ins.op == "SACC":
+                hi = addr + swis_block_bytes(swis_counts(wgt, addr, nf), swis_groups(f["c"], f["kh"], f["kw"]))
+            else:
+                hi = addr + WBYTES[f["wfmt"]] * nf * k
+        except BlockError as e:
+            self._fail(f"WGT[{addr:#x}]: {e}")
         a, b = self._span("WGT", addr, hi - addr, "weight block")
         self.acc.append(("WGT", a, b, False))
-        key = (ins.op, nf, k, wgt[a:b].tobytes())
+        key = (ins.op, nf, k, f["c"], f["kh"], f["kw"], wgt[a:b].tobytes())
         hit = self._wcache.get(key)
         if hit is None:
-            if ins.op == "TACC":
-                try:
+            try:
+                if ins.op == "TACC":
                     hit = unpack_ternary(wgt, addr, nf, k)
-                except BlockError as e:
-                    self._fail(f"WGT[{addr:#x}]: {e}")
-            elif f["wfmt"] == 1:
-                hit = (wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None)
-            else:
-                hit = (wgt[a:b].view(F32).reshape(nf, k).copy(), None)
+                elif ins.op == "SACC":
+                    hit = unpack_swis(wgt, addr, nf, f["c"], f["kh"], f["kw"])[:2]
+                elif f["wfmt"] == 1:
+                    hit = (wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None)
+                else:
+                    hit = (wgt[a:b].view(F32).reshape(nf, k).copy(), None)
+            except BlockError as e:
+                self._fail(f"WGT[{addr:#x}]: {e}")
             self._wcache[key] = hit
         return hit
 
     def _conv(self, ins: Insn):
         f = ins.f
         integer = f["dtype"] == INT8
-        if f["dtype"] not in (0, 1, INT8):
-            self._fail(f"activation dtype {f['dtype']} is not defined")
-        if ins.op == "MAC" and f["wfmt"] >= len(WBYTES):
-            self._fail(f"weight format {f['wfmt']} is not defined")
-        if ins.op == "MAC" and integer and f["wfmt"] != 1:
-            self._fail("int8 activations need int8 weights (wfmt 1)")
-        if f["depthwise"] and f["c"] != f["f"]:
-            self._fail(f"depthwise tile needs c == f (got c={f['c']}, f={f['f']})")
         x = self._input_tile(f)
         cols = self._cols(x, f)
         kk = f["kh"] * f["kw"]
@@ -226,8 +209,6 @@ class Interpreter:
     def _epi(self, ins: Insn):
         f = ins.f
         nf, p = f["f"], f["p"]
-        if f["act"] >= len(ACTS):
-            self._fail(f"activation code {f['act']} is not defined")
         act = ACTS[f["act"]]
         _, boff, nbytes = epi_param_layout(nf, f["has_scale"], f["dtype"])
         if f["dtype"] == INT8:
@@ -245,8 +226,6 @@ class Interpreter:
                 lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
             self._put("ACC", f["dst"], self._requant(t, f["shift"], lo, hi), "epilogue output")
             return
-        if f["dtype"] not in FLOAT_TYPES:
-            self._fail(f"activation dtype {f['dtype']} is not defined")
         fdt = FLOAT_TYPES[f["dtype"]]
         y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
         if f["has_scale"]:
@@ -265,17 +244,10 @@ class Interpreter:
         c, h, w, oh, ow = f["c"], f["h"], f["w"], f["oh"], f["ow"]
         kh, kw, sh, sw = f["kh"], f["kw"], f["sh"], f["sw"]
         integer = f["dtype"] == INT8
-        if f["dtype"] not in (0, 1, INT8):
-            self._fail(f"activation dtype {f['dtype']} is not defined")
         odt = np.int8 if integer else FLOAT_TYPES[f["dtype"]]
         x = self._arr("INP", f["src"], (c, h, w), odt, "pool input")
         if odt == F16:
             x = x.astype(F32)
-        hp, wp = h + f["pt"] + f["pb"], w + f["pl"] + f["pr"]
-        if 0 in (kh, kw, sh, sw) or hp < kh or wp < kw or (hp - kh) // sh + 1 != oh \
-                or (wp - kw) // sw + 1 != ow:
-            self._fail(f"pool output {oh}x{ow} does not match input {hp}x{wp}, kernel {kh}x{kw}, "
-                       f"stride {sh}x{sw}")
         pads = ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
         mode = POOL_MODES[f["mode"]]
 
@@ -299,12 +271,8 @@ class Interpreter:
 
     def _alu(self, ins: Insn):
         f = ins.f
-        if f["op"] >= len(ALU_OPS):
-            self._fail(f"ALU op code {f['op']} is not defined")
         op, n = ALU_OPS[f["op"]], f["n"]
         exp = f["exp"] - EXP_BIAS
-        if op in ("quantize", "dequantize") and not -ALU_MAX_EXP <= exp <= ALU_MAX_EXP:
-            self._fail(f"exponent {exp} is outside [-{ALU_MAX_EXP}, {ALU_MAX_EXP}]")
         if op == "quantize":        # float32 -> int8: clip(floor(a * 2^exp + 0.5))
             a = self._f32("INP", f["a"], (n,), "ALU operand a")
             q = np.floor(a * np.float32(2.0 ** exp) + np.float32(0.5))
@@ -329,8 +297,6 @@ class Interpreter:
                                     0 if op == "add_relu" else -128, 127)
             self._put("ACC", f["dst"], out, "ALU output")
             return
-        if f["dtype"] not in FLOAT_TYPES:
-            self._fail(f"activation dtype {f['dtype']} is not defined")
         fdt = FLOAT_TYPES[f["dtype"]]
         a = self._arr("INP", f["a"], (n,), fdt, "ALU operand a").astype(F32)
         if op == "relu":
@@ -412,7 +378,3 @@ def run(program: Program, inputs: dict, *, host_runner=None, check_races: bool =
     """Execute ``program`` on ``inputs`` (name -> array); returns (outputs, report)."""
     return Interpreter(program, check_races=check_races).run(inputs, host_runner, progress)
 
-
-def ternary_nnz(program: Program, ins: Insn, mem: np.ndarray) -> np.ndarray:
-    """Non-zero counts of a TACC's filters, read from a WGT image (for tools)."""
-    return ternary_counts(mem, ins.f["wgt"], ins.f["f"])

@@ -142,6 +142,13 @@ def elem_bytes(dtype: int) -> int:
     return ELEM_BYTES[dtype] if dtype < len(ELEM_BYTES) else 4
 
 
+def alu_bytes(op: str | None, dtype: int) -> tuple[int, int]:
+    """(bytes per input element, bytes per output element) of an ALU op: the conversions
+    have fixed types, the arithmetic ops work on their ``dtype``."""
+    conv = {"quantize": (4, 1), "dequantize": (1, 4), "narrow": (4, 2), "widen": (2, 4)}
+    return conv.get(op, (elem_bytes(dtype), elem_bytes(dtype)))
+
+
 def epi_param_layout(f: int, has_scale: bool, dtype: int) -> tuple[int, int, int]:
     """(offset of the scale / multiplier vector, offset of the bias vector, total bytes) of
     EPI's parameter block: float32 scale[f], bias[f]; int8 mode: int32 M[f], then int64

@@ -18,7 +18,8 @@ from compiler.errors import CodegenError
 
 from .costs import ceil_div
 from .emitter import Segment, SlotSet
-from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, POOL_MODES, Insn, elem_bytes, fbits, s32_bits
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, POOL_MODES, Insn, alu_bytes, elem_bytes, fbits, \
+    s32_bits
 from .machine import Machine
 from .schedule import ConvShape, Schedule, slots
 
@@ -286,19 +287,12 @@ class Elt:
     shift: int = 0
     exp: int = 0
 
-    def bytes_in(self) -> int:
-        return {"quantize": 4, "narrow": 4, "dequantize": 1, "widen": 2}.get(
-            self.op, elem_bytes(DTYPES.index(self.dtype)))
-
-    def bytes_out(self) -> int:
-        return {"quantize": 1, "narrow": 2, "dequantize": 4, "widen": 4}.get(
-            self.op, elem_bytes(DTYPES.index(self.dtype)))
 
 
 def lower_eltwise(e: Elt, n: int, m: Machine, *, a_addr: int, b_addr: int | None,
                   out_addr: int) -> list[Insn]:
     """Element-wise ``e`` over ``n`` elements, chunked to fit, double-buffered."""
-    bi, bo = e.bytes_in(), e.bytes_out()
+    bi, bo = alu_bytes(e.op, DTYPES.index(e.dtype))
     per_pe = m.obuf_bytes_per_pe // 2 // 4
     chunk = max(1, min(n, per_pe * m.pes, m.inp_bytes // 4 // 4))
     seg = Segment()

@@ -162,21 +162,28 @@ def pack_swis(values: np.ndarray, shifts: np.ndarray, counts: np.ndarray, order:
     return bytes(out)
 
 
-def unpack_swis(buf: np.ndarray, addr: int, nfilters: int, c: int, kh: int, kw: int):
-    """Read a SWIS block; returns (dense float32 ``[F, C*KH*KW]`` by accumulator row,
-    shift counts in PE order, block bytes).  Every field is checked."""
-    g_c = -(-c // SWIS_M)
-    groups = kh * kw * g_c
+def swis_counts(buf: np.ndarray, addr: int, nfilters: int) -> np.ndarray:
+    """Shift counts (PE order) from a SWIS block's header, checked to be 1..8."""
     head = pad4(nfilters) + pad4(2 * nfilters)
     if addr + head > len(buf):
         raise BlockError(f"SWIS block header [{addr}, {addr + head}) runs past WGT ({len(buf)} bytes)")
     counts = buf[addr:addr + nfilters].astype(np.int64)
-    rows = buf[addr + pad4(nfilters):addr + pad4(nfilters) + 2 * nfilters].view("<u2").astype(np.int64)
     if nfilters and (counts.min() < 1 or counts.max() > 8):
         raise BlockError("SWIS shift counts must be 1..8")
+    return counts
+
+
+def unpack_swis(buf: np.ndarray, addr: int, nfilters: int, c: int, kh: int, kw: int):
+    """Read a SWIS block; returns (dense float32 ``[F, C*KH*KW]`` by accumulator row,
+    shift counts in PE order, block bytes).  Every field is checked."""
+    g_c = -(-c // SWIS_M)
+    groups = swis_groups(c, kh, kw)
+    head = pad4(nfilters) + pad4(2 * nfilters)
+    counts = swis_counts(buf, addr, nfilters)
+    rows = buf[addr + pad4(nfilters):addr + pad4(nfilters) + 2 * nfilters].view("<u2").astype(np.int64)
     if nfilters and (rows.max() >= nfilters or np.bincount(rows, minlength=nfilters).max() != 1):
         raise BlockError(f"SWIS block rows are not a permutation of 0..{nfilters - 1}")
-    total = head + sum(swis_filter_bytes(int(s), groups) for s in counts)
+    total = swis_block_bytes(counts, groups)
     if addr + total > len(buf):
         raise BlockError(f"SWIS block [{addr}, {addr + total}) runs past WGT ({len(buf)} bytes)")
     dense = np.zeros((nfilters, c, kh * kw), np.float32)

@@ -5,19 +5,22 @@ layer pc ranges), and every instruction: operand codes defined, tile geometry
 consistent (output size from input, kernel, stride and padding), and every buffer
 and DRAM range it touches inside its memory.  Errors are
 :class:`BinaryFormatError` naming the section, the byte offset and, for an
-instruction, its pc and disassembly.  The interpreter checks again at run time
-(data-dependent ranges such as a ternary block's length are only known then).
+instruction, its pc and disassembly.  The interpreter runs the same instruction
+checks (:func:`first_insn_problem`) before it executes a program, and at run time
+only what depends on data (a weight block's contents and length, overflow).
 """
 
 from __future__ import annotations
 
 from compiler.errors import BinaryFormatError
 
+from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, WFMTS, Insn, alu_bytes, \
+    disassemble, elem_bytes, epi_param_layout
+
 #: Largest shift of the int8 requantization: 127 << 55 < 2^62 leaves room for the sum.
 MAX_SHIFT = 55
-
-from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, INSN_BYTES, WFMTS, Insn, disassemble, elem_bytes, \
-    epi_param_layout
+#: Largest |exponent| of ALU quantize/dequantize (2^64 stays far inside float32's range).
+ALU_MAX_EXP = 64
 
 
 def _geometry_ok(f: dict, kh: int, kw: int, sh: int, sw: int) -> bool:
@@ -55,8 +58,7 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
                 ("ACC", f["dst"], f["dst"] + eb * f["c"] * f["oh"] * f["ow"])]
     if op == "ALU":
         aop = ALU_OPS[f["op"]] if f["op"] < len(ALU_OPS) else None
-        bi = {"quantize": 4, "narrow": 4, "dequantize": 1, "widen": 2}.get(aop, eb)
-        bo = {"quantize": 1, "narrow": 2, "dequantize": 4, "widen": 4}.get(aop, eb)
+        bi, bo = alu_bytes(aop, f["dtype"])
         reads_b = aop in ("add", "add_relu")
         return ([("INP", f["a"], f["a"] + bi * f["n"])]
                 + ([("INP", f["b"], f["b"] + bi * f["n"])] if reads_b else [])
@@ -107,12 +109,27 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
             return f"activation dtype {f['dtype']} is not defined"
         if max(f["sa"], f["sb"], f["shift"]) > MAX_SHIFT:
             return f"shifts above {MAX_SHIFT} would overflow the int64 sum"
+        exp = f["exp"] - EXP_BIAS
+        if ALU_OPS[f["op"]] in ("quantize", "dequantize") and not -ALU_MAX_EXP <= exp <= ALU_MAX_EXP:
+            return f"exponent {exp} is outside [-{ALU_MAX_EXP}, {ALU_MAX_EXP}]"
     elif op == "HOST":
         if f["index"] >= n_host:
             return f"host op #{f['index']} is not in the host table ({n_host} entries)"
     for mem, lo, hi in ranges_of(ins):
         if hi > sizes[mem]:
             return f"{mem} range [{lo}, {hi}) is outside {mem} ({sizes[mem]} bytes)"
+    return None
+
+
+def first_insn_problem(p) -> tuple[int, str] | None:
+    """``(pc, problem)`` of the first instruction of ``p`` that :func:`check_insn` refuses."""
+    m = p.machine
+    sizes = {"DRAM": p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
+    n_host = len(p.meta.get("host_ops", []))
+    for pc, ins in enumerate(p.insns):
+        problem = check_insn(ins, sizes, n_host)
+        if problem:
+            return pc, problem
     return None
 
 
@@ -155,8 +172,7 @@ def validate_program(p, offsets: dict | None = None) -> None:
             and 0 <= l["pc_start"] <= l["pc_end"] <= n and isinstance(l.get("name"), str)
             and isinstance(l.get("op"), str) for l in layers):
         fail("layer table is malformed (pc ranges, names)", "META")
-    sizes = {"DRAM": dram, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
-    for pc, ins in enumerate(p.insns):
-        problem = check_insn(ins, sizes, len(host_ops))
-        if problem:
-            fail(f"pc {pc} ({disassemble(ins)}): {problem}", "INSTS", pc * INSN_BYTES)
+    found = first_insn_problem(p)
+    if found:
+        pc, problem = found
+        fail(f"pc {pc} ({disassemble(p.insns[pc])}): {problem}", "INSTS", pc * INSN_BYTES)
