@@ -26,15 +26,32 @@ import numpy as np
 
 from .isa import DTYPES, Insn
 from .machine import Machine
+from .packing import swis_groups
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def passes(ins: Insn, m: Machine) -> int:
+def lanes(ins: Insn, m: Machine) -> int:
+    """MAC lanes per PE for the instruction's activation type (fp16: twice fp32's)."""
     dtype = DTYPES[ins.f["dtype"]] if ins.f["dtype"] < len(DTYPES) else "float32"
-    return ceil_div(ins.f["oh"] * ins.f["ow"], m.pe_rows * m.lanes_for(dtype))
+    return m.lanes_for(dtype)
+
+
+def passes(ins: Insn, m: Machine) -> int:
+    return ceil_div(ins.f["oh"] * ins.f["ow"], m.pe_rows * lanes(ins, m))
+
+
+def filter_steps(ins: Insn, m: Machine, counts: np.ndarray) -> np.ndarray:
+    """Steps each filter takes per pixel pass, in PE order: its non-zero count (TACC), or
+    its weight groups times its shift passes (SACC).  Filters running together wait for
+    the one with the most steps."""
+    counts = np.asarray(counts, np.int64)
+    if ins.op == "TACC":
+        return counts
+    f = ins.f
+    return swis_groups(f["c"], f["kh"], f["kw"]) * -(-counts // m.swis_shifts_per_pass)
 
 
 def group_max_sum(counts: np.ndarray, pe_cols: int) -> int:
@@ -57,8 +74,9 @@ def dma_cycles(nbytes: int, m: Machine) -> int:
     return m.dma_latency + ceil_div(nbytes, m.dram_bytes_per_cycle)
 
 
-def tacc_cycles(ins: Insn, m: Machine, counts: np.ndarray) -> int:
-    return m.compute_setup + passes(ins, m) * group_max_sum(counts, m.pe_cols)
+def sparse_cycles(ins: Insn, m: Machine, counts: np.ndarray) -> int:
+    """TACC / SACC: ``compute_setup + passes * sum over PE groups of the largest step count``."""
+    return m.compute_setup + passes(ins, m) * group_max_sum(filter_steps(ins, m, counts), m.pe_cols)
 
 
 def dense_cycles(ins: Insn, m: Machine) -> int:
@@ -70,23 +88,14 @@ def elementwise_cycles(n: int, m: Machine, per_element: int = 1) -> int:
     return m.compute_setup + ceil_div(n, m.macs_per_cycle) * per_element
 
 
-def sacc_cycles(ins: Insn, m: Machine, shift_counts: np.ndarray) -> int:
-    f = ins.f
-    groups = f["kh"] * f["kw"] * ceil_div(f["c"], 4)
-    per_pass = np.asarray([ceil_div(int(s), m.swis_shifts_per_pass) for s in shift_counts], np.int64)
-    return m.compute_setup + passes(ins, m) * groups * group_max_sum(per_pass, m.pe_cols)
-
-
 def cost(ins: Insn, m: Machine, counts: np.ndarray | None = None) -> int:
     """Cycles of ``ins`` on machine ``m``; TACC needs its filters' non-zero counts and
     SACC their shift counts (both read from the weight block)."""
     f, op = ins.f, ins.op
-    if op == "SACC":
-        return sacc_cycles(ins, m, counts)
+    if op in ("TACC", "SACC"):
+        return sparse_cycles(ins, m, counts)
     if op in ("LOAD", "STORE"):
         return dma_cycles(f["y"] * f["x"], m)
-    if op == "TACC":
-        return tacc_cycles(ins, m, counts)
     if op == "MAC":
         return dense_cycles(ins, m)
     if op == "EPI":

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import costs
-from .isa import DTYPES, Insn
+from .isa import Insn
 from .timeline import Slot
 
 
@@ -120,28 +120,23 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
             lr.load_stall += r.slot.load_stall
         if ins.op in ("TACC", "MAC", "SACC"):
             px = ins.f["oh"] * ins.f["ow"]
-            lanes = m.lanes_for(DTYPES[ins.f["dtype"]]) / m.lanes      # fp16: twice the lanes
+            lane_ratio = costs.lanes(ins, m) / m.lanes      # fp16: twice the lanes
             k = costs.weights_per_filter(ins)
             lr.dense_macs += ins.f["f"] * k * px
-            if ins.op in ("TACC", "SACC"):      # balance over non-zero counts / shift counts
-                cnt = np.asarray(r.counts, np.int64)
-                lr.issued_macs += (int(cnt.sum()) if ins.op == "TACC" else ins.f["f"] * k) * px
-                if ins.op == "TACC":
-                    work += int(cnt.sum()) * px / lanes
-                else:       # a SWIS PE takes 4 weights per pass, one pass per shift (or two)
-                    groups = ins.f["kh"] * ins.f["kw"] * costs.ceil_div(ins.f["c"], 4)
-                    work += groups * px * sum(costs.ceil_div(int(s), m.swis_shifts_per_pass)
-                                              for s in cnt) / lanes
-                npass = costs.passes(ins, m)
-                bal = cnt if ins.op == "TACC" else -(-cnt // m.swis_shifts_per_pass)   # as costed
-                pad = (-len(bal)) % m.pe_cols
-                groups = np.concatenate([bal, np.full(pad, -1)]).reshape(-1, m.pe_cols)
-                sizes = (groups >= 0).sum(axis=1)
-                done += npass * int(bal.sum())
-                paid += npass * int((sizes * groups.max(axis=1)).sum())
-            else:
+            if ins.op == "MAC":
                 lr.issued_macs += ins.f["f"] * k * px
-                work += ins.f["f"] * k * px / lanes
+                work += ins.f["f"] * k * px / lane_ratio
+                continue
+            # TACC / SACC: the steps each filter takes, as the cost counts them
+            steps = costs.filter_steps(ins, m, r.counts)
+            lr.issued_macs += (int(np.sum(r.counts)) if ins.op == "TACC" else ins.f["f"] * k) * px
+            work += int(steps.sum()) * px / lane_ratio
+            npass = costs.passes(ins, m)
+            pad = (-len(steps)) % m.pe_cols
+            groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, m.pe_cols)
+            sizes = (groups >= 0).sum(axis=1)
+            done += npass * int(steps.sum())
+            paid += npass * int((sizes * groups.max(axis=1)).sum())
     lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
     lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
     lr.load_balance = done / paid if paid else 1.0
