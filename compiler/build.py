@@ -27,7 +27,7 @@ from .errors import ConfigError
 ACTIVATIONS = ("fp32", "fp16", "int8")
 
 
-def _codegen_args(result, machine, schedules, progress) -> dict:
+def _codegen_args(result, schedules, progress) -> dict:
     return dict(layer_names={i.var: i.name for i in result.layers},
                 precisions={i.var: i.precision for i in result.layers},
                 schedules=schedules, swis=result.swis, progress=progress)
@@ -75,15 +75,16 @@ def calibrate(codegen, program, calib: dict) -> dict:
     return stats
 
 
-def _apply_tuning_log(result, machine, path, schedules, activations):
-    """Schedules from the best records of the tuning log at ``path`` (layers without a
-    matching record keep the default; explicit ``schedules`` win).  Returns
-    (schedules, {"log", "tuned_layers", "layers", "skipped_lines"})."""
+def _tuning_log_schedules(result, machine, path, schedules, activations):
+    """The codegen's ``schedules`` for a build with the tuning log at ``path``: per layer
+    an explicit schedule (``schedules``, by layer name), else the best matching record,
+    else the default.  Returns (function, tuning info for the metadata, filled in as the
+    codegen asks)."""
     import os
 
     from target_dlac import tuning_log
 
-    from .tune import tuned_schedules
+    from .tune import schedule_resolver
 
     if not os.path.isfile(path):
         raise ConfigError(f"tuning log {str(path)!r} not found")
@@ -92,10 +93,15 @@ def _apply_tuning_log(result, machine, path, schedules, activations):
         raise ConfigError("a tuning log holds schedules tuned for float32 activations; it cannot "
                           f"be applied to a build with {'mixed fp16' if mixed else activations} activations")
     records = tuning_log.load(path)
-    tuned, n_layers = tuned_schedules(result, machine, records)
-    merged = {**tuned, **(schedules or {})}
-    return merged, {"log": str(path), "tuned_layers": len(tuned), "layers": n_layers,
-                    "skipped_lines": records.skipped}
+    resolve, counts = schedule_resolver(records, machine)
+    explicit = schedules or {}
+
+    def pick(layer):
+        tuned = resolve(layer)
+        return explicit.get(layer.name) or tuned
+
+    info = {"log": str(path), "skipped_lines": records.skipped}
+    return pick, info, counts
 
 
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
@@ -114,8 +120,8 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     mod = result.stages["partition"]
     tuned = None
     if tuning_log is not None:
-        schedules, tuned = _apply_tuning_log(result, machine, tuning_log, schedules, activations)
-    cg = Codegen(mod, machine, **_codegen_args(result, machine, schedules, progress))
+        schedules, tuned, counts = _tuning_log_schedules(result, machine, tuning_log, schedules, activations)
+    cg = Codegen(mod, machine, **_codegen_args(result, schedules, progress))
     prog = cg.generate()
     ref_mod = result.stages["fold"]
     if activations == "int8" and result.config.activation_overrides:
@@ -132,7 +138,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         cfg = result.config
         default = "fp16" if default_half else "fp32"
         hcg = Fp16Codegen(mod, machine, half=lambda name: cfg.activations_for(name, default) == "fp16",
-                          **_codegen_args(result, machine, schedules, progress))
+                          **_codegen_args(result, schedules, progress))
         prog = hcg.generate()
         ref_mod = hcg.reference_mod
     if activations == "int8":
@@ -141,7 +147,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         if calib is None:
             raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
         stats = calibrate(cg, prog, calib)
-        icg = IntCodegen(mod, machine, stats=stats, **_codegen_args(result, machine, schedules, progress))
+        icg = IntCodegen(mod, machine, stats=stats, **_codegen_args(result, schedules, progress))
         prog = icg.generate()
         ref_mod = icg.reference_mod
     prog.meta.update({
@@ -152,7 +158,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         "machine_hash": machine.hash(),
     })
     if tuned is not None:
-        prog.meta["tuning"] = tuned
+        prog.meta["tuning"] = {**tuned, **counts}
     if reference:
         prog.reference = zlib.compress(tvm.ir.save_json(ref_mod).encode(), 1)
     return prog

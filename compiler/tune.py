@@ -1,16 +1,16 @@
 """Per-layer schedule tuning of a compiled model (``dlac tune``).
 
 :func:`collect_layers` walks the partition stage with the codegen (float32 program,
-default schedules) and records every conv / dense layer: display name, op,
-:class:`ConvShape`, weights, epilogue flags and its tuning-log key.
+default schedules) and takes every conv / dense layer it met
+(:class:`target_dlac.codegen.ConvLayer`) with its tuning-log key.
 :func:`tune_model` searches each layer's :class:`ScheduleSpace` with the analytic cost
 model (:func:`costmodel.layer_cycles`) and appends one record per layer to the log
 (:mod:`target_dlac.tuning_log`).  Layers run in parallel in a local process pool (each
 search is sequential); only the parent process writes the log.  A layer whose key
 already has a record is skipped: rerunning an interrupted tune continues where it
 stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
-:func:`tuned_schedules` maps a log's best records onto a model's layers for
-:func:`compiler.build.build_program`.
+:func:`schedule_resolver` gives the codegen the best logged schedule of each layer
+(:func:`compiler.build.build_program` with ``tuning_log``).
 """
 
 from __future__ import annotations
@@ -20,68 +20,44 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-import numpy as np
 
 
 @dataclass
-class LayerInfo:
-    name: str
-    op: str
-    shape: object           # ConvShape
-    weights: np.ndarray
-    has_scale: bool
-    residual: bool
-    precision: str
-    key: dict
+class TuneLayer:
+    layer: object           # target_dlac.codegen.ConvLayer
+    key: dict               # its tuning-log key
 
     @property
-    def swis(self) -> bool:
-        return bool(self.shape.swis)
+    def name(self) -> str:
+        return self.layer.name
 
 
-def collect_layers(result, machine) -> list[LayerInfo]:
-    """The conv / dense layers of ``result``'s partition stage, in program order."""
+def collect_layers(result, machine) -> list[TuneLayer]:
+    """The conv / dense layers of ``result``'s partition stage, in program order, with
+    their tuning-log keys."""
     from target_dlac.codegen import Codegen
-    from target_dlac.schedule import ConvShape
-    from target_dlac.tuning_log import layer_key
+    from target_dlac.tuning_log import conv_layer_key
 
     from .build import _codegen_args
 
-    class Collector(Codegen):
-        def _layer_weights(self, spec, x, out, res):
-            w, prm, epi = super()._layer_weights(spec, x, out, res)
-            self.seen[spec.layer] = (w, epi.has_scale, res is not None)
-            return w, prm, epi
-
-    cg = Collector(result.stages["partition"], machine, **_codegen_args(result, machine, None, None))
-    cg.seen = {}
+    cg = Codegen(result.stages["partition"], machine, **_codegen_args(result, None, None))
     cg.generate()
     mh = machine.hash()
-    out = []
-    for entry in cg.layers:
-        if "shape" not in entry:
-            continue
-        w, has_scale, res = cg.seen[entry["var"]]
-        shape = ConvShape(**{**entry["shape"], "pads": tuple(entry["shape"]["pads"])})
-        key = layer_key(entry["op"], shape, w, entry["precision"], has_scale, mh)
-        out.append(LayerInfo(entry["name"], entry["op"], shape, w, has_scale, res,
-                             entry["precision"], key))
-    return out
+    return [TuneLayer(layer, conv_layer_key(layer, mh)) for layer in cg.conv_layers]
 
 
-def _tune_layer(layer: LayerInfo, machine, strategy, trials, time_budget, patience, seed):
-    """Search one layer (runs in a worker process).  Returns a dict of the outcome."""
+def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
+    """Search one layer (a :class:`ConvLayer`; runs in a worker process).  Returns a dict
+    of the outcome."""
     from target_dlac import costmodel
-    from target_dlac.codegen import _Weights
     from target_dlac.search import search
     from target_dlac.space import ScheduleSpace
 
     t0 = time.perf_counter()
-    wb = _Weights(layer.weights, layer.shape.ternary, layer.shape.depthwise).max_bytes
-    space = ScheduleSpace(layer.shape, machine, wb)
+    space = ScheduleSpace(layer.shape, machine, layer.weights.max_bytes)
 
     def cost(s):
-        return costmodel.layer_cycles(layer.shape, s, machine, layer.weights, layer.residual,
+        return costmodel.layer_cycles(layer.shape, s, machine, layer.weights,
                                       has_scale=layer.has_scale)["total"]
 
     res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
@@ -91,8 +67,8 @@ def _tune_layer(layer: LayerInfo, machine, strategy, trials, time_budget, patien
             "stopped": res.stopped_because, "seconds": time.perf_counter() - t0}
 
 
-def _row(layer, status, rec=None, note=""):
-    row = {"layer": layer.name, "op": layer.op, "precision": layer.precision, "status": status,
+def _row(t: TuneLayer, status, rec=None, note=""):
+    row = {"layer": t.name, "op": t.layer.op, "precision": t.layer.precision, "status": status,
            "default_cycles": None, "tuned_cycles": None, "trials": 0, "lower_bound": None,
            "note": note}
     if rec is not None:
@@ -129,7 +105,7 @@ def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int 
 
     for i, layer in enumerate(layers):
         k = tuning_log.key_str(layer.key)
-        if layer.swis:
+        if layer.layer.shape.swis:
             emit(i, _row(layer, "skipped", note="SWIS: the cost model does not model SACC"))
         elif k in done:
             emit(i, _row(layer, "from log", done[k]))
@@ -150,28 +126,34 @@ def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int 
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(todo) <= 1:
         for k, idx in todo.items():
-            finish(k, _tune_layer(layers[idx[0]], *args))
+            finish(k, _tune_layer(layers[idx[0]].layer, *args))
     else:
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
-            futs = {pool.submit(_tune_layer, layers[idx[0]], *args): k for k, idx in todo.items()}
+            futs = {pool.submit(_tune_layer, layers[idx[0]].layer, *args): k for k, idx in todo.items()}
             for fut in as_completed(futs):
                 finish(futs[fut], fut.result())
     return rows
 
 
-def tuned_schedules(result, machine, records) -> tuple[dict, int]:
-    """(``{layer display name: Schedule}`` of the layers whose key has a record in
-    ``records`` (the best one), number of conv / dense layers)."""
+def schedule_resolver(records, machine):
+    """``(resolve, counts)``: ``resolve(ConvLayer)`` gives the schedule of the best record
+    whose key matches the layer (``None``: keep the default), for the codegen's
+    ``schedules``; ``counts`` = ``{"tuned_layers", "layers"}`` as the codegen asks."""
     from target_dlac import tuning_log
 
     best = tuning_log.best(records)
-    layers = collect_layers(result, machine)
-    out = {}
-    for layer in layers:
-        rec = best.get(tuning_log.key_str(layer.key))
-        if rec is not None and not layer.swis:
-            out[layer.name] = tuning_log.parse_schedule(rec["schedule"])
-    return out, len(layers)
+    mh = machine.hash()
+    counts = {"tuned_layers": 0, "layers": 0}
+
+    def resolve(layer):
+        counts["layers"] += 1
+        rec = None if layer.shape.swis else best.get(tuning_log.key_str(tuning_log.conv_layer_key(layer, mh)))
+        if rec is None:
+            return None
+        counts["tuned_layers"] += 1
+        return tuning_log.parse_schedule(rec["schedule"])
+
+    return resolve, counts
 
 
 def format_table(rows: list[dict]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import tvm
@@ -31,11 +30,12 @@ from passes.ir_util import const_np, dtype_of, is_const, iter_bindings, op_name,
 
 from . import composites as C
 from .isa import WFMTS, Insn
-from .lower import Elt, Epilogue, PoolShape, align, lower_conv, lower_eltwise, lower_pool, ranges
+from .layer_weights import LayerWeights, pe_order
+from .lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
 from .machine import Machine
-from .packing import pack_swis, pack_ternary, swis_block_bytes, ternary_block_bytes
+from .packing import pack_swis, pack_ternary
 from .program import DTYPE_SIZES, Program, Tensor
-from .schedule import ConvShape, check, default_schedule
+from .schedule import ConvShape, align, check, default_schedule, weight_tiles
 
 #: Activations are allocated from this virtual DRAM address, then placed after the constants.
 ACT_BASE = 1 << 39
@@ -56,51 +56,30 @@ class Ref:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_SIZES[self.dtype]
 
 
-def pe_order(t: np.ndarray, how: str) -> np.ndarray:
-    """Filter order on the PE columns: as given, or by non-zero count (largest first)."""
-    if how == "as_is":
-        return np.arange(t.shape[0])
-    nnz = np.count_nonzero(t.reshape(t.shape[0], -1), axis=1)
-    return np.argsort(-nnz, kind="stable")
-
-
-class _Weights:
-    """Block sizes of one layer's weights under any tiling (for schedule fitting)."""
-
-    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool, swis=None):
-        self.w, self.ternary, self.depthwise, self.swis = w, ternary, depthwise, swis
-        nz = np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2)
-        self.prefix = np.zeros((nz.shape[0] + 1, nz.shape[1] + 1), np.int64)
-        self.prefix[1:, 1:] = nz.cumsum(0).cumsum(1)
-        self.max_bytes = lru_cache(maxsize=None)(self._max_bytes)
-
-    def _max_bytes(self, f_t: int, c_t: int) -> int:
-        F, Cw = self.w.shape[:2]
-        kk = self.w.shape[2] * self.w.shape[3]
-        if self.swis is not None:
-            counts = self.swis.counts
-            return max(swis_block_bytes(counts[f0:f1], kk * -(-(c1 - c0) // 4))
-                       for f0, f1 in ranges(F, f_t) for c0, c1 in ranges(Cw, c_t))
-        if not self.ternary:
-            return f_t * (1 if self.depthwise else c_t) * kk * self.w.dtype.itemsize
-        best = 0
-        for f0, f1 in ranges(F, f_t):
-            for c0, c1 in ([(0, Cw)] if self.depthwise else ranges(Cw, c_t)):
-                p = self.prefix
-                nnz = p[f1, c1] - p[f0, c1] - p[f1, c0] + p[f0, c0]
-                best = max(best, ternary_block_bytes(f1 - f0, int(nnz)))
-        return best
+@dataclass
+class ConvLayer:
+    """A conv / dense layer as the codegen sees it before scheduling it: what the
+    tuner searches over and what a tuning-log record is keyed by."""
+    name: str                  # display (source) name
+    op: str                    # conv2d | dwconv2d | dense
+    precision: str
+    shape: ConvShape
+    weights: LayerWeights
+    has_scale: bool
 
 
 class Codegen:
     def __init__(self, mod: tvm.IRModule, machine: Machine, *, layer_names: dict | None = None,
-                 precisions: dict | None = None, schedules: dict | None = None, swis: dict | None = None,
+                 precisions: dict | None = None, schedules=None, swis: dict | None = None,
                  progress=None):
+        """``schedules``: ``{layer name: Schedule}``, or a function ``(ConvLayer) -> Schedule
+        or None``; a layer without one gets :func:`schedule.default_schedule`."""
         self.mod, self.m = mod, machine
         self.layer_names = layer_names or {}
         self.precisions = precisions or {}
         self.schedules = schedules or {}
         self.swis = swis or {}
+        self.conv_layers: list[ConvLayer] = []
         self.progress = progress
         self.consts = bytearray()
         self.tensors: list[Tensor] = []
@@ -296,40 +275,45 @@ class Codegen:
                               spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary,
                               x.dtype, sw is not None)
         display = self.layer_names.get(spec.layer, spec.layer)
-        blocks = _Weights(w, spec.ternary, spec.depthwise, sw)
-        sched = self.schedules.get(display) or self.schedules.get(spec.layer)
-        if sched is None:
-            sched = default_schedule(shape, self.m, blocks.max_bytes, where=f"layer {display}")
-        else:
-            check(shape, sched, self.m, blocks.max_bytes, where=f"layer {display}")
-        wblock, pblock = {}, {}
-        ftiles = ranges(shape.f, sched.f_tile)
-        ctiles = [(0, 1)] if spec.depthwise else ranges(shape.c, sched.c_tile)
-        wbytes = 0
-        for fi, (f0, f1) in enumerate(ftiles):
-            for ci, (c0, c1) in enumerate(ctiles):
-                tile = w[f0:f1] if spec.depthwise else w[f0:f1, c0:c1]
-                if sw is not None:
-                    data = self._swis_block(sw, tile, f0, f1, c0, c1, sched.pe_order)
-                elif spec.ternary:
-                    data = pack_ternary(tile, pe_order(tile, sched.pe_order))
-                else:
-                    data = np.ascontiguousarray(tile).tobytes()      # float32 or int8, dense
-                wblock[(fi, ci)] = (self._const_bytes(data), len(data))
-                wbytes += len(data)
-            data = self._param_block(prm, f0, f1)
-            pblock[fi] = (self._const_bytes(data), len(data))
-            wbytes += len(data)
-        self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
-                                 pblock=pblock, epi=epi, name=display,
-                                 wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
         op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
         default_prec = ("ternary" if spec.ternary else "swis" if sw is not None
                         else "int8" if w.dtype == np.int8 else "fp32")
-        return {"name": display, "var": spec.layer, "op": op,
-                "precision": self.precisions.get(spec.layer, default_prec),
+        layer = ConvLayer(display, op, self.precisions.get(spec.layer, default_prec), shape,
+                          LayerWeights(w, spec.ternary, spec.depthwise, sw), epi.has_scale)
+        self.conv_layers.append(layer)
+        sched = self._schedule_for(layer, spec.layer)
+        wblock, pblock = {}, {}
+        wbytes = 0
+        for fi, ci, (f0, f1), (c0, c1) in weight_tiles(shape, sched):
+            tile = w[f0:f1, c0:c1]
+            if sw is not None:
+                data = self._swis_block(sw, tile, f0, f1, c0, c1, sched.pe_order)
+            elif spec.ternary:
+                data = pack_ternary(tile, pe_order(tile, sched.pe_order))
+            else:
+                data = np.ascontiguousarray(tile).tobytes()      # float32 or int8, dense
+            wblock[(fi, ci)] = (self._const_bytes(data), len(data))
+            wbytes += len(data)
+            if ci == 0:
+                data = self._param_block(prm, f0, f1)
+                pblock[fi] = (self._const_bytes(data), len(data))
+                wbytes += len(data)
+        self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
+                                 pblock=pblock, epi=epi, name=display,
+                                 wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
+        return {"name": display, "var": spec.layer, "op": op, "precision": layer.precision,
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
                 "min_dram_bytes": x.nbytes + wbytes + out.nbytes + (res.nbytes if res else 0)}
+
+    def _schedule_for(self, layer: ConvLayer, var: str):
+        """The layer's schedule: given (checked against the buffers), else the default."""
+        s = self.schedules
+        sched = s(layer) if callable(s) else (s.get(layer.name) or s.get(var))
+        where = f"layer {layer.name}"
+        if sched is None:
+            return default_schedule(layer.shape, self.m, layer.weights.max_bytes, where=where)
+        check(layer.shape, sched, self.m, layer.weights.max_bytes, where=where)
+        return sched
 
     @staticmethod
     def _swis_block(sw, tile: np.ndarray, f0: int, f1: int, c0: int, c1: int, how: str) -> bytes:

@@ -7,12 +7,10 @@ It equals the interpreter's count because it replays the same machine model on t
 same instructions, skipping only the arithmetic:
 
 * the weight blocks are sized as the codegen packs them for this schedule
-  (:meth:`target_dlac.codegen.Codegen._conv`): per (filter tile, input-channel tile),
-  ternary blocks with the filters in :func:`target_dlac.codegen.pe_order` (their size
-  is :func:`packing.ternary_block_bytes` of the tile's non-zero count, their header
-  the per-filter non-zero counts in PE order, i.e. what :func:`packing.pack_ternary`
-  writes and the interpreter reads back), dense blocks as the tile's bytes, and the
-  epilogue parameter blocks as :func:`isa.epi_param_layout`;
+  (:meth:`target_dlac.layer_weights.LayerWeights.blocks`, the same tiles and PE order
+  the codegen packs: ternary blocks' size and per-filter non-zero counts in PE order,
+  i.e. what :func:`packing.pack_ternary` writes and the interpreter reads back), and
+  the epilogue parameter blocks as :func:`isa.epi_param_layout`;
 * the instructions (with their dependency tokens) come from the same
   :func:`lower.lower_conv` the codegen calls (DRAM addresses are dummies: no cost
   depends on an address);
@@ -32,45 +30,34 @@ from __future__ import annotations
 import numpy as np
 
 from . import costs
-from .codegen import pe_order
 from .isa import BUFFERS, DTYPES, epi_param_layout
-from .lower import Epilogue, align, lower_conv, ranges
+from .layer_weights import LayerWeights
+from .lower import Epilogue, lower_conv
 from .machine import Machine
-from .packing import ternary_block_bytes
-from .schedule import ConvShape, Schedule
+from .schedule import ConvShape, Schedule, align, ranges
 from .timeline import Timeline
 
 _WGT = BUFFERS.index("WGT")
 
 
-def _blocks(shape: ConvShape, sched: Schedule, w: np.ndarray):
-    """``{(fi, ci): (bytes, counts or None)}`` of the layer's weight blocks, as the codegen
-    packs them (ternary: per-filter non-zero counts in PE order)."""
-    ftiles = ranges(shape.f, sched.f_tile)
-    ctiles = [(0, 1)] if shape.depthwise else ranges(shape.c, sched.c_tile)
-    out = {}
-    for fi, (f0, f1) in enumerate(ftiles):
-        for ci, (c0, c1) in enumerate(ctiles):
-            tile = w[f0:f1] if shape.depthwise else w[f0:f1, c0:c1]
-            if shape.ternary:
-                counts = np.count_nonzero(tile.reshape(f1 - f0, -1), axis=1).astype(np.int64)
-                counts = counts[pe_order(tile, sched.pe_order)]
-                out[(fi, ci)] = (ternary_block_bytes(f1 - f0, int(counts.sum())), counts)
-            else:
-                out[(fi, ci)] = (tile.nbytes, None)
-    return out
+def _as_weights(shape: ConvShape, weights) -> LayerWeights:
+    if isinstance(weights, LayerWeights):
+        return weights
+    w = np.asarray(weights)
+    if w.ndim == 2:
+        w = w.reshape(*w.shape, 1, 1)
+    return LayerWeights(w, shape.ternary, shape.depthwise)
 
 
-def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weights: np.ndarray,
-                       epi_has_residual: bool | None = None, has_scale: bool = True):
+def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                       has_scale: bool = True):
     """(instructions of the layer from :func:`lower_conv` with dummy addresses,
     ``{dram address: counts}`` of its weight blocks)."""
     if shape.swis:
         raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
-    w = np.asarray(weights)
-    blocks = _blocks(shape, sched, w)
+    info = _as_weights(shape, weights)
     wblock, counts_at, addr = {}, {}, 0
-    for key, (nbytes, counts) in blocks.items():
+    for key, (nbytes, counts) in info.blocks(shape, sched).items():
         wblock[key] = (addr, nbytes)
         counts_at[addr] = counts
         addr = align(addr + nbytes)
@@ -79,31 +66,27 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
         pbytes = epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
         pblock[fi] = (addr, pbytes)
         addr = align(addr + pbytes)
-    residual = shape.residual if epi_has_residual is None else epi_has_residual
     x_addr = align(addr)
     out_addr = x_addr + align(shape.n * shape.c * shape.h * shape.w * shape.elem_bytes)
     res_addr = out_addr + align(shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes)
-    epi = Epilogue(has_scale, residual_addr=res_addr if residual else None)
+    epi = Epilogue(has_scale, residual_addr=res_addr if shape.residual else None)
     insns = lower_conv(shape, sched, machine, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
                        pblock=pblock, epi=epi, name="costmodel",
-                       wfmt=1 if w.dtype == np.int8 and not shape.ternary else 0)
+                       wfmt=1 if info.w.dtype == np.int8 and not shape.ternary else 0)
     return insns, counts_at
 
 
-def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights: np.ndarray,
-                 epi_has_residual: bool | None = None, *, has_scale: bool = True) -> dict:
+def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                 has_scale: bool = True) -> dict:
     """Predicted cycles of one conv / dense layer under ``sched`` on ``machine``.
 
-    ``weights``: OIHW (dense: ``[F, K, 1, 1]`` or ``[F, K]``), ternary int8 (-1/0/+1) when
-    ``shape.ternary``, else the dense float32 / int8 weights the codegen stores.
-    ``epi_has_residual``: the epilogue adds a residual tile (default: ``shape.residual``);
-    ``has_scale``: the epilogue has a per-filter scale (ternary layers do; int8 mode always).
-    Returns ``{"total", "compute", "load_stall", "store_stall"}`` as the interpreter's
-    per-layer report."""
-    w = np.asarray(weights)
-    if w.ndim == 2:
-        w = w.reshape(*w.shape, 1, 1)
-    insns, counts_at = layer_instructions(shape, sched, machine, w, epi_has_residual, has_scale)
+    ``weights``: a :class:`LayerWeights` (build it once per layer when costing many
+    schedules), or the OIHW array (dense: ``[F, K, 1, 1]`` or ``[F, K]``): ternary int8
+    (-1/0/+1) when ``shape.ternary``, else the dense float32 / int8 weights the codegen
+    stores.  ``has_scale``: the epilogue has a per-filter scale (ternary layers do; int8
+    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall"}`` as the
+    interpreter's per-layer report."""
+    insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
     tl = Timeline(check_races=False)
     loaded: dict[int, int] = {}        # WGT address -> DRAM address of the block last loaded there
     compute = load_stall = 0

@@ -21,17 +21,7 @@ from .emitter import Segment, SlotSet
 from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, POOL_MODES, Insn, alu_bytes, elem_bytes, fbits, \
     s32_bits
 from .machine import Machine
-from .schedule import ConvShape, Schedule, slots
-
-ALIGN = 64
-
-
-def align(n: int, a: int = ALIGN) -> int:
-    return -(-n // a) * a
-
-
-def ranges(total: int, step: int) -> list[tuple[int, int]]:
-    return [(i, min(i + step, total)) for i in range(0, total, step)]
+from .schedule import ConvShape, Schedule, align, capacity_problems, footprint, ranges, slot_bytes, slots
 
 
 def tile_dmas(base: int, dims: tuple, c: tuple, h: tuple, w: tuple, sram: int, elem: int = 4) -> list[dict]:
@@ -98,17 +88,12 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
     n_sl = slots(s)
     eb = shape.elem_bytes
     integer = shape.dtype == "int8"
-    c_t = s.f_tile if shape.depthwise else s.c_tile
-    in_slot = align(c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * eb)
-    res_slot = align(s.f_tile * s.h_tile * s.w_tile * eb) if epi.residual_addr is not None else 0
-    w_slot = align(max(nb for _, nb in wblock.values()))
-    p_slot = align(max(nb for _, nb in pblock.values()))
-    acc_slot = align(s.f_tile * s.h_tile * s.w_tile * 4)
-    for buf, need, have in (("INP", n_sl * (in_slot + res_slot), m.inp_bytes),
-                            ("WGT", n_sl * (w_slot + p_slot), m.wgt_bytes),
-                            ("ACC", n_sl * acc_slot, m.acc_bytes)):
-        if need > have:
-            raise CodegenError(f"{name}: schedule {s} needs {need} bytes of {buf}, has {have}")
+    largest = max(nb for _, nb in wblock.values())
+    sizes = slot_bytes(shape, s, lambda f_t, c_t: largest)      # the same slots the check sized
+    over = capacity_problems(footprint(shape, s, m, lambda f_t, c_t: largest), m)
+    if over:
+        raise CodegenError(f"{name}: schedule {s} does not fit: " + "; ".join(over))
+    in_slot, res_slot, w_slot, p_slot, acc_slot = (sizes[k] for k in ("inp", "res", "wgt", "prm", "acc"))
     ins_ = SlotSet(0, in_slot, n_sl)
     ress = SlotSet(n_sl * in_slot, res_slot, n_sl)
     wts = SlotSet(0, w_slot, n_sl)
@@ -118,6 +103,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
 
     C, H, W = shape.c, shape.h, shape.w
     pt, pl, pb, pr = shape.pads
+    assert all(nb <= p_slot for _, nb in pblock.values())
     ftiles = ranges(shape.f, s.f_tile)
     ctiles = ranges(shape.c, s.c_tile) if not shape.depthwise else None
     sp = [(hr, wr) for hr in ranges(shape.oh, s.h_tile) for wr in ranges(shape.ow, s.w_tile)]

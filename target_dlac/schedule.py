@@ -28,8 +28,11 @@ from dataclasses import asdict, dataclass
 from compiler.errors import CodegenError
 
 from .costs import ceil_div
+from .isa import DTYPES, epi_param_layout
 from .machine import Machine
+from .program import DTYPE_SIZES
 
+ALIGN = 64              # on-chip slots and DRAM blocks start on 64-byte boundaries
 ORDERS = ("spatial_outer", "filter_outer")
 PE_ORDERS = ("as_is", "sorted")
 MAX_DIM = 4095          # 12-bit tile fields of the encoding
@@ -59,7 +62,7 @@ class ConvShape:
 
     @property
     def elem_bytes(self) -> int:
-        return {"int8": 1, "float16": 2}.get(self.dtype, 4)
+        return DTYPE_SIZES[self.dtype]
 
     def in_rows(self, rows: int) -> int:
         """Input rows (padded coordinates) that ``rows`` output rows read."""
@@ -101,18 +104,49 @@ def slots(s: Schedule) -> int:
     return 2 if s.double_buffer else 1
 
 
-def footprint(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> dict:
-    """Bytes per buffer under ``s``; ``wbytes(f_tile, c_tile)`` = largest weight block.
-    ``ACC`` counts the bytes of one PE's output buffer (the tile is spread over the
-    PE grid: ``f_tile / pe_cols`` filters by ``pixels / pe_rows`` pixels per PE)."""
-    n = slots(s)
+def align(n: int, a: int = ALIGN) -> int:
+    return -(-n // a) * a
+
+
+def ranges(total: int, step: int) -> list[tuple[int, int]]:
+    return [(i, min(i + step, total)) for i in range(0, total, step)]
+
+
+def even_splits(n: int, max_k: int | None = None) -> list[int]:
+    """Distinct tile sizes ``ceil(n / k)`` for ``k = 1 .. max_k`` (default: ``n``), ascending."""
+    return sorted({ceil_div(n, k) for k in range(1, (max_k or n) + 1)})
+
+
+def weight_tiles(shape: ConvShape, s: Schedule) -> list[tuple[int, int, tuple, tuple]]:
+    """``(fi, ci, (f0, f1), (c0, c1))`` of every weight block the codegen packs under ``s``:
+    per filter tile and input-channel tile (depthwise: the weights' single channel)."""
+    ctiles = [(0, 1)] if shape.depthwise else ranges(shape.c, s.c_tile)
+    return [(fi, ci, fr, cr) for fi, fr in enumerate(ranges(shape.f, s.f_tile))
+            for ci, cr in enumerate(ctiles)]
+
+
+def slot_bytes(shape: ConvShape, s: Schedule, wbytes) -> dict:
+    """Bytes of one slot of each on-chip region a conv layer uses under ``s`` (aligned):
+    ``inp`` input tile, ``res`` residual tile, ``wgt`` weight block (``wbytes(f_tile,
+    c_tile)`` = the largest), ``prm`` epilogue parameters, ``acc`` accumulator tile."""
     c_t = s.f_tile if shape.depthwise else s.c_tile
     eb = shape.elem_bytes
-    inp = c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * eb
-    res = s.f_tile * s.h_tile * s.w_tile * eb if shape.residual else 0
-    prm = (16 if shape.dtype == "int8" else 8) * s.f_tile      # scale + bias (+ alignment)
-    return {"INP": n * (inp + res), "WGT": n * (wbytes(s.f_tile, c_t) + prm),
-            "ACC": n * acc_per_pe(s.f_tile, s.h_tile * s.w_tile, m)}
+    tile = s.f_tile * s.h_tile * s.w_tile
+    return {"inp": align(c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * eb),
+            "res": align(tile * eb) if shape.residual else 0,
+            "wgt": align(wbytes(s.f_tile, c_t)),
+            "prm": align(epi_param_layout(s.f_tile, True, DTYPES.index(shape.dtype))[2]),
+            "acc": align(tile * 4)}
+
+
+def footprint(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> dict:
+    """Bytes per buffer under ``s`` (all slots).  ``ACC_PE`` counts one PE's output buffer
+    (the tile is spread over the PE grid: ``f_tile / pe_cols`` filters by ``pixels /
+    pe_rows`` pixels per PE)."""
+    n = slots(s)
+    b = slot_bytes(shape, s, wbytes)
+    return {"INP": n * (b["inp"] + b["res"]), "WGT": n * (b["wgt"] + b["prm"]), "ACC": n * b["acc"],
+            "ACC_PE": n * acc_per_pe(s.f_tile, s.h_tile * s.w_tile, m)}
 
 
 def acc_per_pe(filters: int, pixels: int, m: Machine) -> int:
@@ -120,8 +154,18 @@ def acc_per_pe(filters: int, pixels: int, m: Machine) -> int:
     return ceil_div(filters, m.pe_cols) * ceil_div(pixels, m.pe_rows) * 4
 
 
-def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer") -> None:
-    """Raise :class:`CodegenError` if ``s`` is not a legal schedule for ``shape`` on ``m``."""
+def capacity_problems(fp: dict, m: Machine) -> list[str]:
+    """The buffers a footprint overflows."""
+    return [f"{buf} needs {fp[key]} bytes, has {have}"
+            for buf, key, have in (("INP", "INP", m.inp_bytes), ("WGT", "WGT", m.wgt_bytes),
+                                   ("ACC", "ACC", m.acc_bytes),
+                                   ("ACC (per PE)", "ACC_PE", m.obuf_bytes_per_pe))
+            if fp[key] > have]
+
+
+def schedule_problems(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> tuple[bool, list[str]]:
+    """``(malformed, problems)``: what makes ``s`` illegal for ``shape`` on ``m`` (an empty
+    list: legal).  ``malformed``: a field is out of its range (nothing else is checked)."""
     problems = []
     if s.order not in ORDERS:
         problems.append(f"order {s.order!r} is not one of {ORDERS}")
@@ -132,7 +176,7 @@ def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer
         if not isinstance(v, int) or not 1 <= v <= min(hi, MAX_DIM):
             problems.append(f"{name}={v} is outside [1, {min(hi, MAX_DIM)}]")
     if problems:
-        raise CodegenError(f"{where}: schedule {s}: " + "; ".join(problems))
+        return True, problems
     c_t = s.f_tile if shape.depthwise else s.c_tile
     if shape.swis and s.c_tile % 4 and s.c_tile != shape.c:
         problems.append(f"c_tile={s.c_tile}: SWIS layers tile input channels in groups of 4")
@@ -142,21 +186,19 @@ def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer
         problems.append(f"{c_t}x{shape.kh}x{shape.kw} weights per filter exceed the 16-bit index")
     if s.h_tile * s.w_tile > MAX_PIXELS:
         problems.append(f"{s.h_tile * s.w_tile} pixels per tile exceed {MAX_PIXELS}")
-    fp = footprint(shape, s, m, wbytes)
-    for buf, need, have in (("INP", fp["INP"], m.inp_bytes), ("WGT", fp["WGT"], m.wgt_bytes),
-                            ("ACC (per PE)", fp["ACC"], m.obuf_bytes_per_pe)):
-        if need > have:
-            problems.append(f"{buf} needs {need} bytes, has {have}")
+    return False, problems + capacity_problems(footprint(shape, s, m, wbytes), m)
+
+
+def check(shape: ConvShape, s: Schedule, m: Machine, wbytes, where: str = "layer") -> None:
+    """Raise :class:`CodegenError` if ``s`` is not a legal schedule for ``shape`` on ``m``."""
+    malformed, problems = schedule_problems(shape, s, m, wbytes)
     if problems:
-        raise CodegenError(f"{where}: schedule {s} does not fit: " + "; ".join(problems))
+        raise CodegenError(f"{where}: schedule {s}" + (": " if malformed else " does not fit: ")
+                           + "; ".join(problems))
 
 
 def fits(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> bool:
-    try:
-        check(shape, s, m, wbytes)
-        return True
-    except CodegenError:
-        return False
+    return not schedule_problems(shape, s, m, wbytes)[1]
 
 
 def _halvings(n: int, align: int = 1) -> list[int]:
@@ -170,11 +212,6 @@ def _halvings(n: int, align: int = 1) -> list[int]:
     return sorted(set(x for x in out if x >= 1), reverse=True)
 
 
-def _splits(n: int) -> list[int]:
-    """Tile sizes that split ``n`` evenly into k tiles, k = 1, 2, ... (largest first)."""
-    return sorted({ceil_div(n, k) for k in range(1, n + 1)}, reverse=True)
-
-
 def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool = True,
                      where: str = "layer") -> Schedule:
     """The greedy default: fill the buffers (see the module docstring).
@@ -185,14 +222,15 @@ def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool =
     more input channels per tile (fewer input reloads), then to taller tiles."""
     n = 2 if double_buffer else 1
     best, best_key = None, None
+    c_opts = even_splits(min(shape.c, MAX_DIM))[::-1]           # largest first
+    if shape.swis:
+        c_opts = [c for c in c_opts if c % 4 == 0 or c == shape.c]
     for w_t in _halvings(min(shape.ow, MAX_DIM)):
         for f_t in _halvings(min(shape.f, MAX_DIM), m.pe_cols):
             for h_t in range(min(shape.oh, MAX_DIM), 0, -1):
                 if n * acc_per_pe(f_t, h_t * w_t, m) > m.obuf_bytes_per_pe:
                     continue
-                opts = [f_t] if shape.depthwise else _splits(min(shape.c, MAX_DIM))
-                if shape.swis:
-                    opts = [c for c in opts if c % 4 == 0 or c == shape.c]
+                opts = [f_t] if shape.depthwise else c_opts
                 lo, hi, found = 0, len(opts) - 1, None      # opts descending; fit grows with index
                 while lo <= hi:
                     mid = (lo + hi) // 2

@@ -29,19 +29,12 @@ from dataclasses import replace
 
 from .costs import ceil_div
 from .machine import Machine
-from .schedule import MAX_DIM, ORDERS, PE_ORDERS, ConvShape, Schedule, default_schedule, fits
-
-DIMS = ("f_tile", "c_tile", "h_tile", "w_tile", "order", "double_buffer", "pe_order")
-
-
-def _splits(n: int, max_splits: int) -> list[int]:
-    """Distinct tile sizes ``ceil(n / k)``, ``k = 1..max_splits`` (ascending)."""
-    return sorted({ceil_div(n, k) for k in range(1, max_splits + 1)})
+from .schedule import MAX_DIM, ORDERS, PE_ORDERS, ConvShape, Schedule, default_schedule, even_splits, fits
 
 
 class ScheduleSpace:
     """Candidate schedules of ``shape`` on ``machine`` (``wbytes(f_tile, c_tile)`` = the
-    largest weight block, e.g. ``codegen._Weights(w, ternary, depthwise).max_bytes``).
+    largest weight block, e.g. ``LayerWeights(w, ternary, depthwise).max_bytes``).
     See the module docstring for the grid."""
 
     def __init__(self, shape: ConvShape, machine: Machine, wbytes, max_splits: int = 4):
@@ -51,16 +44,16 @@ class ScheduleSpace:
         F, C = min(shape.f, MAX_DIM), min(shape.c, MAX_DIM)
         pc = machine.pe_cols
         mult = [pc * j for j in range(1, F // pc + 1)][-max_splits:]
-        self.f_opts = sorted(set(mult) | set(_splits(F, max_splits)) | {d.f_tile})
+        self.f_opts = sorted(set(mult) | set(even_splits(F, max_splits)) | {d.f_tile})
         if shape.depthwise:
             self.c_opts = None                      # c_tile = min(f_tile, C)
         elif shape.swis:
-            self.c_opts = sorted({min(C, ceil_div(v, 4) * 4) for v in _splits(C, max_splits)}
+            self.c_opts = sorted({min(C, ceil_div(v, 4) * 4) for v in even_splits(C, max_splits)}
                                  | {d.c_tile})
         else:
-            self.c_opts = sorted(set(_splits(C, max_splits)) | {d.c_tile})
-        self.h_opts = sorted(set(_splits(min(shape.oh, MAX_DIM), max_splits)) | {d.h_tile})
-        self.w_opts = sorted(set(_splits(min(shape.ow, MAX_DIM), max_splits)) | {d.w_tile})
+            self.c_opts = sorted(set(even_splits(C, max_splits)) | {d.c_tile})
+        self.h_opts = sorted(set(even_splits(min(shape.oh, MAX_DIM), max_splits)) | {d.h_tile})
+        self.w_opts = sorted(set(even_splits(min(shape.ow, MAX_DIM), max_splits)) | {d.w_tile})
         self.order_opts = list(ORDERS)
         self.db_opts = [False, True]
         self.pe_opts = list(PE_ORDERS) if shape.ternary else [d.pe_order]

@@ -50,6 +50,12 @@ def layer_key(op: str, shape: ConvShape, weights: np.ndarray, precision: str, ha
             "precision": precision, "has_scale": bool(has_scale), "machine": machine_hash}
 
 
+def conv_layer_key(layer, machine_hash: str) -> dict:
+    """The key of a :class:`target_dlac.codegen.ConvLayer`."""
+    return layer_key(layer.op, layer.shape, layer.weights.w, layer.precision, layer.has_scale,
+                     machine_hash)
+
+
 def key_str(key: dict) -> str:
     """Canonical string of a key (dictionary key of :func:`best`)."""
     return json.dumps(key, sort_keys=True, separators=(",", ":"))

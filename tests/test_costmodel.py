@@ -21,8 +21,9 @@ import torch
 from compiler import QuantConfig, compile_model
 from compiler.build import _codegen_args, build_program
 from compiler.datasets import mnist_cnn
-from target_dlac.codegen import Codegen, _Weights, pe_order
-from target_dlac.costmodel import _blocks, layer_cycles
+from target_dlac.codegen import Codegen
+from target_dlac.layer_weights import LayerWeights, pe_order
+from target_dlac.costmodel import layer_cycles
 from target_dlac.interpreter import run
 from target_dlac.isa import DTYPES, Insn, epi_param_layout
 from target_dlac.lower import Epilogue, align, lower_conv, ranges
@@ -83,7 +84,7 @@ class _Recorder(Codegen):
 @pytest.fixture(scope="module")
 def mnist():
     result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
-    rec = _Recorder(result.mod, M, **_codegen_args(result, M, None, None))
+    rec = _Recorder(result.mod, M, **_codegen_args(result, None, None))
     rec.generate()
     layers = {}     # display name -> (shape, weights, has_scale, residual, variants)
     for entry in rec.layers:
@@ -91,7 +92,7 @@ def mnist():
             continue
         w, has_scale, res, ternary, dw = rec.seen[entry["var"]]
         shape = ConvShape(**{**entry["shape"], "pads": tuple(entry["shape"]["pads"])})
-        wb = _Weights(w, ternary, dw).max_bytes
+        wb = LayerWeights(w, ternary, dw).max_bytes
         layers[entry["name"]] = (shape, w, has_scale, res, variants(shape, wb))
     return result, layers
 
@@ -112,7 +113,7 @@ def test_mnist_layers_match_interpreter(mnist):
             shape, w, has_scale, res, _ = layers[name]
             meta = next(e for e in prog.meta["layers"] if e["name"] == name)
             assert Schedule.from_dict(meta["schedule"]) == sched
-            pred = layer_cycles(shape, sched, M, w, res, has_scale=has_scale)
+            pred = layer_cycles(shape, sched, M, w, has_scale=has_scale)
             _check(pred, by_name[name], f"{name} {kind} {sched}")
             checked.add((name, kind))
     assert {k for _, k in checked} == set(KINDS)
@@ -187,11 +188,11 @@ def test_synthetic_ternary_layers_match_interpreter(name):
     shape, density = SYNTHETIC[name]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     w = _ternary(rng, (shape.f, 1 if shape.depthwise else shape.c, shape.kh, shape.kw), density)
-    scheds = variants(shape, _Weights(w, True, shape.depthwise).max_bytes)
+    scheds = variants(shape, LayerWeights(w, True, shape.depthwise).max_bytes)
     assert len(scheds) >= 5, scheds
     for kind, sched in scheds.items():
         # the cost model's block sizes and counts are those of the packed blocks
-        for (fi, ci), (nbytes, counts) in _blocks(shape, sched, w).items():
+        for (fi, ci), (nbytes, counts) in LayerWeights(w, True, shape.depthwise).blocks(shape, sched).items():
             f0, f1 = ranges(shape.f, sched.f_tile)[fi]
             c0, c1 = (0, 1) if shape.depthwise else ranges(shape.c, sched.c_tile)[ci]
             tile = w[f0:f1] if shape.depthwise else w[f0:f1, c0:c1]
@@ -212,7 +213,7 @@ def test_timing_64_channel_layer():
     shape, density = _conv_shape(1, 64, 56, 56, 64, 3, 1, 1), 0.4
     rng = np.random.default_rng(1)
     w = _ternary(rng, (shape.f, shape.c, 3, 3), density)
-    sched = default_schedule(shape, M, _Weights(w, True, False).max_bytes)
+    sched = default_schedule(shape, M, LayerWeights(w, True, False).max_bytes)
     prog = _program(shape, sched, w)
     x = {"x": rng.standard_normal((1, 64, 56, 56)).astype(np.float32)}
     t0 = time.perf_counter()

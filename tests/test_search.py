@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 
-from target_dlac.codegen import _Weights
+from target_dlac.layer_weights import LayerWeights
 from target_dlac.costmodel import layer_cycles
 from target_dlac.machine import Machine
 from target_dlac.schedule import ConvShape, Schedule, check, default_schedule
@@ -41,7 +41,7 @@ def _ternary(shape, seed, density=0.5):
 
 
 def _space(shape, w, **kw):
-    return ScheduleSpace(shape, M, _Weights(w, True, False).max_bytes, **kw)
+    return ScheduleSpace(shape, M, LayerWeights(w, True, False).max_bytes, **kw)
 
 
 # ------------------------------------------------------------------ (a) synthetic
