@@ -39,6 +39,8 @@ from .schedule import ConvShape, align, check, default_schedule, weight_tiles
 
 #: Activations are allocated from this virtual DRAM address, then placed after the constants.
 ACT_BASE = 1 << 39
+#: precision label of a pooling / element-wise op by its activation type
+LABELS = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
 
 
 @dataclass
@@ -326,26 +328,35 @@ class Codegen:
         order = (np.arange(f1 - f0) if how == "as_is" else np.argsort(-counts, kind="stable"))
         return pack_swis(tile.astype(np.int64), shifts, counts, order)
 
+    def _pool_requant(self, spec: C.PoolSpec, x: Ref, out: Ref) -> tuple[int, int]:
+        """(multiplier, shift) of an int8 average pool; float modes have none."""
+        return 0, 0
+
     def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
         x = env[spec.data]
         n, c, h, w = x.shape
         oh, ow = (spec.out_shape[2], spec.out_shape[3]) if len(spec.out_shape) == 4 else (1, 1)
-        p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],
-                      spec.strides[1], spec.pads, spec.mode, spec.count_pad, x.dtype)
-        if max(p.kh, p.kw) > 4095 or max(p.sh, p.sw) > 255:
+        if max(spec.kernel) > 4095 or max(spec.strides) > 255:
             raise C.Unlowerable("pool window or stride exceeds the encoding's fields")
+        mult, shift = self._pool_requant(spec, x, out)
+        p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],
+                      spec.strides[1], spec.pads, spec.mode, spec.count_pad, x.dtype, mult, shift)
         self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
         kind = "global_avg_pool" if spec.kernel == (h, w) and spec.mode == "avg" else f"{spec.mode}_pool2d"
-        return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": "fp32",
+        return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": LABELS[x.dtype],
                 "min_dram_bytes": x.nbytes + out.nbytes}
+
+    def _elt_op(self, spec: C.EltSpec, refs: list, out: Ref) -> Elt:
+        """The ALU op of an element-wise composite (the int8 mode adds its shifts)."""
+        return Elt(spec.op, refs[0].dtype)
 
     def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
         refs = [env[a] if isinstance(a, relax.Var) and a in env else self.ref(a) for a in spec.args]
         n = int(np.prod(spec.out_shape))
-        self.insns += lower_eltwise(Elt(spec.op, refs[0].dtype), n, self.m, a_addr=refs[0].addr,
+        self.insns += lower_eltwise(self._elt_op(spec, refs, out), n, self.m, a_addr=refs[0].addr,
                                     b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
-        return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op, "precision": "fp32",
-                "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes}
+        return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op,
+                "precision": LABELS[refs[0].dtype], "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes}
 
     # ---- host ops ---------------------------------------------------------------------
     def _host_call(self, var, call):

@@ -6,8 +6,8 @@ seen, see :func:`compiler.build.calibrate`), except ReLU and max-pool, which kee
 their input's exponent, and reshapes (views).  Graph inputs are quantized on dLAC
 (ALU ``quantize``), outputs and host-op inputs dequantized (ALU ``dequantize``).
 Layers with float weights (first and last, by default) get int8 weights with one
-scale per filter.  Every op is also emitted into the integer reference graph
-(:mod:`target_dlac.intref`) with the same integer parameters, so the TVM CPU build
+scale per filter.  Every op is also emitted into the reference graph
+(:mod:`target_dlac.refgraph`) with the same integer parameters, so the TVM CPU build
 of that graph checks the interpreter exactly.
 """
 
@@ -20,67 +20,26 @@ from passes.weight_quant import quantize_weight
 
 from . import composites as C
 from . import intmode as Q
-from .codegen import Codegen, Ref
-from .intref import IntGraphBuilder
-from .lower import Elt, Epilogue, PoolShape, lower_eltwise, lower_pool
+from .codegen import Ref
+from .codegen_ref import RefCodegen
+from .isa import INT8, epi_param_layout
+from .lower import Elt, Epilogue
 
 
-class IntCodegen(Codegen):
+class IntCodegen(RefCodegen):
     def __init__(self, mod, machine, *, stats: dict, **kw):
         super().__init__(mod, machine, **kw)
         self.stats = stats
-        self.rv: dict = {}          # tensor name -> Relax var of the integer reference graph
-        self.reference_mod = None
 
     def _exp_of(self, var) -> int:
         if var is None or var not in self.stats:
             raise CodegenError(f"no calibration statistics for {getattr(var, 'name', var)}")
         return Q.exponent(self.stats[var])
 
-    # ---- conversions ------------------------------------------------------------------
-    def _convert(self, src: Ref, op: str, exp: int, name: str) -> Ref:
-        out = self._alloc(name, src.shape, "int8" if op == "quantize" else "float32",
-                          exp=exp if op == "quantize" else None)
-        start = len(self.insns)
-        self.insns += lower_eltwise(Elt(op, exp=exp), int(np.prod(src.shape)), self.m,
-                                    a_addr=src.addr, b_addr=None, out_addr=out.addr)
-        self.layers.append({"name": f"{op}:{out.name}", "var": out.name, "op": op,
-                            "precision": "int8", "pc_start": start, "pc_end": len(self.insns),
-                            "min_dram_bytes": src.nbytes + out.nbytes})
-        fn = self.ib.quantize if op == "quantize" else self.ib.dequantize
-        self.rv[out.name] = fn(self.rv[src.name], exp)
-        return out
-
     def _as_int(self, ref: Ref, var) -> Ref:
-        if ref.dtype == "int8":
-            return ref
-        return self._convert(ref, "quantize", self._exp_of(var), f"{ref.name}_q")
-
-    def _as_float(self, ref: Ref) -> Ref:
-        if ref.dtype == "float32":
-            return ref
-        return self._convert(ref, "dequantize", ref.exp, f"{ref.name}_f")
+        return ref if ref.dtype == "int8" else self._convert(ref, "quantize", self._exp_of(var))
 
     # ---- hooks of the walk ------------------------------------------------------------
-    def _begin(self, main):
-        from tvm import relax
-
-        params = [relax.Var(p.name, p.ty) for p in main.params]
-        self.ib = IntGraphBuilder(params)
-        for p, rp in zip(main.params, params):
-            self.rv[self.env[p].name] = rp
-
-    def _outputs(self, outs):
-        flat = outs if isinstance(outs, tuple) else (outs,)
-        done = tuple(self._as_float(r) for r in flat)
-        self.reference_mod = self.ib.finish([self.rv[r.name] for r in done])
-        return done if isinstance(outs, tuple) else done[0]
-
-    def _view(self, src: Ref, shape: tuple, var) -> Ref:
-        out = Ref(self._unique(f"{src.name}_view"), src.addr, shape, src.dtype, src.exp)
-        self.rv[out.name] = self.ib.reshape(self.rv[src.name], shape)
-        return out
-
     def _composite(self, fn, args, var):
         args = [self._as_int(a, self.producer.get(a.name)) for a in args]
         return super()._composite(fn, args, var)
@@ -108,9 +67,9 @@ class IntCodegen(Codegen):
         lo, hi = Q.clip_bounds(spec.act, spec.lo, spec.hi, out.exp)
         epi = Epilogue(True, spec.act, lo, hi, None if res is None else res.addr, shift, rshift)
         groups = w.shape[0] if spec.depthwise else 1
-        self.rv[out.name] = self.ib.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
-                                          m, b, shift, None if res is None else self.rv[res.name],
-                                          rshift, lo, hi)
+        self.rv[out.name] = self.graph.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
+                                           m, b, shift, None if res is None else self.rv[res.name],
+                                           rshift, lo, hi)
         return w, [m, b], epi
 
     def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
@@ -120,55 +79,43 @@ class IntCodegen(Codegen):
         return entry
 
     def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
+        """int32 multipliers, then int64 biases at the offset of :func:`isa.epi_param_layout`."""
         m, b = prm
-        n = f1 - f0
-        head = m[f0:f1].astype("<i4").tobytes() + b"\0" * (((4 * n + 7) & ~7) - 4 * n)
-        return head + b[f0:f1].astype("<i8").tobytes()
+        _, boff, _ = epi_param_layout(f1 - f0, True, INT8)
+        head = m[f0:f1].astype("<i4").tobytes()
+        return head.ljust(boff, b"\0") + b[f0:f1].astype("<i8").tobytes()
+
+    def _pool_requant(self, spec: C.PoolSpec, x: Ref, out: Ref) -> tuple[int, int]:
+        if spec.mode == "max":
+            return 0, 0
+        if any(spec.pads) and not spec.count_pad:
+            raise CodegenError(f"{out.name}: average pooling with padding left out of the count "
+                               "has no integer lowering; use --activations fp32")
+        return Q.avg_params(spec.kernel[0] * spec.kernel[1], x.exp, out.exp)
 
     def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
+        entry = super()._pool(spec, env, out)
         x = env[spec.data]
-        n, c, h, w = x.shape
-        oh, ow = (spec.out_shape[2], spec.out_shape[3]) if len(spec.out_shape) == 4 else (1, 1)
-        mult = shift = 0
-        if spec.mode == "avg":
-            if any(spec.pads) and not spec.count_pad:
-                raise CodegenError(f"{out.name}: average pooling with padding left out of the count "
-                                   "has no integer lowering; use --activations fp32")
-            mult, shift = Q.avg_params(spec.kernel[0] * spec.kernel[1], x.exp, out.exp)
-        p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],
-                      spec.strides[1], spec.pads, spec.mode, spec.count_pad, "int8", mult, shift)
-        self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
-        xv = self.rv[x.name]
         if spec.mode == "max":
-            self.rv[out.name] = self.ib.max_pool(xv, spec.kernel, spec.strides, spec.pads)
+            self.rv[out.name] = self.graph.max_pool(self.rv[x.name], spec.kernel, spec.strides, spec.pads)
         else:
-            self.rv[out.name] = self.ib.avg_pool(xv, c, spec.kernel, spec.strides, spec.pads, mult, shift,
-                                                 spec.out_shape)
-        kind = "global_avg_pool" if spec.kernel == (h, w) and spec.mode == "avg" else f"{spec.mode}_pool2d"
-        return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": "int8",
-                "min_dram_bytes": x.nbytes + out.nbytes}
+            mult, shift = self._pool_requant(spec, x, out)
+            self.rv[out.name] = self.graph.avg_pool(self.rv[x.name], x.shape[1], spec.kernel, spec.strides,
+                                                  spec.pads, mult, shift, spec.out_shape)
+        return entry
+
+    def _elt_op(self, spec: C.EltSpec, refs: list, out: Ref) -> Elt:
+        if spec.op == "relu":
+            return Elt("relu", "int8")
+        return Elt(spec.op, "int8", *Q.add_params(refs[0].exp, refs[1].exp, out.exp))
 
     def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
         if any(a not in env for a in spec.args):
             raise CodegenError(f"{out.name}: constant operands of element-wise ops have no integer "
                                "lowering; use --activations fp32")
-        refs = [env[a] for a in spec.args]
-        if spec.op == "relu":
-            e = Elt("relu", "int8")
-        else:
-            e = Elt(spec.op, "int8", *Q.add_params(refs[0].exp, refs[1].exp, out.exp))
-        self.insns += lower_eltwise(e, int(np.prod(spec.out_shape)), self.m, a_addr=refs[0].addr,
-                                    b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
-        if spec.op == "relu":
-            self.rv[out.name] = self.ib.relu(self.rv[refs[0].name])
-        else:
-            self.rv[out.name] = self.ib.add(self.rv[refs[0].name], self.rv[refs[1].name], e.sa, e.sb,
-                                            e.shift, spec.op == "add_relu")
-        return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op, "precision": "int8",
-                "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes}
-
-    def _host(self, name, fn, args, out_shape, op=None):
-        fargs = [self._as_float(a) for a in args]
-        out = super()._host(name, fn, fargs, out_shape, op)
-        self.rv[out.name] = self.ib.call(fn, [self.rv[a.name] for a in fargs])
-        return out
+        entry = super()._elt(spec, env, out)
+        a = [self.rv[env[arg].name] for arg in spec.args]
+        e = self._elt_op(spec, [env[arg] for arg in spec.args], out)
+        self.rv[out.name] = (self.graph.relu(a[0]) if spec.op == "relu"
+                             else self.graph.add(a[0], a[1], e.sa, e.sb, e.shift, spec.op == "add_relu"))
+        return entry

@@ -5,7 +5,7 @@ Every int8 tensor carries one power-of-two exponent ``f``: its real value is
 [-MAX_EXP, MAX_EXP]).  ReLU, max-pool and reshape keep their input's exponent.
 
 Integer ops, each with its exact definition (the interpreter and the Relax reference
-graph built by :class:`IntGraphBuilder` both implement exactly these):
+graph built by :class:`target_dlac.refgraph.RefGraph` both implement exactly these):
 
 * quantize (graph input): ``q = clip(floor(x * 2^f + 0.5), -128, 127)`` in float32;
 * layer: ``acc = sum x_q * w_q`` (int32); ``t = acc * M_c + B_c [+ res_q << R]`` (int64);
@@ -29,8 +29,10 @@ import numpy as np
 
 from compiler.errors import CodegenError
 
+from .validate import MAX_SHIFT as SHIFT_LIMIT     # what the ISA accepts
+
 MAX_EXP = 30
-MAX_SHIFT = 40
+MAX_SHIFT = 40      # the largest requantization shift chosen
 
 
 def exponent(maxabs: float) -> int:
@@ -48,32 +50,22 @@ def _shift_for(largest: float) -> int:
 
 
 def conv_params(scale, bias, fx: int, fy: int, fr: int | None, where: str):
-    """``(M int32[F] or None, B int64[F], shift, rshift)`` of a layer's requantization."""
+    """``(M int32[F], B int64[F], shift, rshift)`` of a layer's requantization (``scale``:
+    the real per-channel multiplier of the accumulator; the codegen always gives one)."""
     bias = np.asarray(bias, np.float64)
-    mult = None if scale is None else np.asarray(scale, np.float64) * 2.0 ** (fy - fx)
-    s = _shift_for(float(np.abs(mult).max()) if mult is not None and mult.size else 2.0 ** (fy - fx))
-    if mult is None:      # acc * 2^(fy - fx): fold the power of two into the shift
-        if fy - fx + s < 0:
-            raise CodegenError(f"{where}: output exponent {fy} too small for input exponent {fx}")
-        m = None
-        acc_shift = fy - fx + s
-    else:
-        m = np.rint(mult * 2.0 ** s).astype(np.int64)
-        acc_shift = 0
-        if np.abs(m).max(initial=0) >= 2 ** 31:
-            raise CodegenError(f"{where}: requantization multiplier does not fit 32 bits")
+    mult = np.asarray(scale, np.float64) * 2.0 ** (fy - fx)
+    s = _shift_for(float(np.abs(mult).max()) if mult.size else 0.0)
+    m = np.rint(mult * 2.0 ** s).astype(np.int64)
+    if np.abs(m).max(initial=0) >= 2 ** 31:
+        raise CodegenError(f"{where}: requantization multiplier does not fit 32 bits")
     b = np.rint(bias * 2.0 ** (fy + s))
     if np.abs(b).max(initial=0) >= 2.0 ** 62:
         raise CodegenError(f"{where}: bias does not fit the 64-bit requantization")
     rshift = 0
     if fr is not None:
         rshift = fy - fr + s
-        if not 0 <= rshift <= 55:
+        if not 0 <= rshift <= SHIFT_LIMIT:
             raise CodegenError(f"{where}: residual exponent {fr} cannot be rescaled to {fy}")
-    if m is None:
-        m = np.full(bias.shape, 1 << acc_shift, np.int64)
-        if acc_shift >= 31:
-            raise CodegenError(f"{where}: exponent gap too large for the multiplier")
     return m.astype(np.int32), b.astype(np.int64), s, rshift
 
 

@@ -1,11 +1,12 @@
-"""The integer reference graph: the int8 program's computation as a TVM Relax module.
+"""The reference graph of an fp16 or int8 program: its computation as a TVM Relax module.
 
-The codegen builds it op by op alongside the instructions, with the same integer
-parameters (multipliers, biases, shifts, exponents; see :mod:`target_dlac.intmode`),
-using only standard Relax ops (``conv2d`` with ``out_dtype="int32"``, ``astype``,
-``multiply``, ``add``, ``left_shift``, ``right_shift``, ``clip``, ``max_pool2d``,
-``floor``).  ``tvm.compile(..., "llvm")`` of it is the oracle the interpreter must
-match exactly (``dlac run --check``, the tests).
+The fp16 and int8 codegens (:mod:`target_dlac.codegen_ref`) build it op by op alongside
+the instructions.  The int8 ops use the same integer parameters as the instructions
+(multipliers, biases, shifts, exponents; see :mod:`target_dlac.intmode`) and only
+standard Relax ops (``conv2d`` with ``out_dtype="int32"``, ``astype``, ``multiply``,
+``add``, ``left_shift``, ``right_shift``, ``clip``, ``max_pool2d``, ``floor``).
+``tvm.compile(..., "llvm")`` of it is the oracle the interpreter must match (exactly for
+int8: ``dlac run --check``, the tests).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def _chan(v: np.ndarray, rank: int, dtype: str) -> relax.Expr:
     return make_const(np.asarray(v).reshape(shape), dtype)
 
 
-class IntGraphBuilder:
+class RefGraph:
+    """``main(params)`` being built; :meth:`finish` returns the module."""
+
     def __init__(self, params: list[relax.Var]):
         self.bb = relax.BlockBuilder()
         self.params = params
+        self._funcs = 0
         self._fn = self.bb.function("main", params, {"num_input": len(params)})
         self._fn.__enter__()
         self._df = self.bb.dataflow()
@@ -37,6 +41,9 @@ class IntGraphBuilder:
 
     def emit(self, expr) -> relax.Var:
         return self.bb.emit(expr)
+
+    def astype(self, x, dtype: str):
+        return self.emit(relax.op.astype(x, dtype))
 
     def quantize(self, x, exp: int):
         y = relax.op.floor(relax.op.add(relax.op.multiply(x, relax.const(2.0 ** exp, "float32")),
@@ -96,12 +103,16 @@ class IntGraphBuilder:
         return self.emit(relax.op.reshape(x, list(shape)))
 
     def call(self, fn: relax.Function, args):
-        """A host op's float function inlined on float arguments."""
-        gv = self.bb.add_func(fn, f"host_ref_{len(self.bb.get().functions)}")
+        """``fn`` (a host op's or a composite's function) called on ``args``."""
+        for attr in ("Composite", "dlac.layer", "global_symbol"):
+            if fn.attrs is not None and attr in fn.attrs:
+                fn = fn.without_attr(attr)
+        self._funcs += 1
+        gv = self.bb.add_func(fn, f"ref_{self._funcs}")
         return self.emit(relax.Call(gv, list(args)))
 
     def finish(self, outputs: list):
-        out = self.bb.emit_output(relax.Tuple(outputs) if len(outputs) != 1 else relax.Tuple(outputs))
+        out = self.bb.emit_output(relax.Tuple(outputs))
         self._df.__exit__(None, None, None)
         self.bb.emit_func_output(out)
         self._fn.__exit__(None, None, None)
