@@ -14,10 +14,9 @@ ResNet-18).
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
 
 from .ir_util import attrs_to_dict, const_np, dtype_of, ints, is_const, iter_bindings, make_const, \
-    map_functions, module_pass, op_name, shape_of
+    map_functions, module_pass, op_name, shape_of, substitute_constants
 
 
 def _fold(call, x: np.ndarray) -> np.ndarray | None:
@@ -65,22 +64,7 @@ def _plan(func) -> dict:
 
 def _fold_func(mod, func):
     folded = _plan(func)
-    if not folded:
-        return func
-
-    @relax.expr_functor.mutator
-    class _Folder(relax.PyExprMutator):
-        def visit_var_binding_(self, binding):
-            if binding.var not in folded:
-                super().visit_var_binding_(binding)
-
-        def visit_var_(self, var):
-            return folded.get(var, var)
-
-        def visit_dataflow_var_(self, var):
-            return folded.get(var, var)
-
-    return _Folder(mod).visit_expr(func)
+    return substitute_constants(mod, func, folded) if folded else func
 
 
 def fold_constant_views(mod):

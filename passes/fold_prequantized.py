@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from .ir_util import IntImm, attrs_to_dict, const_np, dtype_of, is_const, iter_bindings, make_const, \
-    map_functions, module_pass, op_name
+    map_functions, module_pass, op_name, substitute_constants
 from .weight_quant import dequantize as dequantize_weight
 
 FOLDED_OPS = ("relax.quantize", "relax.dequantize", "relax.clip", "relax.maximum",
@@ -206,21 +205,7 @@ def _fold_func(mod, func, info: PrequantInfo):
     if not folded:
         return func
     _record(func, dequantized, info)
-    consts = {v: make_const(x, x.dtype.name) for v, x in folded.items()}
-
-    @relax.expr_functor.mutator
-    class _Folder(relax.PyExprMutator):
-        def visit_var_binding_(self, binding):
-            if binding.var not in consts:
-                super().visit_var_binding_(binding)
-
-        def visit_var_(self, var):
-            return consts.get(var, var)
-
-        def visit_dataflow_var_(self, var):
-            return consts.get(var, var)
-
-    return _Folder(mod).visit_expr(func)
+    return substitute_constants(mod, func, {v: make_const(x, x.dtype.name) for v, x in folded.items()})
 
 
 def fold_prequantized(mod):

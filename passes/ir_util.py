@@ -187,3 +187,22 @@ def emit_like(builder, var: relax.Var, expr, name: str | None = None) -> relax.V
     if isinstance(var, relax.DataflowVar) or not builder.current_block_is_dataflow():
         return builder.emit(expr, name_hint=name)
     return builder.emit_output(expr, name_hint=name)
+
+
+def substitute_constants(mod: tvm.IRModule, func: relax.Function, consts: dict) -> relax.Function:
+    """``func`` with every use of a variable in ``consts`` replaced by its constant and
+    the variable's binding dropped (a folded computation)."""
+
+    @relax.expr_functor.mutator
+    class _Substitute(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if binding.var not in consts:
+                super().visit_var_binding_(binding)
+
+        def visit_var_(self, var):
+            return consts.get(var, var)
+
+        def visit_dataflow_var_(self, var):
+            return consts.get(var, var)
+
+    return _Substitute(mod).visit_expr(func)
