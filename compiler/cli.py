@@ -19,7 +19,7 @@ import sys
 
 import click
 
-from .cli_args import (_load_inputs, _load_npz, _machine, _op_counts, _summary_lines,  # noqa: F401
+from .cli_args import (_load_inputs, _load_npz, _machine, _summary_lines,  # noqa: F401
                        parse_input_shapes, parse_precisions, report_dict)
 from .config import QuantConfig
 from .errors import ConfigError, DlacError
@@ -141,7 +141,9 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                            + (f" ({t['skipped_lines']} unreadable line(s) skipped)" if t["skipped_lines"] else ""))
             write_program(output, prog)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
-            counts = _op_counts(prog)
+            from target_dlac.inspect import opcode_counts
+
+            counts = opcode_counts(prog)
             click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
                        f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "
                        f"{len(prog.constants):,} bytes of constants, DRAM {prog.dram_bytes:,} bytes")

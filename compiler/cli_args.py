@@ -58,13 +58,6 @@ def _machine(path):
     return Machine.from_toml(path) if path else Machine()
 
 
-def _op_counts(prog) -> dict:
-    counts: dict = {}
-    for ins in prog.insns:
-        counts[ins.op] = counts.get(ins.op, 0) + 1
-    return counts
-
-
 def _load_npz(path: str, what: str) -> dict:
     import numpy as np
 

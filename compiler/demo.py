@@ -21,6 +21,7 @@ def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
     import torch
 
     from target_dlac.container import read_program, write_program
+    from target_dlac.inspect import opcode_counts
     from target_dlac.interpreter import Interpreter
 
     from .build import build_program
@@ -48,9 +49,7 @@ def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
     write_program(path, build_program(result))
     prog = read_program(path)           # what a user runs: the validated file
     np.save(os.path.join(out_dir, "mnist_input0.npy"), x[:1])
-    ops: dict = {}
-    for ins in prog.insns:
-        ops[ins.op] = ops.get(ins.op, 0) + 1
+    ops = opcode_counts(prog)
     echo(f"wrote {path} ({os.path.getsize(path):,} bytes): {len(prog.insns)} instructions "
          f"({', '.join(f'{k} {v}' for k, v in ops.items())})")
 

@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 
+def _downsample(cin: int, cout: int, stride: int):
+    """The shortcut's 1x1 conv + BN when the block changes shape (torchvision), else None."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -26,10 +33,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+        self.downsample = _downsample(cin, cout, stride)
 
     def forward(self, x):
         idt = x if self.downsample is None else self.downsample(x)
@@ -53,10 +57,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+        self.downsample = _downsample(cin, cout, stride)
 
     def forward(self, x):
         idt = x if self.downsample is None else self.downsample(x)

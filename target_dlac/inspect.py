@@ -8,6 +8,11 @@ from .container import VERSION
 from .isa import disassemble
 
 
+def opcode_counts(p) -> dict:
+    """``{opcode: count}`` of a program, in first-use order."""
+    return dict(Counter(i.op for i in p.insns))
+
+
 def describe(p) -> dict:
     """Summary of a program as plain JSON-able data."""
     meta = p.meta
@@ -17,7 +22,7 @@ def describe(p) -> dict:
         "quant_config": meta.get("quant_config"),
         "machine": p.machine.to_dict() | {"hash": p.machine.hash()},
         "instructions_total": len(p.insns),
-        "opcodes": dict(Counter(i.op for i in p.insns)),
+        "opcodes": opcode_counts(p),
         "constants_bytes": len(p.constants), "dram_bytes": p.dram_bytes,
         "tensors": [t.to_dict() for t in p.tensors if t.role in ("input", "output")],
         "layers": [{k: l.get(k) for k in ("name", "op", "precision", "pc_start", "pc_end", "schedule",
