@@ -62,8 +62,7 @@ def calibrate(codegen, program, calib: dict) -> dict:
     if program.host is not None:
         from target_dlac.host import HostRunner
         host = HostRunner(program)
-    # the program's tensor table holds the final (relocated) DRAM addresses
-    where = {var: program.tensor(ref.name) for var, ref in codegen.produced.items()}
+    where = {var: program.tensor(name) for var, name in codegen.produced.items()}
     stats: dict = {}
     for i in range(count):
         interp.run({k: v[i] for k, v in samples.items()}, host_runner=host)

@@ -92,8 +92,10 @@ class Codegen:
         self.host_ops: list[dict] = []
         self.fallbacks: list[dict] = []
         self.env: dict = {}
-        self.produced: dict = {}        # Relax var -> Ref of every op result (for calibration)
-        self.producer: dict = {}        # tensor name -> the Relax var that produced it
+        # which Relax variable produced which tensor (calibration, exponents); by tensor name:
+        # the program's tensor table holds the final addresses
+        self.produced: dict = {}        # Relax var -> tensor name
+        self.producer: dict = {}        # tensor name -> Relax var
         self._act_end = 0
 
     # ---- DRAM -------------------------------------------------------------------------
@@ -171,7 +173,7 @@ class Codegen:
 
     def _record(self, var, ref: Ref) -> Ref:
         """Remember which Relax variable produced ``ref`` (calibration, exponents)."""
-        self.produced[var] = ref
+        self.produced[var] = ref.name
         self.producer[ref.name] = var
         return ref
 
