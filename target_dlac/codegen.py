@@ -166,7 +166,11 @@ class Codegen:
         return outs
 
     def _view(self, src: Ref, shape: tuple, var) -> Ref:
-        return Ref(src.name, src.addr, shape, src.dtype, src.exp)
+        """A reshape: the same bytes under a new name and shape (in the tensor table, so a
+        host op reading it gets its shape)."""
+        ref = Ref(self._unique(var.name), src.addr, tuple(shape), src.dtype, src.exp)
+        self.tensors.append(Tensor(ref.name, "activation", ref.shape, ref.dtype, ref.addr))
+        return ref
 
     def _out(self, var, spec, env) -> Ref:
         return self._alloc(var.name, spec.out_shape)

@@ -68,7 +68,7 @@ class RefCodegen(Codegen):
         return done if isinstance(outs, tuple) else done[0]
 
     def _view(self, src: Ref, shape: tuple, var) -> Ref:
-        out = Ref(self._unique(f"{src.name}_view"), src.addr, shape, src.dtype, src.exp)
+        out = super()._view(src, shape, var)
         self.rv[out.name] = self.graph.reshape(self.rv[src.name], shape)
         return out
 

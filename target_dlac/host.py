@@ -40,18 +40,13 @@ class HostRunner:
             raise ReferenceBuildError(f"building the host ops failed: {type(e).__name__}: {str(e)[:200]}") from None
         self.vm = relax.VirtualMachine(exe, tvm.cpu())
         self._tensor = tvm.runtime.tensor
-        # parameter shapes: an input may be a dLAC view (reshape) of a tensor of another shape
-        self._shapes = {gv.name_hint: [tuple(int(d) for d in p.ty.shape.values) for p in f.params]
-                        for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
 
     def __call__(self, index: int, dram: np.ndarray) -> None:
         entry = self.p.meta["host_ops"][index]
         args = []
-        shapes = self._shapes.get(entry["func"], [])
-        for i, name in enumerate(entry["inputs"]):
+        for name in entry["inputs"]:
             t = self.p.tensor(name)
-            shape = shapes[i] if i < len(shapes) and np.prod(shapes[i]) == np.prod(t.shape) else t.shape
-            raw = dram[t.addr:t.addr + t.nbytes].view(np.dtype(t.dtype)).reshape(shape)
+            raw = dram[t.addr:t.addr + t.nbytes].view(np.dtype(t.dtype)).reshape(t.shape)
             args.append(self._tensor(np.ascontiguousarray(raw)))
         out = self.vm[entry["func"]](*args)
         t = self.p.tensor(entry["outputs"][0])
