@@ -74,23 +74,28 @@ def calibrate(codegen, program, calib: dict) -> dict:
     return stats
 
 
+def check_tuning_log(path, activations: str) -> None:
+    """A tuning log must exist, and only a float32 build can use it."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"tuning log {str(path)!r} not found")
+    if activations != "fp32":
+        raise ConfigError("a tuning log holds schedules tuned for float32 activations; it cannot "
+                          f"be applied to a build with {activations} activations")
+
+
 def _tuning_log_schedules(result, machine, path, schedules, activations):
     """The codegen's ``schedules`` for a build with the tuning log at ``path``: per layer
     an explicit schedule (``schedules``, by layer name), else the best matching record,
     else the default.  Returns (function, tuning info for the metadata, filled in as the
     codegen asks)."""
-    import os
-
     from target_dlac import tuning_log
 
     from .tune import schedule_resolver
 
-    if not os.path.isfile(path):
-        raise ConfigError(f"tuning log {str(path)!r} not found")
-    mixed = activations == "fp32" and "fp16" in result.config.activation_overrides.values()
-    if activations != "fp32" or mixed:
-        raise ConfigError("a tuning log holds schedules tuned for float32 activations; it cannot "
-                          f"be applied to a build with {'mixed fp16' if mixed else activations} activations")
+    mixed = "fp16" in result.config.activation_overrides.values()
+    check_tuning_log(path, "mixed fp16" if activations == "fp32" and mixed else activations)
     records = tuning_log.load(path)
     resolve, counts = schedule_resolver(records, machine)
     explicit = schedules or {}

@@ -45,6 +45,37 @@ def _fail(e: BaseException, debug: bool) -> None:
     sys.exit(3)
 
 
+_MODEL_OPTIONS = [
+    click.option("--quant", type=click.Choice(QUANT_CHOICES), default="ternary", show_default=True,
+                 help="Weight quantization; 'none' keeps full-precision weights."),
+    click.option("--granularity", type=click.Choice(("filter", "layer")), default="filter",
+                 show_default=True, help="Ternary scale per output filter or per layer."),
+    click.option("--cluster-size", type=int, metavar="N",
+                 help="Filters per shared weight scale (0 = whole layer); default 4 for "
+                      "--quant cluster, else 1."),
+    click.option("--keep-first/--quantize-first", default=True, show_default=True,
+                 help="Keep the first layer at full precision."),
+    click.option("--keep-last/--quantize-last", default=True, show_default=True,
+                 help="Keep the last layer at full precision."),
+    click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml",
+                 help="Per-layer precision, fnmatch on layer names (repeatable; a .toml file holds "
+                      "\"pattern\" = \"precision\" pairs)."),
+    click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S",
+                 help="SWIS: average shifts per group of 4 weights (may be fractional)."),
+    click.option("--swis-consecutive", is_flag=True, help="SWIS-C: the shifts of a group are consecutive."),
+    click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
+                 help="Shape of a dynamic input, e.g. x=1x3x224x224 (repeatable)."),
+    click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md)."),
+]
+
+
+def model_options(f):
+    """The model, quantization and machine options of ``compile`` and ``tune``."""
+    for opt in reversed(_MODEL_OPTIONS):
+        f = opt(f)
+    return f
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """dlac: compile PyTorch/ONNX models for the dLAC accelerator."""
@@ -53,33 +84,14 @@ def main():
 @main.command("compile")
 @click.argument("model")
 @click.option("-o", "--output", metavar="OUT.dlac", help="Write the dLAC binary here.")
-@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="ternary", show_default=True,
-              help="Weight quantization; 'none' keeps full-precision weights.")
-@click.option("--granularity", type=click.Choice(("filter", "layer")), default="filter",
-              show_default=True, help="Ternary scale per output filter or per layer.")
-@click.option("--cluster-size", type=int, metavar="N",
-              help="Filters per shared weight scale (0 = whole layer); default 4 for "
-                   "--quant cluster, else 1.")
+@model_options
 @click.option("--activations", type=click.Choice(("fp32", "fp16", "int8")), default="fp32",
               show_default=True)
 @click.option("--calib", metavar="FILE.npz",
               help="Calibration inputs for --activations int8: arrays keyed by input name, samples "
                    "stacked on the batch axis.")
-@click.option("--keep-first/--quantize-first", default=True, show_default=True,
-              help="Keep the first layer at full precision.")
-@click.option("--keep-last/--quantize-last", default=True, show_default=True,
-              help="Keep the last layer at full precision.")
-@click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml",
-              help="Per-layer precision, fnmatch on layer names (repeatable; a .toml file holds "
-                   "\"pattern\" = \"precision\" pairs).")
 @click.option("--activation-precision", "act_precisions", multiple=True, metavar="PATTERN=fp16|fp32",
               help="Per-layer activation type (mixed fp16/fp32), fnmatch on layer names (repeatable).")
-@click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S",
-              help="SWIS: average shifts per group of 4 weights (may be fractional).")
-@click.option("--swis-consecutive", is_flag=True, help="SWIS-C: the shifts of a group are consecutive.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
-              help="Shape of a dynamic input, e.g. x=1x3x224x224 (repeatable).")
-@click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md).")
 @click.option("--tuning-log", help="Tuning log to apply.")
 @click.option("--dump-ir", metavar="DIR", help="Write every stage's module as TVMScript to DIR.")
 @click.option("--report-json", metavar="FILE", help="Write the compile report as JSON.")
@@ -94,14 +106,11 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         config = _quant_config(quant, granularity, cluster_size, precisions, act_precisions,
                                swis_shifts, swis_consecutive, keep_first, keep_last)
         if tuning_log:
-            import os
+            from .build import check_tuning_log
+
             if not output:
                 raise ConfigError("--tuning-log applies schedules to the binary: give -o OUT.dlac")
-            if not os.path.isfile(tuning_log):
-                raise ConfigError(f"tuning log {tuning_log!r} not found")
-            if activations != "fp32":
-                raise ConfigError(f"--tuning-log: the log's schedules are tuned for fp32 activations; "
-                                  f"cannot apply them with --activations {activations}")
+            check_tuning_log(tuning_log, "mixed fp16" if act_precisions else activations)
         from .atomic import atomic_write_text
         from .pipeline import compile_model
 
@@ -183,16 +192,7 @@ def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, 
 @click.option("--jobs", type=int, metavar="N", help="Layers tuned in parallel (default: CPU count).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dask", metavar="ADDRESS", help="Dask scheduler to fan the evaluations out to.")
-@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="ternary", show_default=True)
-@click.option("--granularity", type=click.Choice(("filter", "layer")), default="filter", show_default=True)
-@click.option("--cluster-size", type=int, metavar="N")
-@click.option("--keep-first/--quantize-first", default=True, show_default=True)
-@click.option("--keep-last/--quantize-last", default=True, show_default=True)
-@click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml")
-@click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S")
-@click.option("--swis-consecutive", is_flag=True)
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE")
-@click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md).")
+@model_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, quant, granularity,
              cluster_size, keep_first, keep_last, precisions, swis_shifts, swis_consecutive,
