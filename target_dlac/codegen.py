@@ -311,7 +311,8 @@ class Codegen:
                                  wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
         return {"name": display, "var": spec.layer, "op": op, "precision": layer.precision,
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
-                "min_dram_bytes": x.nbytes + wbytes + out.nbytes + (res.nbytes if res else 0)}
+                "min_dram_bytes": shape.min_input_bytes() + wbytes + out.nbytes + (res.nbytes if res else 0),
+                "min_write_bytes": out.nbytes}
 
     def _schedule_for(self, layer: ConvLayer, var: str):
         """The layer's schedule: given (checked against the buffers), else the default."""
@@ -350,7 +351,7 @@ class Codegen:
         self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
         kind = "global_avg_pool" if spec.kernel == (h, w) and spec.mode == "avg" else f"{spec.mode}_pool2d"
         return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": LABELS[x.dtype],
-                "min_dram_bytes": x.nbytes + out.nbytes}
+                "min_dram_bytes": x.nbytes + out.nbytes, "min_write_bytes": out.nbytes}
 
     def _elt_op(self, spec: C.EltSpec, refs: list, out: Ref) -> Elt:
         """The ALU op of an element-wise composite (the int8 mode adds its shifts)."""
@@ -362,7 +363,8 @@ class Codegen:
         self.insns += lower_eltwise(self._elt_op(spec, refs, out), n, self.m, a_addr=refs[0].addr,
                                     b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
         return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op,
-                "precision": LABELS[refs[0].dtype], "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes}
+                "precision": LABELS[refs[0].dtype], "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes,
+                "min_write_bytes": out.nbytes}
 
     # ---- host ops ---------------------------------------------------------------------
     def _host_call(self, var, call):

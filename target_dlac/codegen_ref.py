@@ -35,7 +35,7 @@ class RefCodegen(Codegen):
                                     a_addr=src.addr, b_addr=None, out_addr=out.addr)
         self.layers.append({"name": f"{op}:{out.name}", "var": out.name, "op": op, "precision": label,
                             "pc_start": start, "pc_end": len(self.insns),
-                            "min_dram_bytes": src.nbytes + out.nbytes})
+                            "min_dram_bytes": src.nbytes + out.nbytes, "min_write_bytes": out.nbytes})
         x = self.rv[src.name]
         if op == "quantize":
             self.rv[out.name] = self.graph.quantize(x, exp)

@@ -55,6 +55,18 @@ def _dma(buf: str, d: dict) -> dict:
     return d
 
 
+def whole_rows(shape: ConvShape, ow: tuple, iw0: int, iw1: int, rp: int) -> int:
+    """End of the input columns a tile loads: ``W`` instead of ``iw1`` when the tile spans
+    the output width but its window stops short of the row end (a strided conv's last
+    ``< stride`` columns are never read).  Whole rows make the tile one 2-D DMA instead
+    of one per channel (``tile_dmas``); the extra columns cost fewer bytes than the
+    per-transfer latency they save, and the conv geometry (``(w + pl + pr - kw) // sw + 1``
+    output columns) is unchanged because the next output would start past ``W``."""
+    if ow[0] == 0 and ow[1] == shape.ow and iw0 == 0 and rp == 0 and iw1 < shape.w:
+        return shape.w
+    return iw1
+
+
 def _window(o0: int, o1: int, stride: int, k: int, pad: int, size: int) -> tuple[int, int, int, int]:
     """Input range [i0, i1) read by outputs [o0, o1) and the zero padding before/after."""
     a = o0 * stride - pad
@@ -137,6 +149,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
         f0, f1 = ftiles[fi]
         ih0, ih1, tp, bp = _window(oh0, oh1, shape.sh, shape.kh, pt, H)
         iw0, iw1, lp, rp = _window(ow0, ow1, shape.sw, shape.kw, pl, W)
+        iw1 = whole_rows(shape, (ow0, ow1), iw0, iw1, rp)
         if max(tp, bp, lp, rp) > 15:
             raise CodegenError(f"{name}: tile padding {max(tp, bp, lp, rp)} exceeds the 4-bit pad field")
         cts = [(f0, f1)] if shape.depthwise else ctiles

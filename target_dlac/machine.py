@@ -16,7 +16,8 @@ parameter              default     meaning
 ``wgt_buf_kib``        256         shared weight buffer (WGT)
 ``inp_buf_kib``        256         shared input-feature-map buffer (INP)
 ``obuf_bytes_per_pe``  512         output buffer per PE; all of them form ACC
-``dram_bytes_per_cycle`` 64        DRAM bandwidth (32 GB/s at 500 MHz)
+``dram_bytes_per_cycle`` 64        DRAM bandwidth (32 GB/s at 500 MHz) per direction
+                                   (separate read and write channels)
 ``dma_latency``        100         fixed cycles per DMA transfer
 ``compute_setup``      8           fixed cycles per compute instruction (pipeline fill)
 ``dram_mib``           1024        largest DRAM image a binary may declare

@@ -14,8 +14,10 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
 * ``load_balance``: work done over work paid for in ternary (SWIS) steps: the sum of
   the filters' non-zero (shift) counts over the sum of (filters x the largest count)
   of every group of filters that ran together (1.0 = perfectly balanced);
-* ``lower_bound_cycles`` = max(issued MACs / MAC lanes, minimum DRAM bytes /
-  bandwidth) and ``pct_of_bound`` = 100 * cycles / lower bound (for SWIS layers the
+* ``lower_bound_cycles`` = max(issued MACs / MAC lanes, minimum DRAM bytes read /
+  bandwidth, bytes written / bandwidth) (the load and store units have separate DRAM
+  read and write channels, each at ``dram_bytes_per_cycle``; a conv's minimum read is
+  the input it touches, its weights and its residual) and ``pct_of_bound`` = 100 * cycles / lower bound (for SWIS layers the
   compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
 * ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
   ``tflops_per_mm2``.
@@ -141,8 +143,10 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
     lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
     lr.load_balance = done / paid if paid else 1.0
     lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
+    written = int(meta.get("min_write_bytes", 0))       # reads and writes: separate channels
     lr.lower_bound_cycles = max(int(np.ceil(work / m.macs_per_cycle)),
-                                costs.ceil_div(lr.dram_bytes, m.dram_bytes_per_cycle))
+                                costs.ceil_div(lr.dram_bytes - written, m.dram_bytes_per_cycle),
+                                costs.ceil_div(written, m.dram_bytes_per_cycle))
     lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
     return lr
 

@@ -40,6 +40,12 @@ MAX_KIDX = 65536        # u16 weight index of a ternary block
 MAX_PIXELS = 65535      # 16-bit pixel field of EPI
 
 
+def _touched(n_out: int, stride: int, k: int, pad: int, size: int) -> int:
+    """Input positions in ``[0, size)`` that ``n_out`` windows of ``k`` at ``stride``
+    (after ``pad`` leading zeros) read."""
+    return len({o * stride - pad + i for o in range(n_out) for i in range(k)} & set(range(size)))
+
+
 @dataclass(frozen=True)
 class ConvShape:
     n: int
@@ -70,6 +76,14 @@ class ConvShape:
 
     def in_cols(self, cols: int) -> int:
         return (cols - 1) * self.sw + self.kw
+
+    def min_input_bytes(self) -> int:
+        """Bytes of the input any output reads (a strided 1x1 conv skips rows and
+        columns): the read-side DRAM term of the layer's lower bound."""
+        pt, pl = self.pads[0], self.pads[1]
+        rows = _touched(self.oh, self.sh, self.kh, pt, self.h)
+        cols = _touched(self.ow, self.sw, self.kw, pl, self.w)
+        return self.n * self.c * rows * cols * self.elem_bytes
 
     @property
     def k(self) -> int:
@@ -132,7 +146,10 @@ def slot_bytes(shape: ConvShape, s: Schedule, wbytes) -> dict:
     c_t = s.f_tile if shape.depthwise else s.c_tile
     eb = shape.elem_bytes
     tile = s.f_tile * s.h_tile * s.w_tile
-    return {"inp": align(c_t * shape.in_rows(s.h_tile) * shape.in_cols(s.w_tile) * eb),
+    cols = shape.in_cols(s.w_tile)
+    if s.w_tile >= shape.ow:                    # whole rows are loaded (lower.whole_rows)
+        cols = max(cols, shape.w)
+    return {"inp": align(c_t * shape.in_rows(s.h_tile) * cols * eb),
             "res": align(tile * eb) if shape.residual else 0,
             "wgt": align(wbytes(s.f_tile, c_t)),
             "prm": align(epi_param_layout(s.f_tile, True, DTYPES.index(shape.dtype))[2]),

@@ -180,6 +180,7 @@ SYNTHETIC = {
     "residual_1x1": (_conv_shape(1, 96, 9, 9, 70, 1, 1, 0, residual=True), 0.6),
     "depthwise": (_conv_shape(1, 40, 12, 12, 40, 3, 1, 1, depthwise=True), 0.5),
     "dense": (ConvShape(3, 300, 1, 1, 100, 1, 1, 1, 1, (0, 0, 0, 0), 1, 1), 0.1),
+    "downsample_1x1_s2": (_conv_shape(1, 64, 14, 14, 128, 1, 2, 0), 0.4),
 }
 
 
@@ -224,3 +225,42 @@ def test_timing_64_channel_layer():
     assert pred["total"] == rep.layers[0].cycles
     print(f"\n64-channel 3x3 layer, {pred['total']} cycles: layer_cycles {1e3 * (t2 - t1):.2f} ms, "
           f"interpreter {1e3 * (t1 - t0):.2f} ms")
+
+
+def test_strided_1x1_loads_whole_rows_in_one_transfer():
+    """A stride-2 1x1 conv never reads the last input column; a full-width tile still
+    loads whole rows (``lower.whole_rows``): one INP transfer per tile instead of one per
+    channel, and the same output as a column-tiled schedule (per-channel transfers) on
+    integer-valued data (exact)."""
+    shape = _conv_shape(1, 16, 14, 14, 32, 1, 2, 0)
+    rng = np.random.default_rng(3)
+    w = _ternary(rng, (32, 16, 1, 1), 0.5)
+    full = Schedule(32, 16, 2, 7)
+    cols = Schedule(32, 16, 2, 3)
+    x = {"x": rng.integers(-8, 9, (1, 16, 14, 14)).astype(np.float32)}
+    outs = {}
+    for name, sched in (("full", full), ("cols", cols)):
+        prog = _program(shape, sched, w)
+        inp_loads = [i for i in prog.insns if i.op == "LOAD" and i.f["buf"] == 0]
+        tiles = _cd(shape.oh, sched.h_tile) * _cd(shape.ow, sched.w_tile)
+        assert len(inp_loads) == (tiles if name == "full" else tiles * shape.c), name
+        if name == "full":          # whole 14-column rows, every channel in one transfer
+            assert all(i.f["y"] == shape.c and i.f["x"] % (14 * 4) == 0 for i in inp_loads)
+        outs[name], rep = run(prog, x)
+        _check(layer_cycles(shape, sched, M, w), rep.layers[0], name)
+    np.testing.assert_array_equal(outs["full"]["output_0"], outs["cols"]["output_0"])
+
+
+@pytest.mark.parametrize("n_out,stride,k,pad,size", [(28, 2, 1, 0, 56), (56, 1, 3, 1, 56),
+                                                     (112, 2, 7, 3, 224), (7, 3, 2, 0, 21),
+                                                     (4, 2, 1, 1, 8), (1, 1, 1, 0, 1)])
+def test_min_input_bytes_counts_touched_positions(n_out, stride, k, pad, size):
+    """``ConvShape.min_input_bytes`` (the read side of the lower bound) equals a brute-force
+    count of the input positions some output window reads."""
+    touched = np.zeros(size, bool)
+    for o in range(n_out):
+        for i in range(k):
+            if 0 <= o * stride - pad + i < size:
+                touched[o * stride - pad + i] = True
+    shape = ConvShape(2, 3, size, size, 4, k, k, stride, stride, (pad,) * 4, n_out, n_out)
+    assert shape.min_input_bytes() == 2 * 3 * int(touched.sum()) ** 2 * 4
