@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -191,7 +192,9 @@ def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, 
 @click.option("--patience", type=int, metavar="K", help="Stop a layer after K trials without improvement.")
 @click.option("--jobs", type=int, metavar="N", help="Layers tuned in parallel (default: CPU count).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dask", metavar="ADDRESS", help="Dask scheduler to fan the evaluations out to.")
+@click.option("--dask", metavar="ADDRESS",
+              help="Dask distributed scheduler (tcp://host:port) to fan the layers' searches out to "
+                   "instead of the local process pool; workers need dlac installed.")
 @model_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, quant, granularity,
@@ -199,8 +202,6 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
              input_shapes, machine, debug):
     """Search per-layer tiling schedules of MODEL with the cost model; append them to LOG."""
     try:
-        if dask:
-            raise ConfigError("--dask is not yet supported (use the local process pool, --jobs N)")
         for flag, v in (("--trials", trials), ("--jobs", jobs), ("--patience", patience)):
             if v is not None and v < 1:
                 raise ConfigError(f"{flag} must be at least 1")
@@ -217,16 +218,23 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
         result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
                                progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
 
-        def progress(r):
+        t0 = time.monotonic()
+
+        def progress(r, done, total):
+            w = len(str(total))
+            bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
+            head = f"  [{bar}] {done:>{w}}/{total} {time.monotonic() - t0:6.1f} s  {r['layer']}"
             if r["default_cycles"] is None:
-                click.echo(f"  {r['layer']}: {r['status']} ({r['note']})")
+                click.echo(f"{head}: {r['status']} ({r['note']})")
             else:
-                click.echo(f"  {r['layer']}: {r['status']}: {r['default_cycles']:,} -> "
+                click.echo(f"{head}: {r['status']}: {r['default_cycles']:,} -> "
                            f"{r['tuned_cycles']:,} cycles, {r['trials']} trials"
                            + (f" ({r['note']})" if r["note"] else ""))
 
+        if dask:
+            click.echo(f"  layers fan out to the Dask cluster at {dask}", err=True)
         rows = tune_model(result, mach, log, strategy=strategy, trials=trials, time_budget=time_budget,
-                          patience=patience, jobs=jobs, progress=progress, seed=seed)
+                          patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask)
         click.echo(format_table(rows))
         n_new = sum(r["status"] == "tuned" for r in rows)
         click.echo(f"{n_new} layer(s) tuned, {sum(r['status'] == 'from log' for r in rows)} from the log; "

@@ -5,8 +5,9 @@ default schedules) and takes every conv / dense layer it met
 (:class:`target_dlac.codegen.ConvLayer`) with its tuning-log key.
 :func:`tune_model` searches each layer's :class:`ScheduleSpace` with the analytic cost
 model (:func:`costmodel.layer_cycles`) and appends one record per layer to the log
-(:mod:`target_dlac.tuning_log`).  Layers run in parallel in a local process pool (each
-search is sequential); only the parent process writes the log.  A layer whose key
+(:mod:`target_dlac.tuning_log`).  Layers run in parallel in a local process pool, or on
+a Dask distributed cluster (``dask=ADDRESS``; each search is sequential); only the
+parent process writes the log.  A layer whose key
 already has a record is skipped: rerunning an interrupted tune continues where it
 stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
 :func:`schedule_resolver` gives the codegen the best logged schedule of each layer
@@ -15,11 +16,15 @@ stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from .errors import ConfigError, DlacError
+
+DASK_CONNECT_TIMEOUT = "10s"
 
 
 @dataclass
@@ -62,9 +67,12 @@ def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
 
     res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
                  seed=seed)
+    bound = costmodel.layer_cycles(layer.shape, res.best_schedule, machine, layer.weights,
+                                   has_scale=layer.has_scale)["lower_bound"]
     return {"schedule": res.best_schedule.to_dict(), "cycles": int(res.best_cost),
-            "default_cycles": int(res.history[0][1]), "trials": res.trials_used,
-            "stopped": res.stopped_because, "seconds": time.perf_counter() - t0}
+            "default_cycles": int(res.history[0][1]), "lower_bound": int(bound),
+            "trials": res.trials_used, "stopped": res.stopped_because,
+            "seconds": time.perf_counter() - t0}
 
 
 def _row(t: TuneLayer, status, rec=None, note=""):
@@ -74,22 +82,26 @@ def _row(t: TuneLayer, status, rec=None, note=""):
     if rec is not None:
         row.update(default_cycles=rec["default_cycles"], tuned_cycles=rec["cycles"],
                    trials=rec["trials"], schedule=rec["schedule"])
+        b = rec.get("lower_bound")
+        row["lower_bound"] = b if isinstance(b, int) and not isinstance(b, bool) and b > 0 else None
     return row
 
 
 def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int | None = 200,
                time_budget: float | None = None, patience: int | None = None,
-               jobs: int | None = None, progress=None, seed: int = 0) -> list[dict]:
+               jobs: int | None = None, progress=None, seed: int = 0,
+               dask: str | None = None) -> list[dict]:
     """Tune every conv / dense layer of ``result`` (a :class:`CompileResult` through the
     partition stage) on ``machine``, appending one record per newly tuned layer to
-    ``log_path``.  ``time_budget`` is per layer (seconds).  ``progress(row)`` is called
-    as each layer is done (or skipped).  Returns one row per layer, in program order:
+    ``log_path``.  ``time_budget`` is per layer (seconds).  ``progress(row, done, total)`` is
+    called as each layer is done (or skipped).  Layers are searched in parallel: in a local
+    process pool of ``jobs`` workers, or on the Dask distributed cluster whose scheduler
+    is at ``dask``; each search is sequential and seeded, so the records are the same
+    either way (only the parent process writes the log).  Returns one row per layer, in program order:
     ``layer, op, precision, status ("tuned" | "from log" | "skipped"), default_cycles,
-    tuned_cycles, trials, lower_bound (None: not computed), note``."""
+    tuned_cycles, trials, lower_bound (None: not in the record), note``."""
     from target_dlac import tuning_log
     from target_dlac.search import STRATEGIES
-
-    from .errors import ConfigError
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
@@ -101,7 +113,7 @@ def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int 
     def emit(i, row):
         rows[i] = row
         if progress:
-            progress(row)
+            progress(row, sum(r is not None for r in rows), len(rows))
 
     for i, layer in enumerate(layers):
         k = tuning_log.key_str(layer.key)
@@ -115,7 +127,8 @@ def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int 
     def finish(k, out):
         first = layers[todo[k][0]]
         rec = {"key": first.key, "schedule": out["schedule"], "cycles": out["cycles"],
-               "default_cycles": out["default_cycles"], "trials": out["trials"],
+               "default_cycles": out["default_cycles"], "lower_bound": out["lower_bound"],
+               "trials": out["trials"],
                "strategy": strategy, "time": time.time(), "layer": first.name}
         tuning_log.append(log_path, rec)
         for j, i in enumerate(todo[k]):
@@ -124,15 +137,45 @@ def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int 
 
     args = (machine, strategy, trials, time_budget, patience, seed)
     jobs = jobs or os.cpu_count() or 1
-    if jobs <= 1 or len(todo) <= 1:
+    if dask is None and (jobs <= 1 or len(todo) <= 1):
         for k, idx in todo.items():
             finish(k, _tune_layer(layers[idx[0]].layer, *args))
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
-            futs = {pool.submit(_tune_layer, layers[idx[0]].layer, *args): k for k, idx in todo.items()}
-            for fut in as_completed(futs):
-                finish(futs[fut], fut.result())
+        return rows
+    with contextlib.ExitStack() as stack:
+        if dask is not None:
+            pool = stack.enter_context(_dask_executor(dask))
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(jobs, len(todo))))
+        futs = {pool.submit(_tune_layer, layers[idx[0]].layer, *args): k for k, idx in todo.items()}
+        for fut in as_completed(futs):
+            k = futs[fut]
+            try:
+                out = fut.result()
+            except Exception as e:          # a worker's failure, named by its layer
+                if dask is None:
+                    raise
+                raise DlacError(f"layer {layers[todo[k][0]].name}: the Dask worker failed: "
+                                f"{type(e).__name__}: {e} (every worker needs dlac installed)") from e
+            finish(k, out)
     return rows
+
+
+@contextlib.contextmanager
+def _dask_executor(address: str):
+    """A ``concurrent.futures`` executor over the Dask distributed cluster whose scheduler
+    is at ``address`` (``tcp://host:port`` or ``host:port``)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError("--dask needs the 'distributed' package: pip install 'distributed'") from None
+    try:
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
+    try:
+        yield client.get_executor()
+    finally:
+        client.close()
 
 
 def schedule_resolver(records, machine):
@@ -157,18 +200,23 @@ def schedule_resolver(records, machine):
 
 
 def format_table(rows: list[dict]) -> str:
+    """The closing table of ``dlac tune``: per layer the default and tuned cycles, the
+    speedup, the layer's lower bound (:func:`costs.lower_bound` under the tuned schedule)
+    and the tuned cycles as % of it, the trials used and the status."""
     lines = [f"{'layer':<28} {'op':<9} {'prec':<8} {'default':>11} {'tuned':>11} {'speedup':>8} "
-             f"{'trials':>7}  status"]
-    tot_d = tot_t = 0
+             f"{'bound':>11} {'%bound':>7} {'trials':>7}  status"]
+    tot_d = tot_t = tot_b = 0
     for r in rows:
-        d, t = r["default_cycles"], r["tuned_cycles"]
+        d, t, b = r["default_cycles"], r["tuned_cycles"], r.get("lower_bound")
         if d is None:
             lines.append(f"{r['layer']:<28} {r['op']:<9} {r['precision']:<8} {'-':>11} {'-':>11} "
-                         f"{'-':>8} {'-':>7}  {r['status']} ({r['note']})")
+                         f"{'-':>8} {'-':>11} {'-':>7} {'-':>7}  {r['status']} ({r['note']})")
             continue
-        tot_d, tot_t = tot_d + d, tot_t + t
+        tot_d, tot_t, tot_b = tot_d + d, tot_t + t, tot_b + (b or 0)
+        bound = f"{b:>11,} {100 * t / b:>6.0f}%" if b else f"{'-':>11} {'-':>7}"
         lines.append(f"{r['layer']:<28} {r['op']:<9} {r['precision']:<8} {d:>11,} {t:>11,} "
-                     f"{d / t if t else 1.0:>7.2f}x {r['trials']:>7}  {r['status']}")
+                     f"{d / t if t else 1.0:>7.2f}x {bound} {r['trials']:>7}  {r['status']}")
     if tot_t:
-        lines.append(f"{'total':<28} {'':<9} {'':<8} {tot_d:>11,} {tot_t:>11,} {tot_d / tot_t:>7.2f}x")
+        lines.append(f"{'total':<28} {'':<9} {'':<8} {tot_d:>11,} {tot_t:>11,} {tot_d / tot_t:>7.2f}x "
+                     f"{tot_b:>11,}")
     return "\n".join(lines)

@@ -84,12 +84,14 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
     schedules), or the OIHW array (dense: ``[F, K, 1, 1]`` or ``[F, K]``): ternary int8
     (-1/0/+1) when ``shape.ternary``, else the dense float32 / int8 weights the codegen
     stores.  ``has_scale``: the epilogue has a per-filter scale (ternary layers do; int8
-    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall"}`` as the
-    interpreter's per-layer report."""
+    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall",
+    "lower_bound"}`` as the interpreter's per-layer report (``cycles``, its split and
+    ``lower_bound_cycles``)."""
     insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
     tl = Timeline(check_races=False)
     loaded: dict[int, int] = {}        # WGT address -> DRAM address of the block last loaded there
     compute = load_stall = 0
+    work = 0.0
     for pc, ins in enumerate(insns):
         f = ins.f
         counts = None
@@ -97,6 +99,8 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
             loaded[f["sram"]] = f["dram"]
         elif ins.op == "TACC":
             counts = counts_at[loaded[f["wgt"]]]
+        if ins.op in ("TACC", "MAC"):
+            work += costs.pe_work(ins, machine, counts)
         cyc = costs.cost(ins, machine, counts)
         slot = tl.step(pc, ins.unit, (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next),
                        cyc, (), ins)
@@ -104,5 +108,17 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
             compute += cyc
         load_stall += slot.load_stall
     total = tl.now
+    out_bytes = shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes
+    read = shape.min_input_bytes() + _const_bytes(shape, sched, weights, has_scale) + \
+        (out_bytes if shape.residual else 0)
     return {"total": total, "compute": compute, "load_stall": load_stall,
-            "store_stall": max(0, total - compute - load_stall)}
+            "store_stall": max(0, total - compute - load_stall),
+            "lower_bound": costs.lower_bound(work, read, out_bytes, machine)}
+
+
+def _const_bytes(shape: ConvShape, sched: Schedule, weights, has_scale: bool) -> int:
+    """Bytes of the layer's packed weight and epilogue parameter blocks under ``sched``."""
+    info = _as_weights(shape, weights)
+    wb = sum(nb for nb, _ in info.blocks(shape, sched).values())
+    return wb + sum(epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
+                    for f0, f1 in ranges(shape.f, sched.f_tile))

@@ -88,6 +88,25 @@ def elementwise_cycles(n: int, m: Machine, per_element: int = 1) -> int:
     return m.compute_setup + ceil_div(n, m.macs_per_cycle) * per_element
 
 
+def pe_work(ins: Insn, m: Machine, counts: np.ndarray | None = None) -> float:
+    """Useful PE-cycles of a conv instruction (the compute term of a layer's lower bound):
+    fp32-lane MACs issued (MAC: every weight; TACC: the non-zeros; SACC: the PE passes,
+    weight groups x shift passes) over the lane ratio (fp16 runs twice as many)."""
+    px = ins.f["oh"] * ins.f["ow"]
+    ratio = lanes(ins, m) / m.lanes
+    if ins.op == "MAC":
+        return ins.f["f"] * weights_per_filter(ins) * px / ratio
+    return int(filter_steps(ins, m, counts).sum()) * px / ratio
+
+
+def lower_bound(work: float, read_bytes: int, write_bytes: int, m: Machine) -> int:
+    """A layer's lower bound in cycles: ``max(work / MAC lanes, bytes read / bandwidth,
+    bytes written / bandwidth)``; the load and store units read and write DRAM over
+    separate channels of ``dram_bytes_per_cycle`` each."""
+    return max(int(np.ceil(work / m.macs_per_cycle)), ceil_div(read_bytes, m.dram_bytes_per_cycle),
+               ceil_div(write_bytes, m.dram_bytes_per_cycle))
+
+
 def cost(ins: Insn, m: Machine, counts: np.ndarray | None = None) -> int:
     """Cycles of ``ins`` on machine ``m``; TACC needs its filters' non-zero counts and
     SACC their shift counts (both read from the weight block)."""

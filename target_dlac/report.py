@@ -122,17 +122,15 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
             lr.load_stall += r.slot.load_stall
         if ins.op in ("TACC", "MAC", "SACC"):
             px = ins.f["oh"] * ins.f["ow"]
-            lane_ratio = costs.lanes(ins, m) / m.lanes      # fp16: twice the lanes
             k = costs.weights_per_filter(ins)
             lr.dense_macs += ins.f["f"] * k * px
+            work += costs.pe_work(ins, m, r.counts)
             if ins.op == "MAC":
                 lr.issued_macs += ins.f["f"] * k * px
-                work += ins.f["f"] * k * px / lane_ratio
                 continue
             # TACC / SACC: the steps each filter takes, as the cost counts them
             steps = costs.filter_steps(ins, m, r.counts)
             lr.issued_macs += (int(np.sum(r.counts)) if ins.op == "TACC" else ins.f["f"] * k) * px
-            work += int(steps.sum()) * px / lane_ratio
             npass = costs.passes(ins, m)
             pad = (-len(steps)) % m.pe_cols
             groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, m.pe_cols)
@@ -143,10 +141,8 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
     lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
     lr.load_balance = done / paid if paid else 1.0
     lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
-    written = int(meta.get("min_write_bytes", 0))       # reads and writes: separate channels
-    lr.lower_bound_cycles = max(int(np.ceil(work / m.macs_per_cycle)),
-                                costs.ceil_div(lr.dram_bytes - written, m.dram_bytes_per_cycle),
-                                costs.ceil_div(written, m.dram_bytes_per_cycle))
+    written = int(meta.get("min_write_bytes", 0))
+    lr.lower_bound_cycles = costs.lower_bound(work, lr.dram_bytes - written, written, m)
     lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
     return lr
 

@@ -65,7 +65,7 @@ def variants(shape: ConvShape, wbytes) -> dict:
 
 def _check(pred: dict, layer, what: str):
     got = {"total": layer.cycles, "compute": layer.compute, "load_stall": layer.load_stall,
-           "store_stall": layer.store_stall}
+           "store_stall": layer.store_stall, "lower_bound": layer.lower_bound_cycles}
     assert pred == got, f"{what}: cost model {pred} != interpreter {got}"
 
 
@@ -135,6 +135,7 @@ def _program(shape: ConvShape, sched: Schedule, w: np.ndarray) -> Program:
     """A one-layer program as the codegen builds it: real packed ternary blocks (filters in
     PE order), scale + bias parameters, optional residual input."""
     consts = bytearray()
+    const_bytes = 0
 
     def put(data: bytes) -> int:
         addr = align(len(consts))
@@ -148,9 +149,11 @@ def _program(shape: ConvShape, sched: Schedule, w: np.ndarray) -> Program:
             tile = w[f0:f1] if shape.depthwise else w[f0:f1, c0:c1]
             data = pack_ternary(tile, pe_order(tile, sched.pe_order))
             wblock[(fi, ci)] = (put(data), len(data))
+            const_bytes += len(data)
         nb = epi_param_layout(f1 - f0, True, DTYPES.index("float32"))[2]
         data = np.linspace(0.5, 1.5, nb // 4, dtype="<f4").tobytes()
         pblock[fi] = (put(data), len(data))
+        const_bytes += len(data)
     x_addr = align(len(consts))
     out_addr = align(x_addr + shape.n * shape.c * shape.h * shape.w * 4)
     res_addr = align(out_addr + shape.n * shape.f * shape.oh * shape.ow * 4)
@@ -164,8 +167,12 @@ def _program(shape: ConvShape, sched: Schedule, w: np.ndarray) -> Program:
                Tensor("output_0", "output", (shape.n, shape.f, shape.oh, shape.ow), "float32", out_addr)]
     if shape.residual:
         tensors.append(Tensor("r", "input", (shape.n, shape.f, shape.oh, shape.ow), "float32", res_addr))
+    out_bytes = shape.n * shape.f * shape.oh * shape.ow * 4
+    read = shape.min_input_bytes() + const_bytes + (out_bytes if shape.residual else 0)
     meta = {"dram_bytes": end, "layers": [{"name": "layer", "op": "conv2d", "precision": "ternary",
-                                          "pc_start": 0, "pc_end": n_layer}]}
+                                          "pc_start": 0, "pc_end": n_layer,
+                                          "min_dram_bytes": read + out_bytes,
+                                          "min_write_bytes": out_bytes}]}
     return Program(M, insns, bytes(consts), tensors, meta)
 
 

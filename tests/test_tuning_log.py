@@ -78,14 +78,14 @@ def test_resume_and_compile_with_log(mnist, tmp_path):
     log = tmp_path / "log.jsonl"
     rows = tune_model(mnist, M, log, trials=60, jobs=2)
     assert [r["status"] for r in rows] == ["tuned"] * 5
-    assert all(r["tuned_cycles"] <= r["default_cycles"] for r in rows)
+    assert all(r["lower_bound"] <= r["tuned_cycles"] <= r["default_cycles"] for r in rows)
     assert sum(r["tuned_cycles"] for r in rows) < sum(r["default_cycles"] for r in rows)
     text = log.read_text()
     assert len(text.splitlines()) == 5
     # second run: everything comes from the log, no trial, nothing appended
     seen = []
-    rows2 = tune_model(mnist, M, log, trials=60, jobs=2, progress=seen.append)
-    assert [r["status"] for r in rows2] == ["from log"] * 5 and len(seen) == 5
+    rows2 = tune_model(mnist, M, log, trials=60, jobs=2, progress=lambda *a: seen.append(a[1:]))
+    assert [r["status"] for r in rows2] == ["from log"] * 5 and seen == [(i, 5) for i in range(1, 6)]
     assert log.read_text() == text
     assert [r["tuned_cycles"] for r in rows2] == [r["tuned_cycles"] for r in rows]
 
@@ -95,8 +95,10 @@ def test_resume_and_compile_with_log(mnist, tmp_path):
     assert prog.meta["tuning"]["tuned_layers"] == 5
     _, rep = run(prog, {"x": x})
     by_name = {l.name: l.cycles for l in rep.layers}
+    bounds = {l.name: l.lower_bound_cycles for l in rep.layers}
     for r in rows:
         assert by_name[r["layer"]] == r["tuned_cycles"], r
+        assert bounds[r["layer"]] == r["lower_bound"] > 0, r
     _, rep0 = run(build_program(mnist, M, reference=False), {"x": x})
     assert rep.cycles["total"] <= rep0.cycles["total"]
     by_name0 = {l.name: l.cycles for l in rep0.layers}
@@ -176,5 +178,46 @@ def test_cli_tune_prints_table_and_compile_applies(tmp_path):
     res = cli(["compile", f"{fac}:make", "-o", tmp_path / "out.dlac", "--tuning-log", log])
     assert res.exit_code == 0, res.output
     assert "4 of 4 conv/dense layers got a tuned schedule" in res.stdout
-    res = cli(["tune", f"{fac}:make", "-o", log, "--dask", "127.0.0.1:8786"])
-    assert res.exit_code == 2 and "not yet supported" in res.stderr
+    assert "%bound" in out and "4/4" in out
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_tune_unreachable_dask_scheduler(tmp_path, monkeypatch):
+    monkeypatch.setattr("compiler.tune.DASK_CONNECT_TIMEOUT", "1s")
+    fac = tmp_path / "fac.py"
+    fac.write_text(FACTORY)
+    log = tmp_path / "log.jsonl"
+    res = cli(["tune", f"{fac}:make", "-o", log, "--trials", "5", "--dask", f"tcp://127.0.0.1:{_free_port()}"])
+    assert res.exit_code == 2, res.output
+    assert "cannot reach the Dask scheduler" in res.stderr and "Traceback" not in res.output
+    assert not log.exists() or tuning_log.load(log) == []
+
+
+def test_dask_local_cluster_equals_local_run(mnist, tmp_path):
+    """The same tune on a Dask LocalCluster (2 worker processes on 127.0.0.1) and in the
+    local process pool: the same records (schedules, cycles, trials, bounds)."""
+    distributed = pytest.importorskip("distributed")
+    local, remote = tmp_path / "local.jsonl", tmp_path / "dask.jsonl"
+    rows_local = tune_model(mnist, M, local, trials=40, jobs=2, seed=3)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None, processes=True) as cluster:
+        rows_dask = tune_model(mnist, M, remote, trials=40, seed=3, dask=cluster.scheduler_address)
+    strip = ("time", "note")
+
+    def same(rows):
+        return [{k: v for k, v in r.items() if k not in strip} for r in rows]
+
+    assert same(rows_dask) == same(rows_local)
+    assert [r["status"] for r in rows_dask] == ["tuned"] * 5
+
+    def recs(p):
+        return sorted((json.dumps({k: v for k, v in r.items() if k != "time"}, sort_keys=True)
+                       for r in tuning_log.load(p)))
+
+    assert recs(remote) == recs(local) and len(recs(local)) == 5
