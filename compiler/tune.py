@@ -65,13 +65,17 @@ def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
         return costmodel.layer_cycles(layer.shape, s, machine, layer.weights,
                                       has_scale=layer.has_scale)["total"]
 
+    def bound(s):
+        return costmodel.cycles_lower_bound(layer.shape, s, machine, layer.weights,
+                                            has_scale=layer.has_scale)
+
     res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
-                 seed=seed)
+                 seed=seed, bound_fn=bound)
     bound = costmodel.layer_cycles(layer.shape, res.best_schedule, machine, layer.weights,
                                    has_scale=layer.has_scale)["lower_bound"]
     return {"schedule": res.best_schedule.to_dict(), "cycles": int(res.best_cost),
             "default_cycles": int(res.history[0][1]), "lower_bound": int(bound),
-            "trials": res.trials_used, "stopped": res.stopped_because,
+            "trials": res.trials_used, "pruned": res.pruned, "stopped": res.stopped_because,
             "seconds": time.perf_counter() - t0}
 
 

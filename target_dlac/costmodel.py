@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import costs
-from .isa import BUFFERS, DTYPES, epi_param_layout
+from .isa import BUFFERS, DTYPES, Insn, epi_param_layout
 from .layer_weights import LayerWeights
-from .lower import Epilogue, lower_conv
+from .lower import Epilogue, input_window, lower_conv, tile_dmas
 from .machine import Machine
 from .schedule import ConvShape, Schedule, align, ranges
 from .timeline import Timeline
@@ -122,3 +122,59 @@ def _const_bytes(shape: ConvShape, sched: Schedule, weights, has_scale: bool) ->
     wb = sum(nb for nb, _ in info.blocks(shape, sched).values())
     return wb + sum(epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
                     for f0, f1 in ranges(shape.f, sched.f_tile))
+
+
+def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                       has_scale: bool = True) -> int:
+    """A cheap lower bound on ``layer_cycles(...)["total"]`` (no instruction stream, no
+    timeline), for pruning a search: each unit runs its instructions in order, so the
+    layer takes at least as long as the busiest unit's own work:
+
+    * compute: every conv instruction (one per image x spatial tile x weight block) and
+      every epilogue (one per image x spatial tile x filter tile), costed exactly by
+      :func:`costs.cost`;
+    * load: every weight and parameter block once, every input tile (image x spatial
+      tile x channel tile) once, every residual tile once (reloads only add);
+    * store: every output tile once (exact).
+
+    ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
+    if shape.swis:
+        raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
+    info = _as_weights(shape, weights)
+    m, eb, dt = machine, shape.elem_bytes, DTYPES.index(shape.dtype)
+    sp = [(hr, wr) for hr in ranges(shape.oh, sched.h_tile) for wr in ranges(shape.ow, sched.w_tile)]
+    ftiles = ranges(shape.f, sched.f_tile)
+    ctiles = [(0, shape.c)] if shape.depthwise else ranges(shape.c, sched.c_tile)
+    op = "TACC" if shape.ternary else "MAC"
+    tile_shapes: dict = {}                      # (oh, ow) -> spatial tiles of that shape
+    for (h0, h1), (w0, w1) in sp:
+        tile_shapes[(h1 - h0, w1 - w0)] = tile_shapes.get((h1 - h0, w1 - w0), 0) + 1
+    compute = 0
+    for (fi, ci), (nbytes, counts) in info.blocks(shape, sched).items():
+        f0, f1 = ftiles[fi]
+        c0, c1 = (f0, f1) if shape.depthwise else ctiles[ci]
+        for (oh, ow), k in tile_shapes.items():
+            ins = Insn(op, dict(f=f1 - f0, c=c1 - c0, kh=shape.kh, kw=shape.kw, oh=oh, ow=ow,
+                                depthwise=int(shape.depthwise), dtype=dt))
+            compute += k * costs.cost(ins, m, counts)
+    for f0, f1 in ftiles:
+        for (oh, ow), k in tile_shapes.items():
+            compute += k * costs.cost(Insn("EPI", dict(f=f1 - f0, p=oh * ow, dtype=dt)), m)
+    const_load = sum(costs.dma_cycles(nb, m) for nb, _ in info.blocks(shape, sched).values())
+    const_load += sum(costs.dma_cycles(epi_param_layout(f1 - f0, has_scale, dt)[2], m) for f0, f1 in ftiles)
+    load = store = 0                            # per image
+    in_ctiles = ftiles if shape.depthwise else ctiles
+    for oh_r, ow_r in sp:
+        (ih0, ih1, _, _), (iw0, iw1, _, _) = input_window(shape, oh_r, ow_r)
+        for cr in in_ctiles:
+            load += _dma_sum(tile_dmas(0, (shape.c, shape.h, shape.w), cr, (ih0, ih1), (iw0, iw1), 0, eb), m)
+        for fr in ftiles:
+            out = _dma_sum(tile_dmas(0, (shape.f, shape.oh, shape.ow), fr, oh_r, ow_r, 0, eb), m)
+            store += out
+            if shape.residual:
+                load += out
+    return max(shape.n * compute, const_load + shape.n * load, shape.n * store)
+
+
+def _dma_sum(dmas: list, m: Machine) -> int:
+    return sum(costs.dma_cycles(d["y"] * d["x"], m) for d in dmas)

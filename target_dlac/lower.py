@@ -67,6 +67,15 @@ def whole_rows(shape: ConvShape, ow: tuple, iw0: int, iw1: int, rp: int) -> int:
     return iw1
 
 
+def input_window(shape: ConvShape, oh: tuple, ow: tuple) -> tuple:
+    """``((ih0, ih1, pad_top, pad_bottom), (iw0, iw1, pad_left, pad_right))``: the input
+    rows and columns a tile of outputs ``oh`` x ``ow`` loads, and its zero padding."""
+    pt, pl = shape.pads[0], shape.pads[1]
+    rows = _window(oh[0], oh[1], shape.sh, shape.kh, pt, shape.h)
+    iw0, iw1, lp, rp = _window(ow[0], ow[1], shape.sw, shape.kw, pl, shape.w)
+    return rows, (iw0, whole_rows(shape, ow, iw0, iw1, rp), lp, rp)
+
+
 def _window(o0: int, o1: int, stride: int, k: int, pad: int, size: int) -> tuple[int, int, int, int]:
     """Input range [i0, i1) read by outputs [o0, o1) and the zero padding before/after."""
     a = o0 * stride - pad
@@ -114,7 +123,6 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
     acc_stored = [-1] * n_sl             # last store index of each accumulator slot
 
     C, H, W = shape.c, shape.h, shape.w
-    pt, pl, pb, pr = shape.pads
     assert all(nb <= p_slot for _, nb in pblock.values())
     ftiles = ranges(shape.f, s.f_tile)
     ctiles = ranges(shape.c, s.c_tile) if not shape.depthwise else None
@@ -147,9 +155,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
     for n, si, fi in loop():
         (oh0, oh1), (ow0, ow1) = sp[si]
         f0, f1 = ftiles[fi]
-        ih0, ih1, tp, bp = _window(oh0, oh1, shape.sh, shape.kh, pt, H)
-        iw0, iw1, lp, rp = _window(ow0, ow1, shape.sw, shape.kw, pl, W)
-        iw1 = whole_rows(shape, (ow0, ow1), iw0, iw1, rp)
+        (ih0, ih1, tp, bp), (iw0, iw1, lp, rp) = input_window(shape, (oh0, oh1), (ow0, ow1))
         if max(tp, bp, lp, rp) > 15:
             raise CodegenError(f"{name}: tile padding {max(tp, bp, lp, rp)} exceeds the 4-bit pad field")
         cts = [(f0, f1)] if shape.depthwise else ctiles

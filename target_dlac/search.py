@@ -18,6 +18,16 @@ Rules common to all strategies:
 * ``on_trial(i, schedule, cost)`` is called after each trial (``i`` from 0);
 * for a given ``seed`` (and no time budget hit) the run is deterministic.
 
+Pruning (``bound_fn``, a lower bound of ``cost_fn``, e.g.
+:func:`costmodel.cycles_lower_bound`): a trial whose bound shows it cannot change the
+run is recorded as pruned (cost ``None`` in the history, counted in ``pruned``)
+without calling ``cost_fn``: exhaustive / random when the bound is at least the best
+cost; anneal when the bound is above the current cost (so the acceptance draw ``u``
+happens either way) and at least ``current * (1 - T ln u)``, the cost below which the
+proposal would be accepted.  The run is otherwise the same as without ``bound_fn``:
+the same trials, schedules, decisions and result (tested); a pruned schedule met again
+is costed exactly then.
+
 ``stopped_because``: ``"exhausted"`` (exhaustive: every valid schedule evaluated;
 random / anneal: no unevaluated schedule found in a bounded number of draws / steps),
 ``"trials"``, ``"time_budget"`` or ``"patience"``.
@@ -53,6 +63,7 @@ STRATEGIES = ("exhaustive", "random", "anneal")
 T0, T1 = 0.05, 0.001
 DEFAULT_TRIALS = 1000
 STALE_STEPS = 30
+_MISSING = object()
 
 
 @dataclass
@@ -60,8 +71,9 @@ class SearchResult:
     best_schedule: Schedule
     best_cost: float
     trials_used: int
-    history: list = field(default_factory=list)     # [(schedule, cost)] in trial order
+    history: list = field(default_factory=list)     # [(schedule, cost or None: pruned)]
     stopped_because: str = ""
+    pruned: int = 0                                 # trials pruned by the bound
 
 
 class _Stop(Exception):
@@ -72,8 +84,9 @@ class _Stop(Exception):
 class _Run:
     """Memoized evaluation with the budgets and the best-so-far."""
 
-    def __init__(self, cost_fn, trials, time_budget, patience, on_trial):
+    def __init__(self, cost_fn, trials, time_budget, patience, on_trial, bound_fn=None):
         self.cost_fn, self.trials, self.time_budget = cost_fn, trials, time_budget
+        self.bound_fn, self.pruned = bound_fn, 0
         self.patience, self.on_trial = patience, on_trial
         self.start = time.monotonic()
         self.cache: dict[Schedule, float] = {}
@@ -89,13 +102,33 @@ class _Run:
         if self.patience is not None and self.since_best >= self.patience:
             raise _Stop("patience")
 
-    def evaluate(self, s: Schedule, force: bool = False) -> float:
-        if s in self.cache:
-            return self.cache[s]
+    def evaluate(self, s: Schedule, force: bool = False, prune_at: float | None = None,
+                 bound: float | None = None):
+        """The cost of ``s`` (a trial unless cached).  With ``prune_at``, and a bound
+        (given, or ``bound_fn(s)``) of at least ``prune_at``, the trial is recorded as
+        pruned (cost ``None``) without calling ``cost_fn``."""
+        got = self.cache.get(s, _MISSING)
+        if got is None:                      # pruned before: cost it now (no new trial)
+            got = self.cache[s] = self.cost_fn(s)
+            if got < self.best_cost:
+                self.best, self.best_cost = s, got
+        if got is not _MISSING:
+            return got
         if not force:
             self._budget_left()
-        c = self.cost_fn(s)
         i = len(self.history)
+        if prune_at is not None and self.bound_fn is not None:
+            if bound is None:
+                bound = self.bound_fn(s)
+            if bound >= prune_at:
+                self.cache[s] = None
+                self.history.append((s, None))
+                self.pruned += 1
+                self.since_best += 1
+                if self.on_trial is not None:
+                    self.on_trial(i, s, None)
+                return None
+        c = self.cost_fn(s)
         self.cache[s] = c
         self.history.append((s, c))
         if c < self.best_cost:
@@ -109,27 +142,28 @@ class _Run:
 
 def search(space: ScheduleSpace, cost_fn, strategy: str = "anneal", *, trials: int | None = None,
            time_budget: float | None = None, patience: int | None = None, seed: int = 0,
-           on_trial=None) -> SearchResult:
-    """Search ``space`` for the schedule of least ``cost_fn`` (see the module docstring)."""
+           on_trial=None, bound_fn=None) -> SearchResult:
+    """Search ``space`` for the schedule of least ``cost_fn`` (see the module docstring;
+    ``bound_fn``: a lower bound of ``cost_fn`` for pruning)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
     if strategy != "exhaustive" and trials is None and time_budget is None and patience is None:
         trials = DEFAULT_TRIALS
     rng = _random.Random(seed)
-    run = _Run(cost_fn, trials, time_budget, patience, on_trial)
+    run = _Run(cost_fn, trials, time_budget, patience, on_trial, bound_fn)
     run.evaluate(space.default(), force=True)
     why = "exhausted"
     try:
         if strategy == "exhaustive":
             for s in space:
-                run.evaluate(s)
+                run.evaluate(s, prune_at=run.best_cost)
         elif strategy == "random":
             _random_search(space, run, rng)
         else:
             _anneal(space, run, rng, trials or DEFAULT_TRIALS)
     except _Stop as stop:
         why = stop.why
-    return SearchResult(run.best, run.best_cost, len(run.history), run.history, why)
+    return SearchResult(run.best, run.best_cost, len(run.history), run.history, why, run.pruned)
 
 
 def _random_search(space: ScheduleSpace, run: _Run, rng) -> None:
@@ -142,7 +176,7 @@ def _random_search(space: ScheduleSpace, run: _Run, rng) -> None:
             dups += 1
             continue
         dups = 0
-        run.evaluate(s)
+        run.evaluate(s, prune_at=run.best_cost)
 
 
 def _anneal(space: ScheduleSpace, run: _Run, rng, n: int) -> None:
@@ -161,11 +195,22 @@ def _anneal(space: ScheduleSpace, run: _Run, rng, n: int) -> None:
             continue
         cand = rng.choice(nbrs)
         fresh = cand not in run.cache
+        u = None
+        if fresh and run.bound_fn is not None and cur_cost > 0:
+            b = run.bound_fn(cand)
+            if b > cur_cost:        # worse for sure: the acceptance draw happens either way
+                u = rng.random()
+                temp = T0 * (T1 / T0) ** min(1.0, (len(run.history) + 1) / n)
+                # accepted iff u < exp(-d / temp), i.e. cost < cur_cost * (1 - temp * ln u)
+                limit = cur_cost * (1 - temp * math.log(u)) if u > 0 else math.inf
+                if run.evaluate(cand, prune_at=limit * (1 + 1e-9) + 1, bound=b) is None:
+                    stale = restarts = 0
+                    continue
         c = run.evaluate(cand)
         stale = 0 if fresh else stale + 1
         if fresh:
             restarts = 0
         temp = T0 * (T1 / T0) ** min(1.0, len(run.history) / n)
         d = (c - cur_cost) / cur_cost if cur_cost > 0 else c - cur_cost
-        if d <= 0 or rng.random() < math.exp(-d / temp):
+        if d <= 0 or (u if u is not None else rng.random()) < math.exp(-d / temp):
             cur, cur_cost = cand, c

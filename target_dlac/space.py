@@ -11,7 +11,12 @@ The grid (``k`` = number of tiles, ``max_splits`` = 4 by default):
 * ``h_tile`` / ``w_tile``: the even splits ``ceil(OH / k)`` / ``ceil(OW / k)``;
 * ``order``: ``spatial_outer``, ``filter_outer``; ``double_buffer``: on, off;
 * ``pe_order``: ``as_is``, ``sorted`` (only ``sorted`` for non-ternary layers, where the
-  filter order changes no cost).
+  filter order changes no cost).  A third filter-to-PE assignment, greedy balanced bins
+  (largest filter first onto the least-loaded PE column), is left out on purpose: a
+  TACC costs the sum over consecutive groups of ``pe_cols`` filters of the group's
+  largest count, which the sorted order minimizes over every permutation, so balanced
+  bins can only tie or lose (``tests/test_costmodel.py::test_sorted_pe_order_is_optimal``
+  checks both claims).
 
 The default schedule's own tile sizes are added to each list, so the default is always
 a point of the space (exhaustive search never misses it).  With ``max_splits = 4`` a

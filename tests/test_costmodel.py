@@ -10,6 +10,7 @@ compute / load-stall / store-stall split exactly.
 
 from __future__ import annotations
 
+import itertools
 import time
 import zlib
 from dataclasses import replace
@@ -17,13 +18,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compiler import QuantConfig, compile_model
 from compiler.build import _codegen_args, build_program
 from compiler.datasets import mnist_cnn
 from target_dlac.codegen import Codegen
-from target_dlac.layer_weights import LayerWeights, pe_order
-from target_dlac.costmodel import layer_cycles
+from target_dlac.costs import group_max_sum
+from target_dlac.layer_weights import LayerWeights, order_by_counts, pe_order
+from target_dlac.costmodel import cycles_lower_bound, layer_cycles
 from target_dlac.interpreter import run
 from target_dlac.isa import DTYPES, Insn, epi_param_layout
 from target_dlac.lower import Epilogue, align, lower_conv, ranges
@@ -213,6 +217,7 @@ def test_synthetic_ternary_layers_match_interpreter(name):
         (layer,) = rep.layers
         assert layer.cycles == rep.cycles["total"] > 0
         _check(layer_cycles(shape, sched, M, w), layer, f"{name} {kind} {sched}")
+        assert 0 < cycles_lower_bound(shape, sched, M, w) <= layer.cycles, (name, kind)
 
 
 def test_timing_64_channel_layer():
@@ -271,3 +276,31 @@ def test_min_input_bytes_counts_touched_positions(n_out, stride, k, pad, size):
                 touched[o * stride - pad + i] = True
     shape = ConvShape(2, 3, size, size, 4, k, k, stride, stride, (pad,) * 4, n_out, n_out)
     assert shape.min_input_bytes() == 2 * 3 * int(touched.sum()) ** 2 * 4
+
+
+def _lpt_layout(counts: np.ndarray, pe_cols: int) -> np.ndarray:
+    """Greedy balanced bins: filters, largest first, onto the least-loaded of ``pe_cols``
+    PE columns that has room (``ceil(n / pe_cols)`` each); group ``g`` runs the ``g``-th
+    filter of every column."""
+    cap = -(-len(counts) // pe_cols)
+    cols: list[list[int]] = [[] for _ in range(pe_cols)]
+    load = [0] * pe_cols
+    for i in np.argsort(-counts, kind="stable"):
+        j = min((c for c in range(pe_cols) if len(cols[c]) < cap), key=lambda c: load[c])
+        cols[j].append(int(i))
+        load[j] += int(counts[i])
+    return np.array([col[g] for g in range(cap) for col in cols if g < len(col)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=7), st.integers(1, 4))
+def test_sorted_pe_order_is_optimal(counts, pe_cols):
+    """Why the schedule space offers ``as_is`` and ``sorted`` but no third filter-to-PE
+    assignment: a TACC costs the sum over consecutive groups of ``pe_cols`` filters of the
+    group's largest count (``costs.group_max_sum``), and sorting by count minimizes that
+    sum over every permutation (brute force here); greedy balanced bins (LPT onto the PE
+    columns) never beats it."""
+    c = np.array(counts)
+    best = min(group_max_sum(c[list(p)], pe_cols) for p in itertools.permutations(range(len(c))))
+    assert group_max_sum(c[order_by_counts(c, "sorted")], pe_cols) == best
+    assert group_max_sum(c[_lpt_layout(c, pe_cols)], pe_cols) >= best

@@ -186,3 +186,42 @@ def test_real_layer_exhaustive_vs_anneal(name):
     assert an.trials_used <= 200 and an.best_cost <= default
     assert an.best_cost <= 1.02 * ex.best_cost
     assert len(evaluated) == 1 + ex.trials_used + an.trials_used
+
+
+# ------------------------------------------------------------------ (c) pruning by the bound
+
+@pytest.mark.parametrize("strategy", ["exhaustive", "random", "anneal"])
+def test_pruning_by_the_bound_changes_no_result(strategy):
+    """``bound_fn`` (``costmodel.cycles_lower_bound``) is never above the exact cost, and a
+    search pruned by it returns what the unpruned search returns: the same best schedule
+    and cost, the same trials, the same schedules in the same order (anneal: the same
+    accept / reject decisions), with fewer calls of the exact cost."""
+    from target_dlac.costmodel import cycles_lower_bound
+
+    shape = _conv(32, 28, 32)
+    w = _ternary(shape, 5, density=0.4)
+    space = _space(shape, w, max_splits=3)
+    calls = {"exact": 0}
+
+    def cost(s):
+        calls["exact"] += 1
+        c = layer_cycles(shape, s, M, w)["total"]
+        assert cycles_lower_bound(shape, s, M, w) <= c, s
+        return c
+
+    def bound(s):
+        return cycles_lower_bound(shape, s, M, w)
+
+    kw = {} if strategy == "exhaustive" else {"trials": 120, "seed": 4}
+    plain = search(space, cost, strategy, **kw)
+    n_plain, calls["exact"] = calls["exact"], 0
+    pruned = search(space, cost, strategy, bound_fn=bound, **kw)
+    assert (pruned.best_schedule, pruned.best_cost, pruned.trials_used, pruned.stopped_because) == \
+        (plain.best_schedule, plain.best_cost, plain.trials_used, plain.stopped_because)
+    assert [s for s, _ in pruned.history] == [s for s, _ in plain.history]
+    for (_, a), (_, b) in zip(pruned.history, plain.history):
+        assert a is None or a == b
+    assert pruned.pruned == sum(c is None for _, c in pruned.history) > 0
+    assert calls["exact"] < n_plain
+    print(f"\n{strategy}: {pruned.trials_used} trials, {pruned.pruned} pruned, exact cost "
+          f"{calls['exact']} calls vs {n_plain}")
