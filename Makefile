@@ -37,6 +37,7 @@ results: $(STAMP)
 bench: $(STAMP)
 	$(PY) tools/bench/import_passes.py
 	$(PY) tools/bench/interpreter_resnet18.py
+	$(PY) tools/bench/tune_resnet18.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -185,10 +185,14 @@ def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, 
 @click.argument("model")
 @click.option("-o", "--output", "log", required=True, metavar="LOG.jsonl",
               help="Tuning log to append to (also the resume state: tuned layers are skipped).")
-@click.option("--trials", type=int, help="Trials per layer (default 200; exhaustive: unlimited).")
+@click.option("--trials", type=int,
+              help="Trials (exact cost evaluations) per layer (default: 200 for random / anneal, "
+                   "unlimited for exhaustive / best_first, which end by themselves).")
 @click.option("--time-budget", type=float, metavar="S", help="Wall seconds per layer.")
-@click.option("--strategy", type=click.Choice(("exhaustive", "random", "anneal")), default="anneal",
-              show_default=True)
+@click.option("--strategy", type=click.Choice(("best_first", "anneal", "random", "exhaustive")),
+              default="best_first", show_default=True,
+              help="best_first: exact costs in order of a cheap lower bound until the bound proves "
+                   "the best optimal; anneal: simulated annealing; random; exhaustive.")
 @click.option("--patience", type=int, metavar="K", help="Stop a layer after K trials without improvement.")
 @click.option("--jobs", type=int, metavar="N", help="Layers tuned in parallel (default: CPU count).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -207,7 +211,7 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
                 raise ConfigError(f"{flag} must be at least 1")
         if time_budget is not None and time_budget <= 0:
             raise ConfigError("--time-budget must be positive")
-        if trials is None and strategy != "exhaustive":
+        if trials is None and strategy in ("random", "anneal"):
             trials = 200
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
                                swis_consecutive, keep_first, keep_last)

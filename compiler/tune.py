@@ -65,9 +65,14 @@ def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
         return costmodel.layer_cycles(layer.shape, s, machine, layer.weights,
                                       has_scale=layer.has_scale)["total"]
 
-    def bound(s):
-        return costmodel.cycles_lower_bound(layer.shape, s, machine, layer.weights,
-                                            has_scale=layer.has_scale)
+    bounds: dict = {}
+
+    def bound(s):           # the bound does not depend on the loop order or double buffering
+        k = (s.f_tile, s.c_tile, s.h_tile, s.w_tile, s.pe_order)
+        if k not in bounds:
+            bounds[k] = costmodel.cycles_lower_bound(layer.shape, s, machine, layer.weights,
+                                                     has_scale=layer.has_scale)
+        return bounds[k]
 
     res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
                  seed=seed, bound_fn=bound)
@@ -91,7 +96,7 @@ def _row(t: TuneLayer, status, rec=None, note=""):
     return row
 
 
-def tune_model(result, machine, log_path, strategy: str = "anneal", trials: int | None = 200,
+def tune_model(result, machine, log_path, strategy: str = "best_first", trials: int | None = None,
                time_budget: float | None = None, patience: int | None = None,
                jobs: int | None = None, progress=None, seed: int = 0,
                dask: str | None = None) -> list[dict]:

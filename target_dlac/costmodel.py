@@ -137,7 +137,8 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
       tile x channel tile) once, every residual tile once (reloads only add);
     * store: every output tile once (exact).
 
-    ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
+    It depends on the tiling and PE order only, not on the loop order or double
+    buffering.  ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
     if shape.swis:
         raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
     info = _as_weights(shape, weights)
@@ -150,7 +151,8 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
     for (h0, h1), (w0, w1) in sp:
         tile_shapes[(h1 - h0, w1 - w0)] = tile_shapes.get((h1 - h0, w1 - w0), 0) + 1
     compute = 0
-    for (fi, ci), (nbytes, counts) in info.blocks(shape, sched).items():
+    blocks = info.blocks(shape, sched)
+    for (fi, ci), (nbytes, counts) in blocks.items():
         f0, f1 = ftiles[fi]
         c0, c1 = (f0, f1) if shape.depthwise else ctiles[ci]
         for (oh, ow), k in tile_shapes.items():
@@ -160,7 +162,7 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
     for f0, f1 in ftiles:
         for (oh, ow), k in tile_shapes.items():
             compute += k * costs.cost(Insn("EPI", dict(f=f1 - f0, p=oh * ow, dtype=dt)), m)
-    const_load = sum(costs.dma_cycles(nb, m) for nb, _ in info.blocks(shape, sched).values())
+    const_load = sum(costs.dma_cycles(nb, m) for nb, _ in blocks.values())
     const_load += sum(costs.dma_cycles(epi_param_layout(f1 - f0, has_scale, dt)[2], m) for f0, f1 in ftiles)
     load = store = 0                            # per image
     in_ctiles = ftiles if shape.depthwise else ctiles

@@ -42,6 +42,7 @@ class LayerWeights:
         self._cum2 = np.zeros((nz.shape[0] + 1, nz.shape[1] + 1), np.int64)  # and over filters
         self._cum2[1:] = self._cum.cumsum(axis=0)
         self._largest: dict = {}
+        self._blocks: dict = {}
 
     def tile_counts(self, f: tuple, c: tuple) -> np.ndarray:
         """Non-zero weights of filters ``f0:f1`` over input channels ``c0:c1``."""
@@ -89,7 +90,15 @@ class LayerWeights:
 
     def blocks(self, shape: ConvShape, s: Schedule) -> dict:
         """``{(fi, ci): (bytes, steps counts or None)}`` of the blocks packed under ``s``:
-        ternary blocks carry their filters' non-zero counts in PE order."""
+        ternary blocks carry their filters' non-zero counts in PE order (memoized on the
+        tiling and PE order; treat the result as read-only)."""
+        key = (shape, s.f_tile, s.c_tile, s.pe_order)
+        got = self._blocks.get(key)
+        if got is None:
+            got = self._blocks[key] = self._make_blocks(shape, s)
+        return got
+
+    def _make_blocks(self, shape: ConvShape, s: Schedule) -> dict:
         out = {}
         for fi, ci, fr, cr in weight_tiles(shape, s):
             counts = None

@@ -30,9 +30,17 @@ is costed exactly then.
 
 ``stopped_because``: ``"exhausted"`` (exhaustive: every valid schedule evaluated;
 random / anneal: no unevaluated schedule found in a bounded number of draws / steps),
-``"trials"``, ``"time_budget"`` or ``"patience"``.
+``"proved"`` (best_first: every schedule not costed has a bound at least the best
+cost, so the best is the space's optimum), ``"trials"``, ``"time_budget"`` or
+``"patience"``.
 
 Strategies:
+
+* ``best_first`` (model-guided; needs ``bound_fn``, the default of ``dlac tune``): the
+  bound of every valid schedule first (cheap: no instruction stream), then exact costs
+  in increasing bound order, stopping once the next bound reaches the best cost found.
+  Without a budget cut it returns the exhaustive optimum, usually after a few dozen
+  exact costs; with ``trials`` it costs the ``trials`` most promising schedules.
 
 * ``exhaustive``: every valid schedule of the space in grid order (after the default);
 * ``random``: valid schedules drawn by :meth:`ScheduleSpace.random` (duplicates skipped);
@@ -59,7 +67,7 @@ from dataclasses import dataclass, field
 from .schedule import Schedule
 from .space import ScheduleSpace
 
-STRATEGIES = ("exhaustive", "random", "anneal")
+STRATEGIES = ("exhaustive", "random", "anneal", "best_first")
 T0, T1 = 0.05, 0.001
 DEFAULT_TRIALS = 1000
 STALE_STEPS = 30
@@ -147,7 +155,10 @@ def search(space: ScheduleSpace, cost_fn, strategy: str = "anneal", *, trials: i
     ``bound_fn``: a lower bound of ``cost_fn`` for pruning)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
-    if strategy != "exhaustive" and trials is None and time_budget is None and patience is None:
+    if strategy == "best_first" and bound_fn is None:
+        raise ValueError("best_first needs bound_fn (a lower bound of cost_fn)")
+    if strategy not in ("exhaustive", "best_first") and trials is None and time_budget is None \
+            and patience is None:
         trials = DEFAULT_TRIALS
     rng = _random.Random(seed)
     run = _Run(cost_fn, trials, time_budget, patience, on_trial, bound_fn)
@@ -159,11 +170,30 @@ def search(space: ScheduleSpace, cost_fn, strategy: str = "anneal", *, trials: i
                 run.evaluate(s, prune_at=run.best_cost)
         elif strategy == "random":
             _random_search(space, run, rng)
+        elif strategy == "best_first":
+            why = _best_first(space, run)
         else:
             _anneal(space, run, rng, trials or DEFAULT_TRIALS)
     except _Stop as stop:
         why = stop.why
     return SearchResult(run.best, run.best_cost, len(run.history), run.history, why, run.pruned)
+
+
+def _best_first(space: ScheduleSpace, run: _Run) -> str:
+    """Every valid schedule's bound, then exact costs in increasing bound order (ties: grid
+    order) until the next bound reaches the best cost: "proved" (no schedule left can be
+    better: the space's optimum), or a budget stops it first."""
+    bounds = []
+    for i, s in enumerate(space):
+        if run.time_budget is not None and time.monotonic() - run.start >= run.time_budget:
+            raise _Stop("time_budget")
+        bounds.append((run.bound_fn(s), i, s))
+    bounds.sort(key=lambda t: (t[0], t[1]))
+    for b, _, s in bounds:
+        if b >= run.best_cost:
+            return "proved"
+        run.evaluate(s)
+    return "proved"
 
 
 def _random_search(space: ScheduleSpace, run: _Run, rng) -> None:

@@ -225,3 +225,34 @@ def test_pruning_by_the_bound_changes_no_result(strategy):
     assert calls["exact"] < n_plain
     print(f"\n{strategy}: {pruned.trials_used} trials, {pruned.pruned} pruned, exact cost "
           f"{calls['exact']} calls vs {n_plain}")
+
+
+def test_best_first_finds_the_exhaustive_optimum_with_few_exact_costs():
+    """Model-guided best-first (bounds first, exact costs in bound order) returns the
+    exhaustive optimum's cost, says it proved it, and costs a fraction of the space."""
+    from target_dlac.costmodel import cycles_lower_bound
+
+    shape = _conv(48, 14, 96)
+    w = _ternary(shape, 11, density=0.45)
+    space = _space(shape, w, max_splits=3)
+
+    def cost(s):
+        return layer_cycles(shape, s, M, w)["total"]
+
+    def bound(s):
+        return cycles_lower_bound(shape, s, M, w)
+
+    ex = search(space, cost, "exhaustive")
+    bf = search(space, cost, "best_first", bound_fn=bound)
+    assert bf.best_cost == ex.best_cost and bf.stopped_because == "proved"
+    assert bf.trials_used < ex.trials_used / 4, (bf.trials_used, ex.trials_used)
+    capped = search(space, cost, "best_first", bound_fn=bound, trials=3)
+    assert capped.trials_used == 3 and capped.stopped_because == "trials"
+    with pytest.raises(ValueError, match="bound_fn"):
+        search(space, cost, "best_first")
+
+
+def test_best_first_on_synthetic_known_optimum(synth):
+    space, target, cost = synth
+    r = search(space, cost, "best_first", bound_fn=lambda s: cost(s) / 2)
+    assert r.best_schedule == target and r.best_cost == 0 and r.stopped_because == "proved"

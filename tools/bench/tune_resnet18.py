@@ -19,7 +19,8 @@ speedup over the default, the lower bound and trials; then the goals: tuned with
 of the optimum, >= 1.2x fewer cycles than the default on average (mean of the
 per-layer ratios; the whole-network ratio is printed too), all layers within 60 s.
 
-    python tools/bench/tune_resnet18.py [--trials 200] [--jobs 2] [--json FILE]
+    python tools/bench/tune_resnet18.py [--strategy best_first|anneal|random] [--trials N]
+                                        [--jobs 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -54,14 +55,16 @@ def _exhaustive(layer, machine):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--strategy", default="anneal")
+    ap.add_argument("--trials", type=int, default=None, help="per layer (default: 200 for anneal / random)")
+    ap.add_argument("--strategy", default="best_first")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--exhaustive-limit", type=int, default=0, metavar="N",
                     help="skip the exhaustive baseline on spaces of more than N valid schedules")
     ap.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     args = ap.parse_args(argv)
+    if args.trials is None and args.strategy in ("anneal", "random"):
+        args.trials = 200
 
     import numpy as np
     import torch
