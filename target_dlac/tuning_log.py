@@ -5,7 +5,10 @@ A record::
     {"key": {"op", "shape": {ConvShape fields}, "weights_sha256", "precision",
              "has_scale", "machine"},
      "schedule": Schedule.to_dict(), "cycles": int, "default_cycles": int,
-     "trials": int, "strategy": str, "time": float (unix seconds)}
+     "lower_bound": int, "trials": int, "strategy": str, "time": float (unix seconds),
+     "layer": str (display name)}
+
+(``lower_bound`` and ``layer`` are informative: a record without them is still valid.)
 
 The key names what the schedule's cycle count depends on: the layer's op and shape
 (with its activation dtype), the weights themselves (a ternary layer's cost follows
