@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 
 import numpy as np
+
+from .atomic import atomic_write_bytes
 
 
 def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
@@ -48,7 +51,9 @@ def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
     path = os.path.join(out_dir, "mnist.dlac")
     write_program(path, build_program(result))
     prog = read_program(path)           # what a user runs: the validated file
-    np.save(os.path.join(out_dir, "mnist_input0.npy"), x[:1])
+    buf = io.BytesIO()
+    np.save(buf, x[:1])
+    atomic_write_bytes(os.path.join(out_dir, "mnist_input0.npy"), buf.getvalue())
     ops = opcode_counts(prog)
     echo(f"wrote {path} ({os.path.getsize(path):,} bytes): {len(prog.insns)} instructions "
          f"({', '.join(f'{k} {v}' for k, v in ops.items())})")
