@@ -48,6 +48,68 @@ def _check_nodes(model, label: str) -> None:
             raise UnsupportedOpError(node.op_type, node.name or f"#{i}", f"in {label}{hint}")
 
 
+_FLOAT_TYPES = ("FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16")
+_FLOAT_MATH = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")   # every input a float
+
+
+def _check_dataflow(model, label: str) -> None:
+    """Every node input is a graph input, an initializer or an earlier node's output, the
+    inputs of float arithmetic (conv, matmul, batch norm) are floats, and the graph inputs
+    hold numbers: otherwise a :class:`ModelLoadError` naming the node and the value (a
+    missing initializer, a cycle or a node out of order, an int64 weight, a string input).
+    Runs before TVM's importer, whose errors for these would be less direct."""
+    from onnx import TensorProto
+
+    g = model.graph
+    known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    producer = {o: (j, n) for j, n in enumerate(g.node) for o in n.output}
+    dtypes = {t.name: t.data_type for t in g.initializer}
+    dtypes.update({i.name: i.type.tensor_type.elem_type for i in g.input
+                   if i.type.HasField("tensor_type") and i.name not in dtypes})
+    for i, node in enumerate(g.node):
+        where = f"node {node.name or f'#{i}'} ({node.op_type})"
+        for name in node.input:
+            if name in known:
+                continue
+            if name not in producer:
+                raise ModelLoadError(f"{where} reads {name!r}, which is neither a graph input, an "
+                                     "initializer nor any node's output (a missing initializer?)",
+                                     where=label)
+            j, other = producer[name]
+            what = "a cycle" if _reaches(g.node, i, j, producer) else "nodes out of topological order"
+            raise ModelLoadError(f"{where} reads {name!r}, produced by the later node "
+                                 f"{other.name or f'#{j}'} ({other.op_type}): {what}", where=label)
+        known.update(node.output)
+        if node.op_type in _FLOAT_MATH:
+            for name in node.input:
+                et = dtypes.get(name)
+                if et is not None and TensorProto.DataType.Name(et) not in _FLOAT_TYPES:
+                    raise ModelLoadError(f"{where}: input {name!r} is "
+                                         f"{TensorProto.DataType.Name(et).lower()}, expected a float type",
+                                         where=label)
+    for inp in g.input:
+        et = inp.type.tensor_type.elem_type if inp.type.HasField("tensor_type") else None
+        if et is None or TensorProto.DataType.Name(et) in ("STRING", "UNDEFINED", "COMPLEX64", "COMPLEX128"):
+            kind = "not a tensor" if et is None else TensorProto.DataType.Name(et).lower()
+            raise ModelLoadError(f"graph input {inp.name!r} has element type {kind}; dLAC takes "
+                                 "numeric tensors", where=label)
+
+
+def _reaches(nodes, start: int, target: int, producer: dict) -> bool:
+    """Does node ``start``'s output flow (through later-listed producers) into node
+    ``target``'s inputs, i.e. does ``target`` depend on ``start``?"""
+    seen, todo = set(), [target]
+    while todo:
+        j = todo.pop()
+        if j == start:
+            return True
+        if j in seen:
+            continue
+        seen.add(j)
+        todo.extend(producer[n][0] for n in nodes[j].input if n in producer)
+    return False
+
+
 def _input_shapes(model, given: dict) -> dict[str, tuple[int, ...]]:
     inits = {t.name for t in model.graph.initializer}
     declared = {}
@@ -155,6 +217,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
         label = os.fspath(model_or_path)
         model = load_onnx(label)
     _check_nodes(model, label)
+    _check_dataflow(model, label)
     shapes = _input_shapes(model, input_shapes)
     try:
         onnx.checker.check_model(model)
