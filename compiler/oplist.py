@@ -23,6 +23,7 @@ HOST_RELAX_OPS = frozenset({
     "nn.dropout", "negative", "abs", "round", "floor", "ceil",
     "quantize", "dequantize", "right_shift", "left_shift", "where",
     "take", "broadcast_to", "nn.hardswish", "nn.relu6",
+    "isnan",        # ONNX Clip's bounds check; folds away when the bounds are constants
 })
 
 #: ONNX op types accepted by the ONNX frontend (they import into the ops above).

@@ -368,10 +368,17 @@ class Codegen:
 
     # ---- host ops ---------------------------------------------------------------------
     def _host_call(self, var, call):
-        tensors = [a for a in call.args if isinstance(a, relax.Var)]
+        # tensor arguments, also those inside a tuple argument (concat): each becomes a parameter
+        flat = [f for a in call.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+        tensors = list(dict.fromkeys(a for a in flat if isinstance(a, relax.Var)))
         params = [relax.Var(f"in{i}", a.ty) for i, a in enumerate(tensors)]
         remap = {a: p for a, p in zip(tensors, params)}
-        new_args = [remap.get(a, a) if isinstance(a, relax.Var) else a for a in call.args]
+
+        def sub(a):
+            if isinstance(a, relax.Tuple):
+                return relax.Tuple([sub(f) for f in a.fields])
+            return remap.get(a, a) if isinstance(a, relax.Var) else a
+        new_args = [sub(a) for a in call.args]
         body = relax.Call(call.op, new_args, call.attrs, call.ty_args)
         bb = relax.BlockBuilder()
         with bb.function("f", params):
@@ -387,6 +394,9 @@ class Codegen:
         fname = f"host_{idx}"
         self.host_funcs[fname] = fn.with_attr("global_symbol", fname)
         dtype = dtype_of(fn.body)            # e.g. int8 between a host quantize and dequantize
+        if dtype is not None and dtype not in DTYPE_SIZES:
+            raise CodegenError(f"host op {name} ({op or 'composite'}): its {dtype} result cannot be "
+                               f"held in dLAC memory (float32, float16 and int8 only)")
         out = self._alloc(name, out_shape, dtype if dtype in DTYPE_SIZES else "float32")
         start = len(self.insns)
         self.insns += [Insn("HOST", {"index": idx}), Insn("SYNC")]

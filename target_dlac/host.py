@@ -47,7 +47,7 @@ class HostRunner:
         for name in entry["inputs"]:
             t = self.p.tensor(name)
             raw = dram[t.addr:t.addr + t.nbytes].view(np.dtype(t.dtype)).reshape(t.shape)
-            args.append(self._tensor(np.ascontiguousarray(raw)))
+            args.append(self._tensor(np.array(raw, order="C")))      # keeps 0-d (scalar) shapes
         out = self.vm[entry["func"]](*args)
         t = self.p.tensor(entry["outputs"][0])
         val = np.ascontiguousarray(out.numpy(), dtype=t.dtype)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
-from compiler.errors import ConfigError, ExecutionError
+from compiler.errors import ConfigError, DlacError, ExecutionError
 
 from . import costs
 from .isa import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, disassemble, \
@@ -335,7 +335,13 @@ class Interpreter:
                 if host_runner is None:
                     self._fail("this program has host ops; run it through `dlac run` (which builds "
                                "them with TVM) or pass host_runner")
-                host_runner(ins.f["index"], self.mem["DRAM"])
+                try:
+                    host_runner(ins.f["index"], self.mem["DRAM"])
+                except DlacError:
+                    raise
+                except Exception as e:          # TVM's error in a host op, named by its pc
+                    self._fail(f"host op {ins.f['index']} failed: {type(e).__name__}: "
+                               f"{str(e).strip()[:300]}")
             elif op == "HALT":
                 halted = True
             cyc = costs.cost(ins, self.m, counts)
