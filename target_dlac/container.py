@@ -155,6 +155,8 @@ def from_bytes(data: bytes) -> Program:
             return json.loads(sections[tag].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BinaryFormatError(f"invalid JSON: {e}", section=tag, offset=offsets[tag]) from None
+        except RecursionError:
+            raise BinaryFormatError("JSON nested too deeply", section=tag, offset=offsets[tag]) from None
 
     try:
         machine = Machine.from_dict(load_json("MACHINE"), where="MACHINE section")
@@ -181,7 +183,8 @@ def _tensors(raw, offset: int) -> list[Tensor]:
             shape = tuple(t["shape"])
             ok = (isinstance(t["name"], str) and t["role"] in ("input", "output", "activation", "constant")
                   and t["dtype"] in DTYPE_SIZES and isinstance(t["addr"], int) and t["addr"] >= 0
-                  and all(isinstance(d, int) and 0 <= d < 2 ** 31 for d in shape) and len(shape) <= 8)
+                  and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2 ** 31 for d in shape)
+                  and len(shape) <= 8 and not isinstance(t["addr"], bool))
         except (KeyError, TypeError):
             ok = False
         if not ok:

@@ -59,7 +59,12 @@ class Interpreter:
     # ---- memory ------------------------------------------------------------------------
     def _reset(self):
         m = self.m
-        self.mem = {"DRAM": np.zeros(self.p.dram_bytes, np.uint8),
+        try:
+            dram = np.zeros(self.p.dram_bytes, np.uint8)
+        except MemoryError:
+            raise ExecutionError(f"cannot allocate the program's {self.p.dram_bytes}-byte DRAM image "
+                                 "on this host") from None
+        self.mem = {"DRAM": dram,
                     "INP": np.zeros(m.inp_bytes, np.uint8),
                     "WGT": np.zeros(m.wgt_bytes, np.uint8),
                     "ACC": np.zeros(m.acc_bytes, np.uint8)}

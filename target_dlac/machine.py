@@ -42,6 +42,9 @@ from compiler.errors import ConfigError
 KIB = 1024
 
 
+MAX_PARAM = 2 ** 40       # no machine parameter is larger (keeps huge JSON numbers out of float math)
+
+
 @dataclass(frozen=True)
 class Machine:
     # published
@@ -63,10 +66,12 @@ class Machine:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or abs(v) > MAX_PARAM \
+                    or not math.isfinite(v) or v <= 0:
                 if f.name == "compute_setup" and isinstance(v, int) and v == 0:
                     continue
-                raise ConfigError(f"machine parameter {f.name}={v!r}: must be a positive number")
+                raise ConfigError(f"machine parameter {f.name}={str(v)[:40]}: must be a positive number "
+                                  f"up to {MAX_PARAM:.0e}")
             if f.type == "int" and not isinstance(v, int):
                 raise ConfigError(f"machine parameter {f.name}={v!r}: must be an integer")
         for buf in ("WGT", "INP", "ACC"):

@@ -17,6 +17,8 @@ NumPy only: reading and running a binary without host ops never imports TVM.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +39,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_SIZES[self.dtype]
+        return math.prod(int(d) for d in self.shape) * DTYPE_SIZES[self.dtype]      # no int64 wrap
 
     def to_dict(self) -> dict:
         return {"name": self.name, "role": self.role, "shape": list(self.shape),

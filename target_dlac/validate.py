@@ -78,6 +78,8 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
     elif op in ("TACC", "MAC", "SACC"):
         if f["dtype"] >= len(DTYPES):
             return f"activation dtype {f['dtype']} is not defined"
+        if min(f["c"], f["f"], f["h"], f["w"], f["oh"], f["ow"]) == 0:
+            return "empty tile (a zero channel, filter, row or column count)"
         if f["depthwise"] and f["c"] != f["f"]:
             return "depthwise tile needs as many channels as filters"
         if op == "MAC" and f["wfmt"] >= len(WFMTS):
@@ -157,7 +159,9 @@ def validate_program(p, offsets: dict | None = None) -> None:
         fail("host ops are listed but the HOST section is missing", "META")
     names = {t.name for t in p.tensors}
     for h in host_ops:
-        if not isinstance(h, dict) or not all(n in names for n in h.get("inputs", []) + h.get("outputs", [])):
+        lists = [h.get(k, []) for k in ("inputs", "outputs")] if isinstance(h, dict) else [None]
+        if not all(isinstance(x, list) and all(isinstance(n, str) for n in x) for x in lists) \
+                or not all(n in names for x in lists for n in x):
             fail(f"host op entry {str(h)[:80]} names tensors not in the tensor table", "META")
     n = len(p.insns)
     if not n or p.insns[-1].op != "HALT":
@@ -170,8 +174,10 @@ def validate_program(p, offsets: dict | None = None) -> None:
     if not isinstance(layers, list) or not all(
             isinstance(l, dict) and isinstance(l.get("pc_start"), int) and isinstance(l.get("pc_end"), int)
             and 0 <= l["pc_start"] <= l["pc_end"] <= n and isinstance(l.get("name"), str)
-            and isinstance(l.get("op"), str) for l in layers):
-        fail("layer table is malformed (pc ranges, names)", "META")
+            and isinstance(l.get("op"), str)
+            and all(isinstance(l.get(k, 0), int) and not isinstance(l.get(k, 0), bool) and l.get(k, 0) >= 0
+                    for k in ("min_dram_bytes", "min_write_bytes")) for l in layers):
+        fail("layer table is malformed (pc ranges, names, byte counts)", "META")
     found = first_insn_problem(p)
     if found:
         pc, problem = found
