@@ -112,13 +112,17 @@ def _reaches(nodes, start: int, target: int, producer: dict) -> bool:
     return False
 
 
-def _input_shapes(model, given: dict) -> dict[str, tuple[int, ...]]:
+def _input_shapes(model, given: dict, label: str = "<ModelProto>") -> dict[str, tuple[int, ...]]:
     inits = {t.name for t in model.graph.initializer}
     declared = {}
     for inp in model.graph.input:
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
+        if tt.HasField("shape") and any(d.HasField("dim_value") and d.dim_value == 0 for d in tt.shape.dim):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+            raise ModelLoadError(f"input {inp.name!r} has a zero-size dimension {dims}: empty tensors "
+                                 "are not supported", where=label)
         declared[inp.name] = None if not tt.HasField("shape") else [
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
             for d in tt.shape.dim]
@@ -240,7 +244,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
         model = load_onnx(label)
     _check_nodes(model, label)
     _check_dataflow(model, label)
-    shapes = _input_shapes(model, input_shapes)
+    shapes = _input_shapes(model, input_shapes, label)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

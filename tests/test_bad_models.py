@@ -1,6 +1,7 @@
 """Malformed and absurd models get one clear error naming what and where, quickly and
 without allocating the absurd sizes: a missing initializer, a cycle, nodes out of
-order, float arithmetic on int64 weights, a string input, a 2^40-element tensor, and a
+order, float arithmetic on int64 weights, a string input, a zero-size dimension, a
+2^40-element tensor, and a
 layer no tiling fits on the machine."""
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ CASES = {
                              helper.make_node("Relu", ["x"], ["a"], name="early")], [X],
                             [_vi("y", [1, 3, 8, 8])]),
                      ["node late (Relu)", "'a'", "early", "out of topological order"]),
+    "zero-size dimension": (_model([helper.make_node("Relu", ["x"], ["y"], name="r")], [_vi("x", [0, 3, 4])],
+                                   [_vi("y", [0, 3, 4])]), ["input 'x'", "zero-size dimension", "[0, 3, 4]"]),
     "string input": (_model([helper.make_node("Identity", ["x"], ["y"], name="id")],
                             [_vi("x", [2], TensorProto.STRING)], [_vi("y", [2], TensorProto.STRING)]),
                      ["graph input 'x'", "string"]),
