@@ -68,7 +68,7 @@ def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
     bounds: dict = {}
 
     def bound(s):           # the bound does not depend on the loop order or double buffering
-        k = (s.f_tile, s.c_tile, s.h_tile, s.w_tile, s.pe_order)
+        k = (s.f_tile, s.c_tile, s.h_tile, s.w_tile, s.pe_order, s.pxshift)
         if k not in bounds:
             bounds[k] = costmodel.cycles_lower_bound(layer.shape, s, machine, layer.weights,
                                                      has_scale=layer.has_scale)

@@ -137,8 +137,8 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
       tile x channel tile) once, every residual tile once (reloads only add);
     * store: every output tile once (exact).
 
-    It depends on the tiling and PE order only, not on the loop order or double
-    buffering.  ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
+    It depends on the tiling, PE order and PE mapping only, not on the loop order or
+    double buffering.  ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
     if shape.swis:
         raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
     info = _as_weights(shape, weights)
@@ -157,7 +157,7 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
         c0, c1 = (f0, f1) if shape.depthwise else ctiles[ci]
         for (oh, ow), k in tile_shapes.items():
             ins = Insn(op, dict(f=f1 - f0, c=c1 - c0, kh=shape.kh, kw=shape.kw, oh=oh, ow=ow,
-                                depthwise=int(shape.depthwise), dtype=dt))
+                                depthwise=int(shape.depthwise), dtype=dt, pxshift=sched.pxshift))
             compute += k * costs.cost(ins, m, counts)
     for f0, f1 in ftiles:
         for (oh, ow), k in tile_shapes.items():

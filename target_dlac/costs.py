@@ -5,8 +5,10 @@ non-zero counts it reads from the weight buffer) and by the analytic cost model.
 
 * ``LOAD`` / ``STORE``: ``dma_latency + ceil(y * x / dram_bytes_per_cycle)``.
 * ``TACC``: ``compute_setup + passes * sum_g max_{f in g} nnz_f`` where the filters are
-  taken in PE order in groups ``g`` of ``pe_cols`` (filters running together wait for
-  the one with most non-zeros) and ``passes = ceil(oh * ow / (pe_rows * lanes))``.
+  taken in PE order in groups ``g`` of ``cols`` (filters running together wait for
+  the one with most non-zeros) and ``passes = ceil(oh * ow / (rows * lanes))``, with
+  ``(rows, cols) = (pe_rows >> pxshift, pe_cols << pxshift)`` the PE-array mapping of
+  the instruction (``Machine.pe_grid``; ``pxshift = 0``: 16 pixel rows x 32 filters).
 * ``MAC``: as TACC with every filter holding ``c * kh * kw`` weights (``kh * kw``
   for depthwise): nothing is skipped.
 * ``SACC`` (SWIS, bit-serial): ``compute_setup + passes * sum_g G * ceil(S_g / k)`` with
@@ -39,8 +41,13 @@ def lanes(ins: Insn, m: Machine) -> int:
     return m.lanes_for(dtype)
 
 
+def grid(ins: Insn, m: Machine) -> tuple[int, int]:
+    """(pixel rows, filter columns) of a conv instruction's PE-array mapping."""
+    return m.pe_grid(ins.f.get("pxshift", 0))
+
+
 def passes(ins: Insn, m: Machine) -> int:
-    return ceil_div(ins.f["oh"] * ins.f["ow"], m.pe_rows * lanes(ins, m))
+    return ceil_div(ins.f["oh"] * ins.f["ow"], grid(ins, m)[0] * lanes(ins, m))
 
 
 def filter_steps(ins: Insn, m: Machine, counts: np.ndarray) -> np.ndarray:
@@ -76,12 +83,12 @@ def dma_cycles(nbytes: int, m: Machine) -> int:
 
 def sparse_cycles(ins: Insn, m: Machine, counts: np.ndarray) -> int:
     """TACC / SACC: ``compute_setup + passes * sum over PE groups of the largest step count``."""
-    return m.compute_setup + passes(ins, m) * group_max_sum(filter_steps(ins, m, counts), m.pe_cols)
+    return m.compute_setup + passes(ins, m) * group_max_sum(filter_steps(ins, m, counts), grid(ins, m)[1])
 
 
 def dense_cycles(ins: Insn, m: Machine) -> int:
     """Cycles of a conv instruction if no weight were skipped (MAC's cost)."""
-    return m.compute_setup + passes(ins, m) * ceil_div(ins.f["f"], m.pe_cols) * weights_per_filter(ins)
+    return m.compute_setup + passes(ins, m) * ceil_div(ins.f["f"], grid(ins, m)[1]) * weights_per_filter(ins)
 
 
 def elementwise_cycles(n: int, m: Machine, per_element: int = 1) -> int:

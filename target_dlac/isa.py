@@ -55,7 +55,7 @@ POOL_MODES = ("max", "avg")
 _CONV = (("inp", A), ("wgt", A), ("kh", 4), ("accumulate", 1), ("depthwise", 1),
          ("acc", A), ("c", 12), ("h", 12), ("w", 12), ("kw", 4),
          ("f", 12), ("oh", 12), ("ow", 12), ("sh", 4), ("sw", 4),
-         ("pt", 4), ("pb", 4), ("pl", 4), ("pr", 4), ("dtype", 3), ("wfmt", 2))
+         ("pt", 4), ("pb", 4), ("pl", 4), ("pr", 4), ("dtype", 3), ("wfmt", 2), ("pxshift", 3))
 _DMA = (("buf", 2), ("sram", A), ("y", 16), ("dram", D), ("x", A),
         ("dram_stride", 32), ("sram_stride", A))
 

@@ -174,7 +174,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
                 depthwise=int(shape.depthwise), c=c1 - c0, h=ih1 - ih0, w=iw1 - iw0,
                 kh=shape.kh, kw=shape.kw, f=f1 - f0, oh=oh1 - oh0, ow=ow1 - ow0,
                 sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=DTYPES.index(shape.dtype),
-                wfmt=0 if shape.ternary or shape.swis else wfmt))
+                wfmt=0 if shape.ternary or shape.swis else wfmt, pxshift=s.pxshift))
             j = seg.compute(insn, max(ins_.filled_by[islot], wts.filled_by[wslot]),
                             acc_stored[acc_slot_i] if ci == 0 else -1)
             ins_.use(islot, j)

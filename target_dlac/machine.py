@@ -111,6 +111,18 @@ class Machine:
         """Address width of an on-chip buffer, derived from its size."""
         return max(1, math.ceil(math.log2(self.buffer_bytes(buf))))
 
+    def pe_grid(self, pxshift: int = 0) -> tuple[int, int]:
+        """``(pixel rows, filter columns)`` of the PE array under mapping ``pxshift`` (the
+        conv instructions' field): ``pe_rows >> pxshift`` rows compute different output
+        pixels, ``pe_cols << pxshift`` columns different filters; the same PEs either way
+        (0: the classic 16 x 32; the largest, ``max_pxshift``: one pixel by every filter)."""
+        return self.pe_rows >> pxshift, self.pe_cols << pxshift
+
+    @property
+    def max_pxshift(self) -> int:
+        """The largest mapping shift: ``pe_rows`` divided by ``2**pxshift`` stays whole."""
+        return (self.pe_rows & -self.pe_rows).bit_length() - 1
+
     def lanes_for(self, dtype: str) -> int:
         """MAC lanes per PE: fp16 runs at twice the fp32 rate (published)."""
         return self.lanes * (2 if dtype == "float16" else 1)

@@ -132,8 +132,9 @@ def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: in
             steps = costs.filter_steps(ins, m, r.counts)
             lr.issued_macs += (int(np.sum(r.counts)) if ins.op == "TACC" else ins.f["f"] * k) * px
             npass = costs.passes(ins, m)
-            pad = (-len(steps)) % m.pe_cols
-            groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, m.pe_cols)
+            cols = costs.grid(ins, m)[1]
+            pad = (-len(steps)) % cols
+            groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, cols)
             sizes = (groups >= 0).sum(axis=1)
             done += npass * int(steps.sum())
             paid += npass * int((sizes * groups.max(axis=1)).sum())

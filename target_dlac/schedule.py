@@ -12,7 +12,9 @@ A :class:`Schedule` fixes:
   weights stay, inputs stream);
 * ``double_buffer``: two slots per buffer (loads and stores overlap compute) or one;
 * ``pe_order``: filter-to-PE assignment, ``as_is`` or ``sorted`` (by non-zero count,
-  so filters that run together have similar counts).
+  so filters that run together have similar counts);
+* ``pxshift``: PE-array mapping, ``pe_rows >> pxshift`` pixel rows by ``pe_cols <<
+  pxshift`` filter columns (:meth:`Machine.pe_grid`); the default schedule keeps 0.
 
 :func:`footprint` gives the bytes each buffer needs; :func:`check` refuses a schedule
 that does not fit (naming the buffer); :func:`default_schedule` is the greedy
@@ -99,6 +101,7 @@ class Schedule:
     order: str = "spatial_outer"
     double_buffer: bool = True
     pe_order: str = "sorted"
+    pxshift: int = 0            # PE-array mapping: pe_rows >> pxshift pixel rows (Machine.pe_grid)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +111,7 @@ class Schedule:
         try:
             s = cls(**{k: d[k] for k in ("f_tile", "c_tile", "h_tile", "w_tile")},
                     order=d.get("order", "spatial_outer"), double_buffer=bool(d.get("double_buffer", True)),
-                    pe_order=d.get("pe_order", "sorted"))
+                    pe_order=d.get("pe_order", "sorted"), pxshift=d.get("pxshift", 0))
         except (KeyError, TypeError) as e:
             raise CodegenError(f"schedule {d!r} is malformed: {e}") from None
         return s
@@ -163,12 +166,13 @@ def footprint(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> dict:
     n = slots(s)
     b = slot_bytes(shape, s, wbytes)
     return {"INP": n * (b["inp"] + b["res"]), "WGT": n * (b["wgt"] + b["prm"]), "ACC": n * b["acc"],
-            "ACC_PE": n * acc_per_pe(s.f_tile, s.h_tile * s.w_tile, m)}
+            "ACC_PE": n * acc_per_pe(s.f_tile, s.h_tile * s.w_tile, m, s.pxshift)}
 
 
-def acc_per_pe(filters: int, pixels: int, m: Machine) -> int:
+def acc_per_pe(filters: int, pixels: int, m: Machine, pxshift: int = 0) -> int:
     """Bytes of one PE's output buffer that a tile of ``filters`` x ``pixels`` uses."""
-    return ceil_div(filters, m.pe_cols) * ceil_div(pixels, m.pe_rows) * 4
+    rows, cols = m.pe_grid(pxshift)
+    return ceil_div(filters, cols) * ceil_div(pixels, rows) * 4
 
 
 def capacity_problems(fp: dict, m: Machine) -> list[str]:
@@ -188,6 +192,8 @@ def schedule_problems(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> tupl
         problems.append(f"order {s.order!r} is not one of {ORDERS}")
     if s.pe_order not in PE_ORDERS:
         problems.append(f"pe_order {s.pe_order!r} is not one of {PE_ORDERS}")
+    if isinstance(s.pxshift, bool) or not isinstance(s.pxshift, int) or not 0 <= s.pxshift <= m.max_pxshift:
+        problems.append(f"pxshift={s.pxshift!r} is outside [0, {m.max_pxshift}]")
     for name, v, hi in (("f_tile", s.f_tile, shape.f), ("c_tile", s.c_tile, shape.c),
                         ("h_tile", s.h_tile, shape.oh), ("w_tile", s.w_tile, shape.ow)):
         if not isinstance(v, int) or not 1 <= v <= min(hi, MAX_DIM):

@@ -10,6 +10,9 @@ The grid (``k`` = number of tiles, ``max_splits`` = 4 by default):
   each filter reads its own channel);
 * ``h_tile`` / ``w_tile``: the even splits ``ceil(OH / k)`` / ``ceil(OW / k)``;
 * ``order``: ``spatial_outer``, ``filter_outer``; ``double_buffer``: on, off;
+* ``pxshift`` (PE-array mapping, :meth:`Machine.pe_grid`): 0 (16 pixel rows x 32
+  filter columns), and for small output planes (fewer than ``SMALL_PLANE_ROWS *
+  pe_rows`` pixels) also the middle and the largest shift (4 x 128, 1 x 512);
 * ``pe_order``: ``as_is``, ``sorted`` (only ``sorted`` for non-ternary layers, where the
   filter order changes no cost).  A third filter-to-PE assignment, greedy balanced bins
   (largest filter first onto the least-loaded PE column), is left out on purpose: a
@@ -20,9 +23,9 @@ The grid (``k`` = number of tiles, ``max_splits`` = 4 by default):
 
 The default schedule's own tile sizes are added to each list, so the default is always
 a point of the space (exhaustive search never misses it).  With ``max_splits = 4`` a
-conv layer has at most about 8 x 4 x 4 x 4 x 2 x 2 x 2 (~4 000) raw combinations, small
-enough to search exhaustively with the analytic cost model (a few seconds for a small
-layer).  Every schedule this class offers (iteration, :meth:`random`, :meth:`neighbors`,
+conv layer has at most about 8 x 4 x 4 x 4 x 2 x 2 x 2 (~4 000) raw combinations (x 3
+PE mappings on small planes), small enough to search exhaustively with the analytic
+cost model and its bound (seconds per layer).  Every schedule this class offers (iteration, :meth:`random`, :meth:`neighbors`,
 :meth:`default`) passed :func:`schedule.check`; invalid ones are never handed out, so
 they are never costed.
 """
@@ -35,6 +38,13 @@ from dataclasses import replace
 from .costs import ceil_div
 from .machine import Machine
 from .schedule import MAX_DIM, ORDERS, PE_ORDERS, ConvShape, Schedule, default_schedule, even_splits, fits
+
+
+#: PE mappings other than the classic one (pxshift 0) are offered for output planes of
+#: fewer than this many rows of pixels per PE row (e.g. 14x14 and 7x7 on 16 rows): there a
+#: tile's pixels fill the 16 pixel rows poorly (49 pixels take 4 passes of 16), while a
+#: large plane fills them whatever the mapping.
+SMALL_PLANE_ROWS = 16
 
 
 class ScheduleSpace:
@@ -62,6 +72,9 @@ class ScheduleSpace:
         self.order_opts = list(ORDERS)
         self.db_opts = [False, True]
         self.pe_opts = list(PE_ORDERS) if shape.ternary else [d.pe_order]
+        top = machine.max_pxshift
+        small = shape.oh * shape.ow < SMALL_PLANE_ROWS * machine.pe_rows
+        self.px_opts = sorted({0, top // 2, top}) if small else [0]
         self._valid: dict[Schedule, bool] = {}
 
     # ---------------------------------------------------------------- basics
@@ -70,7 +83,7 @@ class ScheduleSpace:
 
     def _lists(self) -> list[list]:
         return [self.f_opts, self.c_opts or [None], self.h_opts, self.w_opts, self.order_opts,
-                self.db_opts, self.pe_opts]
+                self.db_opts, self.pe_opts, self.px_opts]
 
     def size(self) -> int:
         """Number of raw (not yet validated) combinations of the grid."""
@@ -86,10 +99,10 @@ class ScheduleSpace:
             ok = self._valid[s] = fits(self.shape, s, self.machine, self.wbytes)
         return ok
 
-    def _make(self, f, c, h, w, order, db, pe) -> Schedule:
+    def _make(self, f, c, h, w, order, db, pe, px=0) -> Schedule:
         if self.c_opts is None:
             c = min(f, self.shape.c)
-        return Schedule(f, c, h, w, order=order, double_buffer=db, pe_order=pe)
+        return Schedule(f, c, h, w, order=order, double_buffer=db, pe_order=pe, pxshift=px)
 
     def default(self) -> Schedule:
         """The greedy default (:func:`schedule.default_schedule`)."""
@@ -135,7 +148,7 @@ class ScheduleSpace:
                     n = replace(n, c_tile=min(x, sh.c))
                 out.append(n)
         for name, lst in (("order", self.order_opts), ("double_buffer", self.db_opts),
-                          ("pe_order", self.pe_opts)):
+                          ("pe_order", self.pe_opts), ("pxshift", self.px_opts)):
             for x in lst:
                 if x != getattr(s, name):
                     out.append(replace(s, **{name: x}))

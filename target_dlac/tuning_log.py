@@ -107,10 +107,11 @@ def parse_schedule(d) -> Schedule | None:
         return None
     if d.get("order") not in ORDERS or d.get("pe_order") not in PE_ORDERS:
         return None
-    if not isinstance(d.get("double_buffer"), bool):
+    if not isinstance(d.get("double_buffer"), bool) or not _is_int(d.get("pxshift", 0)):
         return None
     return Schedule(d["f_tile"], d["c_tile"], d["h_tile"], d["w_tile"], order=d["order"],
-                    double_buffer=d["double_buffer"], pe_order=d["pe_order"])
+                    double_buffer=d["double_buffer"], pe_order=d["pe_order"],
+                    pxshift=d.get("pxshift", 0))
 
 
 def valid_record(rec) -> bool:

@@ -66,8 +66,9 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
     return []
 
 
-def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
-    """The first problem with ``ins`` (or ``None``)."""
+def check_insn(ins: Insn, sizes: dict, n_host: int, max_pxshift: int = 0) -> str | None:
+    """The first problem with ``ins`` (or ``None``); ``max_pxshift``: the machine's largest
+    PE-array mapping (``Machine.max_pxshift``)."""
     f, op = ins.f, ins.op
     if op in ("LOAD", "STORE"):
         if f["buf"] >= len(BUFFERS):
@@ -78,6 +79,8 @@ def check_insn(ins: Insn, sizes: dict, n_host: int) -> str | None:
     elif op in ("TACC", "MAC", "SACC"):
         if f["dtype"] >= len(DTYPES):
             return f"activation dtype {f['dtype']} is not defined"
+        if f["pxshift"] > max_pxshift:
+            return f"PE mapping pxshift={f['pxshift']} exceeds the machine's {max_pxshift}"
         if min(f["c"], f["f"], f["h"], f["w"], f["oh"], f["ow"]) == 0:
             return "empty tile (a zero channel, filter, row or column count)"
         if f["depthwise"] and f["c"] != f["f"]:
@@ -129,7 +132,7 @@ def first_insn_problem(p) -> tuple[int, str] | None:
     sizes = {"DRAM": p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
     n_host = len(p.meta.get("host_ops", []))
     for pc, ins in enumerate(p.insns):
-        problem = check_insn(ins, sizes, n_host)
+        problem = check_insn(ins, sizes, n_host, m.max_pxshift)
         if problem:
             return pc, problem
     return None

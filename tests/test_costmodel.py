@@ -35,10 +35,11 @@ from target_dlac.machine import Machine
 from target_dlac.packing import pack_ternary, ternary_counts
 from target_dlac.program import Program, Tensor
 from target_dlac.schedule import ConvShape, Schedule, default_schedule, fits
+from target_dlac.schedule import check as check_schedule
 
 M = Machine()
 KINDS = ("default", "f_small", "c_small", "h_small", "w_small", "filter_outer", "single_buffer",
-         "as_is")
+         "as_is", "pe_map")
 
 
 def _cd(a: int, b: int) -> int:
@@ -60,6 +61,7 @@ def variants(shape: ConvShape, wbytes) -> dict:
         "filter_outer": replace(d, order="filter_outer", f_tile=f_small, h_tile=min(d.h_tile, h_small)),
         "single_buffer": replace(d, double_buffer=False),
         "as_is": replace(d, pe_order="as_is", f_tile=min(shape.f, 40)),
+        "pe_map": replace(d, pxshift=M.max_pxshift if shape.oh * shape.ow < 64 else M.max_pxshift // 2),
     }
     if shape.depthwise:
         cand.pop("c_small")
@@ -304,3 +306,32 @@ def test_sorted_pe_order_is_optimal(counts, pe_cols):
     best = min(group_max_sum(c[list(p)], pe_cols) for p in itertools.permutations(range(len(c))))
     assert group_max_sum(c[order_by_counts(c, "sorted")], pe_cols) == best
     assert group_max_sum(c[_lpt_layout(c, pe_cols)], pe_cols) >= best
+
+
+def test_pe_mapping_changes_cycles_not_values():
+    """The PE-array mapping (``Schedule.pxshift``: ``pe_rows >> pxshift`` pixel rows by
+    ``pe_cols << pxshift`` filter columns) changes only the cost: on a 7x7 layer the
+    output is bit-identical (integer-valued data), the cost model equals the interpreter
+    under every mapping, and 4 pixel rows by 128 filters beat 16 x 32 (49 pixels fill
+    4 passes of 16 rows: 64 slots) when the filters' non-zero counts are even, as with
+    TWN on weights of one distribution; uneven counts favour small groups instead, which
+    is why the tuner searches the mapping."""
+    shape = _conv_shape(1, 64, 7, 7, 128, 3, 1, 1)
+    rng = np.random.default_rng(9)
+    w = (rng.choice(np.array([-1, 1], np.int8), size=(128, 64, 3, 3))
+         * (rng.random((128, 64, 3, 3)) < 0.5)).astype(np.int8)
+    x = {"x": rng.integers(-8, 9, (1, 64, 7, 7)).astype(np.float32)}
+    base = default_schedule(shape, M, LayerWeights(w, True, False).max_bytes)
+    outs, cycles = {}, {}
+    for px in range(M.max_pxshift + 1):
+        sched = replace(base, pxshift=px)
+        prog = _program(shape, sched, w)
+        assert {i.f["pxshift"] for i in prog.insns if i.op == "TACC"} == {px}
+        outs[px], rep = run(prog, x)
+        _check(layer_cycles(shape, sched, M, w), rep.layers[0], f"pxshift {px}")
+        cycles[px] = rep.layers[0].cycles
+    for px in outs:
+        np.testing.assert_array_equal(outs[px]["output_0"], outs[0]["output_0"])
+    assert cycles[2] < cycles[0], cycles         # 4 pixel rows x 128 filters: 13 passes, 1 group
+    with pytest.raises(Exception, match="pxshift"):
+        check_schedule(shape, replace(base, pxshift=M.max_pxshift + 1), M, LayerWeights(w, True, False).max_bytes)
