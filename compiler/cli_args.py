@@ -106,7 +106,8 @@ def _summary_lines(info: dict) -> list[str]:
     for l in info["layers"]:
         sched = l.get("schedule")
         s = (f"f{sched['f_tile']} c{sched['c_tile']} h{sched['h_tile']} w{sched['w_tile']} "
-             f"{sched['order']}{' db' if sched['double_buffer'] else ''} {sched['pe_order']}") if sched else ""
+             f"{sched['order']}{' db' if sched['double_buffer'] else ''} {sched['pe_order']}"
+             + (f" px{sched['pxshift']}" if sched.get("pxshift") else "")) if sched else ""
         out.append(f"  {l['name']:<28} {l['op']:<15} {l['precision']:<8} pc {l['pc_start']}-{l['pc_end']} {s}")
     if info["host_ops"]:
         out.append("host ops: " + ", ".join(f"{h['op']}({', '.join(h['inputs'])})" for h in info["host_ops"]))
