@@ -64,6 +64,13 @@ def to_bytes(p: Program) -> bytes:
         sections["HOST"] = p.host
     if p.reference is not None:
         sections["REF"] = p.reference
+    return pack_sections(sections, bytes.fromhex(p.machine.hash()))
+
+
+def pack_sections(sections: dict[str, bytes], machine_hash: bytes) -> bytes:
+    """The container around ``sections`` (tag -> bytes, in file order): header, section
+    table, 16-byte aligned sections, every CRC.  (The fuzzers wrap mutated sections with
+    it; the reader still checks their contents.)"""
     n = len(sections)
     header_bytes = HEADER.size + ENTRY.size * n
     table, body, offset = [], bytearray(), header_bytes
@@ -74,9 +81,9 @@ def to_bytes(p: Program) -> bytes:
         table.append(ENTRY.pack(tag.encode().ljust(8, b"\0"), offset, len(data), zlib.crc32(data), 0))
         body.extend(data)
         offset += len(data)
-    head = HEADER.pack(MAGIC, *VERSION, header_bytes, n, 0, bytes.fromhex(p.machine.hash()), 0, 0)
+    head = HEADER.pack(MAGIC, *VERSION, header_bytes, n, 0, machine_hash, 0, 0)
     crc = zlib.crc32(head[:56] + b"".join(table))
-    head = HEADER.pack(MAGIC, *VERSION, header_bytes, n, 0, bytes.fromhex(p.machine.hash()), crc, 0)
+    head = HEADER.pack(MAGIC, *VERSION, header_bytes, n, 0, machine_hash, crc, 0)
     return head + b"".join(table) + bytes(body)
 
 

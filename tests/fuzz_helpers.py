@@ -1,6 +1,6 @@
-"""Seeds, mutators and the harness of the binary fuzzers (tests/test_fuzz_binaries.py and
-tools/bench/fuzz_binaries.py).  A plain module: no tests.  NumPy only (the MNIST seed
-needs torch + TVM and is built on demand).
+"""Mutators and the harness of the binary fuzzers (tests/test_fuzz_binaries.py and
+tools/bench/fuzz_binaries.py; the seeds are in tests/fuzz_seeds.py).  A plain module:
+no tests.  NumPy only.
 
 Every mutator takes a :class:`random.Random` and the seed blobs and returns
 ``(bytes, description)``.  The "raw" mutators (bit flips, byte overwrites, truncation,
@@ -25,22 +25,11 @@ import struct
 import numpy as np
 
 from compiler.errors import DlacError
-from target_dlac.container import ENTRY, HEADER, from_bytes, to_bytes
+from target_dlac.container import ENTRY, HEADER, from_bytes, pack_sections
 from target_dlac.interpreter import run
-from target_dlac.isa import ACTS, ALU_OPS, BY_CODE, FORMATS, INSN_BYTES, LAYOUTS, Insn
-from target_dlac.program import DTYPE_SIZES, Program
-from tests.container_helpers import make_program, refix_crcs, table
-from tests.isa_programs import (
-    HALT,
-    SMALL,
-    SYNC,
-    Dram,
-    conv,
-    fields,
-    load,
-    out_hw,
-    store,
-)
+from target_dlac.isa import BY_CODE, FORMATS, INSN_BYTES, LAYOUTS
+from target_dlac.program import Program
+from tests.container_helpers import refix_crcs, table
 
 #: Inputs larger than this are passed as zero-stride (broadcast) views instead of real arrays.
 MAX_INPUT_BYTES = 64 << 20
@@ -48,98 +37,6 @@ MAX_INPUT_BYTES = 64 << 20
 
 class Hang(Exception):
     """An example ran past its time bound (not a DlacError: a fuzz failure)."""
-
-
-class HarnessInputError(AssertionError):
-    """A loaded program declares an input the caller cannot build (e.g. a shape whose byte
-    size overflows int64): validation let through a tensor no input can match."""
-
-
-# ---- seeds --------------------------------------------------------------------------------------
-
-def _mac_program() -> Program:
-    rng = np.random.default_rng(3)
-    C, h, w, kh, kw, sh, sw, pads = 4, 6, 7, 2, 3, 1, 2, (1, 0, 2, 1)
-    F = 3
-    wt = rng.integers(-4, 5, (F, C, kh, kw)).astype(np.float32)
-    oh, ow = out_hw(h, w, kh, kw, sh, sw, pads)
-    d = Dram()
-    wa = d.const(wt.tobytes())
-    xt, yt = d.tensor("x", "input", (C, h, w)), d.tensor("y", "output", (F, oh, ow))
-    insns = [load("WGT", 256, wa, wt.nbytes), load("INP", 512, xt.addr, C * h * w * 4), SYNC,
-             conv("MAC", 512, 256, 1024, C, h, w, F, kh, kw, sh, sw, pads), SYNC,
-             store("ACC", 1024, yt.addr, F * oh * ow * 4), SYNC, HALT]
-    return d.program(insns)
-
-
-def _pool_program() -> Program:
-    c, h, w, kh, kw, sh, sw, (pt, pb, pl, pr) = 3, 7, 6, 3, 3, 2, 2, (1, 1, 1, 1)
-    oh, ow = out_hw(h, w, kh, kw, sh, sw, (pt, pb, pl, pr))
-    d = Dram()
-    xt, yt = d.tensor("x", "input", (c, h, w)), d.tensor("y", "output", (c, oh, ow))
-    pool = Insn("POOL", fields("POOL", src=16, dst=32, mode=1, count_pad=0, c=c, h=h, w=w, oh=oh,
-                               ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr),
-                pop_prev=1, push_next=1)
-    insns = [load("INP", 16, xt.addr, c * h * w * 4, push_next=1), pool,
-             store("ACC", 32, yt.addr, c * oh * ow * 4, pop_prev=1), SYNC, HALT]
-    return d.program(insns)
-
-
-def _alu_program() -> Program:
-    n = 37
-    d = Dram()
-    at, bt, yt = d.tensor("a", "input", (n,)), d.tensor("b", "input", (n,)), d.tensor("y", "output", (n,))
-    alu = Insn("ALU", fields("ALU", a=0, b=400, op=ALU_OPS.index("add_relu"), dst=800, n=n),
-               pop_prev=1, push_next=1)
-    insns = [load("INP", 0, at.addr, n * 4), load("INP", 400, bt.addr, n * 4, push_next=1), alu,
-             store("ACC", 800, yt.addr, n * 4, pop_prev=1), SYNC, HALT]
-    return d.program(insns)
-
-
-def _int8_program() -> Program:
-    """ALU quantize -> int8 EPI (scale, bias, residual, clip) -> ALU dequantize."""
-    F, P = 2, 8
-    n = F * P
-    d = Dram()
-    mult = np.array([3, 5], "<i4").tobytes()
-    bias = np.array([7, -9], "<i8").tobytes()
-    prm = d.const(mult + bias)                           # M at 0, B at 8 (8-aligned)
-    xt, yt = d.tensor("x", "input", (n,)), d.tensor("y", "output", (n,))
-    insns = [load("INP", 0, xt.addr, n * 4), load("WGT", 64, prm, len(mult) + len(bias)), SYNC,
-             Insn("ALU", fields("ALU", a=0, op=ALU_OPS.index("quantize"), dst=0, n=n, dtype=2, exp=130)),
-             SYNC, Insn("ALU", fields("ALU", a=256, op=ALU_OPS.index("relu"), dst=512, n=n, dtype=2)),
-             SYNC, load("ACC", 2048, xt.addr, n * 4), SYNC,
-             Insn("EPI", fields("EPI", acc=2048, dst=1024, has_scale=1, has_res=1, act=ACTS.index("clip"),
-                                prm=64, res=0, f=F, p=P, lo_bits=(-20) & 0xFFFFFFFF, hi_bits=100, dtype=2,
-                                shift=2, rshift=1)),
-             SYNC, store("ACC", 1024, 4096, n), SYNC, load("INP", 64, 4096, n), SYNC,
-             Insn("ALU", fields("ALU", a=64, op=ALU_OPS.index("dequantize"), dst=128, n=n, exp=126)),
-             SYNC, store("ACC", 128, yt.addr, n * 4), SYNC, HALT]
-    p = d.program(insns, SMALL)
-    p.meta["dram_bytes"] = 8192
-    return p
-
-
-def small_programs() -> dict[str, Program]:
-    return {"tacc": make_program(), "mac": _mac_program(), "pool": _pool_program(),
-            "alu": _alu_program(), "int8": _int8_program()}
-
-
-def small_blobs() -> dict[str, bytes]:
-    return {k: to_bytes(p) for k, p in small_programs().items()}
-
-
-def mnist_blob() -> bytes:
-    """The MNIST CNN (default QuantConfig) as a ``.dlac`` binary (~0.5 MB, ~5 s to build)."""
-    import torch
-
-    from compiler import QuantConfig, compile_model
-    from compiler.build import build_program
-    from compiler.datasets import mnist_cnn
-    from target_dlac.machine import Machine
-
-    result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
-    return to_bytes(build_program(result, Machine(), reference=False))
 
 
 # ---- harness ------------------------------------------------------------------------------------
@@ -162,13 +59,7 @@ def make_inputs(p: Program, rng: np.random.Generator) -> dict:
     """An array of the declared shape and dtype for every input tensor."""
     out = {}
     for t in p.inputs:
-        true_bytes = DTYPE_SIZES[t.dtype]
-        for d in t.shape:
-            true_bytes *= d
-        if true_bytes != t.nbytes:
-            raise HarnessInputError(f"input {t.name!r} shape {t.shape} is {true_bytes} bytes but "
-                                    f"Tensor.nbytes says {t.nbytes} (int64 overflow)")
-        if true_bytes > MAX_INPUT_BYTES:
+        if t.nbytes > MAX_INPUT_BYTES:
             out[t.name] = np.broadcast_to(np.zeros((), t.dtype), t.shape)
             continue
         dt = np.dtype(t.dtype)
@@ -264,9 +155,7 @@ def m_section_swap(rng, blobs):
     """Take one section's bytes from another blob, rebuild the table and CRCs."""
     a, b = _pick(rng, blobs), _pick(rng, blobs)
     tag = rng.choice(["INSTS", "CONSTS", "TENSORS", "META", "MACHINE"])
-    secs = _sections(a)
-    secs[tag] = _sections(b)[tag]
-    return _assemble(secs, _mhash(a)), f"section {tag} from another seed"
+    return rebuild(a, {tag: _sections(b)[tag]}, fix_hash=False), f"section {tag} from another seed"
 
 
 # ---- container surgery ----------------------------------------------------------------------------
@@ -276,22 +165,16 @@ def _sections(data: bytes) -> dict[str, bytes]:
 
 
 def _mhash(data: bytes) -> bytes:
-    return data[24:56]
+    return HEADER.unpack_from(data, 0)[6]
 
 
-def _assemble(sections: dict[str, bytes], mhash: bytes) -> bytes:
-    """A container with valid layout and CRCs around arbitrary section bytes."""
-    n = len(sections)
-    hb = HEADER.size + ENTRY.size * n
-    table_, body, offset = [], bytearray(), hb
-    for tag, data in sections.items():
-        offset = (offset + 15) & ~15
-        body.extend(b"\0" * (offset - hb - len(body)))
-        table_.append(ENTRY.pack(tag.encode().ljust(8, b"\0"), offset, len(data), 0, 0))
-        body.extend(data)
-        offset += len(data)
-    head = HEADER.pack(b"DLAC\x00BIN", 1, 1, hb, n, 0, mhash, 0, 0)
-    return bytes(refix_crcs(bytearray(head + b"".join(table_) + bytes(body))))
+def rebuild(data: bytes, replace: dict[str, bytes], fix_hash: bool = True) -> bytes:
+    """``data`` with the sections in ``replace`` swapped in, every CRC recomputed and (if
+    MACHINE was replaced and ``fix_hash``) the header's machine hash made to match it."""
+    secs = _sections(data)
+    secs.update(replace)
+    mhash = hashlib.sha256(secs["MACHINE"]).digest() if fix_hash and "MACHINE" in replace else _mhash(data)
+    return pack_sections(secs, mhash)
 
 
 def _field_value(rng: random.Random, bits: int, old: int) -> int:
@@ -369,8 +252,8 @@ def m_insn_random(rng, blobs):
 def m_insn_stream(rng, blobs):
     """Delete, duplicate or swap whole instructions; fix the CRCs."""
     data = _pick(rng, blobs)
-    secs = _sections(data)
-    ins = [secs["INSTS"][i:i + INSN_BYTES] for i in range(0, len(secs["INSTS"]), INSN_BYTES)]
+    insts = _sections(data)["INSTS"]
+    ins = [insts[i:i + INSN_BYTES] for i in range(0, len(insts), INSN_BYTES)]
     i, j = rng.randrange(len(ins)), rng.randrange(len(ins))
     kind = rng.choice(["delete", "duplicate", "swap", "raw word"])
     if kind == "delete" and len(ins) > 1:
@@ -384,8 +267,7 @@ def m_insn_stream(rng, blobs):
         k = rng.randrange(4)
         struct.pack_into("<Q", w, 8 * k, rng.getrandbits(64) & rng.getrandbits(64))
         ins[i] = bytes(w)
-    secs["INSTS"] = b"".join(ins)
-    return _assemble(secs, _mhash(data)), f"insn stream {kind} {i},{j}"
+    return rebuild(data, {"INSTS": b"".join(ins)}), f"insn stream {kind} {i},{j}"
 
 
 def m_consts(rng, blobs):
@@ -419,49 +301,40 @@ def _json_edge(rng: random.Random, old):
 
 def _mutate_json(rng: random.Random, obj, depth=0):
     """Replace / delete / add one value somewhere inside ``obj`` (in place where possible)."""
-    if isinstance(obj, dict) and obj and (depth == 0 or rng.random() < 0.8):
-        k = rng.choice(sorted(obj))
-        r = rng.random()
-        if r < 0.1:
-            del obj[k]
-            return obj, f"del {k}"
-        if r < 0.15:
-            obj[rng.choice(["extra", "host_ops", "layers", "inputs", "outputs", "min_dram_bytes", "precision"])] = _json_edge(rng, None)
-            return obj, "add key"
-        if isinstance(obj[k], (dict, list)) and obj[k] and rng.random() < 0.8:
-            obj[k], d = _mutate_json(rng, obj[k], depth + 1)
-            return obj, f"{k}.{d}"
-        obj[k] = _json_edge(rng, obj[k])
-        return obj, f"{k}={str(obj[k])[:30]}"
-    if isinstance(obj, list) and obj:
-        i = rng.randrange(len(obj))
-        r = rng.random()
-        if r < 0.1:
-            del obj[i]
-            return obj, f"del [{i}]"
-        if r < 0.2:
-            obj.append(obj[i])
-            return obj, f"dup [{i}]"
-        if isinstance(obj[i], (dict, list)) and obj[i] and rng.random() < 0.8:
-            obj[i], d = _mutate_json(rng, obj[i], depth + 1)
-            return obj, f"[{i}].{d}"
-        obj[i] = _json_edge(rng, obj[i])
-        return obj, f"[{i}]={str(obj[i])[:30]}"
-    return _json_edge(rng, obj), "replace"
+    is_dict = isinstance(obj, dict)
+    if not obj or not isinstance(obj, (dict, list)) or (is_dict and depth and rng.random() >= 0.8):
+        return _json_edge(rng, obj), "replace"
+    k = rng.choice(sorted(obj)) if is_dict else rng.randrange(len(obj))
+    where = k if is_dict else f"[{k}]"
+    r = rng.random()
+    if r < 0.1:
+        del obj[k]
+        return obj, f"del {where}"
+    if r < 0.2 and not is_dict:
+        obj.append(obj[k])
+        return obj, f"dup {where}"
+    if r < 0.15 and is_dict:
+        obj[rng.choice(["extra", "host_ops", "layers", "inputs", "outputs", "min_dram_bytes",
+                        "precision"])] = _json_edge(rng, None)
+        return obj, "add key"
+    if isinstance(obj[k], (dict, list)) and obj[k] and rng.random() < 0.8:
+        obj[k], d = _mutate_json(rng, obj[k], depth + 1)
+        return obj, f"{where}.{d}"
+    obj[k] = _json_edge(rng, obj[k])
+    return obj, f"{where}={str(obj[k])[:30]}"
 
 
 def m_json(rng, blobs):
     """Change one value inside META, TENSORS or MACHINE (JSON), re-serialize, and rebuild the
     container with fresh CRCs and, for MACHINE, the matching machine hash in the header."""
     data = _pick(rng, blobs)
-    secs = _sections(data)
     tag = rng.choice(["META", "META", "TENSORS", "TENSORS", "MACHINE"])
-    obj, desc = _mutate_json(rng, json.loads(secs[tag]))
-    secs[tag] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    mhash = _mhash(data)
-    if tag == "MACHINE":
-        mhash = hashlib.sha256(secs[tag]).digest()
-    return _assemble(secs, mhash), f"json {tag}: {desc}"
+    obj, desc = _mutate_json(rng, json.loads(_sections(data)[tag]))
+    return rebuild(data, {tag: json_bytes(obj)}), f"json {tag}: {desc}"
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 RAW = [m_bitflip, m_overwrite, m_u32, m_truncate, m_extend, m_splice]

@@ -1,6 +1,6 @@
 """Fuzzing the ``.dlac`` reader, decoder, validator and interpreter (hypothesis).
 
-Seeds: valid binaries (``to_bytes`` of the small programs in tests/fuzz_helpers.py, and
+Seeds: valid binaries (``to_bytes`` of the small programs in tests/fuzz_seeds.py, and
 the MNIST CNN).  Mutations: bit flips, byte overwrites, truncation, junk appended,
 splices of two binaries, and "smart" mutations that change instruction fields / opcodes,
 constants or JSON values and then recompute every CRC (and the machine hash), so the
@@ -21,7 +21,6 @@ library) are kept at the end as regression tests.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import random
@@ -35,19 +34,8 @@ from hypothesis import strategies as st
 from target_dlac.container import from_bytes, to_bytes
 from target_dlac.isa import BY_CODE, INSN_BYTES, LAYOUTS
 from tests.container_helpers import refix_crcs, table
-from tests.fuzz_helpers import (
-    RAW,
-    SMART,
-    HarnessInputError,
-    _assemble,
-    _mhash,
-    _sections,
-    exercise,
-    m_section_swap,
-    mnist_blob,
-    small_blobs,
-    time_limit,
-)
+from tests.fuzz_helpers import RAW, SMART, _sections, exercise, json_bytes, m_section_swap, rebuild, time_limit
+from tests.fuzz_seeds import mnist_blob, small_blobs
 
 TIME_LIMIT_S = 5.0
 # derandomize: the same examples on every run (a green suite stays green); raise max_examples or
@@ -225,11 +213,8 @@ def _with_section(tag: str, fn) -> bytes:
     """The ALU seed with the JSON section ``tag`` replaced by ``fn(parsed)`` (bytes or JSON),
     CRCs and (for MACHINE) the header's machine hash recomputed."""
     blob = _alu()
-    secs = _sections(blob)
-    new = fn(json.loads(secs[tag]))
-    secs[tag] = new if isinstance(new, bytes) else json.dumps(new, sort_keys=True, separators=(",", ":")).encode()
-    mhash = hashlib.sha256(secs[tag]).digest() if tag == "MACHINE" else _mhash(blob)
-    return _assemble(secs, mhash)
+    new = fn(json.loads(_sections(blob)[tag]))
+    return rebuild(blob, {tag: new if isinstance(new, bytes) else json_bytes(new)})
 
 
 def _set_role_shape(role, shape):
@@ -256,13 +241,9 @@ def _host_op(entry) -> bytes:
 def _huge_dram() -> bytes:
     blob = _alu()
     secs = _sections(blob)
-    m = json.loads(secs["MACHINE"])
-    m["dram_mib"] = 1 << 20                     # 1 TiB: the largest the 40-bit DRAM field allows
-    secs["MACHINE"] = json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
-    meta = json.loads(secs["META"])
-    meta["dram_bytes"] = 1 << 40
-    secs["META"] = json.dumps(meta).encode()
-    return _assemble(secs, hashlib.sha256(secs["MACHINE"]).digest())
+    machine = dict(json.loads(secs["MACHINE"]), dram_mib=1 << 20)   # 1 TiB: the 40-bit DRAM field's limit
+    meta = dict(json.loads(secs["META"]), dram_bytes=1 << 40)
+    return rebuild(blob, {"MACHINE": json_bytes(machine), "META": json_bytes(meta)})
 
 
 def _overcommit_always() -> bool:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fuzz the .dlac reader, decoder, validator and interpreter with N mutated binaries.
 
-Seeds: the small hand-written programs of tests/fuzz_helpers.py and (unless --no-mnist)
+Seeds: the small hand-written programs of tests/fuzz_seeds.py and (unless --no-mnist)
 the MNIST CNN binary.  Each input is one mutation (tests/fuzz_helpers.mutate: raw bit
 flips / byte overwrites / truncation / junk / splices, or a "smart" change of an
 instruction field, opcode, constant, or JSON value with every CRC and the machine hash
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the counts and examples to FILE as JSON")
     args = ap.parse_args(argv)
 
-    from tests.fuzz_helpers import mnist_blob, small_blobs
+    from tests.fuzz_seeds import mnist_blob, small_blobs
 
     t0 = time.perf_counter()
     seeds = small_blobs()
