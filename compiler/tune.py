@@ -76,8 +76,8 @@ def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
 
     res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
                  seed=seed, bound_fn=bound)
-    bound = costmodel.layer_cycles(layer.shape, res.best_schedule, machine, layer.weights,
-                                   has_scale=layer.has_scale)["lower_bound"]
+    bound = costmodel.layer_lower_bound(layer.shape, res.best_schedule, machine, layer.weights,
+                                        has_scale=layer.has_scale)
     return {"schedule": res.best_schedule.to_dict(), "cycles": int(res.best_cost),
             "default_cycles": int(res.history[0][1]), "lower_bound": int(bound),
             "trials": res.trials_used, "pruned": res.pruned, "stopped": res.stopped_because,

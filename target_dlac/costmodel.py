@@ -76,6 +76,20 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
     return insns, counts_at
 
 
+def _with_counts(insns, counts_at):
+    """``(pc, ins, counts)`` for each instruction: a ``TACC`` gets the non-zero counts of
+    the block that the latest ``LOAD`` into its WGT address brought in."""
+    loaded: dict[int, int] = {}        # WGT address -> DRAM address of the block last loaded there
+    for pc, ins in enumerate(insns):
+        f = ins.f
+        counts = None
+        if ins.op == "LOAD" and f["buf"] == _WGT:
+            loaded[f["sram"]] = f["dram"]
+        elif ins.op == "TACC":
+            counts = counts_at[loaded[f["wgt"]]]
+        yield pc, ins, counts
+
+
 def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
                  has_scale: bool = True) -> dict:
     """Predicted cycles of one conv / dense layer under ``sched`` on ``machine``.
@@ -84,23 +98,12 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
     schedules), or the OIHW array (dense: ``[F, K, 1, 1]`` or ``[F, K]``): ternary int8
     (-1/0/+1) when ``shape.ternary``, else the dense float32 / int8 weights the codegen
     stores.  ``has_scale``: the epilogue has a per-filter scale (ternary layers do; int8
-    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall",
-    "lower_bound"}`` as the interpreter's per-layer report (``cycles``, its split and
-    ``lower_bound_cycles``)."""
+    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall"}`` as the
+    interpreter's per-layer report (``cycles`` and its split)."""
     insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
     tl = Timeline(check_races=False)
-    loaded: dict[int, int] = {}        # WGT address -> DRAM address of the block last loaded there
     compute = load_stall = 0
-    work = 0.0
-    for pc, ins in enumerate(insns):
-        f = ins.f
-        counts = None
-        if ins.op == "LOAD" and f["buf"] == _WGT:
-            loaded[f["sram"]] = f["dram"]
-        elif ins.op == "TACC":
-            counts = counts_at[loaded[f["wgt"]]]
-        if ins.op in ("TACC", "MAC"):
-            work += costs.pe_work(ins, machine, counts)
+    for pc, ins, counts in _with_counts(insns, counts_at):
         cyc = costs.cost(ins, machine, counts)
         slot = tl.step(pc, ins.unit, (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next),
                        cyc, (), ins)
@@ -108,12 +111,23 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
             compute += cyc
         load_stall += slot.load_stall
     total = tl.now
+    return {"total": total, "compute": compute, "load_stall": load_stall,
+            "store_stall": max(0, total - compute - load_stall)}
+
+
+def layer_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                      has_scale: bool = True) -> int:
+    """The interpreter's ``lower_bound_cycles`` of the layer under ``sched``
+    (:func:`costs.lower_bound` of the useful PE work and the minimum DRAM traffic: the
+    input the conv touches, the packed constants, the residual; the output).  Not on the
+    search's path: the tuner asks it once per layer, for the table."""
+    insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
+    work = sum(costs.pe_work(ins, machine, counts) for _, ins, counts in _with_counts(insns, counts_at)
+               if ins.op in ("TACC", "MAC"))
     out_bytes = shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes
     read = shape.min_input_bytes() + _const_bytes(shape, sched, weights, has_scale) + \
         (out_bytes if shape.residual else 0)
-    return {"total": total, "compute": compute, "load_stall": load_stall,
-            "store_stall": max(0, total - compute - load_stall),
-            "lower_bound": costs.lower_bound(work, read, out_bytes, machine)}
+    return costs.lower_bound(work, read, out_bytes, machine)
 
 
 def _const_bytes(shape: ConvShape, sched: Schedule, weights, has_scale: bool) -> int:

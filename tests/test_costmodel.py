@@ -27,7 +27,7 @@ from compiler.datasets import mnist_cnn
 from target_dlac.codegen import Codegen
 from target_dlac.costs import group_max_sum
 from target_dlac.layer_weights import LayerWeights, order_by_counts, pe_order
-from target_dlac.costmodel import cycles_lower_bound, layer_cycles
+from target_dlac.costmodel import cycles_lower_bound, layer_cycles, layer_lower_bound
 from target_dlac.interpreter import run
 from target_dlac.isa import DTYPES, Insn, epi_param_layout
 from target_dlac.lower import Epilogue, align, lower_conv, ranges
@@ -69,9 +69,12 @@ def variants(shape: ConvShape, wbytes) -> dict:
             if (k == "default" or s != d) and fits(shape, s, M, wbytes)}
 
 
-def _check(pred: dict, layer, what: str):
+def _check(pred: dict, layer, what: str, bound: int):
+    """``pred`` (``layer_cycles``) and ``bound`` (``layer_lower_bound``) against the
+    interpreter's report of the layer."""
     got = {"total": layer.cycles, "compute": layer.compute, "load_stall": layer.load_stall,
            "store_stall": layer.store_stall, "lower_bound": layer.lower_bound_cycles}
+    pred = dict(pred, lower_bound=bound)
     assert pred == got, f"{what}: cost model {pred} != interpreter {got}"
 
 
@@ -120,7 +123,8 @@ def test_mnist_layers_match_interpreter(mnist):
             meta = next(e for e in prog.meta["layers"] if e["name"] == name)
             assert Schedule.from_dict(meta["schedule"]) == sched
             pred = layer_cycles(shape, sched, M, w, has_scale=has_scale)
-            _check(pred, by_name[name], f"{name} {kind} {sched}")
+            _check(pred, by_name[name], f"{name} {kind} {sched}",
+                   layer_lower_bound(shape, sched, M, w, has_scale=has_scale))
             checked.add((name, kind))
     assert {k for _, k in checked} == set(KINDS)
     assert len(checked) >= 25
@@ -218,7 +222,8 @@ def test_synthetic_ternary_layers_match_interpreter(name):
         _, rep = run(prog, inputs)
         (layer,) = rep.layers
         assert layer.cycles == rep.cycles["total"] > 0
-        _check(layer_cycles(shape, sched, M, w), layer, f"{name} {kind} {sched}")
+        _check(layer_cycles(shape, sched, M, w), layer, f"{name} {kind} {sched}",
+               layer_lower_bound(shape, sched, M, w))
         assert 0 < cycles_lower_bound(shape, sched, M, w) <= layer.cycles, (name, kind)
 
 
@@ -261,7 +266,8 @@ def test_strided_1x1_loads_whole_rows_in_one_transfer():
         if name == "full":          # whole 14-column rows, every channel in one transfer
             assert all(i.f["y"] == shape.c and i.f["x"] % (14 * 4) == 0 for i in inp_loads)
         outs[name], rep = run(prog, x)
-        _check(layer_cycles(shape, sched, M, w), rep.layers[0], name)
+        _check(layer_cycles(shape, sched, M, w), rep.layers[0], name,
+               layer_lower_bound(shape, sched, M, w))
     np.testing.assert_array_equal(outs["full"]["output_0"], outs["cols"]["output_0"])
 
 
@@ -328,7 +334,8 @@ def test_pe_mapping_changes_cycles_not_values():
         prog = _program(shape, sched, w)
         assert {i.f["pxshift"] for i in prog.insns if i.op == "TACC"} == {px}
         outs[px], rep = run(prog, x)
-        _check(layer_cycles(shape, sched, M, w), rep.layers[0], f"pxshift {px}")
+        _check(layer_cycles(shape, sched, M, w), rep.layers[0], f"pxshift {px}",
+               layer_lower_bound(shape, sched, M, w))
         cycles[px] = rep.layers[0].cycles
     for px in outs:
         np.testing.assert_array_equal(outs[px]["output_0"], outs[0]["output_0"])
