@@ -51,7 +51,7 @@ def collect_layers(result, machine) -> list[TuneLayer]:
     return [TuneLayer(layer, conv_layer_key(layer, mh)) for layer in cg.conv_layers]
 
 
-def _tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
+def tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
     """Search one layer (a :class:`ConvLayer`; runs in a worker process).  Returns a dict
     of the outcome."""
     from target_dlac import costmodel
@@ -148,14 +148,14 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
     jobs = jobs or os.cpu_count() or 1
     if dask is None and (jobs <= 1 or len(todo) <= 1):
         for k, idx in todo.items():
-            finish(k, _tune_layer(layers[idx[0]].layer, *args))
+            finish(k, tune_layer(layers[idx[0]].layer, *args))
         return rows
     with contextlib.ExitStack() as stack:
         if dask is not None:
             pool = stack.enter_context(_dask_executor(dask))
         else:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(jobs, len(todo))))
-        futs = {pool.submit(_tune_layer, layers[idx[0]].layer, *args): k for k, idx in todo.items()}
+        futs = {pool.submit(tune_layer, layers[idx[0]].layer, *args): k for k, idx in todo.items()}
         for fut in as_completed(futs):
             k = futs[fut]
             try:

@@ -37,21 +37,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 
-def _exhaustive(layer, machine):
-    """Exhaustive search of one layer (a worker process): (best cycles, valid schedules, s)."""
-    from target_dlac import costmodel
-    from target_dlac.search import search
-    from target_dlac.space import ScheduleSpace
-
-    t0 = time.perf_counter()
-    space = ScheduleSpace(layer.shape, machine, layer.weights.max_bytes)
-    res = search(space, lambda s: costmodel.layer_cycles(layer.shape, s, machine, layer.weights,
-                                                          has_scale=layer.has_scale)["total"],
-                 "exhaustive", bound_fn=lambda s: costmodel.cycles_lower_bound(
-                     layer.shape, s, machine, layer.weights, has_scale=layer.has_scale))
-    return int(res.best_cost), res.trials_used, time.perf_counter() - t0
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
@@ -73,7 +58,7 @@ def main(argv=None) -> int:
     from compiler.atomic import atomic_write_text
     from compiler.build import build_program
     from compiler.models import randomize_bn, resnet18
-    from compiler.tune import collect_layers, tune_model
+    from compiler.tune import collect_layers, tune_layer, tune_model
     from target_dlac import tuning_log
     from target_dlac.interpreter import run
     from target_dlac.machine import Machine
@@ -119,8 +104,10 @@ def main(argv=None) -> int:
             todo[k] = t
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {k: pool.submit(_exhaustive, t.layer, machine) for k, t in todo.items()}
-        exh = {k: f.result() for k, f in futs.items()}
+        futs = {k: pool.submit(tune_layer, t.layer, machine, "exhaustive", None, None, None, 0)
+                for k, t in todo.items()}
+        exh = {k: (f.result()["cycles"], f.result()["trials"], f.result()["seconds"])
+               for k, f in futs.items()}
     exh_s = time.perf_counter() - t0
     key_of = {t.name: tuning_log.key_str(t.key) for t in layers}
 
