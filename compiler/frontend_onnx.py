@@ -6,8 +6,6 @@ import os
 import re
 import warnings
 
-import numpy as np
-
 from .errors import ModelLoadError, NotOnnxError, UnsupportedOpError
 from .frontend_common import ImportedModel, finalize, match_shapes, tensor_hash
 from .oplist import ONNX_OPS
@@ -171,11 +169,6 @@ def _param_display(model) -> dict[str, str]:
 _TOPI_MINMAX = re.compile(r"^(maximum|minimum)\d*$")
 
 
-def _clip_bounds(model) -> set:
-    """Names of the min / max inputs of the graph's Clip nodes."""
-    return {n for node in model.graph.node if node.op_type == "Clip" for n in node.input[1:] if n}
-
-
 def _tensor_sig(ty):
     from tvm import relax
 
@@ -187,34 +180,22 @@ def _tensor_sig(ty):
         return None
 
 
-def _topi_minmax_to_relax(mod, constants: dict):
+def _topi_minmax_to_relax(mod):
     """ONNX ``Clip`` (opset >= 11) imports as ``call_tir`` of TOPI ``maximum`` /
     ``minimum`` PrimFuncs, which dlac cannot place; rewrite each into the Relax
-    op of the same name and meaning (element-wise, broadcasting).  Its bounds come
-    through ``where(isnan(b), ±inf, b)``; when ``b`` is an initializer (``constants``:
-    name -> array) that is not NaN, that is ``b`` itself."""
+    op of the same name and meaning (element-wise, broadcasting).  (Its bounds come
+    through ``where(isnan(b), ±inf, b)``, which FoldConstantViews folds when ``b`` is
+    an initializer.)"""
     import tvm
     from tvm import relax
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    where, isnan = tvm.ir.Op.get("relax.where"), tvm.ir.Op.get("relax.isnan")
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
-
-    def is_call(e, op):
-        return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(op)
 
     @relax.expr_functor.mutator
     class _Rewrite(relax.PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
-            if is_call(call, where):
-                cond, _, bound = call.args
-                test = self.lookup_binding(cond) if isinstance(cond, relax.Var) else cond
-                if is_call(test, isnan) and isinstance(bound, relax.Var) and test.args[0].same_as(bound):
-                    value = constants.get(bound.name)
-                    if value is not None and not np.isnan(value).any():
-                        return bound
-                return call
             if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(call_tir)):
                 return call
             gv, args = call.args[0], call.args[1]
@@ -234,7 +215,6 @@ def _topi_minmax_to_relax(mod, constants: dict):
 def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
     """Import an ONNX model; ``input_shapes`` fixes dynamic input dimensions."""
     import onnx
-    from onnx import numpy_helper
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
 
     if isinstance(model_or_path, onnx.ModelProto):
@@ -255,8 +235,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mod = tvm_from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=True)
-        mod = _topi_minmax_to_relax(mod, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-                                          if t.name in _clip_bounds(model)})
+        mod = _topi_minmax_to_relax(mod)
     except Exception as e:
         text = str(e).strip().splitlines()
         raise ModelLoadError(f"TVM's ONNX importer failed: {type(e).__name__}: "

@@ -1,12 +1,14 @@
-"""FoldConstantViews: compute shape-only ops on constants in NumPy.
+"""FoldConstantViews: compute shape-only ops (and two selections) on constants in NumPy.
 
 Rewrites ``reshape``, ``permute_dims``, ``expand_dims``, ``squeeze`` and
 ``astype`` whose input is a constant into the resulting constant.  This turns
 ``matmul(x, permute_dims(W))`` (how torch ``linear`` and ONNX ``Gemm`` import)
 into a dense op with a pre-transposed ``(K, N)`` weight, and ONNX's
-``reshape(bias)`` into a plain bias constant.
+``reshape(bias)`` into a plain bias constant.  ``isnan`` and ``where`` whose
+inputs are all constants fold too: ONNX ``Clip`` imports its bounds as
+``where(isnan(b), -inf, b)``, a constant once ``b`` is an initializer.
 
-Legal: always; these ops only move or re-type constant data.  Done in NumPy
+Legal: always; these ops only move, re-type or select constant data.  Done in NumPy
 because TVM's FoldConstant JIT-compiles each folded expression (~10 s on
 ResNet-18).
 """
@@ -42,6 +44,10 @@ def _fold(call, x: np.ndarray) -> np.ndarray | None:
     return None
 
 
+#: element-wise ops folded when every input is a constant
+_SELECT = {"relax.isnan": np.isnan, "relax.where": np.where}
+
+
 def _plan(func) -> dict:
     """``{var: constant}`` for bindings that fold (chains included)."""
     folded: dict = {}
@@ -51,6 +57,13 @@ def _plan(func) -> dict:
             folded[b.var] = value
             continue
         if op_name(value) is None or not value.args:
+            continue
+        select = _SELECT.get(op_name(value))
+        if select is not None:
+            args = [folded.get(a, a) for a in value.args]
+            if all(is_const(a) for a in args):
+                folded[b.var] = make_const(np.asarray(select(*(const_np(a) for a in args))),
+                                           dtype_of(value))
             continue
         src = value.args[0]
         src = folded.get(src, src)
