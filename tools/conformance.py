@@ -54,27 +54,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-#: ONNX op type -> prefix of its node-test names (informational: cases are mapped by
-#: the op_type of the model's single node, not by name, so that e.g. ConvTranspose's
-#: ``test_convtranspose_*`` is not taken for a Conv test)
-OPS = {
-    "Conv": "conv",
-    "Gemm": "gemm",
-    "MatMul": "matmul",
-    "Relu": "relu",
-    "Clip": "clip",
-    "MaxPool": "maxpool",
-    "AveragePool": "averagepool",
-    "GlobalAveragePool": "globalaveragepool",
-    "Add": "add",
-    "Mul": "mul",
-    "Concat": "concat",
-    "BatchNormalization": "batchnorm",
-    "Flatten": "flatten",
-    "Reshape": "reshape",
-    "Transpose": "transpose",
-    "Softmax": "softmax",
-}
+#: the ONNX op types covered (a case is mapped by the op_type of the model's single node,
+#: not by its name, so that e.g. ConvTranspose's ``test_convtranspose_*`` is no Conv test)
+OPS = ("Conv", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+       "Add", "Mul", "Concat", "BatchNormalization", "Flatten", "Reshape", "Transpose", "Softmax")
 
 #: node inputs (by position) bound as initializers in every mode: shape tensors, which
 #: are compile-time information for a static-shape compiler
