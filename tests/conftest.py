@@ -39,3 +39,13 @@ def resnet_onnx(resnet_small, resnet_input, tmp_path_factory):
     torch.onnx.export(resnet_small, (resnet_input,), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["logits"])
     return path
+
+
+@pytest.fixture
+def tiny_factory(tmp_path):
+    """``"FILE.py:make"``: the CLI helpers' tiny conv net as a factory module in ``tmp_path``."""
+    from cli_helpers import FACTORY
+
+    path = tmp_path / "fac.py"
+    path.write_text(FACTORY)
+    return f"{path}:make"

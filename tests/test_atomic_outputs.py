@@ -19,15 +19,8 @@ import textwrap
 
 import pytest
 
-from cli_helpers import FACTORY, cli
+from cli_helpers import cli
 from target_dlac.container import read_program
-
-
-@pytest.fixture
-def factory(tmp_path):
-    fac = tmp_path / "fac.py"
-    fac.write_text(FACTORY)
-    return fac
 
 
 def _interrupt_in_fsync(monkeypatch):
@@ -39,17 +32,17 @@ def _interrupt_in_fsync(monkeypatch):
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_ctrl_c_while_writing_leaves_no_partial_binary(factory, tmp_path, monkeypatch, existing):
+def test_ctrl_c_while_writing_leaves_no_partial_binary(tiny_factory, tmp_path, monkeypatch, existing):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.dlac"
     old = b""
     if existing:
-        assert cli(["compile", f"{factory}:make", "-o", out]).exit_code == 0
+        assert cli(["compile", tiny_factory, "-o", out]).exit_code == 0
         old = out.read_bytes()
         read_program(out)
     _interrupt_in_fsync(monkeypatch)
-    res = cli(["compile", f"{factory}:make", "-o", out, "--quant", "int8"])
+    res = cli(["compile", tiny_factory, "-o", out, "--quant", "int8"])
     assert res.exit_code != 0
     assert "Traceback" not in res.output
     assert sorted(os.listdir(out_dir)) == (["m.dlac"] if existing else [])
@@ -70,14 +63,14 @@ _KILLER = textwrap.dedent('''
 ''')
 
 
-def test_kill_9_while_writing_leaves_no_partial_binary(factory, tmp_path):
+def test_kill_9_while_writing_leaves_no_partial_binary(tiny_factory, tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.dlac"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
-    proc = subprocess.run([sys.executable, str(script), f"{factory}:make", str(out)], env=env,
+    proc = subprocess.run([sys.executable, str(script), tiny_factory, str(out)], env=env,
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not out.exists()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import FACTORY, cli
+from cli_helpers import cli
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
 from compiler.datasets import mnist_cnn
@@ -164,18 +164,16 @@ def test_kill_9_midway_then_resume(mnist, tmp_path):
     assert len(keys) == len(set(keys)) == 5 and set(keys) == expected
 
 
-def test_cli_tune_prints_table_and_compile_applies(tmp_path):
-    fac = tmp_path / "fac.py"
-    fac.write_text(FACTORY)
+def test_cli_tune_prints_table_and_compile_applies(tmp_path, tiny_factory):
     log = tmp_path / "log.jsonl"
-    res = cli(["tune", f"{fac}:make", "-o", log, "--trials", "30", "--jobs", "1", "--strategy", "random"])
+    res = cli(["tune", tiny_factory, "-o", log, "--trials", "30", "--jobs", "1", "--strategy", "random"])
     assert res.exit_code == 0, res.output
     out = res.stdout
     assert "speedup" in out and "default" in out and "tuned" in out
     for name in ("conv1", "conv2", "conv3", "fc"):
         assert any(line.startswith(name) and "x" in line for line in out.splitlines())
     assert len(tuning_log.load(log)) == 4
-    res = cli(["compile", f"{fac}:make", "-o", tmp_path / "out.dlac", "--tuning-log", log])
+    res = cli(["compile", tiny_factory, "-o", tmp_path / "out.dlac", "--tuning-log", log])
     assert res.exit_code == 0, res.output
     assert "4 of 4 conv/dense layers got a tuned schedule" in res.stdout
     assert "%bound" in out and "4/4" in out
@@ -188,12 +186,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_cli_tune_unreachable_dask_scheduler(tmp_path, monkeypatch):
+def test_cli_tune_unreachable_dask_scheduler(tmp_path, monkeypatch, tiny_factory):
     monkeypatch.setattr("compiler.tune.DASK_CONNECT_TIMEOUT", "1s")
-    fac = tmp_path / "fac.py"
-    fac.write_text(FACTORY)
     log = tmp_path / "log.jsonl"
-    res = cli(["tune", f"{fac}:make", "-o", log, "--trials", "5", "--dask", f"tcp://127.0.0.1:{_free_port()}"])
+    res = cli(["tune", tiny_factory, "-o", log, "--trials", "5", "--dask", f"tcp://127.0.0.1:{_free_port()}"])
     assert res.exit_code == 2, res.output
     assert "cannot reach the Dask scheduler" in res.stderr and "Traceback" not in res.output
     assert not log.exists() or tuning_log.load(log) == []
