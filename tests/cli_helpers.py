@@ -61,3 +61,12 @@ def error_line(result, exit_code=None, stdout_empty=True) -> str:
 def ok(result):
     assert result.exit_code == 0, (result.output, result.exception)
     return result
+
+
+def script_env() -> dict:
+    """Environment for a test's ``python script.py`` subprocess: it imports dlac and the
+    test helpers as this process does."""
+    import os
+    import sys
+
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))

@@ -18,8 +18,8 @@ import sys
 import textwrap
 
 import pytest
+from cli_helpers import cli, script_env
 
-from cli_helpers import cli
 from target_dlac.container import read_program
 
 
@@ -69,7 +69,7 @@ def test_kill_9_while_writing_leaves_no_partial_binary(tiny_factory, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.dlac"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    env = script_env()
     proc = subprocess.run([sys.executable, str(script), tiny_factory, str(out)], env=env,
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]

@@ -6,13 +6,13 @@ layer no tiling fits on the machine."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from cli_helpers import script_env
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import QuantConfig, compile_model
@@ -104,7 +104,7 @@ _HUGE = textwrap.dedent('''
 def test_2_to_the_40_element_tensor_refused_without_allocating(tmp_path):
     script = tmp_path / "huge.py"
     script.write_text(_HUGE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    env = script_env()
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -5,7 +5,6 @@ round trip, torn / malformed lines, resume, kill -9 midway, and compiling with t
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from cli_helpers import cli, script_env
 
-from cli_helpers import cli
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
 from compiler.datasets import mnist_cnn
@@ -135,7 +134,7 @@ def test_kill_9_midway_then_resume(mnist, tmp_path):
     log = tmp_path / "log.jsonl"
     script = tmp_path / "tune_script.py"
     script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    env = script_env()
     proc = subprocess.Popen([sys.executable, str(script), str(log), "slow"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
