@@ -17,8 +17,6 @@ build the TVM CPU reference of exactly that graph:
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 
 from . import __version__
@@ -75,14 +73,22 @@ def calibrate(codegen, program, calib: dict) -> dict:
 
 
 def check_tuning_log(path, activations: str) -> None:
-    """A tuning log must exist, and only a float32 build can use it."""
+    """A tuning log must exist, only a float32 build can use it, and each of its records
+    must be plausible on its own (:func:`target_dlac.tuning_log.check_records`: at least
+    1 cycle and 1 trial, no more cycles than the default schedule's, not below its own
+    lower bound), else :class:`target_dlac.tuning_log.TuningLogError` naming the file,
+    the line and the layer.  (The records applied to a layer are checked against the
+    layer too, when the codegen asks: :func:`compiler.tune.schedule_resolver`.)"""
     import os
+
+    from target_dlac import tuning_log
 
     if not os.path.isfile(path):
         raise ConfigError(f"tuning log {str(path)!r} not found")
     if activations != "fp32":
         raise ConfigError("a tuning log holds schedules tuned for float32 activations; it cannot "
                           f"be applied to a build with {activations} activations")
+    tuning_log.check_records(tuning_log.load(path))
 
 
 def _tuning_log_schedules(result, machine, path, schedules, activations):
@@ -111,8 +117,6 @@ def _tuning_log_schedules(result, machine, path, schedules, activations):
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
                   activations: str = "fp32", calib: dict | None = None, progress=None,
                   tuning_log=None):
-    import tvm
-
     from target_dlac.codegen import Codegen
     from target_dlac.machine import Machine
 
@@ -164,5 +168,8 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     if tuned is not None:
         prog.meta["tuning"] = {**tuned, **counts}
     if reference:
-        prog.reference = zlib.compress(tvm.ir.save_json(ref_mod).encode(), 1)
+        from passes.partition import unpartition
+        from target_dlac import hostgraph
+
+        prog.reference = hostgraph.encode(unpartition(ref_mod), "reference", level=1)
     return prog

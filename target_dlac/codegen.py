@@ -11,14 +11,15 @@ of a ``dlac_region_*`` function is lowered under its schedule:
 
 Ops left on the host by the partitioner, and composites the lowering cannot take
 (reason recorded), become ``HOST`` instructions: their Relax functions go into the
-binary's host section and run through TVM's CPU build in the runner.
+binary's host section (in the closed graph format of :mod:`target_dlac.hostgraph`; an
+op outside its vocabulary cannot be a host op) and run through TVM's CPU build in the
+runner.
 
 Entry point: :func:`generate`.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from compiler.errors import CodegenError
 from passes.ir_util import const_np, dtype_of, is_const, iter_bindings, op_name, shape_of
 
 from . import composites as C
+from . import hostgraph
 from .isa import WFMTS, Insn
 from .layer_weights import LayerWeights, pe_order
 from .lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
@@ -431,8 +433,7 @@ class Codegen:
                 ins.f["dram"] += base - ACT_BASE
         host = None
         if self.host_funcs:
-            hmod = tvm.IRModule(self.host_funcs)
-            host = zlib.compress(tvm.ir.save_json(hmod).encode(), 6)
+            host = hostgraph.encode(tvm.IRModule(self.host_funcs), "host")
         meta = {"dram_bytes": dram_bytes, "constants_bytes": len(self.consts), "layers": self.layers,
                 "host_ops": self.host_ops, "fallbacks": self.fallbacks}
         return Program(self.m, self.insns, bytes(self.consts), self.tensors, meta, host)

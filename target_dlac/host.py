@@ -1,28 +1,40 @@
 """Host side of a program: ops dLAC does not run (``HOST``) and the ``--check`` reference.
 
-Both are TVM Relax modules stored as zlib-compressed JSON in the binary (``HOST`` and
-``REF`` sections) and built with ``tvm.compile(..., "llvm")`` here.  TVM is imported
-only when one of them is needed; a binary placed wholly on dLAC runs with NumPy alone.
-Loading the JSON deserializes IR; nothing in the file is executed as Python.
+Both sections hold a Relax graph in dlac's closed graph format
+(:mod:`target_dlac.hostgraph`): decompressed under a size cap, checked op by op against
+the vocabulary with plain Python, rebuilt with ``relax.BlockBuilder`` and only then
+built with ``tvm.compile(..., "llvm")``.  Nothing in a file names a function to call,
+TVM's own serialization is never loaded, and TVM is imported only when one of the
+sections is needed: a binary placed wholly on dLAC runs with NumPy alone.
+
+Before a host op runs, its function's parameters and result are checked against the
+tensor table (shapes and dtypes), so the VM never sees an argument it was not built for.
 """
 
 from __future__ import annotations
-
-import zlib
 
 import numpy as np
 
 from compiler.errors import BinaryFormatError, ReferenceBuildError
 
+from . import hostgraph
+
 
 def load_module(blob: bytes, section: str):
+    """The section's graph as a Relax module (checked; see :mod:`target_dlac.hostgraph`)."""
+    return hostgraph.decode(blob, section)
+
+
+def _build(mod, what: str):
     import tvm
+    from tvm import relax
 
     try:
-        return tvm.ir.load_json(zlib.decompress(blob).decode("utf-8"))
-    except Exception as e:  # noqa: BLE001 - any decode/parse failure is a format error
-        raise BinaryFormatError(f"cannot load the Relax module: {type(e).__name__}: {str(e)[:200]}",
-                                section=section) from None
+        exe = tvm.compile(mod, target="llvm")
+    except Exception as e:  # noqa: BLE001
+        raise ReferenceBuildError(f"building the {what} failed: {type(e).__name__}: "
+                                  f"{hostgraph._first_line(e)}") from None
+    return relax.VirtualMachine(exe, tvm.cpu())
 
 
 class HostRunner:
@@ -30,16 +42,44 @@ class HostRunner:
 
     def __init__(self, program):
         import tvm
-        from tvm import relax
 
         self.p = program
         mod = load_module(program.host, "HOST")
-        try:
-            exe = tvm.compile(mod, target="llvm")
-        except Exception as e:  # noqa: BLE001
-            raise ReferenceBuildError(f"building the host ops failed: {type(e).__name__}: {str(e)[:200]}") from None
-        self.vm = relax.VirtualMachine(exe, tvm.cpu())
+        self._check_signatures(mod)
+        self.vm = _build(mod, "host ops")
         self._tensor = tvm.runtime.tensor
+
+    def _check_signatures(self, mod) -> None:
+        from tvm import relax
+
+        from passes.ir_util import dtype_of, shape_of
+
+        funcs = {gv.name_hint: fn for gv, fn in mod.functions_items()}
+        for i, entry in enumerate(self.p.meta.get("host_ops", [])):
+            where = f"META host_ops[{i}]"
+            fn = funcs.get(entry["func"])
+            if fn is None:
+                raise BinaryFormatError(f"{where}: function {str(entry['func'])[:40]!r} is not in the host graph",
+                                        section="HOST")
+            if len(fn.params) != len(entry["inputs"]):
+                raise BinaryFormatError(f"{where}: {entry['func']} takes {len(fn.params)} tensors, the entry "
+                                        f"gives {len(entry['inputs'])}", section="HOST")
+            for p, name in zip(fn.params, entry["inputs"]):
+                self._same(p.ty, shape_of(p), dtype_of(p), name, where)
+            ret = fn.ty.ret if hasattr(fn.ty, "ret") else fn.body.ty
+            if not isinstance(ret, relax.TensorType) or len(entry["outputs"]) != 1:
+                raise BinaryFormatError(f"{where}: {entry['func']} must return one tensor", section="HOST")
+            self._same(ret, shape_of(fn.body), dtype_of(fn.body), entry["outputs"][0], where)
+
+    def _same(self, ty, shape, dtype, name, where) -> None:
+        try:
+            t = self.p.tensor(name)
+        except KeyError:
+            raise BinaryFormatError(f"{where}: tensor {str(name)[:40]!r} is not in the tensor table",
+                                    section="HOST") from None
+        if shape is None or tuple(shape) != tuple(t.shape) or dtype != t.dtype:
+            raise BinaryFormatError(f"{where}: tensor {t.name!r} is {t.dtype}{list(t.shape)} in the tensor "
+                                    f"table, {dtype}{list(shape or [])} in the host graph", section="HOST")
 
     def __call__(self, index: int, dram: np.ndarray) -> None:
         entry = self.p.meta["host_ops"][index]
@@ -56,12 +96,17 @@ class HostRunner:
         dram[t.addr:t.addr + t.nbytes] = val.view(np.uint8).reshape(-1)
 
 
+def reference_module(program):
+    """The binary's REF graph as a Relax module."""
+    if program.reference is None:
+        raise BinaryFormatError("this binary has no REF section (compiled with --no-reference); "
+                                "--check needs it", section="REF")
+    return load_module(program.reference, "REF")
+
+
 def reference_outputs(program, inputs: dict) -> list[np.ndarray]:
     """Run the binary's REF graph (the quantized Relax graph) on the TVM CPU build."""
     from compiler.reference import run_reference
 
-    if program.reference is None:
-        raise BinaryFormatError("this binary has no REF section (compiled with --no-reference); "
-                                "--check needs it", section="REF")
-    mod = load_module(program.reference, "REF")
+    mod = reference_module(program)
     return run_reference(mod, {name: inputs[name] for name in program.meta.get("input_names", inputs)})

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-import zlib
+from target_dlac.host import reference_module
 
 import numpy as np
 import torch
@@ -64,7 +64,6 @@ def reference_logits(ref, x: np.ndarray, batch: int) -> np.ndarray:
 def run_pipeline(act, r1, rb, xe, ye, xcal, args) -> dict:
     """Accuracy (reference at batch ``args.batch``), interpreter cycles and agreement
     (batch-1 program) of one compiled config under activation pipeline ``act``."""
-    import tvm
 
     from compiler.build import build_program
     from compiler.reference import Reference
@@ -77,7 +76,7 @@ def run_pipeline(act, r1, rb, xe, ye, xcal, args) -> dict:
         prog1 = build_program(r1, reference=False)
     elif act == "int8":
         progb = build_program(rb, activations="int8", calib={"x": xcal})
-        ref = Reference(tvm.ir.load_json(zlib.decompress(progb.reference).decode()))
+        ref = Reference(reference_module(progb))
         prog1 = build_program(r1, activations="int8", calib={"x": xcal}, reference=False)
     else:
         raise ValueError(f"activations {act!r}; expected one of {ACTS}")
