@@ -9,19 +9,26 @@
 ``inspect`` and ``run`` (without ``--check``, on a binary with no host ops) import
 neither TVM nor torch: a binary runs with NumPy alone.
 
-Errors print one line and exit non-zero; ``--debug`` shows the traceback.
+Errors print one line and exit non-zero; ``--debug`` shows the traceback.  Output paths
+are checked before any work (:func:`compiler.cli_args.check_outputs`: not an input, not a
+directory, symlink or other non-regular file, in a writable directory that exists).  Text
+that comes from a file (names of tensors, layers, ops; error messages quoting them) is
+printed through :func:`compiler.cli_args.printable`, so control characters show as
+``\\x..`` escapes.  Reports are strict JSON (:func:`compiler.cli_args.strict_json`:
+non-finite floats written as the strings ``"nan"``, ``"inf"``, ``"-inf"``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import click
 
 from .cli_args import (_load_inputs, _load_npz, _machine, _summary_lines,  # noqa: F401
-                       parse_input_shapes, parse_precisions, report_dict)
+                       check_npz_names, check_outputs, compare_output, model_path, npz_bytes,
+                       parse_input_shapes, parse_precisions, printable, printable_lines, report_dict,
+                       strict_json)
 from .config import QuantConfig
 from .errors import ConfigError, DlacError
 
@@ -39,10 +46,10 @@ def _fail(e: BaseException, debug: bool) -> None:
     if debug:
         raise e
     if isinstance(e, DlacError):
-        click.echo(f"dlac: error: {e}", err=True)
+        click.echo(f"dlac: error: {printable(e)}", err=True)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    click.echo(f"dlac: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-               err=True)
+    click.echo(f"dlac: internal error: {type(e).__name__}: {printable(e)} (run with --debug for the "
+               "traceback)", err=True)
     sys.exit(3)
 
 
@@ -68,6 +75,28 @@ _MODEL_OPTIONS = [
                  help="Shape of a dynamic input, e.g. x=1x3x224x224 (repeatable)."),
     click.option("--machine", metavar="FILE.toml", help="Machine parameters (default: docs/isa.md)."),
 ]
+
+
+def _say(line="") -> None:
+    """Print one line that may hold names from a file: newlines and every other control
+    character in it are shown escaped, so it stays one line."""
+    click.echo(printable(line))
+
+
+def _say_table(text="") -> None:
+    """Print a multi-line table made by someone else, every line escaped (a newline inside
+    a name still breaks its line; :func:`_escaped_report` avoids that for run tables)."""
+    click.echo(printable_lines(text))
+
+
+def _escaped_report(report):
+    """A copy of a run report whose layer names, ops and precisions (from the binary's
+    META section) are :func:`printable`, for ``report.table()``."""
+    import dataclasses
+
+    return dataclasses.replace(report, layers=[
+        dataclasses.replace(l, name=printable(l.name), op=printable(l.op), precision=printable(l.precision))
+        for l in report.layers])
 
 
 def model_options(f):
@@ -102,8 +131,19 @@ def main():
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
                 keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
                 dump_ir, report_json, no_reference, debug):
-    """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it."""
+    """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it.
+
+    With ``-o``, the binary is verified before it is given its name: the bytes are
+    written to a temporary file next to the output, read back from it with
+    :func:`target_dlac.container.read_program` (every check a later ``dlac run`` makes),
+    and only then renamed to OUT.dlac.  A binary that does not read back is an error
+    (one line, exit 1, :class:`BinaryVerifyError`): the temporary file is removed, so no
+    bad binary is ever written, and a previous OUT.dlac stays as it was."""
     try:
+        check_outputs([("-o", output), ("--report-json", report_json)],
+                      [("MODEL", model_path(model)), ("--calib", calib), ("--tuning-log", tuning_log),
+                       ("--machine", machine)]
+                      + [("--precision", p) for p in precisions if p.endswith(".toml")])
         config = _quant_config(quant, granularity, cluster_size, precisions, act_precisions,
                                swis_shifts, swis_consecutive, keep_first, keep_last)
         if tuning_log:
@@ -112,7 +152,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             if not output:
                 raise ConfigError("--tuning-log applies schedules to the binary: give -o OUT.dlac")
             check_tuning_log(tuning_log, "mixed fp16" if act_precisions else activations)
-        from .atomic import atomic_write_text
+        from .atomic import atomic_write_bytes, atomic_write_text
         from .pipeline import compile_model
 
         mach = _machine(machine)
@@ -129,14 +169,14 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
                                dump_ir=dump_ir,
                                progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
-        click.echo(result.layer_table())
+        _say_table(result.layer_table())
         host = ", ".join(f"{h.op}({h.var})" for h in result.host_ops) or "none"
-        click.echo(f"dLAC regions: {len(result.regions)}; host ops: {host}")
+        _say(f"dLAC regions: {len(result.regions)}; host ops: {host}")
         if dump_ir:
             click.echo(f"IR of every stage written to {dump_ir}/")
         report = report_dict(result)
         if output:
-            from target_dlac.container import write_program
+            from target_dlac.container import to_bytes
 
             from .build import build_program
 
@@ -149,7 +189,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                 click.echo(f"tuning log {tuning_log}: {t['tuned_layers']} of {t['layers']} conv/dense "
                            f"layers got a tuned schedule"
                            + (f" ({t['skipped_lines']} unreadable line(s) skipped)" if t["skipped_lines"] else ""))
-            write_program(output, prog)
+            atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
             from target_dlac.inspect import opcode_counts
 
@@ -158,14 +198,29 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                        f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "
                        f"{len(prog.constants):,} bytes of constants, DRAM {prog.dram_bytes:,} bytes")
             for fb in prog.meta.get("fallbacks", []):
-                click.echo(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
+                _say(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
             report["binary"] = {"path": output, "instructions": len(prog.insns),
                                 "schedules": {l["name"]: l.get("schedule") for l in prog.meta["layers"]
                                               if l.get("schedule")}}
         if report_json:
-            atomic_write_text(report_json, json.dumps(report, indent=2))
+            atomic_write_text(report_json, strict_json(report, indent=2))
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
         _fail(e, debug)
+
+
+class BinaryVerifyError(DlacError):
+    """The binary ``dlac compile`` built does not read back (a dlac bug): nothing written."""
+
+
+def _verify_binary(tmp_path: str) -> None:
+    """Read the just-written temporary binary back with every check of ``dlac run``."""
+    from target_dlac.container import read_program
+
+    try:
+        read_program(tmp_path)
+    except DlacError as e:
+        raise BinaryVerifyError(f"the binary dlac built does not read back ({e}); nothing was "
+                                "written (this is a dlac bug: please report it)") from None
 
 
 def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, swis_shifts,
@@ -229,17 +284,17 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
             bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
             head = f"  [{bar}] {done:>{w}}/{total} {time.monotonic() - t0:6.1f} s  {r['layer']}"
             if r["default_cycles"] is None:
-                click.echo(f"{head}: {r['status']} ({r['note']})")
+                _say(f"{head}: {r['status']} ({r['note']})")
             else:
-                click.echo(f"{head}: {r['status']}: {r['default_cycles']:,} -> "
-                           f"{r['tuned_cycles']:,} cycles, {r['trials']} trials"
-                           + (f" ({r['note']})" if r["note"] else ""))
+                _say(f"{head}: {r['status']}: {r['default_cycles']:,} -> "
+                     f"{r['tuned_cycles']:,} cycles, {r['trials']} trials"
+                     + (f" ({r['note']})" if r["note"] else ""))
 
         if dask:
             click.echo(f"  layers fan out to the Dask cluster at {dask}", err=True)
         rows = tune_model(result, mach, log, strategy=strategy, trials=trials, time_budget=time_budget,
                           patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask)
-        click.echo(format_table(rows))
+        _say_table(format_table(rows))
         n_new = sum(r["status"] == "tuned" for r in rows)
         click.echo(f"{n_new} layer(s) tuned, {sum(r['status'] == 'from log' for r in rows)} from the log; "
                    f"log: {log}")
@@ -258,14 +313,28 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
                    "for fp16 binaries, whose sums may round to a neighbouring float16; int8 "
                    "binaries must match exactly).")
 @click.option("--report-json", metavar="FILE", help="Write cycles, per-layer results and the check as JSON.")
-@click.option("--output", "output_path", metavar="y.npz", help="Write the outputs (output_0, ...).")
+@click.option("--output", "output_path", metavar="y.npz",
+              help="Write the outputs (output_0, ...) as NAME.npy members; a binary whose output "
+                   "names cannot be member names (path separators, '..', control characters) is "
+                   "refused.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debug):
-    """Execute BINARY in the dLAC ISA interpreter."""
+    """Execute BINARY in the dLAC ISA interpreter.
+
+    ``--check`` cannot pass on wrong answers: see :func:`compiler.cli_args.compare_output`
+    (a NaN or Inf on one side that the other side does not have at the same position
+    fails the check; the errors are measured where both sides are finite).  ``--output``
+    writes one ``NAME.npy`` member per output; names that cannot be member names
+    (:func:`compiler.cli_args.npz_name_problem`) are refused before the run, never
+    renamed."""
     try:
+        import math
         import time
 
-        import numpy as np
+        check_outputs([("--output", output_path), ("--report-json", report_json)],
+                      [("BINARY", binary), ("--input", input_path)])
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+            raise ConfigError(f"--tolerance {tolerance}: expected a finite number >= 0")
 
         from target_dlac.container import read_program
         from target_dlac.interpreter import run
@@ -273,6 +342,15 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
         from .atomic import atomic_write_bytes, atomic_write_text
 
         prog = read_program(binary)
+        if output_path:
+            from collections import Counter
+
+            names = [t.name for t in prog.outputs]
+            check_npz_names(names)
+            dup = sorted(n for n, k in Counter(names).items() if k > 1)
+            if dup:
+                raise ConfigError(f"--output: the binary's tensor table names two outputs "
+                                  f"{printable(repr(dup[0]))[:200]}; an .npz cannot hold both")
         inputs = _load_inputs(input_path, prog)
         host = None
         if prog.host is not None:
@@ -281,48 +359,71 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
         t0 = time.perf_counter()
         outs, report = run(prog, inputs, host_runner=host)
         wall = time.perf_counter() - t0
-        click.echo(report.table())
+        click.echo(_escaped_report(report).table())
         click.echo(f"interpreter: {len(prog.insns):,} instructions in {wall:.3f} s "
-                   f"({report.cycles['total'] / wall:,.0f} simulated cycles per second)")
+                   f"({report.cycles['total'] / max(wall, 1e-9):,.0f} simulated cycles per second)")
         rep = report.to_dict()
         for name, value in outs.items():
-            click.echo(f"{name}: shape {tuple(value.shape)} {value.dtype}")
-        failed = False
+            _say(f"{name}: shape {tuple(value.shape)} {value.dtype}")
+        problem = None
         if check:
             from target_dlac.host import reference_outputs
 
-            refs = reference_outputs(prog, inputs)
+            refs = list(reference_outputs(prog, inputs))
+            if len(refs) != len(outs):
+                problem = (f"the binary has {len(outs)} output(s), its reference graph "
+                           f"{len(refs)}: nothing to compare position by position")
             worst_abs = worst_rel = 0.0
+            per_output, n_bad, first_bad = [], 0, None
             for (name, value), ref in zip(outs.items(), refs):
-                diff = float(np.abs(value.astype(np.float64) - ref).max()) if value.size else 0.0
-                scale = float(np.abs(ref).max()) if ref.size else 0.0
-                rel = diff / scale if scale else diff
-                worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
-                click.echo(f"check {name} vs TVM CPU reference: max abs err {diff:.3g}, "
-                           f"max rel err {rel:.3g}")
+                c = compare_output(value, ref)
+                if "shape_mismatch" in c:
+                    got, want = c["shape_mismatch"]
+                    problem = problem or f"{name} has shape {got}, its reference {want}"
+                    _say(f"check {name} vs TVM CPU reference: shape {got} vs {want}")
+                    per_output.append({"name": name, "shape_mismatch": [list(got), list(want)]})
+                    continue
+                worst_abs, worst_rel = max(worst_abs, c["max_abs_err"]), max(worst_rel, c["max_rel_err"])
+                line = (f"check {name} vs TVM CPU reference: max abs err {c['max_abs_err']:.3g}, "
+                        f"max rel err {c['max_rel_err']:.3g}")
+                if c["nonfinite_mismatches"]:
+                    n_bad += c["nonfinite_mismatches"]
+                    o, r = c["first_values"]
+                    at = f"{name} index {tuple(c['first_mismatch'])}: output {o:.6g}, reference {r:.6g}"
+                    first_bad = first_bad or at
+                    line += (f"; {c['nonfinite_mismatches']:,} non-finite value(s) not matched by "
+                             f"the other side (first at {at})")
+                _say(line)
+                per_output.append({"name": name, "max_abs_err": c["max_abs_err"],
+                                   "max_rel_err": c["max_rel_err"],
+                                   "nonfinite_mismatches": c["nonfinite_mismatches"],
+                                   "first_mismatch": c["first_mismatch"]})
+            if n_bad and not problem:
+                problem = (f"{n_bad:,} NaN/Inf value(s) in the outputs or the reference that the other "
+                           f"side does not have at the same position (first at {first_bad})")
             exact = prog.meta.get("activations") == "int8"
             if tolerance is None:
                 tolerance = 1e-2 if prog.meta.get("activations") == "fp16" else 1e-5
             if exact:       # the all-integer pipeline must match its reference bit for bit
-                failed = worst_abs != 0.0
+                failed = problem is not None or worst_abs != 0.0
                 click.echo("check: exact equality required (int8 pipeline): "
                            + ("FAILED" if failed else "outputs identical"))
             else:
-                failed = worst_rel > tolerance
+                failed = problem is not None or worst_rel > tolerance
+            if problem is None and failed:
+                problem = (f"the int8 outputs differ from the reference (max abs err {worst_abs:.3g}); "
+                           "an integer pipeline must match exactly" if exact else
+                           f"max relative error {worst_rel:.3g} exceeds --tolerance {tolerance:g}")
             rep["check"] = {"reference": "tvm-llvm", "max_abs_err": worst_abs, "max_rel_err": worst_rel,
-                            "tolerance": 0.0 if exact else tolerance, "passed": not failed}
+                            "tolerance": 0.0 if exact else tolerance, "passed": not failed,
+                            "nonfinite_mismatches": n_bad, "outputs": per_output,
+                            "problem": problem}
         if output_path:
-            import io
-            buf = io.BytesIO()
-            np.savez(buf, **outs)
-            atomic_write_bytes(output_path, buf.getvalue())
+            atomic_write_bytes(output_path, npz_bytes(outs))
         if report_json:
-            atomic_write_text(report_json, json.dumps(rep, indent=2))
-        if failed:
-            if exact:
-                raise CheckFailed(f"the int8 outputs differ from the reference (max abs err {worst_abs:.3g}); "
-                                  "an integer pipeline must match exactly")
-            raise CheckFailed(f"max relative error {worst_rel:.3g} exceeds --tolerance {tolerance:g}")
+            atomic_write_text(report_json, strict_json(rep, indent=2))
+        if problem:
+            raise CheckFailed(problem)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
         _fail(e, debug)
 
@@ -347,16 +448,16 @@ def inspect_cmd(binary, as_json, summary, debug):
         if as_json:
             if not summary:
                 info["instructions"] = [line for _, line in listing(prog)]
-            click.echo(json.dumps(info, indent=2))
+            click.echo(strict_json(info, indent=2))
             return
         for line in _summary_lines(info):
-            click.echo(line)
+            _say(line)
         if not summary:
             click.echo("")
             for header, line in listing(prog):
                 if header:
-                    click.echo(header)
-                click.echo(line)
+                    _say(header)
+                _say(line)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
         _fail(e, debug)
 

@@ -162,6 +162,9 @@ def from_bytes(data: bytes) -> Program:
             return json.loads(sections[tag].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BinaryFormatError(f"invalid JSON: {e}", section=tag, offset=offsets[tag]) from None
+        except ValueError as e:     # int() of a number over sys.get_int_max_str_digits() digits
+            raise BinaryFormatError(f"invalid JSON: a number too long to read ({str(e).split(';')[0]})",
+                                    section=tag, offset=offsets[tag]) from None
         except RecursionError:
             raise BinaryFormatError("JSON nested too deeply", section=tag, offset=offsets[tag]) from None
 
