@@ -80,7 +80,7 @@ LIMITS = Limits()
 DTYPES = {"float32": 4, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
           "int32": 4, "int64": 8, "bool": 1}
 PRIM_DTYPES = ("int32", "int64", "float32", "float64")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 # ---- the vocabulary ---------------------------------------------------------------------
@@ -131,7 +131,7 @@ def _dtype(optional=False):
     def check(v):
         if v is None and optional:
             return None
-        if v not in DTYPES:
+        if not isinstance(v, str) or v not in DTYPES:
             raise ValueError(f"a dtype of {tuple(DTYPES)}" + (" or null" if optional else ""))
         return v
     return check
@@ -245,14 +245,23 @@ class Graph:
     section: str
 
 
-def inflate(blob: bytes, section: str) -> bytes:
-    """zlib-decompress ``blob`` without ever holding more than ``LIMITS.decompressed`` bytes."""
+def inflate(blob: bytes, section: str) -> bytearray:
+    """zlib-decompress ``blob`` in steps, never holding more than ``LIMITS.decompressed``
+    bytes (plus one step) of output: a zlib bomb stops at the limit."""
+    step = 8 << 20
     d = zlib.decompressobj()
+    out = bytearray()
+    tail = blob
     try:
-        out = d.decompress(blob, LIMITS.decompressed)
-        if d.unconsumed_tail or (not d.eof and d.decompress(b"", 1)):
-            raise BinaryFormatError(f"decompresses to more than {LIMITS.decompressed} bytes (the limit)",
-                                    section=section)
+        while not d.eof:
+            chunk = d.decompress(tail, step)
+            tail = d.unconsumed_tail
+            out += chunk
+            if len(out) > LIMITS.decompressed:
+                raise BinaryFormatError(f"decompresses to more than {LIMITS.decompressed} bytes (the limit)",
+                                        section=section)
+            if not chunk and not tail:
+                break
     except zlib.error as e:
         raise BinaryFormatError(f"not zlib data: {e}", section=section) from None
     if not d.eof:
@@ -312,7 +321,7 @@ def check_graph(g: Graph) -> None:
             shape = _shape(c["shape"], "shape")
         except ValueError as e:
             w.fail(str(e))
-        if c["dtype"] not in DTYPES:
+        if not isinstance(c["dtype"], str) or c["dtype"] not in DTYPES:
             w.fail(f"dtype {str(c['dtype'])[:20]!r} is not one of {tuple(DTYPES)}")
         off = c["offset"]
         nbytes = math.prod(shape) * DTYPES[c["dtype"]]
@@ -335,8 +344,10 @@ def check_graph(g: Graph) -> None:
             w.fail(f"params must be a list of at most {LIMITS.params}")
         for p in params:
             if (not isinstance(p, dict) or set(p) != {"name", "shape", "dtype"} or not isinstance(p["name"], str)
-                    or len(p["name"]) > LIMITS.name or not _NAME.match(p["name"]) or p["dtype"] not in DTYPES):
-                w.fail(f"parameter {str(p)[:60]} is not {{name, shape, dtype}} with an identifier and a dtype")
+                    or not 0 < len(p["name"]) <= LIMITS.name or not p["name"].isprintable()
+                    or not isinstance(p["dtype"], str) or p["dtype"] not in DTYPES):
+                w.fail(f"parameter {ascii(p)[:60]} is not {{name, shape, dtype}} with a printable name of at "
+                       f"most {LIMITS.name} characters and a dtype")
             try:
                 _shape(p["shape"], f"parameter {p['name']}")
             except ValueError as e:
@@ -379,7 +390,7 @@ def _check_node(node, refs, w) -> None:
     if keys != {"op", "args", "attrs"}:
         w.fail("a node is {op, args, attrs}, {call, args} or {value}")
     op = node["op"]
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         w.fail(f"op {str(op)[:60]!r} is not in the closed vocabulary of host and reference graphs")
     w.at += f" ({op})"
     patterns, attrs_type = OPS[op]
@@ -476,7 +487,7 @@ def build(g: Graph):
         n = math.prod(c["shape"])
         arr = np.frombuffer(g.data, dtype=np.dtype(c["dtype"]).newbyteorder("<"), count=n,
                             offset=c["offset"]).reshape(c["shape"])
-        consts.append(relax.const(np.ascontiguousarray(arr, dtype=c["dtype"]), c["dtype"]))
+        consts.append(relax.const(np.array(arr, dtype=c["dtype"], order="C"), c["dtype"]))   # keeps 0-d
     bb = relax.BlockBuilder()
     gvs, work = [], 0
     for f in g.doc["functions"]:
@@ -622,14 +633,19 @@ def encode(mod, what: str = "graph", level: int = 6) -> bytes:
     """``mod`` as a section; :class:`CodegenError` naming the function and op if it uses
     anything outside the vocabulary."""
     doc, data = _Encoder(what).module(mod)
-    text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    head = MAGIC + struct.pack("<I", len(text)) + text
-    head += b"\0" * (-len(head) % ALIGN)
-    raw = head + data
+    raw = pack(doc, data)
     if len(raw) > LIMITS.decompressed:
         raise CodegenError(f"the {what} graph needs {len(raw)} bytes, more than the section limit of "
-                           f"{LIMITS.decompressed}")
+                           f"{LIMITS.decompressed}" + (" (compile with --no-reference to leave it out)"
+                                                       if what == "reference" else ""))
     return zlib.compress(raw, level)
+
+
+def pack(doc: dict, data: bytes) -> bytes:
+    """The uncompressed section: magic, JSON length, JSON, padding, constant data."""
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    head = MAGIC + struct.pack("<I", len(text)) + text
+    return head + b"\0" * (-len(head) % ALIGN) + bytes(data)
 
 
 class _Encoder:
@@ -688,13 +704,18 @@ class _Encoder:
         from passes.ir_util import dtype_of, shape_of
 
         self.at = f"function {name}"
+        if not _NAME.match(name) or len(name) > LIMITS.name:
+            self.fail(f"function name {name!r} is not an identifier of at most {LIMITS.name} characters")
         env = {}
         params = []
         for i, p in enumerate(fn.params):
             shape = shape_of(p)
             if not isinstance(p.ty, relax.TensorType) or shape is None:
                 self.fail(f"{self.at}: parameter {p.name} is not a static tensor")
-            params.append({"name": _ident(p.name), "shape": list(shape), "dtype": dtype_of(p)})
+            if not 0 < len(p.name) <= LIMITS.name or not p.name.isprintable():
+                self.fail(f"{self.at}: parameter name {p.name[:LIMITS.name]!r} is empty, too long or "
+                          "not printable")
+            params.append({"name": p.name, "shape": list(shape), "dtype": dtype_of(p)})
             env[p] = ["p", i]
         nodes = []
         body = fn.body
@@ -719,7 +740,7 @@ class _Encoder:
             return {"call": index[value.op.name_hint], "args": [self.arg(a, env) for a in value.args]}
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             op = str(value.op.name)
-            if op not in OPS:
+            if not isinstance(op, str) or op not in OPS:
                 self.fail(f"{self.at}: op {op} has no safe form in a binary (not in the closed "
                           "vocabulary of target_dlac/hostgraph.py), so it cannot be a host op")
             if value.ty_args is not None and len(value.ty_args):
@@ -760,11 +781,6 @@ class _Encoder:
         if isinstance(a, relax.TupleGetItem):
             return ["item", self.arg(a.tuple_value, env), int(a.index)]
         self.fail(f"{self.at}: operand of kind {type(a).__name__}")
-
-
-def _ident(name: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9_.]", "_", str(name))[:LIMITS.name] or "v"
-    return s if _NAME.match(s) else "v_" + s[:LIMITS.name - 2]
 
 
 def _jsonable(v):

@@ -98,3 +98,41 @@ def mnist_blob() -> bytes:
 
     result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
     return to_bytes(build_program(result, Machine(), reference=False))
+
+
+
+def host_net():
+    """conv -> relu -> concat (host) -> pool -> linear -> softmax (host), seeded, and its
+    example input (1x1x8x8): a program with HOST and REF sections."""
+    import torch
+    from torch import nn
+
+    class HostNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            y = torch.cat([y, y * 0.5], 1)
+            y = torch.nn.functional.max_pool2d(y, 2)
+            return torch.softmax(self.fc(torch.flatten(y, 1)), 1)
+
+    torch.manual_seed(0)
+    return HostNet().eval(), (torch.randn(1, 1, 8, 8),)
+
+
+def host_blob(activations: str = "fp32") -> bytes:
+    """:func:`host_net` as a ``.dlac`` binary with host ops and a REF section (a few seconds)."""
+    import numpy as np
+
+    from compiler import QuantConfig, compile_model
+    from compiler.build import build_program
+
+    model, example = host_net()
+    result = compile_model(model, example, config=QuantConfig())
+    calib = {"x": np.random.default_rng(0).standard_normal((4, 1, 1, 8, 8)).astype(np.float32)}
+    prog = build_program(result, activations=activations, calib=calib if activations == "int8" else None)
+    assert prog.host is not None and prog.reference is not None
+    return to_bytes(prog)
