@@ -101,7 +101,10 @@ def reference_module(program):
     if program.reference is None:
         raise BinaryFormatError("this binary has no REF section (compiled with --no-reference); "
                                 "--check needs it", section="REF")
-    return load_module(program.reference, "REF")
+    g = hostgraph.parse(program.reference, "REF")
+    if not any(f["name"] == "main" for f in g.doc["functions"]):
+        raise BinaryFormatError("the reference graph has no function 'main'", section="REF")
+    return hostgraph.build(g)
 
 
 def reference_outputs(program, inputs: dict) -> list[np.ndarray]:

@@ -71,7 +71,7 @@ class Limits:
     depth: int = 4                         # nesting of tuple / item operands
     rank: int = 8
     elements: int = 1 << 28                # of any one tensor (1 GiB of float32)
-    work: int = 1 << 35                    # estimated multiply-adds of a whole graph
+    work: int = 1 << 33                    # estimated operations of a whole graph (~10 s untuned)
     name: int = 128                        # characters of a function or parameter name
 
 

@@ -74,14 +74,15 @@ def make_inputs(p: Program, rng: np.random.Generator) -> dict:
     return out
 
 
-def exercise(data: bytes, *, seed: int = 0, check_races: bool = True) -> str:
+def exercise(data: bytes, *, seed: int = 0, check_races: bool = True, cache: dict | None = None) -> str:
     """Load ``data`` and run it if it loads, with its host ops (TVM) if it has any, then
     build and run its REF graph if it has one (what ``dlac run --check`` does).  Returns
     ``"ran-ok"``, ``"load:<DlacError class>"``, ``"host:<DlacError class>"``,
     ``"run:<DlacError class>"`` or ``"ref:<DlacError class>"``; any other exception
     escapes.  The ISA has no branches, so a run executes at most ``len(p.insns)``
     instructions: only a pathologically expensive single instruction could take long
-    (the callers add a SIGALRM bound as well)."""
+    (the callers add a SIGALRM bound as well).  ``cache`` (a dict the caller keeps) reuses
+    the TVM builds of HOST / REF graphs seen before, keyed by their bytes and signature."""
     try:
         p = from_bytes(data)
     except DlacError as e:
@@ -90,18 +91,31 @@ def exercise(data: bytes, *, seed: int = 0, check_races: bool = True) -> str:
     host = None
     if p.host is not None and p.meta.get("host_ops"):
         from target_dlac.host import HostRunner
+        key = ("host", p.host, json.dumps(p.meta.get("host_ops")), json.dumps([t.to_dict() for t in p.tensors]))
         try:
-            host = HostRunner(p)
+            host = cache.get(key) if cache is not None else None
+            if host is None:
+                host = HostRunner(p)
         except DlacError as e:
             return "host:" + type(e).__name__
+        if cache is not None:
+            cache[key] = host
+            host.p = p
     try:
         run(p, inputs, check_races=check_races, host_runner=host)
     except DlacError as e:
         return "run:" + type(e).__name__
     if p.reference is not None:
-        from target_dlac.host import reference_outputs
+        from compiler.reference import Reference
+        from target_dlac.host import reference_module
+        key = ("ref", p.reference)
         try:
-            reference_outputs(p, inputs)
+            ref = cache.get(key) if cache is not None else None
+            if ref is None:
+                ref = Reference(reference_module(p))
+            if cache is not None:
+                cache[key] = ref
+            ref(inputs)
         except DlacError as e:
             return "ref:" + type(e).__name__
     return "ran-ok"
