@@ -284,3 +284,20 @@ def test_round_trip_keeps_the_computation(blob):
     again = hostgraph.encode(reference_module(p), "reference", level=1)
     assert _graph(rebuild(blob, {"REF": again}), "REF")[0] == _graph(blob, "REF")[0]
     assert to_bytes(from_bytes(rebuild(blob, {"REF": again}))) == rebuild(blob, {"REF": again})
+
+
+@pytest.mark.slow
+def test_structure_aware_graph_fuzzing_has_no_escapes(tmp_path):
+    """200 structure-aware HOST / REF mutations through the benchmark's subprocess harness
+    (a native crash would be counted, not fatal): every input ends in a DlacError or runs."""
+    out = tmp_path / "fuzz.json"
+    r = subprocess.run([sys.executable, "tools/bench/fuzz_binaries.py", "--n", "200", "--no-mnist",
+                        "--graph-share", "1.0", "--workers", "1", "--seed", "7", "--json", str(out)],
+                       env=script_env(), capture_output=True, text=True, timeout=600)
+    doc = json.loads(out.read_text())
+    bad = {k: v for k, v in doc["counts"].items() if k.startswith(("UNCAUGHT", "NATIVE", "BATCH"))}
+    assert not bad, (bad, doc["examples"])
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert sum(doc["counts"].values()) == 200
+    assert doc["counts"].get("ran-ok", 0) > 10                        # mutants that reach TVM and run
+    assert doc["counts"].get("host:BinaryFormatError", 0) + doc["counts"].get("ref:BinaryFormatError", 0) > 50
