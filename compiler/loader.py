@@ -3,6 +3,18 @@
 Accepted: a ``torch.nn.Module`` (with example inputs), an ``onnx.ModelProto``,
 a path to ``.onnx`` or ``.pt2``, or ``file.py:factory`` where ``factory()``
 returns ``(module, example_inputs)``.
+
+What runs code, and what does not:
+
+- ``file.py:factory`` is code, by design: dlac imports ``file.py`` and calls
+  ``factory()``, exactly as ``python file.py`` would run it, with your permissions.
+  Compile a factory file only if you would run it.
+- ``.pt2`` is data: dlac loads it without running any code from it (no unpickling
+  beyond plain tensors, no eval of its expressions, no shared libraries; see
+  :func:`compiler.frontend_torch.load_pt2`), and refuses, naming the archive member,
+  what it cannot load that way.
+- ``.onnx`` is data: a protobuf, with external data read only from files inside the
+  model's own directory (:func:`compiler.frontend_onnx.inline_external_data`).
 """
 
 from __future__ import annotations
@@ -26,18 +38,25 @@ def load_factory(spec: str):
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
+    # The factory's code is the user's: anything it raises, SystemExit included (a
+    # sys.exit(0) would otherwise end dlac with success and nothing written), is an
+    # error naming it.  Only Ctrl-C stays an interrupt.  (os._exit cannot be caught.)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as e:
-        raise ModelLoadError(f"importing the factory file failed: {type(e).__name__}: {e}",
-                             where=path) from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001
+        sys.modules.pop(mod_name, None)
+        raise ModelLoadError(f"importing the factory file failed: {_raised(e, 'the file')}", where=path) from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ModelLoadError(f"no callable named '{name}'", where=path)
     try:
         result = factory()
-    except Exception as e:
-        raise ModelLoadError(f"'{name}()' raised {type(e).__name__}: {e}", where=path) from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001
+        raise ModelLoadError(f"'{name}()' raised {_raised(e)}", where=path) from None
     if not (isinstance(result, tuple) and len(result) == 2):
         raise ModelLoadError(f"'{name}()' must return (module, example_inputs)", where=path)
     import torch
@@ -46,6 +65,14 @@ def load_factory(spec: str):
         raise ModelLoadError(f"'{name}()' returned a {type(result[0]).__name__} where a "
                              "torch.nn.Module was expected", where=path)
     return result
+
+
+def _raised(e: BaseException, what: str = "a factory") -> str:
+    """``Type: first line of the message`` (one line, for the CLI)."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit({e.code!r}) ({what} must not exit)"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> ImportedModel:
