@@ -12,19 +12,49 @@ already has a record is skipped: rerunning an interrupted tune continues where i
 stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
 :func:`schedule_resolver` gives the codegen the best logged schedule of each layer
 (:func:`compiler.build.build_program` with ``tuning_log``).
+
+Failures (issue 11, "Workers"):
+
+* the local pool's workers die with the parent process (Linux: ``PR_SET_PDEATHSIG``;
+  everywhere: a watchdog thread that exits once the parent is gone), so a ``kill -9``
+  of ``dlac tune`` leaves no worker searching on;
+* on Dask, the workers first run an import probe (a function shipped by value, so a
+  worker without dlac can run it and report why it cannot import dlac) within
+  :data:`DASK_WORKER_TIMEOUT`; the searches then run only on the workers that passed
+  it.  If every worker that passed is lost, the tuner waits up to the same timeout for
+  a new one (it probes workers that join) and then fails; a lost scheduler fails at
+  once.  Each failure is one :class:`DlacError` line (distributed's own log messages are
+  silenced while the tuner talks to the cluster); the layers finished so far are in
+  the log, and a rerun resumes;
+* a logged record is checked for plausibility before it is used (resuming here,
+  :func:`schedule_resolver` when compiling): see :mod:`target_dlac.tuning_log`; an
+  implausible record is an error naming the file, the line and the layer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from . import __version__
 from .errors import ConfigError, DlacError
 
 DASK_CONNECT_TIMEOUT = "10s"
+#: seconds: for a first Dask worker, for a worker's import probe, and for a usable worker
+#: once every one was lost (``tune_model(dask_timeout=...)`` overrides it)
+DASK_WORKER_TIMEOUT = 60.0
+DASK_POLL = 0.2             # seconds between looks at the Dask futures and workers
+PARENT_POLL = 0.5           # seconds between a pool worker's looks at its parent
+#: what a tuning task imports on a worker (the import probe imports them first)
+PROBE_MODULES = ("compiler.tune", "target_dlac.costmodel", "target_dlac.search",
+                 "target_dlac.space", "target_dlac.layer_weights", "target_dlac.machine",
+                 "target_dlac.schedule")
 
 
 @dataclass
@@ -51,9 +81,22 @@ def collect_layers(result, machine) -> list[TuneLayer]:
     return [TuneLayer(layer, conv_layer_key(layer, mh)) for layer in cg.conv_layers]
 
 
+@dataclass
+class LayerJob:
+    """What :func:`tune_layer` needs of a :class:`ConvLayer` (shipped to the workers
+    instead of the layer: unpickling a ``ConvLayer`` imports the codegen, hence TVM)."""
+    shape: object           # ConvShape
+    weights: object         # LayerWeights
+    has_scale: bool
+
+    @classmethod
+    def of(cls, layer) -> LayerJob:
+        return cls(layer.shape, layer.weights, layer.has_scale)
+
+
 def tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
-    """Search one layer (a :class:`ConvLayer`; runs in a worker process).  Returns a dict
-    of the outcome."""
+    """Search one layer (a :class:`ConvLayer` or :class:`LayerJob`; runs in a worker
+    process).  Returns a dict of the outcome."""
     from target_dlac import costmodel
     from target_dlac.search import search
     from target_dlac.space import ScheduleSpace
@@ -99,23 +142,30 @@ def _row(t: TuneLayer, status, rec=None, note=""):
 def tune_model(result, machine, log_path, strategy: str = "best_first", trials: int | None = None,
                time_budget: float | None = None, patience: int | None = None,
                jobs: int | None = None, progress=None, seed: int = 0,
-               dask: str | None = None) -> list[dict]:
+               dask: str | None = None, dask_timeout: float | None = None) -> list[dict]:
     """Tune every conv / dense layer of ``result`` (a :class:`CompileResult` through the
     partition stage) on ``machine``, appending one record per newly tuned layer to
     ``log_path``.  ``time_budget`` is per layer (seconds).  ``progress(row, done, total)`` is
     called as each layer is done (or skipped).  Layers are searched in parallel: in a local
     process pool of ``jobs`` workers, or on the Dask distributed cluster whose scheduler
     is at ``dask``; each search is sequential and seeded, so the records are the same
-    either way (only the parent process writes the log).  Returns one row per layer, in program order:
-    ``layer, op, precision, status ("tuned" | "from log" | "skipped"), default_cycles,
-    tuned_cycles, trials, lower_bound (None: not in the record), note``."""
+    either way (only the parent process writes the log).  ``dask_timeout``: seconds (default
+    :data:`DASK_WORKER_TIMEOUT`) to wait for a first worker, for each worker's import
+    probe, and for a usable worker once all were lost.  A logged record of a layer must
+    be plausible (:func:`tuning_log.check_records`, :func:`tuning_log.check_for_layer`),
+    else :class:`tuning_log.TuningLogError` before anything is tuned.  Returns one row per
+    layer, in program order: ``layer, op, precision, status ("tuned" | "from log" |
+    "skipped"), default_cycles, tuned_cycles, trials, lower_bound (None: not in the
+    record), note``."""
     from target_dlac import tuning_log
     from target_dlac.search import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     layers = collect_layers(result, machine)
-    done = tuning_log.best(tuning_log.load(log_path))
+    logged = tuning_log.load(log_path)
+    tuning_log.check_records(logged)
+    done = tuning_log.best(logged)
     rows: list = [None] * len(layers)
     todo: dict = {}             # key_str -> [layer indices] (identical layers tuned once)
 
@@ -129,6 +179,7 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
         if layer.layer.shape.swis:
             emit(i, _row(layer, "skipped", note="SWIS: the cost model does not model SACC"))
         elif k in done:
+            tuning_log.check_for_layer(logged, done[k], layer.layer, machine)
             emit(i, _row(layer, "from log", done[k]))
         else:
             todo.setdefault(k, []).append(i)
@@ -150,58 +201,329 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
         for k, idx in todo.items():
             finish(k, tune_layer(layers[idx[0]].layer, *args))
         return rows
-    with contextlib.ExitStack() as stack:
-        if dask is not None:
-            pool = stack.enter_context(_dask_executor(dask))
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(jobs, len(todo))))
-        futs = {pool.submit(tune_layer, layers[idx[0]].layer, *args): k for k, idx in todo.items()}
-        for fut in as_completed(futs):
-            k = futs[fut]
-            try:
-                out = fut.result()
-            except Exception as e:          # a worker's failure, named by its layer
-                if dask is None:
-                    raise
-                raise DlacError(f"layer {layers[todo[k][0]].name}: the Dask worker failed: "
-                                f"{type(e).__name__}: {e} (every worker needs dlac installed)") from e
+    if not todo:
+        return rows
+    calls = {k: (LayerJob.of(layers[idx[0]].layer), *args) for k, idx in todo.items()}
+    if dask is not None:
+        timeout = DASK_WORKER_TIMEOUT if dask_timeout is None else dask_timeout
+        names = {k: layers[idx[0]].name for k, idx in todo.items()}
+        for k, out in _dask_results(dask, calls, names, timeout):
             finish(k, out)
+        return rows
+    for k, out in _pool_results(calls, jobs):
+        finish(k, out)
     return rows
 
 
-@contextlib.contextmanager
-def _dask_executor(address: str):
-    """A ``concurrent.futures`` executor over the Dask distributed cluster whose scheduler
-    is at ``address`` (``tcp://host:port`` or ``host:port``)."""
+# ------------------------------------------------------------------ local pool workers
+
+def _pool_results(calls: dict, jobs: int):
+    """Run ``tune_layer(*calls[k])`` for every ``k`` in a local pool of at most ``jobs``
+    worker processes (which die with this process: :func:`_pool_worker_init`); yield
+    ``(k, outcome)`` as each one finishes."""
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(calls))), initializer=_pool_worker_init,
+                             initargs=(os.getpid(),)) as pool:
+        futs = {pool.submit(tune_layer, *a): k for k, a in calls.items()}
+        try:
+            for fut in as_completed(futs):
+                yield futs[fut], fut.result()
+        except BaseException:       # a failure, an interrupt: start no further search
+            for fut in futs:
+                fut.cancel()
+            raise
+
+
+def _pool_worker_init(parent: int) -> None:
+    """Initializer of the local pool's worker processes: die with the parent (``parent``:
+    its pid).  Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills the worker
+    when the parent dies); everywhere: a daemon thread that exits the worker once its
+    parent process changed (polled every :data:`PARENT_POLL` s)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    ppid = os.getppid()
+    if ppid != parent and not _alive(parent):       # the parent died before the prctl
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(ppid,), name="dlac-watch-parent",
+                     daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
     try:
-        from distributed import Client
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True         # exists, not ours to signal
+    return True
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL)
+        if os.getppid() != ppid:        # reparented: the parent is gone
+            os._exit(1)
+
+
+# ------------------------------------------------------------------ Dask
+
+def _import_probe(modules):
+    """Runs on a Dask worker (shipped by value: it needs nothing of dlac to be
+    deserialized): import what a tuning task needs; return the worker's dlac version."""
+    import importlib
+
+    for m in modules:
+        importlib.import_module(m)
+    return importlib.import_module("compiler").__version__
+
+
+def _by_value(fn):
+    """A copy of the plain function ``fn`` that pickles by value (its ``__module__`` names
+    no importable module, so pickle falls back to cloudpickle, which then ships the code)."""
+    import types
+
+    f = types.FunctionType(fn.__code__, {"__builtins__": __builtins__}, fn.__name__, fn.__defaults__)
+    f.__module__ = "dlac_worker_probe"
+    f.__qualname__ = fn.__name__
+    return f
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs():
+    """Silence the ``distributed`` and ``tornado`` loggers meanwhile (restored after): a
+    lost scheduler or worker makes them log tracebacks, and the tuner reports the failure
+    as one error line of its own."""
+    import logging
+
+    names = {"distributed", "tornado"} | {n for n in list(logging.root.manager.loggerDict)
+                                           if n.split(".")[0] in ("distributed", "tornado")}
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def _dask_results(address: str, calls: dict, names: dict, timeout: float):
+    """Run ``tune_layer(*calls[k])`` for every ``k`` on the Dask cluster whose scheduler is
+    at ``address`` (``tcp://host:port`` or ``host:port``); yield ``(k, outcome)`` as each
+    one finishes.  ``names[k]``: the layer's name for errors.  Raises :class:`DlacError`
+    (one line) when the scheduler cannot be reached or is lost, when no worker is there
+    or none can import dlac within ``timeout`` s, when every usable worker is lost for
+    ``timeout`` s, or when a task fails."""
+    try:
+        from distributed import Client      # first: importing it configures its loggers
     except ImportError:
         raise ConfigError("--dask needs the 'distributed' package: pip install 'distributed'") from None
-    try:
-        client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as e:
-        raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
-    try:
-        yield client.get_executor()
-    finally:
-        client.close()
+    with _quiet_dask_logs():
+        try:
+            client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
+        run = _DaskRun(client, address, timeout, names)
+        try:
+            yield from run.results(calls)
+        except (OSError, TimeoutError) as e:     # distributed's CommClosedError is an OSError
+            raise DlacError(run.lost_scheduler(e)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                client.close(timeout=2)
+
+
+class _DaskRun:
+    """The state of one run on a Dask cluster: which workers passed the import probe
+    (``good``: address -> dlac version), failed it (``bad``: address -> why), or are
+    being probed (``probing``: address -> (future, start time))."""
+
+    def __init__(self, client, address: str, timeout: float, names: dict):
+        self.client, self.address, self.timeout, self.names = client, address, timeout, names
+        self.good: dict = {}
+        self.bad: dict = {}
+        self.probing: dict = {}
+        self.done = 0
+        self.total = 0
+        self.probe = _by_value(_import_probe)
+
+    # -- messages
+    def _progress(self) -> str:
+        return (f"{self.done} of {self.total} layer(s) were tuned and logged; rerun to resume"
+                if self.done else "rerun to resume")
+
+    def lost_scheduler(self, e=None) -> str:
+        why = f" ({type(e).__name__})" if e is not None else ""
+        return f"lost the connection to the Dask scheduler at {self.address!r}{why}; {self._progress()}"
+
+    def _bad_summary(self) -> str:
+        items = sorted(self.bad.items())
+        shown = "; ".join(f"{a}: {why}" for a, why in items[:3])
+        more = f"; and {len(items) - 3} more" if len(items) > 3 else ""
+        return f"{shown}{more}"
+
+    # -- the cluster
+    def _check_client(self) -> None:
+        if self.client.status != "running":
+            raise DlacError(self.lost_scheduler())
+
+    def _workers(self) -> set:
+        self._check_client()
+        return set(self.client.nthreads())
+
+    def _probe(self, live: set) -> None:
+        """Probe the live workers not probed yet; collect the probes that ended."""
+        now = time.monotonic()
+        for w in live - self.good.keys() - self.bad.keys() - self.probing.keys():
+            fut = self.client.submit(self.probe, PROBE_MODULES, workers=[w], allow_other_workers=False,
+                                     pure=False, key=f"dlac-import-probe-{w}-{now}")
+            self.probing[w] = (fut, now)
+        for w, (fut, t0) in list(self.probing.items()):
+            if fut.status == "finished":
+                got = fut.result(timeout=self.timeout)
+                if got == __version__:
+                    self.good[w] = got
+                else:
+                    self.bad[w] = _one_line(f"it has dlac {got!r}, this is dlac {__version__}")
+            elif fut.status == "error":
+                self.bad[w] = f"cannot import dlac: {_exc(fut.exception(timeout=self.timeout))}"
+            elif w not in live:             # gone before it answered
+                fut.release()
+            elif now - t0 > self.timeout:
+                self.bad[w] = f"did not answer the dlac import probe within {self.timeout:g} s"
+                fut.release()
+            else:
+                continue
+            del self.probing[w]
+
+    def _usable(self, live: set) -> set:
+        return live & self.good.keys()
+
+    def _start(self) -> set:
+        """The usable workers at the start: wait (up to the timeout) for a first worker,
+        then until every worker there answered its probe."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            live = self._workers()
+            self._probe(live)
+            usable = self._usable(live)
+            if usable and not live & self.probing.keys():
+                return usable
+            if live and not usable and not self.probing:
+                raise DlacError(f"no worker of the Dask cluster at {self.address!r} can run dlac: "
+                                f"{self._bad_summary()} (every worker needs dlac {__version__} "
+                                f"installed)")
+            if not live and not self.probing and time.monotonic() > deadline:
+                raise DlacError(f"the Dask cluster at {self.address!r} has no workers (waited "
+                                f"{self.timeout:g} s)")
+            time.sleep(DASK_POLL)
+
+    def _outcome(self, fut):
+        """The result of the finished ``fut``; ``None`` if it cannot be fetched (the worker
+        holding it is gone: the caller submits the search again)."""
+        try:
+            return fut.result(timeout=self.timeout)
+        except TimeoutError:
+            self._check_client()
+            return None
+
+    def results(self, calls: dict):
+        self.total = len(calls)
+        usable = self._start()
+        pending: dict = {}                # future -> (k, workers it may run on)
+
+        def submit(k, workers):
+            fut = self.client.submit(tune_layer, *calls[k], workers=sorted(workers),
+                                     allow_other_workers=False, pure=False)
+            pending[fut] = (k, frozenset(workers))
+
+        for k in calls:
+            submit(k, usable)
+        lost_since = None
+        while pending:
+            time.sleep(DASK_POLL)
+            redo = []
+            for fut, (k, allowed) in list(pending.items()):
+                status = fut.status
+                if status == "error":
+                    e = fut.exception(timeout=self.timeout)
+                    raise DlacError(f"layer {self.names[k]}: its search failed on the Dask cluster: "
+                                    f"{_exc(e)}; {self._progress()}")
+                if status == "cancelled":
+                    self._check_client()
+                    raise DlacError(f"layer {self.names[k]}: the Dask scheduler cancelled its search; "
+                                    f"{self._progress()}")
+                if status not in ("finished", "lost"):
+                    continue
+                out = self._outcome(fut) if status == "finished" else None
+                del pending[fut]
+                if out is None:
+                    fut.release()
+                    redo.append((k, allowed))
+                    continue
+                self.done += 1
+                yield k, out
+            if not pending and not redo:
+                break
+            live = self._workers()
+            self._probe(live)
+            usable = self._usable(live)
+            for fut, (k, allowed) in list(pending.items()):
+                if usable and not allowed & live:       # every worker it may run on is gone
+                    del pending[fut]
+                    fut.release()
+                    redo.append((k, allowed))
+            for k, allowed in redo:
+                submit(k, usable or allowed)
+            if usable:
+                lost_since = None
+                continue
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since > self.timeout:
+                why = f" (the workers left: {self._bad_summary()})" if self.bad and live else ""
+                raise DlacError(f"lost every Dask worker that can run dlac at {self.address!r}, "
+                                f"and none came back within {self.timeout:g} s{why}; {self._progress()}")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` (from a worker) on one line, unprintable characters escaped, at most
+    ``limit`` characters."""
+    text = " ".join(str(text).split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _exc(e: BaseException) -> str:
+    """``Type: message`` of an exception from a worker, on one line."""
+    return _one_line(f"{type(e).__name__}: {e}")
 
 
 def schedule_resolver(records, machine):
     """``(resolve, counts)``: ``resolve(ConvLayer)`` gives the schedule of the best record
     whose key matches the layer (``None``: keep the default), for the codegen's
-    ``schedules``; ``counts`` = ``{"tuned_layers", "layers"}`` as the codegen asks."""
+    ``schedules``; ``counts`` = ``{"tuned_layers", "layers"}`` as the codegen asks.
+    ``records``: from :func:`tuning_log.load`; a record must be plausible for its layer
+    (:func:`tuning_log.check_for_layer`), else :class:`tuning_log.TuningLogError` naming
+    the file, the line and the layer."""
     from target_dlac import tuning_log
 
     best = tuning_log.best(records)
     mh = machine.hash()
     counts = {"tuned_layers": 0, "layers": 0}
+    checked: set = set()        # id() of the records found plausible (the codegens may ask again)
 
     def resolve(layer):
         counts["layers"] += 1
         rec = None if layer.shape.swis else best.get(tuning_log.key_str(tuning_log.conv_layer_key(layer, mh)))
         if rec is None:
             return None
+        if id(rec) not in checked:
+            tuning_log.check_for_layer(records, rec, layer, machine)
+            checked.add(id(rec))
         counts["tuned_layers"] += 1
         return tuning_log.parse_schedule(rec["schedule"])
 

@@ -20,6 +20,20 @@ process killed with ``kill -9`` loses at most the line being written; :func:`loa
 skips a torn last line (and any malformed line), counting them; a layer whose key
 already has a record is not tuned again.  Only ``json`` parses the file: nothing in it
 is ever executed.
+
+A record is checked for plausibility before it is used (a hand-edited or corrupted
+record must not win silently: :func:`best` prefers the least cycles, so a record
+claiming 0 cycles would replace the real one).  :func:`check_records`, on every valid
+record of a log (``dlac compile --tuning-log`` and resuming ``dlac tune``): at least 1
+cycle and 1 trial, ``cycles <= default_cycles`` (the default schedule is always trial
+0), ``lower_bound``, if present, an int of at most ``cycles``.  :func:`check_for_layer`,
+on the record chosen for a layer: its schedule passes :func:`schedule.schedule_problems`
+for the layer and machine (it fits the buffers), and its cycles are at least the
+layer's lower bounds under it (:func:`costmodel.layer_lower_bound`,
+:func:`costmodel.cycles_lower_bound`).  An implausible record is an error
+(:class:`TuningLogError`, naming the file, the line and the layer), not a skipped
+line: the user removes the line (the layer is then tuned again, or keeps its default
+schedule) rather than getting a binary built from a schedule nobody tuned.
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ import os
 from dataclasses import fields
 
 import numpy as np
+
+from compiler.errors import DlacError
 
 from .schedule import ORDERS, PE_ORDERS, ConvShape, Schedule
 
@@ -80,19 +96,39 @@ def append(path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+class TuningLogError(DlacError):
+    """A record of a tuning log is implausible (see the module docstring)."""
+
+
 class Records(list):
     """The valid records of a log, in file order, with counts of what was skipped:
     ``torn`` (an unterminated, unparsable last line), ``malformed`` (lines that are not a
     JSON object), ``invalid`` (JSON objects with a missing or bad field, e.g. a schedule
-    dict that is not a schedule)."""
+    dict that is not a schedule).  ``path``: the log's path; ``lines``: each record's
+    line number (from 1) in the file."""
 
-    def __init__(self, items=(), torn: int = 0, malformed: int = 0, invalid: int = 0):
+    def __init__(self, items=(), torn: int = 0, malformed: int = 0, invalid: int = 0,
+                 path=None, lines=()):
         super().__init__(items)
         self.torn, self.malformed, self.invalid = torn, malformed, invalid
+        self.path, self.lines = path, list(lines)
 
     @property
     def skipped(self) -> int:
         return self.torn + self.malformed + self.invalid
+
+    def line_of(self, rec) -> int | None:
+        """The line number of ``rec`` (this very object), or ``None``."""
+        for r, n in zip(self, self.lines):
+            if r is rec:
+                return n
+        return None
+
+    def where(self, rec) -> str:
+        """``"tuning log 'PATH', line N"`` of ``rec``, for error messages."""
+        n = self.line_of(rec)
+        path = "the tuning log" if self.path is None else f"tuning log {str(self.path)!r}"
+        return path if n is None else f"{path}, line {n}"
 
 
 def _is_int(v, lo: int = 0) -> bool:
@@ -133,9 +169,9 @@ def load(path) -> Records:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return Records()
+        return Records(path=path)
     lines = data.split(b"\n")
-    out = Records()
+    out = Records(path=path)
     for i, raw in enumerate(lines):
         last = i == len(lines) - 1          # text after the final newline: unterminated
         if not raw.strip():
@@ -154,6 +190,7 @@ def load(path) -> Records:
             out.invalid += 1
         else:
             out.append(rec)
+            out.lines.append(i + 1)
     return out
 
 
@@ -165,3 +202,77 @@ def best(records) -> dict:
         if k not in out or rec["cycles"] < out[k]["cycles"]:
             out[k] = rec
     return out
+
+
+def record_problem(rec) -> str | None:
+    """What makes a valid record implausible on its own (no layer needed), or ``None``."""
+    cyc, dflt, trials = rec["cycles"], rec["default_cycles"], rec["trials"]
+    if cyc < 1:
+        return f"it claims {cyc} cycles (a layer takes at least 1)"
+    if trials < 1:
+        return f"it claims {trials} trials (the default schedule is always trial 0)"
+    if dflt < cyc:
+        return (f"it claims {cyc:,} cycles, more than its default schedule's {dflt:,} (the "
+                f"default is always a trial, so the tuned schedule is never worse)")
+    b = rec.get("lower_bound")
+    if b is not None and not _is_int(b):
+        return f"its lower_bound {b!r} is not a non-negative integer"
+    if b is not None and b > cyc:
+        return f"it claims {cyc:,} cycles, below its own lower bound of {b:,}"
+    return None
+
+
+def _name(rec) -> str:
+    """`` (layer NAME)`` from the record's informative ``layer`` field (text from the file:
+    quoted unless short and printable)."""
+    n = rec.get("layer")
+    if not isinstance(n, str) or not n:
+        return ""
+    return f" (layer {n if n.isprintable() and len(n) <= 100 else repr(n[:100])})"
+
+
+def check_records(records: Records) -> None:
+    """Raise :class:`TuningLogError` on the first record of ``records`` (from :func:`load`)
+    that :func:`record_problem` finds implausible, naming the file, its line and the
+    layer it was tuned for."""
+    for rec in records:
+        why = record_problem(rec)
+        if why is not None:
+            raise TuningLogError(f"{records.where(rec)}{_name(rec)}: implausible record: {why}; "
+                                 f"delete the line")
+
+
+def layer_problem(rec, shape: ConvShape, weights, has_scale: bool, machine) -> str | None:
+    """What makes ``rec`` implausible for the layer (``shape``, its
+    :class:`LayerWeights`, ``has_scale``) on ``machine``: its schedule does not fit, or
+    its cycles are below the layer's lower bounds under that schedule.  ``None``: plausible."""
+    from . import costmodel
+    from .schedule import schedule_problems
+
+    why = record_problem(rec)
+    if why is not None:
+        return why
+    sched = parse_schedule(rec["schedule"])
+    malformed, problems = schedule_problems(shape, sched, machine, weights.max_bytes)
+    if problems:
+        return f"its schedule {sched} {'is malformed' if malformed else 'does not fit'}: " + \
+            "; ".join(problems)
+    if shape.swis:                  # not modelled by the cost model (and never tuned)
+        return None
+    bound = max(costmodel.cycles_lower_bound(shape, sched, machine, weights, has_scale=has_scale),
+                costmodel.layer_lower_bound(shape, sched, machine, weights, has_scale=has_scale))
+    if rec["cycles"] < bound:
+        return (f"it claims {rec['cycles']:,} cycles, below the layer's lower bound of {bound:,} "
+                f"cycles under its schedule {sched}")
+    return None
+
+
+def check_for_layer(records: Records, rec, layer, machine) -> None:
+    """Raise :class:`TuningLogError` if ``rec`` (of ``records``, matching ``layer``'s key: a
+    :class:`target_dlac.codegen.ConvLayer`) is implausible for the layer on ``machine``
+    (:func:`layer_problem`), naming the file, the line and the layer."""
+    why = layer_problem(rec, layer.shape, layer.weights, layer.has_scale, machine)
+    if why is not None:
+        where = records.where(rec) if isinstance(records, Records) else "the tuning log"
+        raise TuningLogError(f"{where} (layer {layer.name}): implausible record: {why}; delete the "
+                             f"line to tune the layer again or keep its default schedule")
