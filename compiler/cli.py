@@ -254,9 +254,13 @@ def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, 
 @click.option("--dask", metavar="ADDRESS",
               help="Dask distributed scheduler (tcp://host:port) to fan the layers' searches out to "
                    "instead of the local process pool; workers need dlac installed.")
+@click.option("--dask-timeout", type=float, default=60.0, show_default=True, metavar="S",
+              help="Seconds to wait for a first Dask worker, for each worker's dlac import probe, "
+                   "and for a usable worker after all were lost.")
 @model_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, quant, granularity,
+def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, dask_timeout, quant,
+             granularity,
              cluster_size, keep_first, keep_last, precisions, swis_shifts, swis_consecutive,
              input_shapes, machine, debug):
     """Search per-layer tiling schedules of MODEL with the cost model; append them to LOG."""
@@ -266,6 +270,8 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
                 raise ConfigError(f"{flag} must be at least 1")
         if time_budget is not None and time_budget <= 0:
             raise ConfigError("--time-budget must be positive")
+        if not dask_timeout > 0:
+            raise ConfigError("--dask-timeout must be positive")
         if trials is None and strategy in ("random", "anneal"):
             trials = 200
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
@@ -293,7 +299,8 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
         if dask:
             click.echo(f"  layers fan out to the Dask cluster at {dask}", err=True)
         rows = tune_model(result, mach, log, strategy=strategy, trials=trials, time_budget=time_budget,
-                          patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask)
+                          patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask,
+                          dask_timeout=dask_timeout)
         _say_table(format_table(rows))
         n_new = sum(r["status"] == "tuned" for r in rows)
         click.echo(f"{n_new} layer(s) tuned, {sum(r['status'] == 'from log' for r in rows)} from the log; "
