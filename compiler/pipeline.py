@@ -30,6 +30,7 @@ from passes.fold_prequantized import fold_prequantized, prequantized_weights
 from passes.fold_scales import fold_scales
 from passes.layers import find_layers
 from passes.partition import HostOp, partition, regions
+from target_dlac.text import printable
 from passes.remove_dead_tuples import remove_dead_tuples
 from passes.quantize_weights import WeightSpec, quantize_weights
 
@@ -109,7 +110,7 @@ class CompileResult:
         by_var = {r.name: r for r in self.multiplies}
         for info in self.layers:
             r = by_var.get(info.var)
-            lines.append(f"{info.name:<28} {info.op:<7} {info.precision:<9} {info.reason:<14} "
+            lines.append(f"{printable(info.name):<28} {info.op:<7} {info.precision:<9} {info.reason:<14} "
                          f"{r.dense_macs if r else 0:>12,} {r.replaced if r else 0:>12,} "
                          f"{r.left if r else 0:>10,}")
         t = self.totals()

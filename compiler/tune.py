@@ -42,6 +42,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from target_dlac.text import printable
+
 from . import __version__
 from .errors import ConfigError, DlacError
 
@@ -492,8 +494,7 @@ class _DaskRun:
 def _one_line(text: str, limit: int = 300) -> str:
     """``text`` (from a worker) on one line, unprintable characters escaped, at most
     ``limit`` characters."""
-    text = " ".join(str(text).split())
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    text = printable(" ".join(str(text).split()))
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -540,12 +541,12 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         d, t, b = r["default_cycles"], r["tuned_cycles"], r.get("lower_bound")
         if d is None:
-            lines.append(f"{r['layer']:<28} {r['op']:<9} {r['precision']:<8} {'-':>11} {'-':>11} "
+            lines.append(f"{printable(r['layer']):<28} {r['op']:<9} {r['precision']:<8} {'-':>11} {'-':>11} "
                          f"{'-':>8} {'-':>11} {'-':>7} {'-':>7}  {r['status']} ({r['note']})")
             continue
         tot_d, tot_t, tot_b = tot_d + d, tot_t + t, tot_b + (b or 0)
         bound = f"{b:>11,} {100 * t / b:>6.0f}%" if b else f"{'-':>11} {'-':>7}"
-        lines.append(f"{r['layer']:<28} {r['op']:<9} {r['precision']:<8} {d:>11,} {t:>11,} "
+        lines.append(f"{printable(r['layer']):<28} {r['op']:<9} {r['precision']:<8} {d:>11,} {t:>11,} "
                      f"{d / t if t else 1.0:>7.2f}x {bound} {r['trials']:>7}  {r['status']}")
     if tot_t:
         lines.append(f"{'total':<28} {'':<9} {'':<8} {tot_d:>11,} {tot_t:>11,} {tot_d / tot_t:>7.2f}x "

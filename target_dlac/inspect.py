@@ -6,6 +6,7 @@ from collections import Counter
 
 from .container import VERSION
 from .isa import disassemble
+from .text import printable
 
 
 def opcode_counts(p) -> dict:
@@ -38,6 +39,7 @@ def listing(p) -> list[tuple[str | None, str]]:
     out = []
     for pc, ins in enumerate(p.insns):
         l = starts.get(pc)
-        header = f"; --- {l['name']} ({l['op']}, {l['precision']})" if l else None
+        header = (f"; --- {printable(l['name'])} ({printable(l['op'])}, {printable(l['precision'])})"
+                  if l else None)
         out.append((header, f"{pc:6d}  {disassemble(ins)}"))
     return out

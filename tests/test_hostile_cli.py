@@ -513,3 +513,19 @@ def test_compile_verifies_binary_before_naming_it(compiled, tmp_path, monkeypatc
     assert "does not read back" in line and "CRC32" in line and "nothing was written" in line
     assert out.read_bytes() == b"previous"
     assert sorted(os.listdir(out_dir)) == ["m.dlac"]
+
+
+def test_names_cannot_forge_lines_of_tables():
+    """A name with a newline or an escape code stays on its line in the tables built
+    outside the CLI too (inspect listing, compile and tune tables)."""
+    from target_dlac.text import printable
+
+    assert printable("a\nb\x1b[31m") == "a\\x0ab\\x1b[31m"
+    assert printable("résumé ok") == "résumé ok"
+    from target_dlac.inspect import listing
+    from tests.container_helpers import make_program
+
+    p = make_program()
+    p.meta["layers"][0]["name"] = "conv1\n     7  HALT\x1b[2J"
+    header = listing(p)[0][0]
+    assert "\n" not in header and "\x1b" not in header and "\\x0a" in header
