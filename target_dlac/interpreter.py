@@ -9,7 +9,11 @@ Before anything runs, every instruction passes the static checks of
 inside their memories); at run time every access is bounds-checked again, with what
 only the data tells (a weight block's length), and an error names the pc, the
 instruction and the buffer.  The ISA has no branches, so a run executes each
-instruction at most once and always terminates.
+instruction at most once and always terminates; the static checks include the budgets of
+:mod:`target_dlac.limits` (work and temporary memory per instruction, work per run), so
+it also terminates soon, in bounded memory: the DRAM image is at most
+``limits.MAX_DRAM_BYTES``, the cache of decoded weight blocks at most
+``limits.MAX_WEIGHT_CACHE_BYTES``, and a run keeps a few numbers per instruction.
 
 Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
 :class:`target_dlac.report.RunReport`.
@@ -23,12 +27,14 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from compiler.errors import ConfigError, DlacError, ExecutionError
 
 from . import costs
+from .limits import MAX_DRAM_BYTES, MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
+    MAX_WEIGHT_CACHE_BYTES, block_decode_budget, block_key_budget, insn_budget
 from .isa import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, disassemble, \
     epi_param_layout, s32
 from .packing import BlockError, swis_block_bytes, swis_counts, swis_groups, ternary_block_bytes, \
     ternary_counts, unpack_swis, unpack_ternary
 from .program import Program
-from .report import InsnRecord, RunReport, build_report
+from .report import InsnRecord, RunReport, build_report, conv_stats
 from .timeline import Timeline
 from .validate import first_insn_problem
 
@@ -45,7 +51,9 @@ class Interpreter:
         self.p = program
         self.m = program.machine
         self.check_races = check_races
-        self._wcache: dict = {}      # decoded weight blocks, keyed by their bytes
+        self._wcache: dict = {}      # decoded ternary / SWIS blocks, keyed by their bytes
+        self._wcache_bytes = 0       # their keys' and matrices' bytes (<= MAX_WEIGHT_CACHE_BYTES)
+        self.run_work = self.insn_work = self.insn_temp = 0     # budgets used (limits)
         found = first_insn_problem(program)
         if found:
             pc, problem = found
@@ -59,6 +67,9 @@ class Interpreter:
     # ---- memory ------------------------------------------------------------------------
     def _reset(self):
         m = self.m
+        if not 0 < self.p.dram_bytes <= MAX_DRAM_BYTES:      # (validation refuses it in a file)
+            raise ExecutionError(f"the program's {self.p.dram_bytes}-byte DRAM image is not in "
+                                 f"(0, {MAX_DRAM_BYTES}] (limits.MAX_DRAM_BYTES)")
         try:
             dram = np.zeros(self.p.dram_bytes, np.uint8)
         except MemoryError:
@@ -98,6 +109,24 @@ class Interpreter:
 
     def _fail(self, msg: str):
         raise ExecutionError(msg, pc=self.pc, insn=self.text)
+
+    def _charge(self, work: int, temp: int = 0, what: str | None = None):
+        """Add ``work`` element operations and ``temp`` temporary bytes to the executing
+        instruction and both to the run (:mod:`target_dlac.limits`); past a budget, fail at
+        this pc (``what``: the run-time part being charged, for the message)."""
+        self.insn_work += work
+        self.insn_temp += temp
+        self.run_work += work + temp
+        part = f" ({what} included)" if what else ""
+        if self.insn_work > MAX_INSN_WORK:
+            self._fail(f"the instruction needs {self.insn_work:,} element operations{part}, over the "
+                       f"budget of {MAX_INSN_WORK:,} per instruction (limits.MAX_INSN_WORK)")
+        if self.insn_temp > MAX_INSN_TEMP_BYTES:
+            self._fail(f"the instruction needs {self.insn_temp:,} bytes of temporary memory{part}, over "
+                       f"the budget of {MAX_INSN_TEMP_BYTES:,} per instruction (limits.MAX_INSN_TEMP_BYTES)")
+        if self.run_work > MAX_RUN_WORK:
+            self._fail(f"the run reaches {self.run_work:,} (element operations and temporary bytes) "
+                       f"here{part}, over the budget of {MAX_RUN_WORK:,} per run (limits.MAX_RUN_WORK)")
 
     # ---- instructions ------------------------------------------------------------------
     def _dma(self, ins: Insn):
@@ -142,8 +171,9 @@ class Interpreter:
     def _weights(self, ins: Insn, k: int):
         """The weight block of a TACC/MAC/SACC as a dense float32 ``[f, k]`` matrix (and the
         non-zero counts (TACC) or shift counts (SACC) of its filters in PE order).  The
-        block's length comes from its header; decoding is memoized on the block's bytes,
-        so a block loaded again (next tile, next run) is decoded once."""
+        block's length comes from its header; decoding a ternary or SWIS block is memoized
+        on the block's bytes, so a block loaded again (next tile, next run) is decoded once
+        (the oldest entries go beyond ``limits.MAX_WEIGHT_CACHE_BYTES``)."""
         f = ins.f
         addr, nf = f["wgt"], f["f"]
         wgt = self.mem["WGT"]
@@ -158,22 +188,45 @@ class Interpreter:
             self._fail(f"WGT[{addr:#x}]: {e}")
         a, b = self._span("WGT", addr, hi - addr, "weight block")
         self.acc.append(("WGT", a, b, False))
+        if ins.op == "MAC":             # dense: nothing to decode
+            if f["wfmt"] == 1:
+                return wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None
+            return wgt[a:b].view(F32).reshape(nf, k).copy(), None
+        self._charge(*block_key_budget(b - a), what="hashing its weight block")
         key = (ins.op, nf, k, f["c"], f["kh"], f["kw"], wgt[a:b].tobytes())
         hit = self._wcache.get(key)
         if hit is None:
             try:
                 if ins.op == "TACC":
+                    counts = ternary_counts(wgt, addr, nf)
+                    self._charge(*block_decode_budget("TACC", b - a, int(counts.sum())),
+                                 what="decoding its ternary block")
                     hit = unpack_ternary(wgt, addr, nf, k)
-                elif ins.op == "SACC":
-                    hit = unpack_swis(wgt, addr, nf, f["c"], f["kh"], f["kw"])[:2]
-                elif f["wfmt"] == 1:
-                    hit = (wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None)
                 else:
-                    hit = (wgt[a:b].view(F32).reshape(nf, k).copy(), None)
+                    counts = swis_counts(wgt, addr, nf)
+                    groups = swis_groups(f["c"], f["kh"], f["kw"])
+                    self._charge(*block_decode_budget("SACC", b - a, 0, nf, groups,
+                                                      int(counts.max(initial=0))),
+                                 what="decoding its SWIS block")
+                    hit = unpack_swis(wgt, addr, nf, f["c"], f["kh"], f["kw"])[:2]
             except BlockError as e:
                 self._fail(f"WGT[{addr:#x}]: {e}")
-            self._wcache[key] = hit
+            self._remember(key, hit)
         return hit
+
+    def _remember(self, key: tuple, hit: tuple):
+        """Cache a decoded block, evicting the oldest entries to stay within
+        ``limits.MAX_WEIGHT_CACHE_BYTES`` (a block larger than that is not cached)."""
+        size = len(key[-1]) + hit[0].nbytes + hit[1].nbytes
+        if size > MAX_WEIGHT_CACHE_BYTES:
+            return
+        cache = self._wcache
+        while cache and self._wcache_bytes + size > MAX_WEIGHT_CACHE_BYTES:
+            old_key = next(iter(cache))
+            old = cache.pop(old_key)
+            self._wcache_bytes -= len(old_key[-1]) + old[0].nbytes + old[1].nbytes
+        cache[key] = hit
+        self._wcache_bytes += size
 
     def _conv(self, ins: Insn):
         f = ins.f
@@ -322,8 +375,11 @@ class Interpreter:
         records: list[InsnRecord] = []
         n = len(p.insns)
         halted = False
+        self.run_work = 0
         for pc, ins in enumerate(p.insns):
             self.pc, self.ins, self.acc = pc, ins, []
+            self.insn_work = self.insn_temp = 0
+            self._charge(*insn_budget(ins))     # within budget: validation checked it up front
             op = ins.op
             counts = None
             if op in ("LOAD", "STORE"):
@@ -354,7 +410,8 @@ class Interpreter:
             deps = (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next)
             slot = tl.step(pc, ins.unit, deps, cyc, self.acc, ins)
             dslot = dense_tl.step(pc, ins.unit, deps, dense, (), ins)
-            records.append(InsnRecord(ins, cyc, slot, dslot.end, counts))
+            stats = conv_stats(ins, self.m, counts) if op in ("TACC", "MAC", "SACC") else None
+            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats))
             if progress and pc % 2000 == 0:
                 progress(pc, n)
             if halted:

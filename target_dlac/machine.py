@@ -20,13 +20,17 @@ parameter              default     meaning
                                    (separate read and write channels)
 ``dma_latency``        100         fixed cycles per DMA transfer
 ``compute_setup``      8           fixed cycles per compute instruction (pipeline fill)
-``dram_mib``           1024        largest DRAM image a binary may declare
+``dram_mib``           1024        largest DRAM image a binary may declare (at most
+                                   ``limits.MAX_DRAM_MIB``)
 ``swis_shifts_per_pass`` 1         SWIS bit-serial PE: 1 = single-shift, 2 = double-shift
 =====================  ==========  ================================================
 
 Derived sizes (buffer bytes, address widths, PE count, peak rates) are properties,
-never separate constants.  :meth:`Machine.hash` (SHA-256 of the canonical JSON) is
-stored in every binary.
+never separate constants.  The sizes a machine may have are bounded
+(:mod:`target_dlac.limits`: each on-chip buffer at most ``MAX_BUFFER_BYTES``, at most
+``MAX_PES`` PEs and ``MAX_LANES`` lanes, DRAM at most ``MAX_DRAM_MIB``), so a ``MACHINE``
+section cannot make the runner allocate or loop without bound.  :meth:`Machine.hash`
+(SHA-256 of the canonical JSON) is stored in every binary.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from compiler.config import read_toml
 from compiler.errors import ConfigError
+
+from .limits import MAX_BUFFER_BYTES, MAX_DRAM_MIB, MAX_LANES, MAX_PES
 
 KIB = 1024
 
@@ -74,11 +80,20 @@ class Machine:
                                   f"up to {MAX_PARAM:.0e}")
             if f.type == "int" and not isinstance(v, int):
                 raise ConfigError(f"machine parameter {f.name}={v!r}: must be an integer")
+        if self.pes > MAX_PES:
+            raise ConfigError(f"machine: pe_rows*pe_cols = {self.pes} PEs; at most {MAX_PES} "
+                              "(limits.MAX_PES)")
+        if self.lanes > MAX_LANES:
+            raise ConfigError(f"machine: lanes={self.lanes}; at most {MAX_LANES} (limits.MAX_LANES)")
         for buf in ("WGT", "INP", "ACC"):
-            if self.addr_bits(buf) > ADDR_FIELD_BITS:
+            if self.buffer_bytes(buf) > MAX_BUFFER_BYTES or self.addr_bits(buf) > ADDR_FIELD_BITS:
                 raise ConfigError(f"machine: the {buf} buffer ({self.buffer_bytes(buf)} bytes, "
                                   f"{buf.lower()}_bytes) needs {self.addr_bits(buf)}-bit addresses; the "
-                                  f"encoding's address fields have {ADDR_FIELD_BITS}")
+                                  f"encoding's address fields have {ADDR_FIELD_BITS} (at most "
+                                  f"{MAX_BUFFER_BYTES} bytes, limits.MAX_BUFFER_BYTES)")
+        if self.dram_mib > MAX_DRAM_MIB:
+            raise ConfigError(f"machine: dram_mib={self.dram_mib}; the simulated DRAM is at most "
+                              f"{MAX_DRAM_MIB} MiB (limits.MAX_DRAM_MIB)")
         if self.dram_bytes > (1 << DRAM_FIELD_BITS):
             raise ConfigError(f"machine: dram_mib={self.dram_mib} exceeds the "
                               f"{DRAM_FIELD_BITS}-bit DRAM address field")

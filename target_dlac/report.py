@@ -25,7 +25,9 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 
 import numpy as np
 
@@ -41,6 +43,9 @@ class InsnRecord:
     slot: Slot
     dense_end: int
     counts: np.ndarray | None = None
+    #: :func:`conv_stats` of a conv instruction, computed when it ran (the interpreter keeps
+    #: these few numbers instead of the per-filter ``counts``: a record's size is bounded)
+    stats: tuple | None = None
 
 
 @dataclass
@@ -105,62 +110,112 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _layer(meta: dict, recs: list[InsnRecord], prev_end: int, prev_dense_end: int, m) -> LayerReport:
-    lr = LayerReport(meta["name"], meta["op"], meta.get("precision", "-"), meta["pc_start"], meta["pc_end"])
-    if not recs:
-        return lr
-    end = max(r.slot.end for r in recs)
-    dense_end = max(r.dense_end for r in recs)
-    lr.cycles = max(0, end - prev_end)
-    lr.dense_cycles = max(0, dense_end - prev_dense_end)
-    lr.instructions = len(recs)
-    done = paid = work = 0      # work: PE-cycles of useful compute (the bound's numerator)
-    for r in recs:
+def conv_stats(ins: Insn, m, counts) -> tuple:
+    """``(dense_macs, issued_macs, work, done, paid)`` of a TACC / MAC / SACC: its MACs with
+    every weight present and as issued, its useful PE-cycles (:func:`costs.pe_work`), and
+    the steps done and paid for by its filter groups (the load balance)."""
+    px = ins.f["oh"] * ins.f["ow"]
+    k = costs.weights_per_filter(ins)
+    dense = ins.f["f"] * k * px
+    work = costs.pe_work(ins, m, counts)
+    if ins.op == "MAC":
+        return dense, dense, work, 0, 0
+    # TACC / SACC: the steps each filter takes, as the cost counts them
+    steps = costs.filter_steps(ins, m, counts)
+    issued = (int(np.sum(counts)) if ins.op == "TACC" else ins.f["f"] * k) * px
+    npass = costs.passes(ins, m)
+    ncols = costs.grid(ins, m)[1]
+    pad = (-len(steps)) % ncols
+    groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, ncols)
+    sizes = (groups >= 0).sum(axis=1)
+    return (dense, issued, work, npass * int(steps.sum()),
+            npass * int((sizes * groups.max(axis=1)).sum()))
+
+
+_STATS = ("dense_macs", "issued_macs", "work", "done", "paid")
+
+
+def _per_insn(records: list[InsnRecord], m) -> dict[str, list]:
+    """What each instruction adds to its layers' sums, one list per quantity, indexed by pc
+    (computed once per instruction, whatever the number of layers that contain it)."""
+    cols = {k: [0] * len(records) for k in ("compute", "load_stall") + _STATS}
+    for pc, r in enumerate(records):
         ins = r.ins
         if ins.unit == "compute":
-            lr.compute += r.cycles
-            lr.load_stall += r.slot.load_stall
-        if ins.op in ("TACC", "MAC", "SACC"):
-            px = ins.f["oh"] * ins.f["ow"]
-            k = costs.weights_per_filter(ins)
-            lr.dense_macs += ins.f["f"] * k * px
-            work += costs.pe_work(ins, m, r.counts)
-            if ins.op == "MAC":
-                lr.issued_macs += ins.f["f"] * k * px
-                continue
-            # TACC / SACC: the steps each filter takes, as the cost counts them
-            steps = costs.filter_steps(ins, m, r.counts)
-            lr.issued_macs += (int(np.sum(r.counts)) if ins.op == "TACC" else ins.f["f"] * k) * px
-            npass = costs.passes(ins, m)
-            cols = costs.grid(ins, m)[1]
-            pad = (-len(steps)) % cols
-            groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, cols)
-            sizes = (groups >= 0).sum(axis=1)
-            done += npass * int(steps.sum())
-            paid += npass * int((sizes * groups.max(axis=1)).sum())
-    lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
-    lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
-    lr.load_balance = done / paid if paid else 1.0
-    lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
-    written = int(meta.get("min_write_bytes", 0))
-    lr.lower_bound_cycles = costs.lower_bound(work, lr.dram_bytes - written, written, m)
-    lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
-    return lr
+            cols["compute"][pc] = r.cycles
+            cols["load_stall"][pc] = r.slot.load_stall
+        if ins.op not in ("TACC", "MAC", "SACC"):
+            continue
+        stats = r.stats if r.stats is not None else conv_stats(ins, m, r.counts)
+        for k, v in zip(_STATS, stats):
+            cols[k][pc] = v
+    return cols
+
+
+def _range_max(values: list, ranges: list[tuple[int, int]]) -> list:
+    """``max(values[a:b])`` for every ``(a, b)`` with ``a < b`` (``None`` if empty), offline:
+    the ranges in order of ``b``, a stack of the suffix maxima of ``values[:b]`` and a
+    binary search for ``a``.  O((n + q) log n) for any overlap of the ranges."""
+    out = [None] * len(ranges)
+    idx: list[int] = []         # positions of the suffix maxima, increasing
+    val: list = []              # their values, strictly decreasing
+    pos = 0
+    for q in sorted(range(len(ranges)), key=lambda q: ranges[q][1]):
+        a, b = ranges[q]
+        while pos < b:
+            v = values[pos]
+            while val and val[-1] <= v:
+                val.pop()
+                idx.pop()
+            idx.append(pos)
+            val.append(v)
+            pos += 1
+        if a < b:
+            out[q] = val[bisect_left(idx, a)]
+    return out
+
+
+def _prefix(xs: list) -> list:
+    return [0, *accumulate(xs)]
 
 
 def build_report(program, records: list[InsnRecord]) -> RunReport:
+    """The run's report.  Linear in the program plus O(L log n) for L layers: the layers' pc
+    ranges (which validation lets overlap) are summed with prefix sums of per-instruction
+    columns and their last cycles found by :func:`_range_max`."""
     m = program.machine
+    n = len(records)
+    metas = program.meta.get("layers", [])
+    ranges = [(min(max(l["pc_start"], 0), n), min(max(l["pc_end"], 0), n)) for l in metas]
+    ranges = [(a, max(a, b)) for a, b in ranges]
+    cols = {k: _prefix(v) for k, v in _per_insn(records, m).items()}
+    ends = _range_max([r.slot.end for r in records], ranges)
+    dense_ends = _range_max([r.dense_end for r in records], ranges)
     layers = []
     prev_end = prev_dense = 0
-    for meta in program.meta.get("layers", []):
-        recs = records[meta["pc_start"]:meta["pc_end"]]
-        lr = _layer(meta, recs, prev_end, prev_dense, m)
-        if recs:
-            prev_end = max(prev_end, max(r.slot.end for r in recs))
-            prev_dense = max(prev_dense, max(r.dense_end for r in recs))
+    for meta, (a, b), end, dense_end in zip(metas, ranges, ends, dense_ends):
+        lr = LayerReport(meta["name"], meta["op"], meta.get("precision", "-"), meta["pc_start"],
+                         meta["pc_end"])
         layers.append(lr)
+        if a == b:
+            continue
+        s = {k: c[b] - c[a] for k, c in cols.items()}
+        lr.cycles = max(0, end - prev_end)
+        lr.dense_cycles = max(0, dense_end - prev_dense)
+        lr.instructions = b - a
+        lr.compute, lr.load_stall = s["compute"], s["load_stall"]
+        lr.dense_macs, lr.issued_macs = s["dense_macs"], s["issued_macs"]
+        lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
+        lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
+        lr.load_balance = s["done"] / s["paid"] if s["paid"] else 1.0
+        lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
+        written = int(meta.get("min_write_bytes", 0))
+        lr.lower_bound_cycles = costs.lower_bound(s["work"], lr.dram_bytes - written, written, m)
+        lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
+        prev_end = max(prev_end, end)
+        prev_dense = max(prev_dense, dense_end)
     total = max((r.slot.end for r in records), default=0)
-    compute = sum(r.cycles for r in records if r.ins.unit == "compute")
+    compute = cols["compute"][-1]
     load_stall = sum(r.slot.load_stall for r in records)
     dense_macs = sum(l.dense_macs for l in layers)
     secs = m.seconds(total)

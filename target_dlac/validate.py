@@ -1,9 +1,11 @@
 """Static validation of a decoded program, before anything executes.
 
 Checks the metadata (DRAM size within the machine's, tensor table inside DRAM,
-layer pc ranges), and every instruction: operand codes defined, tile geometry
-consistent (output size from input, kernel, stride and padding), and every buffer
-and DRAM range it touches inside its memory.  Errors are
+layer pc ranges, table sizes within :mod:`target_dlac.limits`), and every instruction:
+operand codes defined, tile geometry consistent (output size from input, kernel, stride
+and padding), every buffer and DRAM range it touches inside its memory, its work and
+temporary memory within the per-instruction budgets, and the program's total work within
+the per-run budget.  Errors are
 :class:`BinaryFormatError` naming the section, the byte offset and, for an
 instruction, its pc and disassembly.  The interpreter runs the same instruction
 checks (:func:`first_insn_problem`) before it executes a program, and at run time
@@ -16,6 +18,7 @@ from compiler.errors import BinaryFormatError
 
 from .isa import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, WFMTS, Insn, alu_bytes, \
     disassemble, elem_bytes, epi_param_layout
+from .limits import MAX_DRAM_BYTES, MAX_META_ENTRIES, MAX_RUN_WORK, insn_budget, insn_budget_problem
 
 #: Largest shift of the int8 requantization: 127 << 55 < 2^62 leaves room for the sum.
 MAX_SHIFT = 55
@@ -123,18 +126,36 @@ def check_insn(ins: Insn, sizes: dict, n_host: int, max_pxshift: int = 0) -> str
     for mem, lo, hi in ranges_of(ins):
         if hi > sizes[mem]:
             return f"{mem} range [{lo}, {hi}) is outside {mem} ({sizes[mem]} bytes)"
-    return None
+    return insn_budget_problem(ins)
 
 
 def first_insn_problem(p) -> tuple[int, str] | None:
-    """``(pc, problem)`` of the first instruction of ``p`` that :func:`check_insn` refuses."""
+    """``(pc, problem)`` of the first instruction of ``p`` that :func:`check_insn` refuses,
+    or at which the program's total work first exceeds ``limits.MAX_RUN_WORK``."""
     m = p.machine
     sizes = {"DRAM": p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
     n_host = len(p.meta.get("host_ops", []))
+    total = 0
     for pc, ins in enumerate(p.insns):
         problem = check_insn(ins, sizes, n_host, m.max_pxshift)
         if problem:
             return pc, problem
+        total += sum(insn_budget(ins))          # operations + temporary bytes
+        if total > MAX_RUN_WORK:
+            return pc, (f"the program's work reaches {total:,} (element operations and temporary "
+                        f"bytes) here, over the budget of {MAX_RUN_WORK:,} per run (limits.MAX_RUN_WORK)")
+    return None
+
+
+def _table_problem(name: str, table, n_insns: int) -> str | None:
+    """A metadata table longer than the limits allow: one entry per instruction at most,
+    and ``limits.MAX_META_ENTRIES`` in any case."""
+    if not isinstance(table, list):
+        return None             # the table's own check names what is wrong with it
+    cap = min(n_insns, MAX_META_ENTRIES)
+    if len(table) > cap:
+        return (f"{len(table)} {name} entries for {n_insns} instructions; at most one per "
+                f"instruction and {MAX_META_ENTRIES} in all (limits.MAX_META_ENTRIES)")
     return None
 
 
@@ -147,8 +168,16 @@ def validate_program(p, offsets: dict | None = None) -> None:
         raise BinaryFormatError(msg, section=section, offset=offsets.get(section, 0) + extra)
 
     dram = meta.get("dram_bytes")
-    if not isinstance(dram, int) or not 0 < dram <= m.dram_bytes:
-        fail(f"DRAM size {dram!r} is not in (0, {m.dram_bytes}] (the machine's DRAM)", "META")
+    if not isinstance(dram, int) or not 0 < dram <= min(m.dram_bytes, MAX_DRAM_BYTES):
+        fail(f"DRAM size {str(dram)[:40]} is not in (0, {min(m.dram_bytes, MAX_DRAM_BYTES)}] (the "
+             f"machine's DRAM, at most limits.MAX_DRAM_BYTES)", "META")
+    n = len(p.insns)
+    for name in ("layers", "host_ops", "fallbacks"):
+        problem = _table_problem(name, meta.get(name, []), n)
+        if problem:
+            fail(problem, "META")
+    if len(p.tensors) > MAX_META_ENTRIES:
+        fail(f"{len(p.tensors)} tensors; at most {MAX_META_ENTRIES} (limits.MAX_META_ENTRIES)", "TENSORS")
     if len(p.constants) > dram:
         fail(f"{len(p.constants)} bytes of constants exceed the {dram}-byte DRAM image", "CONSTS")
     for t in p.tensors:
@@ -161,12 +190,17 @@ def validate_program(p, offsets: dict | None = None) -> None:
     if not isinstance(host_ops, list) or (host_ops and p.host is None):
         fail("host ops are listed but the HOST section is missing", "META")
     names = {t.name for t in p.tensors}
+    if sum(len(h.get(k, [])) for h in host_ops if isinstance(h, dict) for k in ("inputs", "outputs")
+           if isinstance(h.get(k, []), list)) > MAX_META_ENTRIES:
+        fail(f"the host ops name more than {MAX_META_ENTRIES} tensors in all (limits.MAX_META_ENTRIES)",
+             "META")
     for h in host_ops:
         lists = [h.get(k, []) for k in ("inputs", "outputs")] if isinstance(h, dict) else [None]
         if not all(isinstance(x, list) and all(isinstance(n, str) for n in x) for x in lists) \
                 or not all(n in names for x in lists for n in x):
             fail(f"host op entry {str(h)[:80]} names tensors not in the tensor table", "META")
-    n = len(p.insns)
+    if not isinstance(meta.get("fallbacks", []), list):
+        fail("fallbacks is not a list", "META")
     if not n or p.insns[-1].op != "HALT":
         fail("the instruction stream does not end with HALT", "INSTS", max(0, n - 1) * INSN_BYTES)
     for pc, ins in enumerate(p.insns[:-1]):
