@@ -69,7 +69,16 @@ class Program:
         return int(self.meta["dram_bytes"])
 
     def tensor(self, name: str) -> Tensor:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
+        """The first tensor called ``name`` (a dict lookup; the index is rebuilt when the
+        table changed since it was built)."""
+        index = self.__dict__.get("_index")
+        t = index.get(name) if index is not None else None
+        if t is None or t.name != name or index.get("\0len") != len(self.tensors):
+            index = {"\0len": len(self.tensors)}
+            for x in self.tensors:
+                index.setdefault(x.name, x)
+            self.__dict__["_index"] = index
+            t = index.get(name)
+        if not isinstance(t, Tensor):
+            raise KeyError(name)
+        return t
