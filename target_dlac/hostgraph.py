@@ -368,6 +368,8 @@ def check_graph(g: Graph) -> None:
             _check_node(node, refs, w)
         w.at = f"function {name} output"
         refs["v"] = len(nodes)
+        if _kind(f["output"]) not in ("T", "L") or f["output"] == ["tuple", []]:
+            w.fail("a function returns a tensor or a non-empty tuple of tensors")
         _check_arg(f["output"], refs, w, 0)
 
 
@@ -376,6 +378,8 @@ def _check_node(node, refs, w) -> None:
         w.fail("a node must be an object")
     keys = set(node)
     if keys == {"value"}:
+        if _kind(node["value"]) not in ("T", "L"):
+            w.fail("a value node must be a tensor or a tuple of tensors")
         _check_arg(node["value"], refs, w, 0)
         return
     if keys == {"call", "args"}:
@@ -504,12 +508,16 @@ def build(g: Graph):
                         v = bb.emit(expr)
                     except Exception as e:  # noqa: BLE001 - TVM's type inference rejected it
                         w.fail(f"{node.get('op', 'call')}: TVM rejects the node: {_first_line(e)}")
+                    if not _tensors_only(v.ty):
+                        w.fail(f"{node.get('op', 'node')}: its result is not a tensor or a tuple of tensors")
                     work += _work(node, v, expr, w)
                     if work > LIMITS.work:
                         w.fail(f"the graph's estimated work exceeds {LIMITS.work} operations (the limit)")
                     vals.append(v)
                 w.at = f"function {f['name']} output"
                 out = _arg(f["output"], params, consts, vals, w)
+                if isinstance(out, relax.Tuple) and not all(_tensors_only(e.ty) for e in out.fields):
+                    w.fail("the output holds something that is not a tensor")
                 try:
                     bb.emit_func_output(out)
                 except Exception as e:  # noqa: BLE001
@@ -586,6 +594,18 @@ def _check_take(args, fields, w) -> None:
     values = idx.value.numpy()
     if values.size and (values.min() < 0 or values.max() >= dim):
         w.fail(f"relax.take indices outside [0, {dim})")
+
+
+def _tensors_only(ty) -> bool:
+    """A static tensor, or a non-empty tuple of them (nested at most once more)."""
+    from tvm import relax
+
+    if isinstance(ty, relax.TensorType):
+        return ty.shape is not None
+    if isinstance(ty, relax.TupleType):
+        return bool(len(ty.fields)) and all(isinstance(f, relax.TensorType) and f.shape is not None
+                                            for f in ty.fields)
+    return False
 
 
 def _elements(ty) -> int:

@@ -194,11 +194,14 @@ def validate_program(p, offsets: dict | None = None) -> None:
            if isinstance(h.get(k, []), list)) > MAX_META_ENTRIES:
         fail(f"the host ops name more than {MAX_META_ENTRIES} tensors in all (limits.MAX_META_ENTRIES)",
              "META")
-    for h in host_ops:
-        lists = [h.get(k, []) for k in ("inputs", "outputs")] if isinstance(h, dict) else [None]
-        if not all(isinstance(x, list) and all(isinstance(n, str) for n in x) for x in lists) \
-                or not all(n in names for x in lists for n in x):
-            fail(f"host op entry {str(h)[:80]} names tensors not in the tensor table", "META")
+    for i, h in enumerate(host_ops):
+        if (not isinstance(h, dict) or not isinstance(h.get("func"), str)
+                or not isinstance(h.get("inputs"), list) or not isinstance(h.get("outputs"), list)
+                or len(h["outputs"]) != 1):
+            fail(f"host op entry {i} {ascii(h)[:80]} is not {{func, inputs, outputs: [one tensor]}}", "META")
+        lists = [h["inputs"], h["outputs"]]
+        if not all(isinstance(n, str) and n in names for x in lists for n in x):
+            fail(f"host op entry {i} {ascii(h)[:80]} names tensors not in the tensor table", "META")
     if not isinstance(meta.get("fallbacks", []), list):
         fail("fallbacks is not a list", "META")
     if not n or p.insns[-1].op != "HALT":

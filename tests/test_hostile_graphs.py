@@ -301,3 +301,31 @@ def test_structure_aware_graph_fuzzing_has_no_escapes(tmp_path):
     assert sum(doc["counts"].values()) == 200
     assert doc["counts"].get("ran-ok", 0) > 10                        # mutants that reach TVM and run
     assert doc["counts"].get("host:BinaryFormatError", 0) + doc["counts"].get("ref:BinaryFormatError", 0) > 50
+
+
+@pytest.mark.parametrize("where, value", [
+    ("output", ["tuple", []]),                  # an empty tuple confused the VM's registers
+    ("output", ["float", 1.0, "float32"]),      # a scalar where a tensor is returned
+    ("node", ["float", 1.0, "float32"]),        # a scalar value node
+    ("node", ["shape", [1, 2]]),
+])
+def test_functions_hold_and_return_tensors_only(blob, where, value):
+    """Found by the 100,000-input fuzzing run: REF mutants that reached TVM's VM."""
+    doc, body = _graph(blob, "REF")
+    f = doc["functions"][0]
+    if where == "output":
+        f["output"] = value
+    else:
+        f["nodes"].append({"value": value})
+    with pytest.raises(BinaryFormatError, match="tensor"):
+        hostgraph.parse(zlib.compress(hostgraph.pack(doc, body)), "REF")
+
+
+def test_host_op_entries_are_complete(blob):
+    """Found by fuzzing: a META host-op entry without its outputs reached the host runner."""
+    from tests.fuzz_helpers import json_bytes
+
+    meta = json.loads(_sections(blob)["META"])
+    del meta["host_ops"][1]["outputs"]
+    with pytest.raises(BinaryFormatError, match="host op entry 1"):
+        from_bytes(rebuild(blob, {"META": json_bytes(meta)}))

@@ -167,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-mnist", action="store_true", help="no MNIST seed (no torch compile)")
     ap.add_argument("--no-graphs", action="store_true", help="no HOST / REF seeds and no graph mutations")
     ap.add_argument("--json", metavar="FILE", help="write the counts and examples to FILE as JSON")
+    ap.add_argument("--replay", type=int, nargs="+", metavar="INPUT",
+                    help="run just these inputs (same --seed and seed options) in this process, "
+                         "printing each outcome and traceback")
     args = ap.parse_args(argv)
 
     from tests.fuzz_seeds import host_blob, mnist_blob, small_blobs
@@ -183,6 +186,18 @@ def main(argv=None) -> int:
 
     wargs = {"seed": args.seed, "timeout": args.timeout, "smart_share": args.smart_share,
              "graph_share": 0.0 if args.no_graphs else args.graph_share}
+    if args.replay:
+        from tests.fuzz_helpers import exercise, mutate
+
+        blobs = list(seeds.values())
+        for i in args.replay:
+            data, desc = mutate(_rng(args.seed, i), blobs, wargs["smart_share"], wargs["graph_share"])
+            try:
+                outcome = exercise(data, seed=i)
+            except Exception:  # noqa: BLE001 - shown, not counted
+                outcome = "UNCAUGHT\n" + traceback.format_exc()
+            print(f"input {i}: {desc}\n  -> {outcome}")
+        return 0
     counts: collections.Counter = collections.Counter()
     examples: dict[str, list] = {}
     t1 = time.perf_counter()
