@@ -45,8 +45,12 @@ class Slot:
 
 
 class Timeline:
-    def __init__(self, check_races: bool = True):
+    def __init__(self, check_races: bool = True, record: bool = False):
+        """``record``: keep every placed step in :attr:`steps` (pc, unit, start, end,
+        accesses, instruction), so a run's race verdict can be compared with another's
+        (:meth:`signature`) or checked afterwards (:meth:`check_steps`)."""
         self.free = dict.fromkeys(UNITS, 0)
+        self.steps: list | None = [] if record else None
         self.fifo = {(a, b): deque() for a in UNITS for b in UNITS if _NEXT[a] == b or _PREV[a] == b}
         self.check_races = check_races
         # race check: per memory, the accesses since the last barrier in program order
@@ -81,10 +85,9 @@ class Timeline:
                                      "are out of step", pc=pc, insn=text)
             start = self.now
             end = start + cost
-            self.free = dict.fromkeys(UNITS, end)
-            self.live.clear()
-            self.views.clear()
-            self._prune_at.clear()
+            self._barrier(end)
+            if self.steps is not None:
+                self.steps.append((pc, unit, start, end, (), text))
             return Slot(start, end)
         ready = self.free[unit]
         t_prev = t_next = 0
@@ -107,6 +110,8 @@ class Timeline:
                 slot.store_stall = start - ready
         if self.check_races:
             self._check(pc, unit, slot, accesses, text)
+        if self.steps is not None:
+            self.steps.append((pc, unit, slot.start, slot.end, tuple(accesses), text))
         self.free[unit] = slot.end
         for flag, other, kind in ((push_prev, _PREV[unit], "prev"), (push_next, _NEXT[unit], "next")):
             if not flag:
@@ -115,6 +120,29 @@ class Timeline:
                 raise _error(f"the {unit} queue has no {kind} queue to push to", pc=pc, insn=text)
             self.fifo[(unit, other)].append(slot.end)
         return slot
+
+    def _barrier(self, end: int):
+        self.free = dict.fromkeys(UNITS, end)
+        self.live.clear()
+        self.views.clear()
+        self._prune_at.clear()
+
+    def signature(self) -> list:
+        """What decides the race verdict of the recorded run: every step's unit, cycles and
+        accesses (two runs with equal signatures have the same verdict)."""
+        return [st[:5] for st in self.steps]
+
+    @classmethod
+    def check_steps(cls, steps: list) -> None:
+        """The race check of recorded ``steps``, afterwards: the same verdict and the same
+        error (naming the same pcs) as checking while placing them."""
+        tl = cls(True)
+        for pc, unit, start, end, accesses, text in steps:
+            if unit == "barrier":
+                tl._barrier(end)
+                continue
+            tl._check(pc, unit, Slot(start, end), accesses, text)
+            tl.free[unit] = end
 
     def _check(self, pc, unit, slot, accesses, text):
         """Refuse the first access that overlaps a live access of another unit (one of them

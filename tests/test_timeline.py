@@ -101,6 +101,31 @@ def test_missing_token_is_a_race(kind):
     run(p, inputs, check_races=False)                  # the check is what refuses it
 
 
+@pytest.mark.parametrize("kind", ["load overwrites weights", "store reads an accumulator being written"])
+def test_race_check_after_the_fact_gives_the_same_error(kind):
+    """Later runs of one Interpreter check races only when their steps differ from the
+    checked run's (Timeline.check_steps, afterwards): the same verdict and message."""
+    from target_dlac.interpreter import Interpreter
+    from target_dlac.timeline import Timeline
+
+    p, inputs = _race_program(kind, tokens=False)
+    with pytest.raises(ExecutionError, match="race") as online:
+        run(p, inputs)
+    recorded = Interpreter(p, check_races=False)
+    recorded.check_races = True                 # record the steps, but do not check them
+    recorded._race_signature = []               # (a signature no run has: forces the replay)
+    with pytest.raises(ExecutionError, match="race") as later:
+        recorded.run(inputs)
+    assert str(later.value) == str(online.value) and later.value.pc == online.value.pc
+    ok, ok_inputs = _race_program(kind, tokens=True)
+    it = Interpreter(ok)
+    first = it.run(ok_inputs)
+    second = it.run(ok_inputs)                  # deferred: same steps, no race, same report
+    assert first[1].to_dict() == second[1].to_dict()
+    tl = Timeline(False, record=True)
+    assert tl.signature() == [] and Timeline.check_steps([]) is None
+
+
 @pytest.mark.parametrize("ins", [
     conv("MAC", 0, 0, 0, 1, 4, 4, 2, 1, 1, pop_prev=1),   # no LOAD pushed
     store("ACC", 0, 0, 16, pop_prev=1),                 # no compute pushed
