@@ -25,12 +25,6 @@ from .errors import ConfigError
 ACTIVATIONS = ("fp32", "fp16", "int8")
 
 
-def _codegen_args(result, schedules, progress) -> dict:
-    return dict(layer_names={i.var: i.name for i in result.layers},
-                precisions={i.var: i.precision for i in result.layers},
-                schedules=schedules, swis=result.swis, progress=progress)
-
-
 def calibrate(codegen, program, calib: dict) -> dict:
     """``{Relax var: max |value|}`` of every tensor ``codegen`` produced, over the samples
     of ``calib``: input name -> an array of the input's shape with any number of rows
@@ -129,7 +123,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     tuned = None
     if tuning_log is not None:
         schedules, tuned, counts = _tuning_log_schedules(result, machine, tuning_log, schedules, activations)
-    cg = Codegen(mod, machine, **_codegen_args(result, schedules, progress))
+    cg = Codegen(mod, machine, **result.codegen_args(schedules, progress))
     prog = cg.generate()
     ref_mod = result.stages["fold"]
     if activations == "int8" and result.config.activation_overrides:
@@ -146,7 +140,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         cfg = result.config
         default = "fp16" if default_half else "fp32"
         hcg = Fp16Codegen(mod, machine, half=lambda name: cfg.activations_for(name, default) == "fp16",
-                          **_codegen_args(result, schedules, progress))
+                          **result.codegen_args(schedules, progress))
         prog = hcg.generate()
         ref_mod = hcg.reference_mod
     if activations == "int8":
@@ -155,7 +149,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         if calib is None:
             raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
         stats = calibrate(cg, prog, calib)
-        icg = IntCodegen(mod, machine, stats=stats, **_codegen_args(result, schedules, progress))
+        icg = IntCodegen(mod, machine, stats=stats, **result.codegen_args(schedules, progress))
         prog = icg.generate()
         ref_mod = icg.reference_mod
     prog.meta.update({

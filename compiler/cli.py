@@ -273,7 +273,8 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
         if not dask_timeout > 0:
             raise ConfigError("--dask-timeout must be positive")
         if trials is None and strategy in ("random", "anneal"):
-            trials = 200
+            from target_dlac.search import DEFAULT_TRIALS
+            trials = DEFAULT_TRIALS
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
                                swis_consecutive, keep_first, keep_last)
         from .pipeline import compile_model

@@ -80,6 +80,14 @@ class CompileResult:
             raise ConfigError(f"stage {stage!r} was not run; have {list(self.stages)}")
         return self.stages[stage]
 
+    def codegen_args(self, schedules=None, progress=None) -> dict:
+        """What the codegen takes from this result (``target_dlac.codegen.Codegen``'s
+        keyword arguments): display names, precisions and SWIS decompositions by layer
+        variable, plus the given ``schedules`` and ``progress``."""
+        return dict(layer_names={i.var: i.name for i in self.layers},
+                    precisions={i.var: i.precision for i in self.layers},
+                    schedules=schedules, swis=self.swis, progress=progress)
+
     def totals(self) -> dict:
         dense = sum(r.dense_macs for r in self.multiplies)
         replaced = sum(r.replaced for r in self.multiplies)

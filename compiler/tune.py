@@ -75,9 +75,7 @@ def collect_layers(result, machine) -> list[TuneLayer]:
     from target_dlac.codegen import Codegen
     from target_dlac.tuning_log import conv_layer_key
 
-    from .build import _codegen_args
-
-    cg = Codegen(result.stages["partition"], machine, **_codegen_args(result, None, None))
+    cg = Codegen(result.stages["partition"], machine, **result.codegen_args())
     cg.generate()
     mh = machine.hash()
     return [TuneLayer(layer, conv_layer_key(layer, mh)) for layer in cg.conv_layers]

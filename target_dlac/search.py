@@ -51,10 +51,10 @@ Strategies:
   independent of the layer's cycle scale).  The temperature decays geometrically with the
   trial count ``i``: ``T(i) = T0 * (T1 / T0) ** (i / N)``, ``T0 = 0.05`` (a 5% worse
   schedule is accepted with probability 1/e at the start), ``T1 = 0.001``, ``N = trials``
-  (1000 if no trial budget).  A proposal already evaluated costs no trial; after 30
+  (``DEFAULT_TRIALS`` if no trial budget).  A proposal already evaluated costs no trial; after 30
   such steps in a row, or when the current schedule has no neighbor, the walk restarts
   from the best schedule so far (every other restart: from a random valid schedule).
-  Random / anneal with no budget at all run 1000 trials.
+  Random / anneal with no budget at all run ``DEFAULT_TRIALS`` (200) trials, as ``dlac tune``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ from .space import ScheduleSpace
 
 STRATEGIES = ("exhaustive", "random", "anneal", "best_first")
 T0, T1 = 0.05, 0.001
-DEFAULT_TRIALS = 1000
+#: trials of random / anneal without a budget (also ``dlac tune --trials``' default)
+DEFAULT_TRIALS = 200
 STALE_STEPS = 30
 _MISSING = object()
 

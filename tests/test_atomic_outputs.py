@@ -63,6 +63,7 @@ _KILLER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_leaves_no_partial_binary(tiny_factory, tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler import QuantConfig, compile_model
-from compiler.build import _codegen_args, build_program
+from compiler.build import build_program
 from compiler.datasets import mnist_cnn
 from target_dlac.codegen import Codegen
 from target_dlac.costs import group_max_sum
@@ -93,7 +93,7 @@ class _Recorder(Codegen):
 @pytest.fixture(scope="module")
 def mnist():
     result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
-    rec = _Recorder(result.mod, M, **_codegen_args(result, None, None))
+    rec = _Recorder(result.mod, M, **result.codegen_args())
     rec.generate()
     layers = {}     # display name -> (shape, weights, has_scale, residual, variants)
     for entry in rec.layers:

@@ -25,6 +25,7 @@ def case():
     return x, result, build_program(result, activations="fp16"), build_program(result)
 
 
+@pytest.mark.slow
 def test_fp16_matches_its_reference(case):
 
     x, result, prog, _ = case

@@ -76,6 +76,7 @@ def _dlac(*args, cwd):
                           env=script_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag", ["HOST", "REF"])
 def test_tvm_json_payload_never_runs(blob, tmp_path, tag):
     """A HOST (plain run) or REF (run --check) section holding TVM's JSON of the payload:
@@ -142,6 +143,7 @@ def test_zlib_bomb_is_capped(monkeypatch):
     assert hostgraph.inflate(zlib.compress(b"\0" * 1000), "REF") == b"\0" * 1000
 
 
+@pytest.mark.slow
 def test_a_real_size_bomb_in_a_binary_uses_bounded_memory(blob, tmp_path):
     """A 1 GiB zlib bomb (1 MB compressed) in REF: one error line, peak memory far below it."""
     code = (
@@ -221,6 +223,7 @@ def test_type_errors_are_reported_by_node():
         hostgraph.decode(_conv_section({"groups": 3}), "REF")                # 4 channels, 3 groups
 
 
+@pytest.mark.slow
 def test_huge_tensors_and_work_are_refused():
     with pytest.raises(BinaryFormatError, match="elements"):
         hostgraph.parse(_conv_section(shape=(1, 4, 2 ** 15, 2 ** 15)), "REF")

@@ -545,6 +545,7 @@ def _empty(name="empty", shape=(1, 0, 4, 4)):
     return numpy_helper.from_array(np.zeros(shape, np.float32), name)
 
 
+@pytest.mark.slow
 def test_concat_with_an_empty_initializer_compiles_and_runs(tmp_path):
     m = _concat_model([helper.make_node("Concat", ["x", "empty"], ["c"], axis=1, name="cat0"),
                        helper.make_node("Relu", ["c"], ["y"], name="relu0")], [_empty()])
@@ -650,6 +651,7 @@ def test_factory_keyboard_interrupt_stays_an_interrupt(factories):
         load_model(f"{factories}:interrupted")
 
 
+@pytest.mark.slow
 def test_subprocess_exit_code_of_an_exiting_factory(factories, tmp_path):
     r = _dlac("compile", f"{factories}:exits", "-o", "o.dlac", cwd=tmp_path)
     assert r.returncode == 1, (r.returncode, r.stderr)

@@ -178,6 +178,7 @@ def test_dask_run_skips_the_worker_without_dlac(tiny, tmp_path):
     assert recs(log) == recs(ref)
 
 
+@pytest.mark.slow
 def test_dask_last_worker_killed_mid_run_fails_then_resumes(tiny, tmp_path):
     log = tmp_path / "log.jsonl"
     with _procs() as procs, _scheduler() as addr, _deadline(50):
@@ -207,6 +208,7 @@ def test_dask_last_worker_killed_mid_run_fails_then_resumes(tiny, tmp_path):
     assert len(tuning_log.load(log)) == 4
 
 
+@pytest.mark.slow
 def test_dask_one_of_two_workers_killed_mid_run_finishes_on_the_other(tiny, tmp_path):
     log = tmp_path / "log.jsonl"
     with _procs() as procs, _scheduler() as addr, _deadline(50):
@@ -277,6 +279,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dask_killed_scheduler_is_one_line(tmp_path):
     addr = f"tcp://127.0.0.1:{_free_port()}"
     script = tmp_path / "dask_script.py"

@@ -45,6 +45,7 @@ def test_onnx_matches_onnxruntime(onnx_result, resnet_onnx, resnet_input, stage)
     assert np.abs(out - ref).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_onnx_dynamo_exporter_matches_onnxruntime(resnet_small, resnet_input, tmp_path):
     path = tmp_path / "dynamo.onnx"
     torch.onnx.export(resnet_small, (resnet_input,), str(path), dynamo=True, opset_version=18,

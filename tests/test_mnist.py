@@ -29,6 +29,7 @@ def subset():
     return mnist_test(500)
 
 
+@pytest.mark.slow
 def test_float_and_ternary_accuracy_through_tvm(subset):
     x, y = subset
     model = mnist_cnn()

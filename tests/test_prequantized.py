@@ -143,6 +143,7 @@ def test_qdq_layers_keep_the_models_integers(qdq):
         np.testing.assert_array_equal(w, q, err_msg=layer.name)
 
 
+@pytest.mark.slow
 def test_qdq_matches_onnxruntime_and_interpreter(qdq):
     model, result = qdq
     xs = _inputs()
@@ -160,6 +161,7 @@ def test_qdq_matches_onnxruntime_and_interpreter(qdq):
         assert max_rel_err(out, ref) <= TOL
 
 
+@pytest.mark.slow
 def test_qdq_is_close_to_the_float_model(qdq, float_onnx):
     """Sanity: the QDQ graph dlac compiled is the quantized network, not a broken one
     (activation fake-quant with int8 steps; measured 2.7e-3..4.3e-2 over 20 inputs)."""

@@ -160,6 +160,7 @@ REAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_layer_exhaustive_vs_anneal(name):
     shape, kw = REAL[name]
@@ -227,6 +228,7 @@ def test_pruning_by_the_bound_changes_no_result(strategy):
           f"{calls['exact']} calls vs {n_plain}")
 
 
+@pytest.mark.slow
 def test_best_first_finds_the_exhaustive_optimum_with_few_exact_costs():
     """Model-guided best-first (bounds first, exact costs in bound order) returns the
     exhaustive optimum's cost, says it proved it, and costs a fraction of the space."""

@@ -54,6 +54,7 @@ def test_swis_fp32_activations_match_reference(swis3, data):
     assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_swis_int8_is_exact(swis3, data):
     x, _ = data
     prog = build_program(swis3, activations="int8", calib={"x": x[:32]})

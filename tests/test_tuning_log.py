@@ -130,6 +130,7 @@ _SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_resume(mnist, tmp_path):
     log = tmp_path / "log.jsonl"
     script = tmp_path / "tune_script.py"
@@ -194,6 +195,7 @@ def test_cli_tune_unreachable_dask_scheduler(tmp_path, monkeypatch, tiny_factory
     assert not log.exists() or tuning_log.load(log) == []
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_equals_local_run(mnist, tmp_path):
     """The same tune on a Dask LocalCluster (2 worker processes on 127.0.0.1) and in the
     local process pool: the same records (schedules, cycles, trials, bounds)."""
