@@ -652,14 +652,23 @@ def _work(node, v, expr, w) -> int:
 # ---- encode (compile time) -----------------------------------------------------------------
 def encode(mod, what: str = "graph", level: int = 6) -> bytes:
     """``mod`` as a section; :class:`CodegenError` naming the function and op if it uses
-    anything outside the vocabulary."""
+    anything outside the vocabulary.  The section is loaded back (checked and rebuilt, as
+    ``dlac run`` will) before it is returned, so a binary never holds a graph that its
+    own loader refuses (a limit, ``take`` indices out of range, ...)."""
     doc, data = _Encoder(what).module(mod)
     raw = pack(doc, data)
     if len(raw) > LIMITS.decompressed:
         raise CodegenError(f"the {what} graph needs {len(raw)} bytes, more than the section limit of "
                            f"{LIMITS.decompressed}" + (" (compile with --no-reference to leave it out)"
                                                        if what == "reference" else ""))
-    return zlib.compress(raw, level)
+    blob = zlib.compress(raw, level)
+    try:
+        build(parse(blob, what.upper()))
+    except BinaryFormatError as e:
+        raise CodegenError(f"the {what} graph cannot be loaded back: {e}"
+                           + (" (compile with --no-reference to leave it out)" if what == "reference" else "")
+                           ) from None
+    return blob
 
 
 def pack(doc: dict, data: bytes) -> bytes:

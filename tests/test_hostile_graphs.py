@@ -332,3 +332,20 @@ def test_host_op_entries_are_complete(blob):
     del meta["host_ops"][1]["outputs"]
     with pytest.raises(BinaryFormatError, match="host op entry 1"):
         from_bytes(rebuild(blob, {"META": json_bytes(meta)}))
+
+
+def test_compile_refuses_a_graph_its_loader_would_refuse():
+    """encode() loads the section back: a take with out-of-range constant indices in 'fast'
+    mode (no bounds check) is a compile error, not a binary that cannot run."""
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with bb.function("host_0", [x]):
+        idx = relax.const(np.array([1, 7], np.int64), "int64")
+        out = bb.emit(relax.Call(tvm.ir.Op.get("relax.take"), [x, idx],
+                                 tvm.ir.make_node("relax.attrs.TakeAttrs", axis=0, mode="fast")))
+        bb.emit_func_output(out)
+    with pytest.raises(CodegenError, match="cannot be loaded back.*outside"):
+        hostgraph.encode(bb.get(), "host")
