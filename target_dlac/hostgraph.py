@@ -246,19 +246,20 @@ class Graph:
     section: str
 
 
-def inflate(blob: bytes, section: str) -> bytearray:
+def inflate(blob: bytes, section: str) -> bytes:
     """zlib-decompress ``blob`` in steps, never holding more than ``LIMITS.decompressed``
     bytes (plus one step) of output: a zlib bomb stops at the limit."""
     step = 8 << 20
     d = zlib.decompressobj()
-    out = bytearray()
+    parts, size = [], 0          # a list of steps: growing one buffer would copy it (2x peak)
     tail = blob
     try:
         while not d.eof:
             chunk = d.decompress(tail, step)
             tail = d.unconsumed_tail
-            out += chunk
-            if len(out) > LIMITS.decompressed:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > LIMITS.decompressed:
                 raise BinaryFormatError(f"decompresses to more than {LIMITS.decompressed} bytes (the limit)",
                                         section=section)
             if not chunk and not tail:
@@ -267,7 +268,7 @@ def inflate(blob: bytes, section: str) -> bytearray:
         raise BinaryFormatError(f"not zlib data: {e}", section=section) from None
     if not d.eof:
         raise BinaryFormatError("truncated zlib stream", section=section)
-    return out
+    return b"".join(parts)
 
 
 def parse(blob: bytes, section: str) -> Graph:
