@@ -15,8 +15,9 @@ Layout (little-endian)::
 
 Sections: ``MACHINE`` (JSON), ``INSTS`` (32-byte instructions), ``CONSTS`` (DRAM image of
 the constants), ``TENSORS`` (JSON tensor table), ``META`` (JSON), and optionally
-``HOST`` / ``REF`` (zlib-compressed TVM Relax JSON of the host functions / of the
-quantized graph for ``--check``).
+``HOST`` / ``REF`` (the host functions / the quantized graph for ``--check``, in dlac's
+closed graph format, :mod:`target_dlac.hostgraph`; checked when they are loaded, never
+TVM's own serialization).
 
 :func:`read_program` validates everything before anything runs: sizes, magic,
 version, CRCs, JSON, the machine hash, every instruction's encoding and static

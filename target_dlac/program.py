@@ -8,9 +8,10 @@
 * ``meta``: JSON-able metadata: compiler version, source hash, quantization config,
   DRAM size, layers (name, op, precision, pc range, schedule, minimum DRAM traffic)
   and host ops.
-* ``host``: optional zlib-compressed TVM Relax JSON of the host functions (``HOST``).
-* ``reference``: optional zlib-compressed TVM Relax JSON of the quantized graph, for
-  ``dlac run --check``.
+* ``host``: optional section of the host functions (``HOST``), in the closed graph
+  format of :mod:`target_dlac.hostgraph`.
+* ``reference``: optional section of the quantized graph, for ``dlac run --check``
+  (``REF``, same format).
 
 NumPy only: reading and running a binary without host ops never imports TVM.
 """
