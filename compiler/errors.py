@@ -94,3 +94,10 @@ class ExecutionError(DlacError):
 
 class CodegenError(DlacError):
     """The codegen cannot lower a layer under the given schedule or machine."""
+
+
+def tvm_error_line(e: BaseException, limit: int = 200) -> str:
+    """The line of a TVM (or other long) error that says what went wrong: its last
+    non-empty line (TVM puts the C++ backtrace first), at most ``limit`` characters."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:limit]

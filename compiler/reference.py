@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .errors import ConfigError, ReferenceBuildError
+from .errors import ConfigError, ReferenceBuildError, tvm_error_line
 
 # TVM's CPU pool defaults to half the logical cores on x86 (1 on a 2-core box).
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
@@ -44,8 +44,7 @@ class Reference:
         try:
             self.exe = tvm.compile(mod, target="llvm")
         except Exception as e:
-            raise ReferenceBuildError(f"tvm.compile failed: {type(e).__name__}: "
-                                      f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
+            raise ReferenceBuildError(f"tvm.compile failed: {type(e).__name__}: {tvm_error_line(e)}") from None
         self.vm = relax.VirtualMachine(self.exe, tvm.cpu())
         self._tensor = tvm.runtime.tensor
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.errors import BinaryFormatError, ReferenceBuildError
+from compiler.errors import BinaryFormatError, ReferenceBuildError, tvm_error_line
 
 from . import hostgraph
 
@@ -33,7 +33,7 @@ def _build(mod, what: str):
         exe = tvm.compile(mod, target="llvm")
     except Exception as e:  # noqa: BLE001
         raise ReferenceBuildError(f"building the {what} failed: {type(e).__name__}: "
-                                  f"{hostgraph._first_line(e)}") from None
+                                  f"{tvm_error_line(e)}") from None
     return relax.VirtualMachine(exe, tvm.cpu())
 
 

@@ -136,7 +136,7 @@ def test_calls_only_to_earlier_functions(blob):
 
 def test_zlib_bomb_is_capped(monkeypatch):
     """Decompression stops at the limit: a bomb never expands past it."""
-    monkeypatch.setattr(hostgraph, "LIMITS", hostgraph.Limits(decompressed=1 << 20))
+    monkeypatch.setattr(hostgraph.vocabulary, "LIMITS", hostgraph.Limits(decompressed=1 << 20))
     bomb = zlib.compress(b"\0" * (64 << 20), 9)          # 64 MiB from ~64 KB
     with pytest.raises(BinaryFormatError, match="more than 1048576 bytes"):
         hostgraph.inflate(bomb, "REF")
