@@ -146,3 +146,9 @@ def finalize(mod: tvm.IRModule, param_display: dict[str, str], input_shapes: dic
 
 def weights_hash(arrays) -> str:
     return tensor_hash(*(np.ascontiguousarray(a).tobytes() for a in arrays))
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message``: a one-line summary of an error from torch / TVM."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"

@@ -11,7 +11,7 @@ What runs code, and what does not:
   Compile a factory file only if you would run it.
 - ``.pt2`` is data: dlac loads it without running any code from it (no unpickling
   beyond plain tensors, no eval of its expressions, no shared libraries; see
-  :func:`compiler.frontend_torch.load_pt2`), and refuses, naming the archive member,
+  :func:`compiler.pt2_archive.load_pt2`), and refuses, naming the archive member,
   what it cannot load that way.
 - ``.onnx`` is data: a protobuf, with external data read only from files inside the
   model's own directory (:func:`compiler.frontend_onnx.inline_external_data`).

@@ -36,7 +36,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from compiler.errors import ModelLoadError  # noqa: E402
 from compiler.frontend_onnx import from_onnx  # noqa: E402
-from compiler.frontend_torch import PT2_MAX_MEMBERS, from_pt2, load_pt2  # noqa: E402
+from compiler.frontend_torch import from_pt2  # noqa: E402
+from compiler.pt2_archive import PT2_MAX_MEMBERS, load_pt2  # noqa: E402
 from compiler.loader import load_model  # noqa: E402
 from compiler.pipeline import compile_model  # noqa: E402
 from compiler.reference import run_reference  # noqa: E402
