@@ -251,7 +251,8 @@ _DASK_SCRIPT = textwrap.dedent('''
     import numpy as np
 
     from compiler.errors import DlacError
-    from compiler.tune import LayerJob, _dask_results
+    from compiler.tune import LayerJob
+    from compiler.tune_dask import dask_results as _dask_results
     from target_dlac.layer_weights import LayerWeights
     from target_dlac.machine import Machine
     from target_dlac.schedule import ConvShape

@@ -187,7 +187,7 @@ def _free_port() -> int:
 
 
 def test_cli_tune_unreachable_dask_scheduler(tmp_path, monkeypatch, tiny_factory):
-    monkeypatch.setattr("compiler.tune.DASK_CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("compiler.tune_dask.DASK_CONNECT_TIMEOUT", "1s")
     log = tmp_path / "log.jsonl"
     res = cli(["tune", tiny_factory, "-o", log, "--trials", "5", "--dask", f"tcp://127.0.0.1:{_free_port()}"])
     assert res.exit_code == 2, res.output
