@@ -25,8 +25,8 @@ import time
 
 import click
 
-from .cli_args import (_load_inputs, _load_npz, _machine, _summary_lines,  # noqa: F401
-                       check_npz_names, check_outputs, compare_output, model_path, npz_bytes,
+from .arrays_io import _load_inputs, _load_npz, check_npz_names, npz_bytes
+from .cli_args import (_machine, _summary_lines, check_outputs, compare_output, model_path,  # noqa: F401
                        parse_input_shapes, parse_precisions, printable, printable_lines, report_dict,
                        strict_json)
 from .config import QuantConfig
@@ -333,7 +333,7 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
     (a NaN or Inf on one side that the other side does not have at the same position
     fails the check; the errors are measured where both sides are finite).  ``--output``
     writes one ``NAME.npy`` member per output; names that cannot be member names
-    (:func:`compiler.cli_args.npz_name_problem`) are refused before the run, never
+    (:func:`compiler.arrays_io.npz_name_problem`) are refused before the run, never
     renamed."""
     try:
         import math
