@@ -8,8 +8,8 @@ load on first use::
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .config import QuantConfig
-from .errors import DlacError
+from compiler.config import QuantConfig
+from target_dlac.core.errors import DlacError
 
 try:
     __version__ = _version("dlac")
@@ -21,9 +21,9 @@ __all__ = ["compile_model", "QuantConfig", "DlacError", "run_reference", "Refere
 
 def __getattr__(name):
     if name in ("compile_model", "STAGES", "CompileResult"):
-        from . import pipeline
+        from compiler import pipeline
         return getattr(pipeline, name)
     if name in ("run_reference", "Reference"):
-        from . import reference
+        from compiler import reference
         return getattr(reference, name)
     raise AttributeError(name)

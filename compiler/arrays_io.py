@@ -13,9 +13,9 @@ import os
 import stat
 import struct
 
-from target_dlac.text import printable
+from target_dlac.core.text import printable
 
-from .errors import ConfigError, DlacError
+from target_dlac.core.errors import ConfigError, DlacError
 
 # ------------------------------------------------------------------ names in an .npz
 

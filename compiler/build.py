@@ -8,9 +8,9 @@ build the TVM CPU reference of exactly that graph:
 
 * ``activations="fp32"``: the quantized float graph (the ``fold`` stage);
 * ``activations="fp16"``: the same graph with float16 storage between ops, built by the
-  fp16 codegen (:mod:`target_dlac.codegen_fp16`);
+  fp16 codegen (:mod:`target_dlac.codegen.modes.fp16`);
 * ``activations="int8"``: the all-integer graph, built by the int8 codegen with the
-  same integer parameters as the instructions (:mod:`target_dlac.intmode`).  Its
+  same integer parameters as the instructions (:mod:`target_dlac.codegen.modes.intmath`).  Its
   exponents come from calibration: the float program runs in the interpreter on the
   calibration inputs and every tensor's largest magnitude is recorded.
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import __version__
-from .errors import ConfigError
+from compiler import __version__
+from target_dlac.core.errors import ConfigError
 
 ACTIVATIONS = ("fp32", "fp16", "int8")
 
@@ -30,7 +30,7 @@ def calibrate(codegen, program, calib: dict) -> dict:
     of ``calib``: input name -> an array of the input's shape with any number of rows
     on the batch axis (split into batches of the program's size), or samples of the
     input's shape stacked on a new leading axis."""
-    from target_dlac.interpreter import Interpreter
+    from target_dlac.sim.interpreter import Interpreter
 
     inputs = {t.name: t for t in program.inputs}
     missing = sorted(set(inputs) - set(calib))
@@ -52,7 +52,7 @@ def calibrate(codegen, program, calib: dict) -> dict:
     interp = Interpreter(program, check_races=False)
     host = None
     if program.host is not None:
-        from target_dlac.host import HostRunner
+        from target_dlac.sim.host import HostRunner
         host = HostRunner(program)
     where = {var: program.tensor(name) for var, name in codegen.produced.items()}
     stats: dict = {}
@@ -68,14 +68,14 @@ def calibrate(codegen, program, calib: dict) -> dict:
 
 def check_tuning_log(path, activations: str) -> None:
     """A tuning log must exist, only a float32 build can use it, and each of its records
-    must be plausible on its own (:func:`target_dlac.tuning_log.check_records`: at least
+    must be plausible on its own (:func:`target_dlac.tune.tuning_log.check_records`: at least
     1 cycle and 1 trial, no more cycles than the default schedule's, not below its own
-    lower bound), else :class:`target_dlac.tuning_log.TuningLogError` naming the file,
+    lower bound), else :class:`target_dlac.tune.tuning_log.TuningLogError` naming the file,
     the line and the layer.  (The records applied to a layer are checked against the
-    layer too, when the codegen asks: :func:`compiler.tune.schedule_resolver`.)"""
+    layer too, when the codegen asks: :func:`target_dlac.tune.tuning_log.schedule_resolver`.)"""
     import os
 
-    from target_dlac import tuning_log
+    from target_dlac.tune import tuning_log
 
     if not os.path.isfile(path):
         raise ConfigError(f"tuning log {str(path)!r} not found")
@@ -90,14 +90,13 @@ def _tuning_log_schedules(result, machine, path, schedules, activations):
     an explicit schedule (``schedules``, by layer name), else the best matching record,
     else the default.  Returns (function, tuning info for the metadata, filled in as the
     codegen asks)."""
-    from target_dlac import tuning_log
+    from target_dlac.tune import tuning_log
 
-    from .tune import schedule_resolver
 
     mixed = "fp16" in result.config.activation_overrides.values()
     check_tuning_log(path, "mixed fp16" if activations == "fp32" and mixed else activations)
     records = tuning_log.load(path)
-    resolve, counts = schedule_resolver(records, machine)
+    resolve, counts = tuning_log.schedule_resolver(records, machine)
     explicit = schedules or {}
 
     def pick(layer):
@@ -111,8 +110,8 @@ def _tuning_log_schedules(result, machine, path, schedules, activations):
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
                   activations: str = "fp32", calib: dict | None = None, progress=None,
                   tuning_log=None):
-    from target_dlac.codegen import Codegen
-    from target_dlac.machine import Machine
+    from target_dlac.codegen.generator import Codegen
+    from target_dlac.isa.machine import Machine
 
     if "partition" not in result.stages:
         raise ConfigError("build_program needs a result compiled through the partition stage")
@@ -135,7 +134,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     else:
         default_half = True
     if activations == "fp16":
-        from target_dlac.codegen_fp16 import Fp16Codegen
+        from target_dlac.codegen.modes.fp16 import Fp16Codegen
 
         cfg = result.config
         default = "fp16" if default_half else "fp32"
@@ -144,7 +143,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         prog = hcg.generate()
         ref_mod = hcg.reference_mod
     if activations == "int8":
-        from target_dlac.codegen_int import IntCodegen
+        from target_dlac.codegen.modes.integer import IntCodegen
 
         if calib is None:
             raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
@@ -163,7 +162,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         prog.meta["tuning"] = {**tuned, **counts}
     if reference:
         from passes.partition import unpartition
-        from target_dlac import hostgraph
+        from target_dlac.binary import hostgraph
 
         prog.reference = hostgraph.encode(unpartition(ref_mod), "reference", level=1)
     return prog

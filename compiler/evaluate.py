@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import QuantConfig
+from compiler.config import QuantConfig
 
 
 @dataclass
@@ -44,8 +44,8 @@ def evaluate(model, configs: dict[str, QuantConfig], x: np.ndarray, y: np.ndarra
     """Compile ``model`` once per config (batch ``batch``) and measure accuracy on ``(x, y)``."""
     import torch
 
-    from .pipeline import compile_model
-    from .reference import Reference
+    from compiler.pipeline import compile_model
+    from compiler.reference import Reference
 
     example = torch.from_numpy(x[:batch].copy())
     if len(example) < batch:

@@ -10,11 +10,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from passes.ir_util import IntImm, cleanup, iter_bindings, op_name, shape_of
+from target_dlac.core.ir import IntImm, cleanup, iter_bindings, op_name, shape_of
 from passes.name_layers import name_layers
 
-from .errors import ConfigError, DynamicShapeError, UnsupportedOpError
-from .oplist import placement
+from target_dlac.core.errors import ConfigError, DynamicShapeError, UnsupportedOpError
+from compiler.oplist import placement
 
 
 @dataclass

@@ -7,9 +7,9 @@ import re
 import stat
 import warnings
 
-from .errors import ModelLoadError, NotOnnxError, UnsupportedOpError
-from .frontend_common import ImportedModel, finalize, match_shapes, tensor_hash
-from .oplist import ONNX_OPS
+from target_dlac.core.errors import ModelLoadError, NotOnnxError, UnsupportedOpError
+from compiler.frontend_common import ImportedModel, finalize, match_shapes, tensor_hash
+from compiler.oplist import ONNX_OPS
 
 
 def load_onnx(path: str | os.PathLike):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import warnings
 
-from .errors import ExportError, ModelLoadError, UnsupportedOpError
-from .frontend_common import ImportedModel, finalize, first_line, weights_hash
-from .pt2_archive import load_pt2
+from target_dlac.core.errors import ExportError, ModelLoadError, UnsupportedOpError
+from compiler.frontend_common import ImportedModel, finalize, first_line, weights_hash
+from compiler.pt2_archive import load_pt2
 
 
 

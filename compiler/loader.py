@@ -23,8 +23,8 @@ import importlib.util
 import os
 import sys
 
-from .errors import ConfigError, ModelLoadError
-from .frontend_common import ImportedModel
+from target_dlac.core.errors import ConfigError, ModelLoadError
+from compiler.frontend_common import ImportedModel
 
 
 def load_factory(spec: str):
@@ -81,21 +81,21 @@ def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> 
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if path.endswith(".onnx"):
-            from .frontend_onnx import from_onnx
+            from compiler.frontend_onnx import from_onnx
             return from_onnx(path, input_shapes)
         if path.endswith(".pt2"):
-            from .frontend_torch import from_pt2
+            from compiler.frontend_torch import from_pt2
             return from_pt2(path, input_shapes)
         if ".py:" in path:
             module, example = load_factory(path)
-            from .frontend_torch import from_torch
+            from compiler.frontend_torch import from_torch
             return from_torch(module, example, input_shapes)
         raise ConfigError(f"don't know how to load {path!r}: expected .onnx, .pt2 or FILE.py:FACTORY")
     type_name = f"{type(model).__module__}.{type(model).__name__}"
     if type_name.startswith("onnx") and type(model).__name__ == "ModelProto":
-        from .frontend_onnx import from_onnx
+        from compiler.frontend_onnx import from_onnx
         return from_onnx(model, input_shapes)
-    from .frontend_torch import from_torch
+    from compiler.frontend_torch import from_torch
     if example_inputs is None:
         raise ConfigError("a torch module needs example_inputs")
     return from_torch(model, example_inputs, input_shapes)

@@ -30,14 +30,14 @@ from passes.fold_prequantized import fold_prequantized, prequantized_weights
 from passes.fold_scales import fold_scales
 from passes.layers import find_layers
 from passes.partition import HostOp, partition, regions
-from target_dlac.text import printable
+from target_dlac.core.text import printable
 from passes.remove_dead_tuples import remove_dead_tuples
 from passes.quantize_weights import WeightSpec, quantize_weights
 
-from .atomic import atomic_write_text
-from .config import QuantConfig
-from .errors import ConfigError
-from .loader import load_model
+from target_dlac.core.atomic import atomic_write_text
+from compiler.config import QuantConfig
+from target_dlac.core.errors import ConfigError
+from compiler.loader import load_model
 
 STAGES = ("import", "canonicalize", "quantize", "fold", "partition")
 
@@ -81,7 +81,7 @@ class CompileResult:
         return self.stages[stage]
 
     def codegen_args(self, schedules=None, progress=None) -> dict:
-        """What the codegen takes from this result (``target_dlac.codegen.Codegen``'s
+        """What the codegen takes from this result (``target_dlac.codegen.generator.Codegen``'s
         keyword arguments): display names, precisions and SWIS decompositions by layer
         variable, plus the given ``schedules`` and ``progress``."""
         return dict(layer_names={i.var: i.name for i in self.layers},

@@ -20,9 +20,9 @@ import sys
 import warnings
 import zipfile
 
-from .errors import ModelLoadError
-from .frontend_common import first_line
-from .pt2_program import check_program, check_targets, fqn_ok, refuse
+from target_dlac.core.errors import ModelLoadError
+from compiler.frontend_common import first_line
+from compiler.pt2_program import check_program, check_targets, fqn_ok, refuse
 
 #: Bounds on a ``.pt2`` archive.  ``torch.export.save`` stores members uncompressed, so
 #: the bytes once unpacked may exceed the file size only by the ratio below (a zip

@@ -14,7 +14,7 @@ import json
 import keyword
 import re
 
-from .errors import ModelLoadError
+from target_dlac.core.errors import ModelLoadError
 
 #: Bounds on what the JSON may nest and on one symbolic expression.
 PT2_MAX_DEPTH = 200               # JSON / treespec nesting

@@ -2,15 +2,15 @@
 
 :func:`collect_layers` walks the partition stage with the codegen (float32 program,
 default schedules) and takes every conv / dense layer it met
-(:class:`target_dlac.codegen.ConvLayer`) with its tuning-log key.
+(:class:`target_dlac.codegen.generator.ConvLayer`) with its tuning-log key.
 :func:`tune_model` searches each layer's :class:`ScheduleSpace` with the analytic cost
 model (:func:`costmodel.layer_cycles`) and appends one record per layer to the log
-(:mod:`target_dlac.tuning_log`).  Layers run in parallel in a local process pool, or on
+(:mod:`target_dlac.tune.tuning_log`).  Layers run in parallel in a local process pool, or on
 a Dask distributed cluster (``dask=ADDRESS``; each search is sequential); only the
 parent process writes the log.  A layer whose key
 already has a record is skipped: rerunning an interrupted tune continues where it
 stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
-:func:`schedule_resolver` gives the codegen the best logged schedule of each layer
+:func:`target_dlac.tune.tuning_log.schedule_resolver` gives the codegen the best logged schedule of each layer
 (:func:`compiler.build.build_program` with ``tuning_log``).
 
 Failures (issue 11, "Workers"):
@@ -27,7 +27,7 @@ Failures (issue 11, "Workers"):
   silenced while the tuner talks to the cluster); the layers finished so far are in
   the log, and a rerun resumes;
 * a logged record is checked for plausibility before it is used (resuming here,
-  :func:`schedule_resolver` when compiling): see :mod:`target_dlac.tuning_log`; an
+  :func:`~target_dlac.tune.tuning_log.schedule_resolver` when compiling): see :mod:`target_dlac.tune.tuning_log`; an
   implausible record is an error naming the file, the line and the layer.
 """
 
@@ -42,16 +42,17 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from target_dlac.text import printable
+from target_dlac.core.text import printable
 
-from .errors import ConfigError
+from target_dlac.core.errors import ConfigError
+from target_dlac.tune.layer_search import LayerJob, tune_layer
 
 PARENT_POLL = 0.5           # seconds between a pool worker's looks at its parent
 
 
 @dataclass
 class TuneLayer:
-    layer: object           # target_dlac.codegen.ConvLayer
+    layer: object           # target_dlac.codegen.generator.ConvLayer
     key: dict               # its tuning-log key
 
     @property
@@ -62,59 +63,13 @@ class TuneLayer:
 def collect_layers(result, machine) -> list[TuneLayer]:
     """The conv / dense layers of ``result``'s partition stage, in program order, with
     their tuning-log keys."""
-    from target_dlac.codegen import Codegen
-    from target_dlac.tuning_log import conv_layer_key
+    from target_dlac.codegen.generator import Codegen
+    from target_dlac.tune.tuning_log import conv_layer_key
 
     cg = Codegen(result.stages["partition"], machine, **result.codegen_args())
     cg.generate()
     mh = machine.hash()
     return [TuneLayer(layer, conv_layer_key(layer, mh)) for layer in cg.conv_layers]
-
-
-@dataclass
-class LayerJob:
-    """What :func:`tune_layer` needs of a :class:`ConvLayer` (shipped to the workers
-    instead of the layer: unpickling a ``ConvLayer`` imports the codegen, hence TVM)."""
-    shape: object           # ConvShape
-    weights: object         # LayerWeights
-    has_scale: bool
-
-    @classmethod
-    def of(cls, layer) -> LayerJob:
-        return cls(layer.shape, layer.weights, layer.has_scale)
-
-
-def tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
-    """Search one layer (a :class:`ConvLayer` or :class:`LayerJob`; runs in a worker
-    process).  Returns a dict of the outcome."""
-    from target_dlac import costmodel
-    from target_dlac.search import search
-    from target_dlac.space import ScheduleSpace
-
-    t0 = time.perf_counter()
-    space = ScheduleSpace(layer.shape, machine, layer.weights.max_bytes)
-
-    def cost(s):
-        return costmodel.layer_cycles(layer.shape, s, machine, layer.weights,
-                                      has_scale=layer.has_scale)["total"]
-
-    bounds: dict = {}
-
-    def bound(s):           # the bound does not depend on the loop order or double buffering
-        k = (s.f_tile, s.c_tile, s.h_tile, s.w_tile, s.pe_order, s.pxshift)
-        if k not in bounds:
-            bounds[k] = costmodel.cycles_lower_bound(layer.shape, s, machine, layer.weights,
-                                                     has_scale=layer.has_scale)
-        return bounds[k]
-
-    res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
-                 seed=seed, bound_fn=bound)
-    bound = costmodel.layer_lower_bound(layer.shape, res.best_schedule, machine, layer.weights,
-                                        has_scale=layer.has_scale)
-    return {"schedule": res.best_schedule.to_dict(), "cycles": int(res.best_cost),
-            "default_cycles": int(res.history[0][1]), "lower_bound": int(bound),
-            "trials": res.trials_used, "pruned": res.pruned, "stopped": res.stopped_because,
-            "seconds": time.perf_counter() - t0}
 
 
 def _row(t: TuneLayer, status, rec=None, note=""):
@@ -147,8 +102,8 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
     layer, in program order: ``layer, op, precision, status ("tuned" | "from log" |
     "skipped"), default_cycles, tuned_cycles, trials, lower_bound (None: not in the
     record), note``."""
-    from target_dlac import tuning_log
-    from target_dlac.search import STRATEGIES
+    from target_dlac.tune import tuning_log
+    from target_dlac.tune.search import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
@@ -195,7 +150,7 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
         return rows
     calls = {k: (LayerJob.of(layers[idx[0]].layer), *args) for k, idx in todo.items()}
     if dask is not None:
-        from .tune_dask import DASK_WORKER_TIMEOUT, dask_results
+        from compiler.tune_dask import DASK_WORKER_TIMEOUT, dask_results
 
         timeout = DASK_WORKER_TIMEOUT if dask_timeout is None else dask_timeout
         names = {k: layers[idx[0]].name for k, idx in todo.items()}
@@ -260,37 +215,9 @@ def _watch_parent(ppid: int) -> None:
             os._exit(1)
 
 
-def schedule_resolver(records, machine):
-    """``(resolve, counts)``: ``resolve(ConvLayer)`` gives the schedule of the best record
-    whose key matches the layer (``None``: keep the default), for the codegen's
-    ``schedules``; ``counts`` = ``{"tuned_layers", "layers"}`` as the codegen asks.
-    ``records``: from :func:`tuning_log.load`; a record must be plausible for its layer
-    (:func:`tuning_log.check_for_layer`), else :class:`tuning_log.TuningLogError` naming
-    the file, the line and the layer."""
-    from target_dlac import tuning_log
-
-    best = tuning_log.best(records)
-    mh = machine.hash()
-    counts = {"tuned_layers": 0, "layers": 0}
-    checked: set = set()        # id() of the records found plausible (the codegens may ask again)
-
-    def resolve(layer):
-        counts["layers"] += 1
-        rec = None if layer.shape.swis else best.get(tuning_log.key_str(tuning_log.conv_layer_key(layer, mh)))
-        if rec is None:
-            return None
-        if id(rec) not in checked:
-            tuning_log.check_for_layer(records, rec, layer, machine)
-            checked.add(id(rec))
-        counts["tuned_layers"] += 1
-        return tuning_log.parse_schedule(rec["schedule"])
-
-    return resolve, counts
-
-
 def format_table(rows: list[dict]) -> str:
     """The closing table of ``dlac tune``: per layer the default and tuned cycles, the
-    speedup, the layer's lower bound (:func:`costs.lower_bound` under the tuned schedule)
+    speedup, the layer's lower bound (:func:`cycles.lower_bound` under the tuned schedule)
     and the tuned cycles as % of it, the trials used and the status."""
     lines = [f"{'layer':<28} {'op':<9} {'prec':<8} {'default':>11} {'tuned':>11} {'speedup':>8} "
              f"{'bound':>11} {'%bound':>7} {'trials':>7}  status"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import time
 
-from target_dlac.text import printable
+from target_dlac.core.text import printable
 
-from . import __version__
-from .errors import ConfigError, DlacError
-from .tune import tune_layer
+from compiler import __version__
+from target_dlac.core.errors import ConfigError, DlacError
+from target_dlac.tune.layer_search import tune_layer
 
 DASK_CONNECT_TIMEOUT = "10s"
 #: seconds: for a first Dask worker, for a worker's import probe, and for a usable worker
@@ -23,9 +23,9 @@ DASK_CONNECT_TIMEOUT = "10s"
 DASK_WORKER_TIMEOUT = 60.0
 DASK_POLL = 0.2             # seconds between looks at the Dask futures and workers
 #: what a tuning task imports on a worker (the import probe imports them first)
-PROBE_MODULES = ("compiler.tune", "target_dlac.costmodel", "target_dlac.search",
-                 "target_dlac.space", "target_dlac.layer_weights", "target_dlac.machine",
-                 "target_dlac.schedule")
+PROBE_MODULES = ("target_dlac.tune.layer_search", "target_dlac.tune.costmodel", "target_dlac.tune.search",
+                 "target_dlac.tune.space", "target_dlac.codegen.layer_weights", "target_dlac.isa.machine",
+                 "target_dlac.codegen.schedule")
 
 
 def _import_probe(modules):

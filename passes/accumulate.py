@@ -20,10 +20,10 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from compiler.errors import QuantizationError
+from target_dlac.core.errors import QuantizationError
 
-from .ir_util import dtype_of, make_const, module_pass, relax_functions, shape_of
-from .layers import find_layers, replace_weights
+from target_dlac.core.ir import dtype_of, make_const, module_pass, relax_functions, shape_of
+from passes.layers import find_layers, replace_weights
 
 
 @dataclass

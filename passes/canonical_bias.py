@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .ir_util import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from target_dlac.core.ir import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
-from .layers import channel_shape, layer_op, per_channel_vector
+from passes.layers import channel_shape, layer_op, per_channel_vector
 
 
 def _plan(func):

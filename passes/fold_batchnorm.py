@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .ir_util import emit_like, attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
+from target_dlac.core.ir import emit_like, attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
     map_functions, module_pass, shape_of, use_counts
-from .layers import Layer, channel_shape, layer_op, rebuild, scale_out_channels
+from passes.layers import Layer, channel_shape, layer_op, rebuild, scale_out_channels
 
 
 def _bn_params(call):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir_util import attrs_to_dict, const_np, dtype_of, ints, is_const, iter_bindings, make_const, \
+from target_dlac.core.ir import attrs_to_dict, const_np, dtype_of, ints, is_const, iter_bindings, make_const, \
     map_functions, module_pass, op_name, shape_of, substitute_constants
 
 

@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
-from .ir_util import IntImm, attrs_to_dict, const_np, dtype_of, is_const, iter_bindings, make_const, \
+from target_dlac.core.ir import IntImm, attrs_to_dict, const_np, dtype_of, is_const, iter_bindings, make_const, \
     map_functions, module_pass, op_name, substitute_constants
-from .weight_quant import dequantize as dequantize_weight
+from passes.weight_quant import dequantize as dequantize_weight
 
 FOLDED_OPS = ("relax.quantize", "relax.dequantize", "relax.clip", "relax.maximum",
               "relax.minimum", "relax.astype")
@@ -249,7 +249,7 @@ def recover(layer, record: Prequantized):
 def prequantized_weights(mod, info: PrequantInfo | None) -> tuple[dict, dict]:
     """For each recorded layer of ``mod['main']``: ``{name: (q, scale, kind)}`` and
     ``{name: why not}`` for those (recorded or skipped) that stay float."""
-    from .layers import find_layers
+    from passes.layers import find_layers
 
     found, why = {}, dict(info.skipped) if info else {}
     if not info or not info.layers:

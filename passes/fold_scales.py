@@ -25,13 +25,13 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from compiler.errors import QuantizationError
+from target_dlac.core.errors import QuantizationError
 
-from .ir_util import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from target_dlac.core.ir import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
-from .layers import channel_shape, find_layers, per_channel_vector, rebuild, scale_out_channels
-from .twn import split_ternary
-from .weight_quant import dequantize
+from passes.layers import channel_shape, find_layers, per_channel_vector, rebuild, scale_out_channels
+from passes.twn import split_ternary
+from passes.weight_quant import dequantize
 
 
 def _chain(layer, values, uses, users):

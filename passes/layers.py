@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from .ir_util import attrs_to_dict, const_np, emit_like, is_call, is_const, iter_bindings, map_functions, shape_of
+from target_dlac.core.ir import attrs_to_dict, const_np, emit_like, is_call, is_const, iter_bindings, map_functions, shape_of
 
 
 @dataclass

@@ -21,7 +21,7 @@ import re
 
 from tvm import relax
 
-from .ir_util import is_call, map_functions, rename_var
+from target_dlac.core.ir import is_call, map_functions, rename_var
 
 WEIGHTED_OPS = ("relax.nn.conv2d", "relax.matmul")
 #: ops between a pre-quantized weight parameter and its layer (ONNX QDQ / QCDQ)

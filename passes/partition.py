@@ -30,8 +30,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, FuseOpsByPattern, MergeCompositeFunctions
 
-from .ir_util import attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
-from .layers import find_layers
+from target_dlac.core.ir import attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
+from passes.layers import find_layers
 
 
 def _epilogue(acc):

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir_util import make_const, module_pass
-from .layers import replace_weights
-from .swis import swis_quantize
-from .weight_quant import dequantize, quantize_weight
+from target_dlac.core.ir import make_const, module_pass
+from passes.layers import replace_weights
+from passes.swis import swis_quantize
+from passes.weight_quant import dequantize, quantize_weight
 
 
 @dataclass(frozen=True)

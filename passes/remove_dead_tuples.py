@@ -10,7 +10,7 @@ Legal: always; only unused values and pure aliases are removed.
 
 from __future__ import annotations
 
-from .ir_util import cleanup, module_pass
+from target_dlac.core.ir import cleanup, module_pass
 
 
 def remove_dead_tuples(mod):

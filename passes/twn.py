@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .weight_quant import dequantize, quantize_weight
+from passes.weight_quant import dequantize, quantize_weight
 
 __all__ = ["ternarize", "dequantize", "split_ternary"]
 

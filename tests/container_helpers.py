@@ -9,12 +9,12 @@ import zlib
 import numpy as np
 import pytest
 
-from compiler.errors import BinaryFormatError
-from target_dlac.container import ENTRY, HEADER, from_bytes
-from target_dlac.isa import ACTS, Insn
-from target_dlac.machine import Machine
-from target_dlac.packing import pack_ternary
-from target_dlac.program import Program, Tensor
+from target_dlac.core.errors import BinaryFormatError
+from target_dlac.binary.container import ENTRY, HEADER, from_bytes
+from target_dlac.isa.encoding import ACTS, Insn
+from target_dlac.isa.machine import Machine
+from target_dlac.isa.blocks import pack_ternary
+from target_dlac.binary.program import Program, Tensor
 from tests.isa_programs import dma, fields, pad16
 
 MACHINE = Machine(pe_rows=4, pe_cols=8, dram_mib=1)     # not the default: its JSON must travel

@@ -27,11 +27,11 @@ import zlib
 
 import numpy as np
 
-from compiler.errors import DlacError
-from target_dlac.container import ENTRY, HEADER, from_bytes, pack_sections
-from target_dlac.interpreter import run
-from target_dlac.isa import BY_CODE, FORMATS, INSN_BYTES, LAYOUTS
-from target_dlac.program import Program
+from target_dlac.core.errors import DlacError
+from target_dlac.binary.container import ENTRY, HEADER, from_bytes, pack_sections
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import BY_CODE, FORMATS, INSN_BYTES, LAYOUTS
+from target_dlac.binary.program import Program
 from tests.container_helpers import refix_crcs, table
 
 #: Inputs larger than this are passed as zero-stride (broadcast) views instead of real arrays.
@@ -90,7 +90,7 @@ def exercise(data: bytes, *, seed: int = 0, check_races: bool = True, cache: dic
     inputs = make_inputs(p, np.random.default_rng(seed))
     host = None
     if p.host is not None and p.meta.get("host_ops"):
-        from target_dlac.host import HostRunner
+        from target_dlac.sim.host import HostRunner
         key = ("host", p.host, json.dumps(p.meta.get("host_ops")), json.dumps([t.to_dict() for t in p.tensors]))
         try:
             host = cache.get(key) if cache is not None else None
@@ -107,7 +107,7 @@ def exercise(data: bytes, *, seed: int = 0, check_races: bool = True, cache: dic
         return "run:" + type(e).__name__
     if p.reference is not None:
         from compiler.reference import Reference
-        from target_dlac.host import reference_module
+        from target_dlac.sim.host import reference_module
         key = ("ref", p.reference)
         try:
             ref = cache.get(key) if cache is not None else None
@@ -433,10 +433,10 @@ def _mutate_json_with(rng, obj, edge, depth=0):
 
 
 def m_graph(rng, blobs):
-    """A structure-aware mutation of the HOST or REF graph (:mod:`target_dlac.hostgraph`):
+    """A structure-aware mutation of the HOST or REF graph (:mod:`target_dlac.binary.hostgraph`):
     its JSON description (ops, operands, attributes, node and function order, shapes) or its
     constant bytes or the compressed stream, repacked with every CRC fixed."""
-    from target_dlac import hostgraph
+    from target_dlac.binary import hostgraph
 
     with_graph = [b for b in blobs if {"HOST", "REF"} & set(table(b))] or blobs
     data = rng.choice(with_graph)

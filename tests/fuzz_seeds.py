@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from target_dlac.container import to_bytes
-from target_dlac.isa import ACTS, ALU_OPS, Insn
-from target_dlac.program import Program
+from target_dlac.binary.container import to_bytes
+from target_dlac.isa.encoding import ACTS, ALU_OPS, Insn
+from target_dlac.binary.program import Program
 from tests.container_helpers import make_program
 from tests.isa_programs import HALT, SMALL, SYNC, Dram, conv, fields, load, out_hw, store
 
@@ -94,7 +94,7 @@ def mnist_blob() -> bytes:
     from compiler import QuantConfig, compile_model
     from compiler.build import build_program
     from compiler.datasets import mnist_cnn
-    from target_dlac.machine import Machine
+    from target_dlac.isa.machine import Machine
 
     result = compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
     return to_bytes(build_program(result, Machine(), reference=False))

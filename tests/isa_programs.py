@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from target_dlac.isa import BUFFERS, FORMATS, Insn
-from target_dlac.machine import Machine
-from target_dlac.program import Program, Tensor
+from target_dlac.isa.encoding import BUFFERS, FORMATS, Insn
+from target_dlac.isa.machine import Machine
+from target_dlac.binary.program import Program, Tensor
 
 M = Machine()
 SMALL = Machine(pe_rows=2, pe_cols=4)          # groups of 4 filters: the PE order matters

@@ -20,15 +20,15 @@ import textwrap
 import pytest
 from cli_helpers import cli, script_env
 
-from target_dlac.container import read_program
+from target_dlac.binary.container import read_program
 
 
 def _interrupt_in_fsync(monkeypatch):
-    import compiler.atomic
+    import target_dlac.core.atomic
 
     def boom(fd):
         raise KeyboardInterrupt
-    monkeypatch.setattr(compiler.atomic.os, "fsync", boom)
+    monkeypatch.setattr(target_dlac.core.atomic.os, "fsync", boom)
 
 
 @pytest.mark.parametrize("existing", [False, True])
@@ -52,12 +52,12 @@ def test_ctrl_c_while_writing_leaves_no_partial_binary(tiny_factory, tmp_path, m
 
 _KILLER = textwrap.dedent('''
     import os, signal, sys
-    import compiler.atomic
+    import target_dlac.core.atomic
     from compiler.cli import main
 
     def die(fd):
         os.kill(os.getpid(), signal.SIGKILL)
-    compiler.atomic.os.fsync = die
+    target_dlac.core.atomic.os.fsync = die
     sys.argv = ["dlac", "compile", sys.argv[1], "-o", sys.argv[2]]
     main()
 ''')

@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
-from compiler.errors import CodegenError, ModelLoadError
-from target_dlac.machine import Machine
+from target_dlac.core.errors import CodegenError, ModelLoadError
+from target_dlac.isa.machine import Machine
 
 
 def _model(nodes, inputs, outputs, inits=()):
@@ -83,8 +83,8 @@ _HUGE = textwrap.dedent('''
     from onnx import TensorProto, helper
     from compiler import QuantConfig, compile_model
     from compiler.build import build_program
-    from compiler.errors import DlacError
-    from target_dlac.machine import Machine
+    from target_dlac.core.errors import DlacError
+    from target_dlac.isa.machine import Machine
 
     big = [1, 1, 2 ** 20, 2 ** 20]                       # 2^40 float32 elements: 4 TiB
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",

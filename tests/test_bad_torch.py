@@ -12,7 +12,7 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 
-from compiler.errors import (  # noqa: E402
+from target_dlac.core.errors import (  # noqa: E402
     ConfigError,
     ExportError,
     ModelLoadError,

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 
 from compiler.config import QuantConfig  # noqa: E402
-from compiler.errors import (  # noqa: E402
+from target_dlac.core.errors import (  # noqa: E402
     ConfigError,
     NotOnnxError,
 )

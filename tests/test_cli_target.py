@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from target_dlac.container import read_program
-from target_dlac.interpreter import run
-from target_dlac.machine import Machine
+from target_dlac.binary.container import read_program
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.machine import Machine
 from tests.cli_helpers import FACTORY, cli, error_line, ok
 
 REPO = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ KNOWN_WRONG: set[tuple[str, str]] = set()
 
 #: Known crashes (a non-DlacError escaped dlac), as (mode, case).  Real bugs, listed so
 #: that they stay visible; remove an entry when it is fixed.  None now (the last one, a
-#: 0-d host-op input flattened to 1-d, is fixed in target_dlac/host.py).
+#: 0-d host-op input flattened to 1-d, is fixed in target_dlac/sim/host.py).
 KNOWN_CRASHES: set[tuple[str, str]] = set()
 
 #: Covered ops with no passing case yet, with the reason (see docs/conformance.md).

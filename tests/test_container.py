@@ -11,17 +11,17 @@ import zlib
 import numpy as np
 import pytest
 
-from compiler.atomic import OutputError
-from compiler.errors import BinaryFormatError, ConfigError
-from target_dlac.container import (
+from target_dlac.core.atomic import OutputError
+from target_dlac.core.errors import BinaryFormatError, ConfigError
+from target_dlac.binary.container import (
     VERSION,
     from_bytes,
     read_program,
     to_bytes,
     write_program,
 )
-from target_dlac.interpreter import run
-from target_dlac.isa import Insn
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import Insn
 from tests.container_helpers import TAGS, X, make_program, table
 from tests.isa_programs import fields
 

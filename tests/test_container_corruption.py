@@ -9,11 +9,11 @@ import tracemalloc
 
 import pytest
 
-from compiler.errors import BinaryFormatError
-from target_dlac.container import from_bytes, read_program, to_bytes
-from target_dlac.isa import Insn
-from target_dlac.machine import Machine
-from target_dlac.program import Tensor
+from target_dlac.core.errors import BinaryFormatError
+from target_dlac.binary.container import from_bytes, read_program, to_bytes
+from target_dlac.isa.encoding import Insn
+from target_dlac.isa.machine import Machine
+from target_dlac.binary.program import Tensor
 from tests.container_helpers import MACHINE, TAGS, make_program, refix_crcs, refused, row_dma, table
 from tests.isa_programs import fields
 

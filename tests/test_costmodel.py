@@ -1,4 +1,4 @@
-"""The analytic cost model (:mod:`target_dlac.costmodel`) against the interpreter.
+"""The analytic cost model (:mod:`target_dlac.tune.costmodel`) against the interpreter.
 
 For the weighted layers of the MNIST CNN (default ternary config: fp32 first and last
 layer, ternary in between) and hand-built ternary layers with random sparsity (real
@@ -24,18 +24,18 @@ from hypothesis import strategies as st
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
 from compiler.datasets import mnist_cnn
-from target_dlac.codegen import Codegen
-from target_dlac.costs import group_max_sum
-from target_dlac.layer_weights import LayerWeights, order_by_counts, pe_order
-from target_dlac.costmodel import cycles_lower_bound, layer_cycles, layer_lower_bound
-from target_dlac.interpreter import run
-from target_dlac.isa import DTYPES, Insn, epi_param_layout
-from target_dlac.lower import Epilogue, align, lower_conv, ranges
-from target_dlac.machine import Machine
-from target_dlac.packing import pack_ternary, ternary_counts
-from target_dlac.program import Program, Tensor
-from target_dlac.schedule import ConvShape, Schedule, default_schedule, fits
-from target_dlac.schedule import check as check_schedule
+from target_dlac.codegen.generator import Codegen
+from target_dlac.isa.cycles import group_max_sum
+from target_dlac.codegen.layer_weights import LayerWeights, order_by_counts, pe_order
+from target_dlac.tune.costmodel import cycles_lower_bound, layer_cycles, layer_lower_bound
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import DTYPES, Insn, epi_param_layout
+from target_dlac.codegen.lower import Epilogue, align, lower_conv, ranges
+from target_dlac.isa.machine import Machine
+from target_dlac.isa.blocks import pack_ternary, ternary_counts
+from target_dlac.binary.program import Program, Tensor
+from target_dlac.codegen.schedule import ConvShape, Schedule, default_schedule, fits
+from target_dlac.codegen.schedule import check as check_schedule
 
 M = Machine()
 KINDS = ("default", "f_small", "c_small", "h_small", "w_small", "filter_outer", "single_buffer",
@@ -305,7 +305,7 @@ def _lpt_layout(counts: np.ndarray, pe_cols: int) -> np.ndarray:
 def test_sorted_pe_order_is_optimal(counts, pe_cols):
     """Why the schedule space offers ``as_is`` and ``sorted`` but no third filter-to-PE
     assignment: a TACC costs the sum over consecutive groups of ``pe_cols`` filters of the
-    group's largest count (``costs.group_max_sum``), and sorting by count minimizes that
+    group's largest count (``cycles.group_max_sum``), and sorting by count minimizes that
     sum over every permutation (brute force here); greedy balanced bins (LPT onto the PE
     columns) never beats it."""
     c = np.array(counts)

@@ -4,7 +4,7 @@ MAC lanes in the cycle model."""
 
 from __future__ import annotations
 
-from target_dlac.host import reference_module
+from target_dlac.sim.host import reference_module
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ from compiler import QuantConfig, compile_model  # noqa: E402
 from compiler.build import build_program  # noqa: E402
 from compiler.datasets import mnist_cnn, mnist_test  # noqa: E402
 from compiler.reference import run_reference  # noqa: E402
-from target_dlac.interpreter import Interpreter  # noqa: E402
+from target_dlac.sim.interpreter import Interpreter  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_mixed_fp16_layers(case):
 
 
 def test_activation_override_validation():
-    from compiler.errors import ConfigError
+    from target_dlac.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="fp32 or fp16"):
         QuantConfig(activation_overrides={"conv*": "int8"})

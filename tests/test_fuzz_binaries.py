@@ -7,7 +7,7 @@ constants or JSON values and then recompute every CRC (and the machine hash), so
 change gets past the integrity checks into decode, validation and the interpreter.
 
 Property, for every input: ``from_bytes`` and (if it loads) ``run`` with inputs of the
-declared shapes and dtypes raise nothing but :class:`compiler.errors.DlacError`
+declared shapes and dtypes raise nothing but :class:`target_dlac.core.errors.DlacError`
 subclasses (a NumPy IndexError / ValueError from an access outside the simulated
 memories would escape and fail), and finish: the ISA has no branches, so a run executes
 at most ``len(program.insns)`` instructions; each example also runs under a SIGALRM
@@ -31,8 +31,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from target_dlac.container import from_bytes, to_bytes
-from target_dlac.isa import BY_CODE, INSN_BYTES, LAYOUTS
+from target_dlac.binary.container import from_bytes, to_bytes
+from target_dlac.isa.encoding import BY_CODE, INSN_BYTES, LAYOUTS
 from tests.container_helpers import refix_crcs, table
 from tests.fuzz_helpers import RAW, SMART, _sections, exercise, json_bytes, m_section_swap, rebuild, time_limit
 from tests.fuzz_seeds import mnist_blob, small_blobs

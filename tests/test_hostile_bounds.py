@@ -1,7 +1,7 @@
 """Hostile-but-valid binaries (issue 11): bounded work and memory from tiny inputs.
 
 Every binary here is well formed (``to_bytes``: CRCs right, the machine hash matching), so
-only the limits of ``target_dlac/limits.py`` (documented in ``docs/isa.md``, "Limits") stand
+only the limits of ``target_dlac/isa/limits.py`` (documented in ``docs/isa.md``, "Limits") stand
 between it and hours of interpretation or gigabytes of memory:
 
 1. the race check is O(n log n): 50,000 loads without a barrier (one unit idle), or a load
@@ -32,15 +32,16 @@ import time
 import numpy as np
 import pytest
 
-from compiler.errors import BinaryFormatError, ExecutionError
-from target_dlac import limits, timeline
-from target_dlac.container import from_bytes, to_bytes
-from target_dlac.interpreter import run
-from target_dlac.isa import ALU_OPS, Insn
-from target_dlac.machine import Machine
-from target_dlac.packing import pad4
-from target_dlac.program import Program
-from target_dlac.timeline import Timeline
+from target_dlac.core.errors import BinaryFormatError, ExecutionError
+from target_dlac.isa import limits
+from target_dlac.sim import timeline
+from target_dlac.binary.container import from_bytes, to_bytes
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import ALU_OPS, Insn
+from target_dlac.isa.machine import Machine
+from target_dlac.isa.blocks import pad4
+from target_dlac.binary.program import Program
+from target_dlac.sim.timeline import Timeline
 from tests.cli_helpers import script_env
 from tests.isa_programs import HALT, SYNC, Dram, conv, fields, load, store
 
@@ -273,7 +274,7 @@ def test_weight_block_hashing_is_charged_to_the_run(monkeypatch):
     hashes the block: each TACC is charged its block's bytes at run time, and the run stops
     at the instruction where the total crosses the run budget (here one that 30 uses of a
     24 KB block exhaust; the real budget takes 2.8 million)."""
-    import target_dlac.interpreter as interp
+    import target_dlac.sim.interpreter as interp
 
     nf = 4095
     blk = _zero_tacc_block(nf)
@@ -296,10 +297,10 @@ def test_weight_block_hashing_is_charged_to_the_run(monkeypatch):
 def test_weight_cache_is_bounded(monkeypatch):
     """The decode cache keeps its newest blocks within MAX_WEIGHT_CACHE_BYTES (here three
     blocks' worth): results are the same, the oldest blocks are decoded again."""
-    import target_dlac.interpreter as interp
+    import target_dlac.sim.interpreter as interp
 
     rng = np.random.default_rng(0)
-    from target_dlac.packing import pack_ternary
+    from target_dlac.isa.blocks import pack_ternary
     blocks = [pack_ternary(rng.choice([-1, 0, 1], size=(8, 4, 1, 1)).astype(np.int8)) for _ in range(6)]
     d = Dram()
     addrs = [d.const(b) for b in blocks]
@@ -321,7 +322,7 @@ def test_weight_cache_is_bounded(monkeypatch):
 
 
 def test_every_limit_is_documented():
-    """docs/isa.md, "Limits", names every constant of target_dlac/limits.py."""
+    """docs/isa.md, "Limits", names every constant of target_dlac/isa/limits.py."""
     with open("docs/isa.md") as f:
         doc = f.read().split("\n## Limits\n", 1)[1]
     names = [n for n in vars(limits) if n.startswith(("MAX_", "SWIS_"))]
@@ -352,7 +353,7 @@ def test_real_programs_fit_the_budgets():
     ("inp_buf_kib", 16385, "limits.MAX_BUFFER_BYTES"),
 ])
 def test_machine_parameters_are_bounded(param, value, needle):
-    from compiler.errors import ConfigError
+    from target_dlac.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=needle):
         Machine(**{param: value})
@@ -433,9 +434,9 @@ AS_LIMIT = 3 << 30          # the interpreter's own imports take ~150 MB of addr
 _CHILD = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-from compiler.errors import DlacError
-from target_dlac.container import from_bytes
-from target_dlac.interpreter import run
+from target_dlac.core.errors import DlacError
+from target_dlac.binary.container import from_bytes
+from target_dlac.sim.interpreter import run
 try:
     p = from_bytes(open(sys.argv[1], "rb").read())
     run(p, {{}})

@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 
 from compiler.cli_args import compare_output, npz_name_problem, printable, strict_json
-from compiler.errors import BinaryFormatError
-from target_dlac.container import _json, from_bytes, pack_sections, read_program, write_program
-from target_dlac.isa import encode
-from target_dlac.interpreter import run
+from target_dlac.core.errors import BinaryFormatError
+from target_dlac.binary.container import _json, from_bytes, pack_sections, read_program, write_program
+from target_dlac.isa.encoding import encode
+from target_dlac.sim.interpreter import run
 from tests.cli_helpers import FACTORY, cli, error_line, ok
 from tests.container_helpers import MACHINE, X, make_program
 
@@ -236,7 +236,7 @@ def test_write_failure_is_one_line_and_keeps_the_old_file(small, monkeypatch):
 
 
 def test_atomic_write_failed_verify_keeps_old_file(tmp_path):
-    from compiler.atomic import atomic_write_bytes
+    from target_dlac.core.atomic import atomic_write_bytes
 
     out = tmp_path / "f.bin"
     out.write_bytes(b"old")
@@ -252,7 +252,7 @@ def test_atomic_write_failed_verify_keeps_old_file(tmp_path):
 
 
 def test_atomic_write_to_directory_refused(tmp_path):
-    from compiler.atomic import OutputError, atomic_write_bytes
+    from target_dlac.core.atomic import OutputError, atomic_write_bytes
 
     (tmp_path / "d").mkdir()
     with pytest.raises(OutputError, match="cannot write"):
@@ -495,7 +495,7 @@ def test_json_number_over_4300_digits(tmp_path, tag):
 # ============================================================== 6. compile verifies its binary
 
 def test_compile_verifies_binary_before_naming_it(compiled, tmp_path, monkeypatch):
-    import target_dlac.container as container
+    import target_dlac.binary.container as container
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -518,11 +518,11 @@ def test_compile_verifies_binary_before_naming_it(compiled, tmp_path, monkeypatc
 def test_names_cannot_forge_lines_of_tables():
     """A name with a newline or an escape code stays on its line in the tables built
     outside the CLI too (inspect listing, compile and tune tables)."""
-    from target_dlac.text import printable
+    from target_dlac.core.text import printable
 
     assert printable("a\nb\x1b[31m") == "a\\x0ab\\x1b[31m"
     assert printable("résumé ok") == "résumé ok"
-    from target_dlac.inspect import listing
+    from target_dlac.binary.inspect import listing
     from tests.container_helpers import make_program
 
     p = make_program()

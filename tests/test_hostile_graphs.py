@@ -1,4 +1,4 @@
-"""Hostile HOST / REF sections (issue 11): the closed graph format of target_dlac/hostgraph.py.
+"""Hostile HOST / REF sections (issue 11): the closed graph format of target_dlac/binary/hostgraph.py.
 
 Each attack is built with every CRC right, so it passes the container checks and reaches
 the graph loader.  What must hold: no code runs from the file (a marker file is never
@@ -19,10 +19,10 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from compiler.errors import BinaryFormatError, CodegenError  # noqa: E402
-from target_dlac import hostgraph  # noqa: E402
-from target_dlac.container import from_bytes, to_bytes  # noqa: E402
-from target_dlac.host import HostRunner, reference_module, reference_outputs  # noqa: E402
+from target_dlac.core.errors import BinaryFormatError, CodegenError  # noqa: E402
+from target_dlac.binary import hostgraph  # noqa: E402
+from target_dlac.binary.container import from_bytes, to_bytes  # noqa: E402
+from target_dlac.sim.host import HostRunner, reference_module, reference_outputs  # noqa: E402
 from tests.cli_helpers import script_env  # noqa: E402
 from tests.fuzz_helpers import _sections, rebuild  # noqa: E402
 from tests.fuzz_seeds import host_blob  # noqa: E402
@@ -148,9 +148,9 @@ def test_a_real_size_bomb_in_a_binary_uses_bounded_memory(blob, tmp_path):
     """A 1 GiB zlib bomb (1 MB compressed) in REF: one error line, peak memory far below it."""
     code = (
         "import resource, sys, zlib\n"
-        "from compiler.errors import DlacError\n"
-        "from target_dlac.container import from_bytes\n"
-        "from target_dlac.host import reference_module\n"
+        "from target_dlac.core.errors import DlacError\n"
+        "from target_dlac.binary.container import from_bytes\n"
+        "from target_dlac.sim.host import reference_module\n"
         "p = from_bytes(open(sys.argv[1], 'rb').read())\n"
         "try:\n"
         "    reference_module(p)\n"
@@ -279,7 +279,7 @@ def test_encode_refuses_what_the_format_cannot_hold(tmp_path):
 
 def test_round_trip_keeps_the_computation(blob):
     """The rebuilt REF and host graphs compute what the interpreter computes."""
-    from target_dlac.interpreter import run
+    from target_dlac.sim.interpreter import run
 
     p = from_bytes(blob)
     x = np.random.default_rng(1).standard_normal((1, 1, 8, 8)).astype(np.float32)

@@ -34,7 +34,7 @@ torch = pytest.importorskip("torch")
 from cli_helpers import cli, error_line, ok, script_env  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from compiler.errors import ModelLoadError  # noqa: E402
+from target_dlac.core.errors import ModelLoadError  # noqa: E402
 from compiler.frontend_onnx import from_onnx  # noqa: E402
 from compiler.frontend_torch import from_pt2  # noqa: E402
 from compiler.pt2_archive import PT2_MAX_MEMBERS, load_pt2  # noqa: E402

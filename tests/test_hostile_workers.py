@@ -28,10 +28,10 @@ import pytest
 from cli_helpers import FACTORY, cli, error_line, script_env
 
 from compiler.build import build_program
-from compiler.errors import DlacError
+from target_dlac.core.errors import DlacError
 from compiler.tune import tune_model
-from target_dlac import tuning_log
-from target_dlac.machine import Machine
+from target_dlac.tune import tuning_log
+from target_dlac.isa.machine import Machine
 
 distributed = pytest.importorskip("distributed")
 
@@ -57,7 +57,7 @@ SLOW = textwrap.dedent('''
     import os
     import time
 
-    from target_dlac import costmodel
+    from target_dlac.tune import costmodel
 
 
     def _slow(*a, **k):
@@ -157,7 +157,7 @@ def test_dask_worker_without_dlac_fails_at_once(tiny, tmp_path):
         took = time.monotonic() - t
     msg = str(e.value)
     assert "no worker of the Dask cluster" in msg and "cannot import dlac" in msg, msg
-    assert "No module named 'compiler'" in msg and "every worker needs dlac" in msg, msg
+    assert "No module named 'target_dlac'" in msg and "every worker needs dlac" in msg, msg
     assert "\n" not in msg and took < 15, (took, msg)
     assert tuning_log.load(log) == []
 
@@ -250,12 +250,12 @@ _DASK_SCRIPT = textwrap.dedent('''
 
     import numpy as np
 
-    from compiler.errors import DlacError
-    from compiler.tune import LayerJob
+    from target_dlac.core.errors import DlacError
+    from target_dlac.tune.layer_search import LayerJob
     from compiler.tune_dask import dask_results as _dask_results
-    from target_dlac.layer_weights import LayerWeights
-    from target_dlac.machine import Machine
-    from target_dlac.schedule import ConvShape
+    from target_dlac.codegen.layer_weights import LayerWeights
+    from target_dlac.isa.machine import Machine
+    from target_dlac.codegen.schedule import ConvShape
 
     shape = ConvShape(1, 8, 8, 8, 16, 3, 3, 1, 1, (1, 1, 1, 1), 8, 8)
     rng = np.random.default_rng(0)
@@ -315,11 +315,12 @@ _POOL_SCRIPT = textwrap.dedent('''
 
     import numpy as np
 
-    from compiler.tune import LayerJob, _pool_results
-    from target_dlac import costmodel
-    from target_dlac.layer_weights import LayerWeights
-    from target_dlac.machine import Machine
-    from target_dlac.schedule import ConvShape
+    from compiler.tune import _pool_results
+    from target_dlac.tune.layer_search import LayerJob
+    from target_dlac.tune import costmodel
+    from target_dlac.codegen.layer_weights import LayerWeights
+    from target_dlac.isa.machine import Machine
+    from target_dlac.codegen.schedule import ConvShape
 
     if sys.argv[1] == "watchdog":           # no prctl: the watchdog thread alone
         import ctypes

@@ -4,7 +4,7 @@ calib=...)`` and ``dlac compile --activations int8 --calib``.
 The contract under test: the interpreter's output of an int8 binary equals, bit for
 bit, the TVM CPU build of the binary's own integer reference graph (the ``REF``
 section, built alongside the instructions with the same integer parameters; see
-:mod:`target_dlac.intmode`).  On real MNIST images for every weight mode, on ResNets
+:mod:`target_dlac.codegen.modes.intmath`).  On real MNIST images for every weight mode, on ResNets
 (residual joins rescaled to a common exponent), on a net with every int8 op kind,
 and through the CLI (``dlac run --check`` demands exact equality for int8 binaries).
 """
@@ -12,7 +12,7 @@ and through the CLI (``dlac run --check`` demands exact equality for int8 binari
 from __future__ import annotations
 
 import json
-from target_dlac.host import reference_module
+from target_dlac.sim.host import reference_module
 
 import numpy as np
 import pytest
@@ -21,13 +21,13 @@ from torch import nn
 
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
-from compiler.errors import CodegenError, ConfigError
+from target_dlac.core.errors import CodegenError, ConfigError
 from compiler.models import ResNet, randomize_bn
 from compiler.reference import Reference
-from passes.ir_util import const_np
-from target_dlac import intmode
-from target_dlac.interpreter import Interpreter
-from target_dlac.isa import ALU_OPS, EXP_BIAS, INT8
+from target_dlac.core.ir import const_np
+from target_dlac.codegen.modes import intmath as intmode
+from target_dlac.sim.interpreter import Interpreter
+from target_dlac.isa.encoding import ALU_OPS, EXP_BIAS, INT8
 from tests.cli_helpers import FACTORY, cli, error_line
 
 
@@ -39,7 +39,7 @@ def ref_module(prog):
 def host_runner(prog):
     if prog.host is None:
         return None
-    from target_dlac.host import HostRunner
+    from target_dlac.sim.host import HostRunner
 
     return HostRunner(prog)
 
@@ -378,7 +378,7 @@ def test_cli_run_check_int8(cli_binary, cli_work, tmp_path):
     rep = json.loads(rj.read_text())
     assert rep["check"]["max_abs_err"] == 0 and rep["check"]["passed"] is True
     assert rep["check"]["tolerance"] == 0
-    from target_dlac.container import read_program
+    from target_dlac.binary.container import read_program
 
     assert_int8_binary(read_program(cli_binary))
 

@@ -4,7 +4,7 @@ hand-written programs and compared for EXACT equality with independent reference
 interpreter's NumPy vectorization): TACC and MAC with int8 activations and int32
 accumulators, EPI requantization, integer POOL, ALU int8 add / add_relu / relu and
 quantize / dequantize; and the run-time errors of the integer mode (accumulator overflow,
-exponent range).  The exact definitions are those of :mod:`target_dlac.intmode`.
+exponent range).  The exact definitions are those of :mod:`target_dlac.codegen.modes.intmath`.
 NumPy only."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import functools
 import numpy as np
 import pytest
 
-from compiler.errors import ExecutionError
-from target_dlac.interpreter import run
-from target_dlac.isa import (
+from target_dlac.core.errors import ExecutionError
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import (
     ACTS,
     ALU_OPS,
     DTYPES,
@@ -27,7 +27,7 @@ from target_dlac.isa import (
     epi_param_layout,
     s32_bits,
 )
-from target_dlac.packing import pack_ternary
+from target_dlac.isa.blocks import pack_ternary
 from tests import isa_programs
 from tests.isa_programs import HALT, SMALL, SYNC, conv_ref, fields, load, out_hw, pool_windows, store
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler.errors import ExecutionError
-from target_dlac.interpreter import run
-from target_dlac.isa import ACTS, ALU_OPS, Insn, fbits
-from target_dlac.packing import pack_ternary, pad4
+from target_dlac.core.errors import ExecutionError
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import ACTS, ALU_OPS, Insn, fbits
+from target_dlac.isa.blocks import pack_ternary, pad4
 from tests.isa_programs import (HALT, SMALL, SYNC, Dram, M, conv, conv_ref, fields, ints, load, out_hw,
                                 pool_windows, store, ternary)
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler.errors import BinaryFormatError
-from target_dlac import costs
-from target_dlac.isa import (BUFFERS, DEP_FIELDS, FORMATS, INSN_BYTES, Insn, _USED,
+from target_dlac.core.errors import BinaryFormatError
+from target_dlac.isa import cycles
+from target_dlac.isa.encoding import (BUFFERS, DEP_FIELDS, FORMATS, INSN_BYTES, Insn, _USED,
                              bits_f, decode, disassemble, encode, fbits)
-from target_dlac.machine import Machine
+from target_dlac.isa.machine import Machine
 
 OPS = sorted(FORMATS)
 FAST = settings(max_examples=40, deadline=None)
@@ -258,25 +258,25 @@ def test_cost_tacc_group_maxima():
     counts = np.array([5, 3, 7, 1, 2, 9, 0, 4, 6])       # PE order; groups of pe_cols = 4
     ins = _conv("TACC", f=9, c=2, kh=3, kw=3, oh=3, ow=3, dtype=0)
     # passes = ceil(3*3 / (2 rows * 1 lane)) = 5; group maxima 7 + 9 + 6 = 22
-    assert costs.group_max_sum(counts, 4) == 22
-    assert costs.passes(ins, SMALL) == 5
-    assert costs.cost(ins, SMALL, counts) == 8 + 5 * 22
+    assert cycles.group_max_sum(counts, 4) == 22
+    assert cycles.passes(ins, SMALL) == 5
+    assert cycles.cost(ins, SMALL, counts) == 8 + 5 * 22
     # the PE order matters: sorted counts pack better
-    assert costs.cost(ins, SMALL, np.sort(counts)[::-1]) == 8 + 5 * (9 + 4 + 0)
+    assert cycles.cost(ins, SMALL, np.sort(counts)[::-1]) == 8 + 5 * (9 + 4 + 0)
     # fp16 doubles the lanes: passes = ceil(9 / 4) = 3
-    assert costs.cost(_conv("TACC", f=9, oh=3, ow=3, dtype=1), SMALL, counts) == 8 + 3 * 22
-    assert costs.group_max_sum(np.array([], np.int64), 4) == 0
+    assert cycles.cost(_conv("TACC", f=9, oh=3, ow=3, dtype=1), SMALL, counts) == 8 + 3 * 22
+    assert cycles.group_max_sum(np.array([], np.int64), 4) == 0
 
 
 def test_cost_mac():
     ins = _conv("MAC", f=9, c=2, kh=3, kw=3, oh=3, ow=3)
     # ceil(9 filters / 4 cols) = 3 groups, 2*3*3 = 18 weights each, 5 passes
-    assert costs.cost(ins, SMALL) == 8 + 5 * 3 * 18
+    assert cycles.cost(ins, SMALL) == 8 + 5 * 3 * 18
     dw = _conv("MAC", f=9, c=9, kh=3, kw=3, oh=3, ow=3, depthwise=1)
-    assert costs.cost(dw, SMALL) == 8 + 5 * 3 * 9
+    assert cycles.cost(dw, SMALL) == 8 + 5 * 3 * 9
     # TACC with every weight present costs as MAC
     full = np.full(9, 18)
-    assert costs.cost(_conv("TACC", f=9, c=2, kh=3, kw=3, oh=3, ow=3), SMALL, full) == 8 + 5 * 3 * 18
+    assert cycles.cost(_conv("TACC", f=9, c=2, kh=3, kw=3, oh=3, ow=3), SMALL, full) == 8 + 5 * 3 * 18
 
 
 @pytest.mark.parametrize("op", ["LOAD", "STORE"])
@@ -284,20 +284,20 @@ def test_cost_mac():
                                         (0, 10, 100)])
 def test_cost_dma(op, y, x, expect):
     ins = Insn(op, _full(op, y=y, x=x, dram_stride=4096, sram_stride=512))
-    assert costs.cost(ins, SMALL) == expect == SMALL.dma_latency + math.ceil(y * x / 64)
+    assert cycles.cost(ins, SMALL) == expect == SMALL.dma_latency + math.ceil(y * x / 64)
 
 
 def test_cost_elementwise_and_barriers():
     # pes * lanes = 8 MACs per cycle
-    assert costs.cost(Insn("EPI", _full("EPI", f=5, p=7)), SMALL) == 8 + 5          # ceil(35/8)
-    assert costs.cost(Insn("POOL", _full("POOL", c=3, oh=2, ow=3, kh=3, kw=3)), SMALL) == 8 + 3 * 9
-    assert costs.cost(Insn("ALU", _full("ALU", n=17)), SMALL) == 8 + 3
-    assert costs.cost(Insn("ALU", _full("ALU", n=16)), SMALL) == 8 + 2
-    assert costs.cost(Insn("SYNC"), SMALL) == 1
-    assert costs.cost(Insn("HALT"), SMALL) == 0
-    assert costs.cost(Insn("HOST", {"index": 0}), SMALL) == 0
+    assert cycles.cost(Insn("EPI", _full("EPI", f=5, p=7)), SMALL) == 8 + 5          # ceil(35/8)
+    assert cycles.cost(Insn("POOL", _full("POOL", c=3, oh=2, ow=3, kh=3, kw=3)), SMALL) == 8 + 3 * 9
+    assert cycles.cost(Insn("ALU", _full("ALU", n=17)), SMALL) == 8 + 3
+    assert cycles.cost(Insn("ALU", _full("ALU", n=16)), SMALL) == 8 + 2
+    assert cycles.cost(Insn("SYNC"), SMALL) == 1
+    assert cycles.cost(Insn("HALT"), SMALL) == 0
+    assert cycles.cost(Insn("HOST", {"index": 0}), SMALL) == 0
     m2 = Machine(pe_rows=2, pe_cols=4, lanes=2, compute_setup=0)
-    assert costs.cost(Insn("ALU", _full("ALU", n=17)), m2) == 2                    # ceil(17/16)
+    assert cycles.cost(Insn("ALU", _full("ALU", n=17)), m2) == 2                    # ceil(17/16)
 
 
 # ---- the worked examples of docs/isa.md ---------------------------------------------------------
@@ -306,22 +306,22 @@ def test_docs_examples():
     m = Machine()
     assert encode([Insn("HOST", {"index": 3})]) == (0xC09).to_bytes(8, "little") + bytes(24)
     ld = Insn("LOAD", _full("LOAD", y=16, x=1024, dram_stride=1024, sram_stride=1024))
-    assert costs.cost(ld, m) == 356
+    assert cycles.cost(ld, m) == 356
     tacc = _conv("TACC", c=64, f=64, kh=3, kw=3, h=16, w=16, oh=14, ow=14, sh=1, sw=1)
-    assert costs.cost(tacc, m, np.array([200] * 32 + [150] * 32)) == 4558
-    assert costs.cost(tacc, m, np.array([200, 150] * 32)) == 5208
+    assert cycles.cost(tacc, m, np.array([200] * 32 + [150] * 32)) == 4558
+    assert cycles.cost(tacc, m, np.array([200, 150] * 32)) == 5208
     mac = _conv("MAC", c=64, f=64, kh=3, kw=3, h=16, w=16, oh=14, ow=14, sh=1, sw=1)
-    assert costs.cost(mac, m) == 14984
-    assert costs.cost(_conv("MAC", c=64, f=64, kh=3, kw=3, oh=14, ow=14, depthwise=1), m) == 242
-    assert costs.cost(_conv("MAC", c=64, f=64, kh=3, kw=3, oh=14, ow=14, dtype=1), m) == 8072
-    assert costs.cost(Insn("EPI", _full("EPI", f=64, p=196)), m) == 33
-    assert costs.cost(Insn("POOL", _full("POOL", c=64, h=113, w=113, oh=56, ow=56, kh=3, kw=3,
+    assert cycles.cost(mac, m) == 14984
+    assert cycles.cost(_conv("MAC", c=64, f=64, kh=3, kw=3, oh=14, ow=14, depthwise=1), m) == 242
+    assert cycles.cost(_conv("MAC", c=64, f=64, kh=3, kw=3, oh=14, ow=14, dtype=1), m) == 8072
+    assert cycles.cost(Insn("EPI", _full("EPI", f=64, p=196)), m) == 33
+    assert cycles.cost(Insn("POOL", _full("POOL", c=64, h=113, w=113, oh=56, ow=56, kh=3, kw=3,
                                           sh=2, sw=2)), m) == 3536
-    assert costs.cost(Insn("ALU", _full("ALU", n=50176)), m) == 106
+    assert cycles.cost(Insn("ALU", _full("ALU", n=50176)), m) == 106
 
 
 def test_docs_ternary_block_example():
-    from target_dlac.packing import pack_ternary, unpack_ternary
+    from target_dlac.isa.blocks import pack_ternary, unpack_ternary
 
     t = np.array([[0, 1, 0], [0, 0, -1]]).reshape(2, 1, 1, 3)
     blk = pack_ternary(t, np.array([1, 0]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.errors import ConfigError
-from target_dlac.machine import Machine
+from target_dlac.core.errors import ConfigError
+from target_dlac.isa.machine import Machine
 
 
 def test_documented_default_file_is_the_default_machine():

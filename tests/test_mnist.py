@@ -52,7 +52,7 @@ def test_demo_command_runs(tmp_path):
     from click.testing import CliRunner
 
     from compiler.cli import main
-    from target_dlac.container import read_program
+    from target_dlac.binary.container import read_program
 
     res = CliRunner().invoke(main, ["demo", "--images", "50", "--out-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from compiler import QuantConfig, compile_model, run_reference
-from passes.ir_util import relax_functions
+from target_dlac.core.ir import relax_functions
 
 
 def _composites(mod):
     out = []
     for _, func in relax_functions(mod):
         if func.attrs is not None and "Codegen" in func.attrs:
-            from passes.ir_util import iter_bindings
+            from target_dlac.core.ir import iter_bindings
             for b in iter_bindings(func):
                 if hasattr(b.value, "attrs") and b.value.attrs is not None and "Composite" in b.value.attrs:
                     out.append((str(b.value.attrs["Composite"]),

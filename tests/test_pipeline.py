@@ -10,7 +10,7 @@ from tvm import relax
 
 from compiler import STAGES, QuantConfig, compile_model
 from compiler.cli import main as cli
-from compiler.errors import ConfigError
+from target_dlac.core.errors import ConfigError
 from passes.layers import find_layers
 
 
@@ -35,7 +35,7 @@ def test_every_stage_is_well_formed(result):
 
 
 def test_layer_names_survive_every_stage(result):
-    from passes.ir_util import iter_bindings
+    from target_dlac.core.ir import iter_bindings
 
     names = [l.var for l in result.layers]
     imported = [b.var.name for b in iter_bindings(result.stages["import"]["main"])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compiler.cli import parse_precisions
-from compiler.errors import ConfigError
+from target_dlac.core.errors import ConfigError
 
 
 def test_precision_file_tables(tmp_path):

@@ -27,12 +27,12 @@ from torch import nn
 
 from compiler import QuantConfig, compile_model, run_reference
 from compiler.build import build_program
-from compiler.errors import UnsupportedOpError
+from target_dlac.core.errors import UnsupportedOpError
 from compiler.models import randomize_bn
 from passes.fold_prequantized import fold_prequantized, weight_kind
 from passes.layers import find_layers
-from target_dlac.host import HostRunner
-from target_dlac.interpreter import run
+from target_dlac.sim.host import HostRunner
+from target_dlac.sim.interpreter import run
 from tests.conftest import max_rel_err
 
 ort_q = pytest.importorskip("onnxruntime.quantization")

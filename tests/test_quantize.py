@@ -12,10 +12,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from compiler import QuantConfig, compile_model, run_reference
-from compiler.errors import ConfigError, QuantizationError
+from target_dlac.core.errors import ConfigError, QuantizationError
 from passes.accumulate import check_accumulate_only
 from passes.fold_batchnorm import fold_batchnorm
-from passes.ir_util import op_histogram
+from target_dlac.core.ir import op_histogram
 from passes.layers import find_layers
 from tests.conftest import max_rel_err
 from tests.test_twn import twn_reference

@@ -1,4 +1,4 @@
-"""Schedule space (:mod:`target_dlac.space`) and search strategies (:mod:`target_dlac.search`).
+"""Schedule space (:mod:`target_dlac.tune.space`) and search strategies (:mod:`target_dlac.tune.search`).
 
 (a) A synthetic cost with a known optimum over the real space of a small layer (grid
 distance to a chosen target schedule): exhaustive finds it exactly, random and anneal
@@ -19,12 +19,12 @@ import zlib
 import numpy as np
 import pytest
 
-from target_dlac.layer_weights import LayerWeights
-from target_dlac.costmodel import layer_cycles
-from target_dlac.machine import Machine
-from target_dlac.schedule import ConvShape, Schedule, check, default_schedule
-from target_dlac.search import search
-from target_dlac.space import ScheduleSpace
+from target_dlac.codegen.layer_weights import LayerWeights
+from target_dlac.tune.costmodel import layer_cycles
+from target_dlac.isa.machine import Machine
+from target_dlac.codegen.schedule import ConvShape, Schedule, check, default_schedule
+from target_dlac.tune.search import search
+from target_dlac.tune.space import ScheduleSpace
 
 M = Machine()
 
@@ -197,7 +197,7 @@ def test_pruning_by_the_bound_changes_no_result(strategy):
     search pruned by it returns what the unpruned search returns: the same best schedule
     and cost, the same trials, the same schedules in the same order (anneal: the same
     accept / reject decisions), with fewer calls of the exact cost."""
-    from target_dlac.costmodel import cycles_lower_bound
+    from target_dlac.tune.costmodel import cycles_lower_bound
 
     shape = _conv(32, 28, 32)
     w = _ternary(shape, 5, density=0.4)
@@ -232,7 +232,7 @@ def test_pruning_by_the_bound_changes_no_result(strategy):
 def test_best_first_finds_the_exhaustive_optimum_with_few_exact_costs():
     """Model-guided best-first (bounds first, exact costs in bound order) returns the
     exhaustive optimum's cost, says it proved it, and costs a fraction of the space."""
-    from target_dlac.costmodel import cycles_lower_bound
+    from target_dlac.tune.costmodel import cycles_lower_bound
 
     shape = _conv(48, 14, 96)
     w = _ternary(shape, 11, density=0.45)

@@ -4,7 +4,7 @@ int8 activations)."""
 
 from __future__ import annotations
 
-from target_dlac.host import reference_module
+from target_dlac.sim.host import reference_module
 
 import numpy as np
 import pytest
@@ -15,10 +15,10 @@ from compiler import QuantConfig, compile_model  # noqa: E402
 from compiler.build import build_program  # noqa: E402
 from compiler.datasets import mnist_cnn, mnist_test  # noqa: E402
 from compiler.reference import run_reference  # noqa: E402
-from target_dlac import costs  # noqa: E402
-from target_dlac.interpreter import Interpreter, run  # noqa: E402
-from target_dlac.machine import Machine  # noqa: E402
-from target_dlac.packing import unpack_swis  # noqa: E402
+from target_dlac.isa import cycles  # noqa: E402
+from target_dlac.sim.interpreter import Interpreter, run  # noqa: E402
+from target_dlac.isa.machine import Machine  # noqa: E402
+from target_dlac.isa.blocks import unpack_swis  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def test_sacc_cycles_follow_the_documented_cost(swis3, data):
             per = [-(-int(s) // m.swis_shifts_per_pass) for s in counts]
             pad = (-len(per)) % m.pe_cols
             per = np.array(per + [0] * pad).reshape(-1, m.pe_cols).max(axis=1).sum()
-            expect = m.compute_setup + costs.passes(ins, m) * groups * int(per)
-            assert costs.cost(ins, m, counts) == expect
+            expect = m.compute_setup + cycles.passes(ins, m) * groups * int(per)
+            assert cycles.cost(ins, m, counts) == expect
         totals.append(sum(l.compute for l in rep.layers if l.precision == "swis"))
     assert totals[1] < totals[0]
 

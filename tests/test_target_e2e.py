@@ -19,15 +19,15 @@ from torch import nn
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
 from compiler.datasets import mnist_cnn, mnist_test
-from compiler.errors import CodegenError
+from target_dlac.core.errors import CodegenError
 from compiler.models import randomize_bn, resnet18
 from compiler.reference import Reference
-from target_dlac.container import from_bytes, to_bytes
-from target_dlac.host import HostRunner
-from target_dlac.interpreter import run
-from target_dlac.isa import ACTS, POOL_MODES, bits_f
-from target_dlac.machine import Machine
-from target_dlac.schedule import Schedule
+from target_dlac.binary.container import from_bytes, to_bytes
+from target_dlac.sim.host import HostRunner
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import ACTS, POOL_MODES, bits_f
+from target_dlac.isa.machine import Machine
+from target_dlac.codegen.schedule import Schedule
 from tests.conftest import max_rel_err
 
 TOL = 1e-5

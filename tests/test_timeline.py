@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from compiler.errors import ExecutionError
-from target_dlac import costs
-from target_dlac.interpreter import run
-from target_dlac.isa import Insn
+from target_dlac.core.errors import ExecutionError
+from target_dlac.isa import cycles
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.encoding import Insn
 from tests.isa_programs import HALT, SYNC, Dram, M, conv, conv_ref, fields, ints, load, store
 
 
@@ -53,8 +53,8 @@ def test_double_buffering_overlaps():
     p, x, ref = _pipeline(True)
     out, rep = run(p, {"x": x})
     np.testing.assert_array_equal(out["y"], ref)
-    work = sum(costs.cost(i, M) for i in p.insns if i.unit != "barrier")
-    lw, ld, mac, st = (costs.cost(p.insns[k], M) for k in (0, 1, 3, 10))
+    work = sum(cycles.cost(i, M) for i in p.insns if i.unit != "barrier")
+    lw, ld, mac, st = (cycles.cost(p.insns[k], M) for k in (0, 1, 3, 10))
     assert (lw, ld, mac, st) == (105, 105, 62, 136)   # 288 B, 288 B, 3 passes x 18, 2304 B
     # by hand: L0 105-210, L1 210-315, C0 210-272, L2 315-420, C1 315-377, L3 420-525,
     # C2 420-482, C3 525-587, SYNC -588, STORE -724, SYNC -725
@@ -105,8 +105,8 @@ def test_missing_token_is_a_race(kind):
 def test_race_check_after_the_fact_gives_the_same_error(kind):
     """Later runs of one Interpreter check races only when their steps differ from the
     checked run's (Timeline.check_steps, afterwards): the same verdict and message."""
-    from target_dlac.interpreter import Interpreter
-    from target_dlac.timeline import Timeline
+    from target_dlac.sim.interpreter import Interpreter
+    from target_dlac.sim.timeline import Timeline
 
     p, inputs = _race_program(kind, tokens=False)
     with pytest.raises(ExecutionError, match="race") as online:

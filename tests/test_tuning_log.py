@@ -1,4 +1,4 @@
-"""The tuning log (:mod:`target_dlac.tuning_log`), ``tune_model`` and ``dlac tune``:
+"""The tuning log (:mod:`target_dlac.tune.tuning_log`), ``tune_model`` and ``dlac tune``:
 round trip, torn / malformed lines, resume, kill -9 midway, and compiling with the log
 (the interpreter's per-layer cycles equal the log's tuned cycles)."""
 
@@ -20,10 +20,10 @@ from compiler import QuantConfig, compile_model
 from compiler.build import build_program
 from compiler.datasets import mnist_cnn
 from compiler.tune import collect_layers, tune_model
-from target_dlac import tuning_log
-from target_dlac.interpreter import run
-from target_dlac.machine import Machine
-from target_dlac.schedule import ConvShape, Schedule
+from target_dlac.tune import tuning_log
+from target_dlac.sim.interpreter import run
+from target_dlac.isa.machine import Machine
+from target_dlac.codegen.schedule import ConvShape, Schedule
 
 M = Machine()
 SHAPE = ConvShape(1, 8, 8, 8, 16, 3, 3, 1, 1, (1, 1, 1, 1), 8, 8)
@@ -115,8 +115,8 @@ _SCRIPT = textwrap.dedent('''
     from compiler import QuantConfig, compile_model
     from compiler.datasets import mnist_cnn
     from compiler.tune import tune_model
-    from target_dlac import costmodel
-    from target_dlac.machine import Machine
+    from target_dlac.tune import costmodel
+    from target_dlac.isa.machine import Machine
 
     if sys.argv[2] == "slow":                 # slow the cost model down: room to kill midway
         fast = costmodel.layer_cycles

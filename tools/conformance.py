@@ -11,7 +11,7 @@ Each case is classified as
 
 * ``passed``: every output matches;
 * ``failed``: ran to the end but some output mismatched: a WRONG ANSWER;
-* ``unsupported``: a :class:`compiler.errors.DlacError` was raised while compiling,
+* ``unsupported``: a :class:`target_dlac.core.errors.DlacError` was raised while compiling,
   building or running (dlac refused the model cleanly);
 * ``crashed``: any other exception escaped dlac.
 
@@ -168,10 +168,10 @@ def run_case(op: str, case, mode: str = "weights") -> CaseResult:
 
     from compiler import QuantConfig, compile_model
     from compiler.build import build_program
-    from compiler.errors import DlacError
-    from target_dlac.host import HostRunner
-    from target_dlac.interpreter import run
-    from target_dlac.machine import Machine
+    from target_dlac.core.errors import DlacError
+    from target_dlac.sim.host import HostRunner
+    from target_dlac.sim.interpreter import run
+    from target_dlac.isa.machine import Machine
 
     t0 = time.perf_counter()
     res = CaseResult(case.name, op, mode, "passed")
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
     args = ap.parse_args(argv)
 
-    from compiler.atomic import atomic_write_text
+    from target_dlac.core.atomic import atomic_write_text
 
     ops = None
     if args.ops:

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
 
-    from compiler.atomic import atomic_write_text
+    from target_dlac.core.atomic import atomic_write_text
     from compiler.datasets import mnist_cnn, mnist_test
     from compiler.evaluate import evaluate, format_rows, standard_configs
 

@@ -81,8 +81,8 @@ def run_case(name: str) -> dict:
 
     from compiler import compile_model
     from compiler.build import build_program
-    from target_dlac.interpreter import run
-    from target_dlac.machine import Machine
+    from target_dlac.sim.interpreter import run
+    from target_dlac.isa.machine import Machine
 
     model_name, quant, activations, machine = CASES[name]
     model, x, calib = _model(model_name)
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     new = compute()
     if args.write:
-        from compiler.atomic import atomic_write_text
+        from target_dlac.core.atomic import atomic_write_text
 
         os.makedirs(os.path.dirname(TABLE), exist_ok=True)
         atomic_write_text(TABLE, json.dumps(new, indent=1, sort_keys=True) + "\n")

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-from target_dlac.host import reference_module
+from target_dlac.sim.host import reference_module
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def run_pipeline(act, r1, rb, xe, ye, xcal, args) -> dict:
 
     from compiler.build import build_program
     from compiler.reference import Reference
-    from target_dlac.interpreter import Interpreter
+    from target_dlac.sim.interpreter import Interpreter
 
     row: dict = {}
     t0 = time.perf_counter()
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from compiler.atomic import atomic_write_text
+    from target_dlac.core.atomic import atomic_write_text
     from compiler.datasets import mnist_cnn, mnist_test
 
     t0 = time.time()

@@ -41,9 +41,9 @@ def run_model(name: str, size: int, modes=MODES, calib_samples: int = 2, seed: i
     from compiler import QuantConfig, compile_model
     from compiler.build import build_program
     from compiler.models import randomize_bn
-    from target_dlac.host import HostRunner, reference_outputs
-    from target_dlac.interpreter import run
-    from target_dlac.machine import Machine
+    from target_dlac.sim.host import HostRunner, reference_outputs
+    from target_dlac.sim.interpreter import run
+    from target_dlac.isa.machine import Machine
 
     tv = import_torchvision()
     torch.manual_seed(seed)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                   f"{r['interpreter_s']:>9.2f} {r['cycles']:>12,} {r['host_ops']:>8}", flush=True)
     bad = [r for r in rows if (r["mode"] == "int8" and not r["exact"]) or r["max_rel_err"] > 1e-4]
     if args.json:
-        from compiler.atomic import atomic_write_text
+        from target_dlac.core.atomic import atomic_write_text
         atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     if bad:
         print(f"MISMATCH: {[(r['model'], r['mode']) for r in bad]}")

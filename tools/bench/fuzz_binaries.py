@@ -252,7 +252,7 @@ def main(argv=None) -> int:
         print("\nno uncaught exceptions, no native crashes, no hangs")
 
     if args.json:
-        from compiler.atomic import atomic_write_text
+        from target_dlac.core.atomic import atomic_write_text
 
         doc = {"argv": sys.argv, "n": total, "seed": args.seed, "workers": args.workers,
                "timeout_s": args.timeout, "smart_share": args.smart_share,

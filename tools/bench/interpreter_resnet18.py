@@ -43,13 +43,13 @@ def main(argv=None) -> int:
     import torch
 
     from compiler import QuantConfig, compile_model
-    from compiler.atomic import atomic_write_text
+    from target_dlac.core.atomic import atomic_write_text
     from compiler.build import build_program
     from compiler.models import randomize_bn, resnet18
     from compiler.reference import Reference
-    from target_dlac.container import from_bytes, to_bytes
-    from target_dlac.interpreter import run
-    from target_dlac.machine import Machine
+    from target_dlac.binary.container import from_bytes, to_bytes
+    from target_dlac.sim.interpreter import run
+    from target_dlac.isa.machine import Machine
 
     machine = Machine()
     cmd = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]) if argv is None else repr(argv)

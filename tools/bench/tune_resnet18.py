@@ -55,14 +55,15 @@ def main(argv=None) -> int:
     import torch
 
     from compiler import QuantConfig, compile_model
-    from compiler.atomic import atomic_write_text
+    from target_dlac.core.atomic import atomic_write_text
     from compiler.build import build_program
     from compiler.models import randomize_bn, resnet18
-    from compiler.tune import collect_layers, tune_layer, tune_model
-    from target_dlac import tuning_log
-    from target_dlac.interpreter import run
-    from target_dlac.machine import Machine
-    from target_dlac.space import ScheduleSpace
+    from compiler.tune import collect_layers, tune_model
+    from target_dlac.tune.layer_search import tune_layer
+    from target_dlac.tune import tuning_log
+    from target_dlac.sim.interpreter import run
+    from target_dlac.isa.machine import Machine
+    from target_dlac.tune.space import ScheduleSpace
 
     machine = Machine()
     cmd = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]) if argv is None else repr(argv)

@@ -1,0 +1,51 @@
+"""The graph format of the ``HOST`` and ``REF`` sections: a Relax graph in a closed vocabulary.
+
+A ``.dlac`` file may carry two Relax modules: the host functions (ops dLAC does not run,
+``HOST``) and the quantized graph that ``dlac run --check`` builds as its oracle (``REF``).
+Neither is stored as TVM's own serialization (``tvm.ir.save_json`` can name any IR node,
+external functions and low-level code among them, and ``load_json`` crashes on
+self-referencing graphs).  Instead a section holds dlac's own description of the graph,
+which dlac rebuilds itself from a closed vocabulary:
+
+* every call is to a Relax operator of :data:`OPS` (high-level ops such as
+  ``relax.nn.conv2d``; no ``call_tir``, ``call_packed``, externs or TIR), with the
+  argument kinds the operator takes and the attributes of its attribute type, each
+  checked against :data:`ATTRS` (types, ranges, layouts, dtypes);
+* or to a function defined *earlier* in the section (no recursion);
+* every operand refers to a parameter, a constant of the section, or an earlier node,
+  so a graph is acyclic by construction; tuples and tuple items are the only other
+  expressions;
+* shapes are static; sizes, depths and counts are bounded (:data:`LIMITS`), and the
+  estimated work of the whole graph too.
+
+:func:`check_graph` validates all of that with plain Python (no TVM); :func:`decode`
+then rebuilds the module with ``relax.BlockBuilder`` (TVM infers and checks every
+node's type) and :mod:`target_dlac.sim.host` lowers it with ``tvm.compile``.
+:func:`encode` (compile time) refuses a module with anything outside the vocabulary,
+so an op that cannot be written in this form cannot be a host op.
+
+Section layout, zlib-compressed (decompressed size capped at ``LIMITS.decompressed``)::
+
+    0   8  magic b"DLACGRF1"
+    8   4  u32 length J of the JSON description
+    12  J  JSON (UTF-8): {"functions": [...], "constants": [...]}
+    ...    constant data (each constant 16-byte aligned, offsets relative to this point)
+
+JSON: ``functions`` is a list of ``{"name", "params": [{"name", "shape", "dtype"}],
+"num_input"?: int, "nodes": [NODE...], "output": ARG}``; a NODE is
+``{"op": NAME, "args": [ARG...], "attrs": {...}}``, ``{"call": FUNCTION_INDEX, "args": [...]}``
+or ``{"value": ARG}``; an ARG is ``["p", i]`` (parameter), ``["c", i]`` (constant),
+``["v", i]`` (node), ``["shape", [ints]]``, ``["int", v, dtype]``, ``["float", v, dtype]``,
+``["tuple", [ARG...]]`` or ``["item", ARG, i]``.  ``constants`` is a list of
+``{"shape", "dtype", "offset"}``.
+"""
+
+from __future__ import annotations
+
+from .check import ALIGN, MAGIC, Graph, check_graph, inflate, pack, parse
+from .encode import encode
+from .rebuild import build, decode
+from .vocabulary import ATTRS, DTYPES, LIMITS, OPS, Limits
+
+__all__ = ["ALIGN", "ATTRS", "DTYPES", "LIMITS", "MAGIC", "OPS", "Graph", "Limits", "build",
+           "check_graph", "decode", "encode", "inflate", "pack", "parse"]

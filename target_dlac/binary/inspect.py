@@ -1,0 +1,45 @@
+"""Human- and machine-readable views of a program: summary and disassembly listing."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from target_dlac.binary.container import VERSION
+from target_dlac.isa.encoding import disassemble
+from target_dlac.core.text import printable
+
+
+def opcode_counts(p) -> dict:
+    """``{opcode: count}`` of a program, in first-use order."""
+    return dict(Counter(i.op for i in p.insns))
+
+
+def describe(p) -> dict:
+    """Summary of a program as plain JSON-able data."""
+    meta = p.meta
+    return {
+        "file": {"format": f"{VERSION[0]}.{VERSION[1]}", "compiler": meta.get("compiler", "dlac")},
+        "source": meta.get("source"), "source_hash": meta.get("source_hash"),
+        "quant_config": meta.get("quant_config"),
+        "machine": p.machine.to_dict() | {"hash": p.machine.hash()},
+        "instructions_total": len(p.insns),
+        "opcodes": opcode_counts(p),
+        "constants_bytes": len(p.constants), "dram_bytes": p.dram_bytes,
+        "tensors": [t.to_dict() for t in p.tensors if t.role in ("input", "output")],
+        "layers": [{k: l.get(k) for k in ("name", "op", "precision", "pc_start", "pc_end", "schedule",
+                                           "min_dram_bytes")} for l in meta.get("layers", [])],
+        "host_ops": meta.get("host_ops", []), "fallbacks": meta.get("fallbacks", []),
+        "sections": {"host": p.host is not None, "reference": p.reference is not None},
+    }
+
+
+def listing(p) -> list[tuple[str | None, str]]:
+    """``(layer header or None, "pc  text")`` for every instruction."""
+    starts = {l["pc_start"]: l for l in p.meta.get("layers", [])}
+    out = []
+    for pc, ins in enumerate(p.insns):
+        l = starts.get(pc)
+        header = (f"; --- {printable(l['name'])} ({printable(l['op'])}, {printable(l['precision'])})"
+                  if l else None)
+        out.append((header, f"{pc:6d}  {disassemble(ins)}"))
+    return out

@@ -1,0 +1,444 @@
+"""Codegen: a partitioned Relax module -> a dLAC :class:`Program`.
+
+Walks ``main`` in binding order.  Every tensor gets a DRAM address (inputs first,
+then each result as it is produced; reshapes are address views).  Each composite
+of a ``dlac_region_*`` function is lowered under its schedule:
+
+* conv2d / dense layers: weights packed per (filter tile, input-channel tile) into
+  constants (ternary: non-zero index lists with 2-bit codes, filters in PE order;
+  fp32: dense blocks), epilogue parameters per filter tile, then ``lower_conv``;
+* pooling, element-wise ops: ``lower_pool`` / ``lower_eltwise``.
+
+Ops left on the host by the partitioner, and composites the lowering cannot take
+(reason recorded), become ``HOST`` instructions: their Relax functions go into the
+binary's host section (in the closed graph format of :mod:`target_dlac.binary.hostgraph`; an
+op outside its vocabulary cannot be a host op) and run through TVM's CPU build in the
+runner.
+
+Entry point: :func:`generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from target_dlac.core.errors import CodegenError
+from target_dlac.core.ir import const_np, dtype_of, is_const, iter_bindings, op_name, shape_of
+
+from target_dlac.codegen import composites as C
+from target_dlac.binary import hostgraph
+from target_dlac.isa.encoding import WFMTS, Insn
+from target_dlac.codegen.layer_weights import LayerWeights, pe_order
+from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
+from target_dlac.isa.machine import Machine
+from target_dlac.isa.blocks import pack_swis, pack_ternary
+from target_dlac.binary.program import DTYPE_SIZES, Program, Tensor
+from target_dlac.codegen.schedule import ConvShape, align, check, default_schedule, weight_tiles
+
+#: Activations are allocated from this virtual DRAM address, then placed after the constants.
+ACT_BASE = 1 << 39
+#: precision label of a pooling / element-wise op by its activation type
+LABELS = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
+
+
+@dataclass
+class Ref:
+    """A tensor in DRAM (``shape`` is the Relax shape; the bytes are NCHW / row-major).
+    int8 tensors carry their dynamic fixed-point exponent ``exp``."""
+    name: str
+    addr: int
+    shape: tuple
+    dtype: str = "float32"
+    exp: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_SIZES[self.dtype]
+
+
+@dataclass
+class ConvLayer:
+    """A conv / dense layer as the codegen sees it before scheduling it: what the
+    tuner searches over and what a tuning-log record is keyed by."""
+    name: str                  # display (source) name
+    op: str                    # conv2d | dwconv2d | dense
+    precision: str
+    shape: ConvShape
+    weights: LayerWeights
+    has_scale: bool
+
+
+class Codegen:
+    def __init__(self, mod: tvm.IRModule, machine: Machine, *, layer_names: dict | None = None,
+                 precisions: dict | None = None, schedules=None, swis: dict | None = None,
+                 progress=None):
+        """``schedules``: ``{layer name: Schedule}``, or a function ``(ConvLayer) -> Schedule
+        or None``; a layer without one gets :func:`schedule.default_schedule`."""
+        self.mod, self.m = mod, machine
+        self.layer_names = layer_names or {}
+        self.precisions = precisions or {}
+        self.schedules = schedules or {}
+        self.swis = swis or {}
+        self.conv_layers: list[ConvLayer] = []
+        self.progress = progress
+        self.consts = bytearray()
+        self.tensors: list[Tensor] = []
+        self.names: set = set()
+        self.insns: list[Insn] = []
+        self.layers: list[dict] = []
+        self.host_funcs: dict = {}
+        self.host_ops: list[dict] = []
+        self.fallbacks: list[dict] = []
+        self.env: dict = {}
+        # which Relax variable produced which tensor (calibration, exponents); by tensor name:
+        # the program's tensor table holds the final addresses
+        self.produced: dict = {}        # Relax var -> tensor name
+        self.producer: dict = {}        # tensor name -> Relax var
+        self._act_end = 0
+
+    # ---- DRAM -------------------------------------------------------------------------
+    def _const_bytes(self, data: bytes) -> int:
+        addr = align(len(self.consts))
+        self.consts.extend(b"\0" * (addr - len(self.consts)))
+        self.consts.extend(data)
+        return addr
+
+    def _unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def _alloc(self, name: str, shape: tuple, dtype: str = "float32", role: str = "activation",
+               exp: int | None = None) -> Ref:
+        """DRAM for a tensor.  Activations are placed in a virtual range from ``ACT_BASE``
+        and moved behind the constants when the program is finished."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZES[dtype]
+        ref = Ref(self._unique(name), ACT_BASE + self._act_end, tuple(shape), dtype, exp)
+        self._act_end = align(self._act_end + nbytes)
+        if self._act_end > self.m.dram_bytes:
+            raise CodegenError(f"tensor {name} {shape}: the program needs more than the machine's "
+                               f"{self.m.dram_mib} MiB of DRAM")
+        self.tensors.append(Tensor(ref.name, role, ref.shape, dtype, ref.addr))
+        return ref
+
+    def ref(self, expr) -> Ref:
+        if isinstance(expr, relax.Var):
+            try:
+                return self.env[expr]
+            except KeyError:
+                raise CodegenError(f"variable {expr.name} is used before it is computed") from None
+        if is_const(expr):
+            value = const_np(expr)
+            if value.dtype != np.float32:
+                raise CodegenError(f"constant operand of dtype {value.dtype}: only float32 is supported")
+            addr = self._const_bytes(np.ascontiguousarray(value, "<f4").tobytes())
+            ref = Ref(self._unique("const"), addr, tuple(value.shape))
+            self.tensors.append(Tensor(ref.name, "constant", ref.shape, "float32", addr))
+            return ref
+        raise CodegenError(f"operand {type(expr).__name__} is not a tensor")
+
+    # ---- walk -------------------------------------------------------------------------
+    def generate(self) -> Program:
+        main = self.mod["main"]
+        self._act_end = 0
+        for p in main.params:
+            if shape_of(p) is None or dtype_of(p) != "float32":
+                raise CodegenError(f"input {p.name}: only static float32 inputs are supported")
+            r = self._alloc(p.name, shape_of(p), role="input")
+            self.env[p] = r
+            self._record(p, r)
+        self._begin(main)
+        for b in iter_bindings(main):
+            self.env[b.var] = self._binding(b.var, b.value)
+        outs = self._outputs(self._result(main.body.body))
+        self.insns.append(Insn("HALT"))
+        return self._finish(outs)
+
+    # hooks of the float32 program (the int8 codegen overrides them)
+    def _begin(self, main):
+        pass
+
+    def _outputs(self, outs):
+        return outs
+
+    def _view(self, src: Ref, shape: tuple, var) -> Ref:
+        """A reshape: the same bytes under a new name and shape (in the tensor table, so a
+        host op reading it gets its shape)."""
+        ref = Ref(self._unique(var.name), src.addr, tuple(shape), src.dtype, src.exp)
+        self.tensors.append(Tensor(ref.name, "activation", ref.shape, ref.dtype, ref.addr))
+        return ref
+
+    def _out(self, var, spec, env) -> Ref:
+        return self._alloc(var.name, spec.out_shape)
+
+    def _record(self, var, ref: Ref) -> Ref:
+        """Remember which Relax variable produced ``ref`` (calibration, exponents)."""
+        self.produced[var] = ref.name
+        self.producer[ref.name] = var
+        return ref
+
+    def _binding(self, var, value):
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
+            func = self.mod[value.op]
+            if func.attrs is None or "Codegen" not in func.attrs:
+                raise CodegenError(f"{var.name}: call to non-dLAC function {value.op.name_hint}")
+            return self._region(func, [self.ref(a) for a in value.args], value.op.name_hint)
+        if op_name(value) is not None:
+            return self._record(var, self._host_call(var, value))
+        if isinstance(value, relax.Tuple):
+            return tuple(self._result(f) for f in value.fields)
+        if isinstance(value, relax.TupleGetItem):
+            return self.env[value.tuple_value][value.index]
+        if isinstance(value, relax.Var):
+            return self.env[value]
+        raise CodegenError(f"{var.name}: cannot place a {type(value).__name__} binding")
+
+    def _result(self, expr):
+        if isinstance(expr, relax.Tuple):
+            return tuple(self._result(f) for f in expr.fields)
+        return self.ref(expr)
+
+    def _region(self, func, args, name):
+        local = dict(zip(func.params, args))
+        comps = {}
+        for b in iter_bindings(func):
+            v = b.value
+            if isinstance(v, relax.Function):
+                comps[b.var] = v
+            elif isinstance(v, relax.Call) and isinstance(v.op, relax.Var) and v.op in comps:
+                fn = comps[v.op]
+                ins = [local[a] if isinstance(a, relax.Var) and a in local else self.ref(a) for a in v.args]
+                local[b.var] = self._composite(fn, ins, b.var)
+            elif isinstance(v, relax.Tuple):
+                local[b.var] = tuple(local[f] for f in v.fields)
+            elif isinstance(v, relax.TupleGetItem):
+                local[b.var] = local[v.tuple_value][v.index]
+            elif isinstance(v, relax.Var):
+                local[b.var] = local[v]
+            else:
+                raise CodegenError(f"region {name}: unexpected binding {b.var.name}")
+        out = func.body.body
+        if isinstance(out, relax.Tuple):
+            return tuple(local[f] for f in out.fields)
+        return local[out]
+
+    def _composite(self, fn, args, var):
+        kind = str(fn.attrs["Composite"])
+        env = dict(zip(fn.params, args))
+        try:
+            spec = C.parse(fn)
+            if isinstance(spec, C.ViewSpec):
+                return self._view(env[spec.data], spec.out_shape, var)
+            start = len(self.insns)
+            out = self._out(var, spec, env)
+            if isinstance(spec, C.ConvSpec):
+                entry = self._conv(spec, env, out)
+            elif isinstance(spec, C.PoolSpec):
+                entry = self._pool(spec, env, out)
+            else:
+                entry = self._elt(spec, env, out)
+        except C.Unlowerable as e:
+            self.fallbacks.append({"composite": kind, "var": var.name, "reason": str(e)})
+            f = fn.without_attr("Composite")
+            if f.attrs is not None and "dlac.layer" in f.attrs:
+                f = f.without_attr("dlac.layer")
+            return self._record(var, self._host(var.name, f, args, shape_of(var)))
+        entry.update(pc_start=start, pc_end=len(self.insns))
+        self.layers.append(entry)
+        self._record(var, out)
+        if self.progress:
+            self.progress(entry["name"])
+        return out
+
+    # ---- lowering ---------------------------------------------------------------------
+    def _layer_weights(self, spec: C.ConvSpec, x: Ref, out: Ref, res: Ref | None):
+        """(weights, per-filter parameter vectors, Epilogue) of a layer in this mode."""
+        prm = ([spec.scale] if spec.scale is not None else []) + [spec.bias]
+        epi = Epilogue(spec.scale is not None, spec.act, spec.lo, spec.hi,
+                       None if res is None else res.addr)
+        return spec.weight, prm, epi
+
+    def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
+        return np.concatenate([v[f0:f1] for v in prm]).astype("<f4").tobytes()
+
+    def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
+        x = env[spec.data]
+        res = env[spec.residual] if spec.residual is not None else None
+        w, prm, epi = self._layer_weights(spec, x, out, res)
+        sw = self.swis.get(spec.layer) if w.dtype == np.int16 else None
+        if w.dtype == np.int16 and sw is None:
+            raise CodegenError(f"layer {spec.layer}: int16 (SWIS) weights without their decomposition")
+        if spec.kind == "dense":
+            b, k = x.shape
+            shape = ConvShape(b, k, 1, 1, w.shape[0], 1, 1, 1, 1, (0, 0, 0, 0), 1, 1, False,
+                              spec.residual is not None, spec.ternary, x.dtype, sw is not None)
+        else:
+            n, c, h, wd = x.shape
+            _, f, oh, ow = spec.out_shape
+            shape = ConvShape(n, c, h, wd, f, w.shape[2], w.shape[3], spec.strides[0], spec.strides[1],
+                              spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary,
+                              x.dtype, sw is not None)
+        display = self.layer_names.get(spec.layer, spec.layer)
+        op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
+        default_prec = ("ternary" if spec.ternary else "swis" if sw is not None
+                        else "int8" if w.dtype == np.int8 else "fp32")
+        layer = ConvLayer(display, op, self.precisions.get(spec.layer, default_prec), shape,
+                          LayerWeights(w, spec.ternary, spec.depthwise, sw), epi.has_scale)
+        self.conv_layers.append(layer)
+        sched = self._schedule_for(layer, spec.layer)
+        wblock, pblock = {}, {}
+        wbytes = 0
+        for fi, ci, (f0, f1), (c0, c1) in weight_tiles(shape, sched):
+            tile = w[f0:f1, c0:c1]
+            if sw is not None:
+                data = self._swis_block(sw, tile, f0, f1, c0, c1, sched.pe_order)
+            elif spec.ternary:
+                data = pack_ternary(tile, pe_order(tile, sched.pe_order))
+            else:
+                data = np.ascontiguousarray(tile).tobytes()      # float32 or int8, dense
+            wblock[(fi, ci)] = (self._const_bytes(data), len(data))
+            wbytes += len(data)
+            if ci == 0:
+                data = self._param_block(prm, f0, f1)
+                pblock[fi] = (self._const_bytes(data), len(data))
+                wbytes += len(data)
+        self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
+                                 pblock=pblock, epi=epi, name=display,
+                                 wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
+        return {"name": display, "var": spec.layer, "op": op, "precision": layer.precision,
+                "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
+                "min_dram_bytes": shape.min_input_bytes() + wbytes + out.nbytes + (res.nbytes if res else 0),
+                "min_write_bytes": out.nbytes}
+
+    def _schedule_for(self, layer: ConvLayer, var: str):
+        """The layer's schedule: given (checked against the buffers), else the default."""
+        s = self.schedules
+        sched = s(layer) if callable(s) else (s.get(layer.name) or s.get(var))
+        where = f"layer {layer.name}"
+        if sched is None:
+            return default_schedule(layer.shape, self.m, layer.weights.max_bytes, where=where)
+        check(layer.shape, sched, self.m, layer.weights.max_bytes, where=where)
+        return sched
+
+    @staticmethod
+    def _swis_block(sw, tile: np.ndarray, f0: int, f1: int, c0: int, c1: int, how: str) -> bytes:
+        """A SWIS tile: the layer's shift sets of groups c0/4 .. ceil(c1/4); filters in PE
+        order by shift count (as_is: as given)."""
+        kk = tile.shape[2] * tile.shape[3]
+        g_all = sw.shifts.shape[1] // kk                 # groups per kernel position
+        shifts = sw.shifts.reshape(sw.shifts.shape[0], kk, g_all, -1)[f0:f1, :, c0 // 4:-(-c1 // 4)]
+        counts = sw.counts[f0:f1]
+        order = (np.arange(f1 - f0) if how == "as_is" else np.argsort(-counts, kind="stable"))
+        return pack_swis(tile.astype(np.int64), shifts, counts, order)
+
+    def _pool_requant(self, spec: C.PoolSpec, x: Ref, out: Ref) -> tuple[int, int]:
+        """(multiplier, shift) of an int8 average pool; float modes have none."""
+        return 0, 0
+
+    def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
+        x = env[spec.data]
+        n, c, h, w = x.shape
+        oh, ow = (spec.out_shape[2], spec.out_shape[3]) if len(spec.out_shape) == 4 else (1, 1)
+        if max(spec.kernel) > 4095 or max(spec.strides) > 255:
+            raise C.Unlowerable("pool window or stride exceeds the encoding's fields")
+        mult, shift = self._pool_requant(spec, x, out)
+        p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],
+                      spec.strides[1], spec.pads, spec.mode, spec.count_pad, x.dtype, mult, shift)
+        self.insns += lower_pool(p, self.m, x_addr=x.addr, out_addr=out.addr, name=out.name)
+        kind = "global_avg_pool" if spec.kernel == (h, w) and spec.mode == "avg" else f"{spec.mode}_pool2d"
+        return {"name": f"{kind}:{out.name}", "var": out.name, "op": kind, "precision": LABELS[x.dtype],
+                "min_dram_bytes": x.nbytes + out.nbytes, "min_write_bytes": out.nbytes}
+
+    def _elt_op(self, spec: C.EltSpec, refs: list, out: Ref) -> Elt:
+        """The ALU op of an element-wise composite (the int8 mode adds its shifts)."""
+        return Elt(spec.op, refs[0].dtype)
+
+    def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
+        refs = [env[a] if isinstance(a, relax.Var) and a in env else self.ref(a) for a in spec.args]
+        n = int(np.prod(spec.out_shape))
+        self.insns += lower_eltwise(self._elt_op(spec, refs, out), n, self.m, a_addr=refs[0].addr,
+                                    b_addr=refs[1].addr if len(refs) > 1 else None, out_addr=out.addr)
+        return {"name": f"{spec.op}:{out.name}", "var": out.name, "op": spec.op,
+                "precision": LABELS[refs[0].dtype], "min_dram_bytes": sum(r.nbytes for r in refs) + out.nbytes,
+                "min_write_bytes": out.nbytes}
+
+    # ---- host ops ---------------------------------------------------------------------
+    def _host_call(self, var, call):
+        # tensor arguments, also those inside a tuple argument (concat): each becomes a parameter
+        flat = [f for a in call.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+        tensors = list(dict.fromkeys(a for a in flat if isinstance(a, relax.Var)))
+        params = [relax.Var(f"in{i}", a.ty) for i, a in enumerate(tensors)]
+        remap = {a: p for a, p in zip(tensors, params)}
+
+        def sub(a):
+            if isinstance(a, relax.Tuple):
+                return relax.Tuple([sub(f) for f in a.fields])
+            return remap.get(a, a) if isinstance(a, relax.Var) else a
+        new_args = [sub(a) for a in call.args]
+        body = relax.Call(call.op, new_args, call.attrs, call.ty_args)
+        bb = relax.BlockBuilder()
+        with bb.function("f", params):
+            outv = bb.emit(body)
+            bb.emit_func_output(outv)
+        fn = bb.get()["f"]
+        return self._host(var.name, fn, [self.ref(a) for a in tensors], shape_of(var), op=op_name(call))
+
+    def _host(self, name, fn, args, out_shape, op=None):
+        if out_shape is None:
+            raise CodegenError(f"host op {name}: only single static tensor results are supported")
+        idx = len(self.host_ops)
+        fname = f"host_{idx}"
+        self.host_funcs[fname] = fn.with_attr("global_symbol", fname)
+        dtype = dtype_of(fn.body)            # e.g. int8 between a host quantize and dequantize
+        if dtype is not None and dtype not in DTYPE_SIZES:
+            raise CodegenError(f"host op {name} ({op or 'composite'}): its {dtype} result cannot be "
+                               f"held in dLAC memory (float32, float16 and int8 only)")
+        out = self._alloc(name, out_shape, dtype if dtype in DTYPE_SIZES else "float32")
+        start = len(self.insns)
+        self.insns += [Insn("HOST", {"index": idx}), Insn("SYNC")]
+        self.host_ops.append({"func": fname, "op": (op or "composite").removeprefix("relax."),
+                              "inputs": [a.name for a in args], "outputs": [out.name]})
+        self.layers.append({"name": f"host:{name}", "var": name, "op": "host", "precision": "fp32",
+                            "pc_start": start, "pc_end": len(self.insns), "min_dram_bytes": 0})
+        return out
+
+    # ---- program ----------------------------------------------------------------------
+    def _finish(self, outs) -> Program:
+        flat = list(outs) if isinstance(outs, tuple) else [outs]
+        by_name = {t.name: t for t in self.tensors}
+        for i, r in enumerate(flat):
+            if not isinstance(r, Ref):
+                raise CodegenError("nested tuple outputs are not supported")
+            src = by_name.get(r.name)
+            if src is None or src.role in ("input", "constant"):
+                raise CodegenError(f"output {i} is an input or constant of the model; nothing to compute")
+            self.tensors.append(Tensor(f"output_{i}", "output", r.shape, r.dtype, r.addr))
+        # constants first, then the activations (moved from their virtual range)
+        base = align(len(self.consts))
+        dram_bytes = base + self._act_end
+        if dram_bytes > self.m.dram_bytes:
+            raise CodegenError(f"the program needs {dram_bytes} bytes of DRAM; the machine has "
+                               f"{self.m.dram_bytes}")
+        for t in self.tensors:
+            if t.addr >= ACT_BASE:
+                t.addr += base - ACT_BASE
+        for ins in self.insns:
+            if ins.op in ("LOAD", "STORE") and ins.f["dram"] >= ACT_BASE:
+                ins.f["dram"] += base - ACT_BASE
+        host = None
+        if self.host_funcs:
+            host = hostgraph.encode(tvm.IRModule(self.host_funcs), "host")
+        meta = {"dram_bytes": dram_bytes, "constants_bytes": len(self.consts), "layers": self.layers,
+                "host_ops": self.host_ops, "fallbacks": self.fallbacks}
+        return Program(self.m, self.insns, bytes(self.consts), self.tensors, meta, host)
+
+
+def generate(mod: tvm.IRModule, machine: Machine | None = None, **kw) -> Program:
+    """Lower a partitioned module (the ``partition`` stage) to a dLAC program."""
+    return Codegen(mod, machine or Machine(), **kw).generate()

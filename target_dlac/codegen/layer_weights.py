@@ -1,0 +1,109 @@
+"""A layer's weights as the codegen tiles them: block sizes under any tiling, the
+filters' non-zero counts per tile, and the filter-to-PE order.
+
+Used by the codegen (packing, schedule fitting), the analytic cost model and the
+autotuner; built once per layer (the non-zero counts are cumulated over input
+channels once, so any tile's counts are a subtraction).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from target_dlac.isa.blocks import swis_block_bytes, swis_filter_bytes, swis_groups, ternary_block_bytes
+from target_dlac.codegen.schedule import ConvShape, Schedule, ranges, weight_tiles
+
+
+def _pad4(n):
+    return (n + 3) // 4 * 4
+
+
+def order_by_counts(counts: np.ndarray, how: str) -> np.ndarray:
+    """Filter order on the PE columns: as given, or by count (largest first, stable)."""
+    if how == "as_is":
+        return np.arange(len(counts))
+    return np.argsort(-np.asarray(counts), kind="stable")
+
+
+def pe_order(tile: np.ndarray, how: str) -> np.ndarray:
+    """PE order of the filters of a weight tile (by non-zero count for ``sorted``)."""
+    return order_by_counts(np.count_nonzero(tile.reshape(tile.shape[0], -1), axis=1), how)
+
+
+class LayerWeights:
+    """``w``: OIHW weights as the codegen stores them (ternary int8, SWIS int16 with its
+    decomposition ``swis``, or dense float32 / int8)."""
+
+    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool, swis=None):
+        self.w, self.ternary, self.depthwise, self.swis = w, ternary, depthwise, swis
+        nz = np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2)
+        self._cum = np.zeros((nz.shape[0], nz.shape[1] + 1), np.int64)     # over input channels
+        self._cum[:, 1:] = nz.cumsum(axis=1)
+        self._cum2 = np.zeros((nz.shape[0] + 1, nz.shape[1] + 1), np.int64)  # and over filters
+        self._cum2[1:] = self._cum.cumsum(axis=0)
+        self._largest: dict = {}
+        self._blocks: dict = {}
+
+    def tile_counts(self, f: tuple, c: tuple) -> np.ndarray:
+        """Non-zero weights of filters ``f0:f1`` over input channels ``c0:c1``."""
+        (f0, f1), (c0, c1) = f, c
+        return self._cum[f0:f1, c1] - self._cum[f0:f1, c0]
+
+    def block_bytes(self, f: tuple, c: tuple) -> int:
+        """Bytes of the packed weight block of filters ``f`` x input channels ``c``."""
+        (f0, f1), (c0, c1) = f, c
+        kh, kw = self.w.shape[2:]
+        if self.swis is not None:
+            return swis_block_bytes(self.swis.counts[f0:f1], swis_groups(c1 - c0, kh, kw))
+        if self.ternary:
+            return ternary_block_bytes(f1 - f0, int(self.tile_counts(f, c).sum()))
+        return (f1 - f0) * (c1 - c0) * kh * kw * self.w.dtype.itemsize
+
+    def max_bytes(self, f_t: int, c_t: int) -> int:
+        """The largest block of any tile of ``f_t`` filters x ``c_t`` input channels (the
+        ``wbytes`` of :func:`schedule.check`; memoized)."""
+        got = self._largest.get((f_t, c_t))
+        if got is None:
+            got = self._largest[(f_t, c_t)] = self._max_bytes(f_t, c_t)
+        return got
+
+    def _max_bytes(self, f_t: int, c_t: int) -> int:
+        F, C = self.w.shape[:2]
+        kh, kw = self.w.shape[2:]
+        c_t = C if self.depthwise else min(c_t, C)
+        if not self.ternary and self.swis is None:       # dense: a full tile is the largest
+            return min(f_t, F) * c_t * kh * kw * self.w.dtype.itemsize
+        fb = np.minimum(np.arange(0, F + f_t, f_t), F)[:len(ranges(F, f_t)) + 1]
+        cb = np.minimum(np.arange(0, C + c_t, c_t), C)[:len(ranges(C, c_t)) + 1]
+        nf = np.diff(fb)[:, None]
+        if self.swis is not None:        # per filter tile, the sum of its filters' record bytes
+            best = 0
+            for g in {swis_groups(int(c), kh, kw) for c in np.diff(cb)}:
+                per = np.array([swis_filter_bytes(int(s), g) for s in self.swis.counts])
+                cum = np.concatenate([[0], per.cumsum()])
+                best = max(best, int((_pad4(nf[:, 0]) + _pad4(2 * nf[:, 0]) + cum[fb[1:]] - cum[fb[:-1]]).max()))
+            return best
+        p = self._cum2           # non-zeros of every (filter tile, channel tile) at once
+        nnz = p[fb[1:]][:, cb[1:]] - p[fb[:-1]][:, cb[1:]] - p[fb[1:]][:, cb[:-1]] + p[fb[:-1]][:, cb[:-1]]
+        size = 4 * nf + _pad4(2 * nf) + _pad4(2 * nnz) + _pad4((nnz + 3) // 4)     # ternary_block_bytes
+        return int(size.max())
+
+    def blocks(self, shape: ConvShape, s: Schedule) -> dict:
+        """``{(fi, ci): (bytes, steps counts or None)}`` of the blocks packed under ``s``:
+        ternary blocks carry their filters' non-zero counts in PE order (memoized on the
+        tiling and PE order; treat the result as read-only)."""
+        key = (shape, s.f_tile, s.c_tile, s.pe_order)
+        got = self._blocks.get(key)
+        if got is None:
+            got = self._blocks[key] = self._make_blocks(shape, s)
+        return got
+
+    def _make_blocks(self, shape: ConvShape, s: Schedule) -> dict:
+        out = {}
+        for fi, ci, fr, cr in weight_tiles(shape, s):
+            counts = None
+            if self.ternary and self.swis is None:
+                counts = self.tile_counts(fr, cr)
+                counts = counts[order_by_counts(counts, s.pe_order)]
+            out[(fi, ci)] = (self.block_bytes(fr, cr), counts)
+        return out

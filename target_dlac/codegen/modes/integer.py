@@ -1,0 +1,121 @@
+"""Codegen of the all-integer pipeline: int8 activations with per-tensor exponents.
+
+The same walk as :class:`target_dlac.codegen.generator.Codegen`; every op result becomes an int8
+tensor whose exponent comes from calibration (``stats``: Relax var -> largest |value|
+seen, see :func:`compiler.build.calibrate`), except ReLU and max-pool, which keep
+their input's exponent, and reshapes (views).  Graph inputs are quantized on dLAC
+(ALU ``quantize``), outputs and host-op inputs dequantized (ALU ``dequantize``).
+Layers with float weights (first and last, by default) get int8 weights with one
+scale per filter.  Every op is also emitted into the reference graph
+(:mod:`target_dlac.codegen.refgraph`) with the same integer parameters, so the TVM CPU build
+of that graph checks the interpreter exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from target_dlac.core.errors import CodegenError
+from passes.weight_quant import quantize_weight
+
+from target_dlac.codegen import composites as C
+from target_dlac.codegen.modes import intmath as Q
+from target_dlac.codegen.generator import Ref
+from target_dlac.codegen.modes.ref import RefCodegen
+from target_dlac.isa.encoding import INT8, epi_param_layout
+from target_dlac.codegen.lower import Elt, Epilogue
+
+
+class IntCodegen(RefCodegen):
+    def __init__(self, mod, machine, *, stats: dict, **kw):
+        super().__init__(mod, machine, **kw)
+        self.stats = stats
+
+    def _exp_of(self, var) -> int:
+        if var is None or var not in self.stats:
+            raise CodegenError(f"no calibration statistics for {getattr(var, 'name', var)}")
+        return Q.exponent(self.stats[var])
+
+    def _as_int(self, ref: Ref, var) -> Ref:
+        return ref if ref.dtype == "int8" else self._convert(ref, "quantize", self._exp_of(var))
+
+    # ---- hooks of the walk ------------------------------------------------------------
+    def _composite(self, fn, args, var):
+        args = [self._as_int(a, self.producer.get(a.name)) for a in args]
+        return super()._composite(fn, args, var)
+
+    def _out(self, var, spec, env) -> Ref:
+        """The int8 result: exponent from calibration, or the input's for max-pool and ReLU."""
+        if isinstance(spec, C.PoolSpec) and spec.mode == "max":
+            exp = env[spec.data].exp
+        elif isinstance(spec, C.EltSpec) and spec.op == "relu":
+            exp = env[spec.args[0]].exp
+        else:
+            exp = self._exp_of(var)
+        return self._alloc(var.name, spec.out_shape, "int8", exp=exp)
+
+    # ---- lowering ---------------------------------------------------------------------
+    def _layer_weights(self, spec: C.ConvSpec, x: Ref, out: Ref, res: Ref | None):
+        w, scale = spec.weight, spec.scale
+        if w.dtype.kind == "f":                       # float weights: int8, a scale per filter
+            w, s = quantize_weight(w, 0, "int8", 1)
+            scale = s.astype(np.float64) if scale is None else s * scale
+        if scale is None:
+            scale = np.ones(w.shape[0])
+        m, b, shift, rshift = Q.conv_params(scale, spec.bias, x.exp, out.exp,
+                                            None if res is None else res.exp, f"layer {spec.layer}")
+        lo, hi = Q.clip_bounds(spec.act, spec.lo, spec.hi, out.exp)
+        epi = Epilogue(True, spec.act, lo, hi, None if res is None else res.addr, shift, rshift)
+        groups = w.shape[0] if spec.depthwise else 1
+        self.rv[out.name] = self.graph.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
+                                           m, b, shift, None if res is None else self.rv[res.name],
+                                           rshift, lo, hi)
+        return w, [m, b], epi
+
+    def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
+        entry = super()._conv(spec, env, out)
+        if spec.weight.dtype.kind == "f":
+            entry["precision"] = "int8w"      # full-precision weights held as int8 (per filter)
+        return entry
+
+    def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
+        """int32 multipliers, then int64 biases at the offset of :func:`isa.epi_param_layout`."""
+        m, b = prm
+        _, boff, _ = epi_param_layout(f1 - f0, True, INT8)
+        head = m[f0:f1].astype("<i4").tobytes()
+        return head.ljust(boff, b"\0") + b[f0:f1].astype("<i8").tobytes()
+
+    def _pool_requant(self, spec: C.PoolSpec, x: Ref, out: Ref) -> tuple[int, int]:
+        if spec.mode == "max":
+            return 0, 0
+        if any(spec.pads) and not spec.count_pad:
+            raise CodegenError(f"{out.name}: average pooling with padding left out of the count "
+                               "has no integer lowering; use --activations fp32")
+        return Q.avg_params(spec.kernel[0] * spec.kernel[1], x.exp, out.exp)
+
+    def _pool(self, spec: C.PoolSpec, env, out: Ref) -> dict:
+        entry = super()._pool(spec, env, out)
+        x = env[spec.data]
+        if spec.mode == "max":
+            self.rv[out.name] = self.graph.max_pool(self.rv[x.name], spec.kernel, spec.strides, spec.pads)
+        else:
+            mult, shift = self._pool_requant(spec, x, out)
+            self.rv[out.name] = self.graph.avg_pool(self.rv[x.name], x.shape[1], spec.kernel, spec.strides,
+                                                  spec.pads, mult, shift, spec.out_shape)
+        return entry
+
+    def _elt_op(self, spec: C.EltSpec, refs: list, out: Ref) -> Elt:
+        if spec.op == "relu":
+            return Elt("relu", "int8")
+        return Elt(spec.op, "int8", *Q.add_params(refs[0].exp, refs[1].exp, out.exp))
+
+    def _elt(self, spec: C.EltSpec, env, out: Ref) -> dict:
+        if any(a not in env for a in spec.args):
+            raise CodegenError(f"{out.name}: constant operands of element-wise ops have no integer "
+                               "lowering; use --activations fp32")
+        entry = super()._elt(spec, env, out)
+        a = [self.rv[env[arg].name] for arg in spec.args]
+        e = self._elt_op(spec, [env[arg] for arg in spec.args], out)
+        self.rv[out.name] = (self.graph.relu(a[0]) if spec.op == "relu"
+                             else self.graph.add(a[0], a[1], e.sa, e.sb, e.shift, spec.op == "add_relu"))
+        return entry

@@ -1,0 +1,89 @@
+"""The all-integer pipeline: 8-bit dynamic fixed-point activations (papers.md section 2).
+
+Every int8 tensor carries one power-of-two exponent ``f``: its real value is
+``q * 2^-f``.  From calibration, ``f = 7 - ceil(log2(max|x|))`` (clamped to
+[-MAX_EXP, MAX_EXP]).  ReLU, max-pool and reshape keep their input's exponent.
+
+Integer ops, each with its exact definition (the interpreter and the Relax reference
+graph built by :class:`target_dlac.codegen.refgraph.RefGraph` both implement exactly these):
+
+* quantize (graph input): ``q = clip(floor(x * 2^f + 0.5), -128, 127)`` in float32;
+* layer: ``acc = sum x_q * w_q`` (int32); ``t = acc * M_c + B_c [+ res_q << R]`` (int64);
+  ``y = clip((t + 2^(s-1)) >> s, lo, hi)`` (arithmetic shift: round half up), with
+  ``M_c = round(scale_c * 2^(fy - fx + s))``, ``B_c = round(bias_c * 2^(fy + s))``,
+  ``R = fy - fr + s`` (the residual's exponent ``fr`` rescaled to the output's: this is
+  where inputs with different scales meet), ``lo = 0`` for ReLU, clip bounds
+  ``round(bound * 2^fy)``; ``s`` is the largest shift (<= 40) keeping ``|M| < 2^30``;
+* average pool: window sum (int64) then ``clip((sum * mult + 2^(s-1)) >> s)``,
+  ``mult = round(2^(fy - fx + s) / count)`` (windows of constant count only);
+* add: ``clip(((a << sa) + (b << sb) + 2^(s-1)) >> s)``, ``sa = fy - fa + s``,
+  ``sb = fy - fb + s``, ``s = max(1, fa - fy, fb - fy)``;
+* dequantize (graph output, host op inputs): ``x = q * 2^-f`` (exact in float32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from target_dlac.core.errors import CodegenError
+
+from target_dlac.binary.validate import MAX_SHIFT as SHIFT_LIMIT     # what the ISA accepts
+
+MAX_EXP = 30
+MAX_SHIFT = 40      # the largest requantization shift chosen
+
+
+def exponent(maxabs: float) -> int:
+    """Dynamic fixed-point exponent of a tensor whose largest magnitude is ``maxabs``."""
+    if not maxabs > 0 or not math.isfinite(maxabs):
+        return 0 if not maxabs > 0 else -MAX_EXP
+    return int(np.clip(7 - math.ceil(math.log2(maxabs)), -MAX_EXP, MAX_EXP))
+
+
+def _shift_for(largest: float) -> int:
+    """Largest right shift (1..MAX_SHIFT) with ``largest * 2^shift < 2^30``."""
+    if largest <= 0:
+        return MAX_SHIFT
+    return int(np.clip(29 - math.floor(math.log2(largest)), 1, MAX_SHIFT))
+
+
+def conv_params(scale, bias, fx: int, fy: int, fr: int | None, where: str):
+    """``(M int32[F], B int64[F], shift, rshift)`` of a layer's requantization (``scale``:
+    the real per-channel multiplier of the accumulator; the codegen always gives one)."""
+    bias = np.asarray(bias, np.float64)
+    mult = np.asarray(scale, np.float64) * 2.0 ** (fy - fx)
+    s = _shift_for(float(np.abs(mult).max()) if mult.size else 0.0)
+    m = np.rint(mult * 2.0 ** s).astype(np.int64)
+    if np.abs(m).max(initial=0) >= 2 ** 31:
+        raise CodegenError(f"{where}: requantization multiplier does not fit 32 bits")
+    b = np.rint(bias * 2.0 ** (fy + s))
+    if np.abs(b).max(initial=0) >= 2.0 ** 62:
+        raise CodegenError(f"{where}: bias does not fit the 64-bit requantization")
+    rshift = 0
+    if fr is not None:
+        rshift = fy - fr + s
+        if not 0 <= rshift <= SHIFT_LIMIT:
+            raise CodegenError(f"{where}: residual exponent {fr} cannot be rescaled to {fy}")
+    return m.astype(np.int32), b.astype(np.int64), s, rshift
+
+
+def avg_params(count: int, fx: int, fy: int) -> tuple[int, int]:
+    real = 2.0 ** (fy - fx) / count
+    s = _shift_for(real)
+    return int(round(real * 2.0 ** s)), s
+
+
+def add_params(fa: int, fb: int, fy: int) -> tuple[int, int, int]:
+    s = max(1, fa - fy, fb - fy)
+    return fy - fa + s, fy - fb + s, s
+
+
+def clip_bounds(act: str, lo: float, hi: float, fy: int) -> tuple[int, int]:
+    if act == "relu":
+        return 0, 127
+    if act == "clip":
+        return (int(np.clip(round(lo * 2.0 ** fy), -128, 127)),
+                int(np.clip(round(hi * 2.0 ** fy), -128, 127)))
+    return -128, 127

@@ -1,0 +1,8 @@
+"""The ISA: what the machine is and what it executes.  Imports ``core`` only.
+
+- ``machine``: :class:`Machine`, the one configuration every width and size derives from;
+- ``encoding``: instructions, their fields and binary encoding (``FORMATS``), disassembly;
+- ``cycles``: the cycle cost of each instruction (the machine model of docs/machine.md);
+- ``blocks``: weight block formats (ternary bitplanes, SWIS groups) and their sizes;
+- ``limits``: bounds on work and memory per program, instruction and run.
+"""

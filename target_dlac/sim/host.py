@@ -1,0 +1,102 @@
+"""Host side of a program: ops dLAC does not run (``HOST``) and the ``--check`` reference.
+
+Both sections hold a Relax graph in dlac's closed graph format
+(:mod:`target_dlac.binary.hostgraph`): decompressed under a size cap, checked op by op against
+the vocabulary with plain Python, rebuilt with ``relax.BlockBuilder`` and only then
+built with ``tvm.compile(..., "llvm")``.  Nothing in a file names a function to call,
+TVM's own serialization is never loaded, and TVM is imported only when one of the
+sections is needed: a binary placed wholly on dLAC runs with NumPy alone.
+
+Before a host op runs, its function's parameters and result are checked against the
+tensor table (shapes and dtypes), so the VM never sees an argument it was not built for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from target_dlac.core.errors import BinaryFormatError, ReferenceBuildError
+
+from target_dlac.binary import hostgraph
+from target_dlac.sim.cpu_build import CpuBuild, build_vm
+
+
+def load_module(blob: bytes, section: str):
+    """The section's graph as a Relax module (checked; see :mod:`target_dlac.binary.hostgraph`)."""
+    return hostgraph.decode(blob, section)
+
+
+class HostRunner:
+    """Callable ``(index, dram)`` for the interpreter's ``HOST`` instruction."""
+
+    def __init__(self, program):
+        import tvm
+
+        self.p = program
+        mod = load_module(program.host, "HOST")
+        self._check_signatures(mod)
+        self.vm = build_vm(mod, "host ops")
+        self._tensor = tvm.runtime.tensor
+
+    def _check_signatures(self, mod) -> None:
+        from tvm import relax
+
+        from target_dlac.core.ir import dtype_of, shape_of
+
+        funcs = {gv.name_hint: fn for gv, fn in mod.functions_items()}
+        for i, entry in enumerate(self.p.meta.get("host_ops", [])):
+            where = f"META host_ops[{i}]"
+            fn = funcs.get(entry["func"])
+            if fn is None:
+                raise BinaryFormatError(f"{where}: function {str(entry['func'])[:40]!r} is not in the host graph",
+                                        section="HOST")
+            if len(fn.params) != len(entry["inputs"]):
+                raise BinaryFormatError(f"{where}: {entry['func']} takes {len(fn.params)} tensors, the entry "
+                                        f"gives {len(entry['inputs'])}", section="HOST")
+            for p, name in zip(fn.params, entry["inputs"]):
+                self._same(p.ty, shape_of(p), dtype_of(p), name, where)
+            ret = fn.ty.ret if hasattr(fn.ty, "ret") else fn.body.ty
+            if not isinstance(ret, relax.TensorType) or len(entry["outputs"]) != 1:
+                raise BinaryFormatError(f"{where}: {entry['func']} must return one tensor", section="HOST")
+            self._same(ret, shape_of(fn.body), dtype_of(fn.body), entry["outputs"][0], where)
+
+    def _same(self, ty, shape, dtype, name, where) -> None:
+        try:
+            t = self.p.tensor(name)
+        except KeyError:
+            raise BinaryFormatError(f"{where}: tensor {str(name)[:40]!r} is not in the tensor table",
+                                    section="HOST") from None
+        if shape is None or tuple(shape) != tuple(t.shape) or dtype != t.dtype:
+            raise BinaryFormatError(f"{where}: tensor {t.name!r} is {t.dtype}{list(t.shape)} in the tensor "
+                                    f"table, {dtype}{list(shape or [])} in the host graph", section="HOST")
+
+    def __call__(self, index: int, dram: np.ndarray) -> None:
+        entry = self.p.meta["host_ops"][index]
+        args = []
+        for name in entry["inputs"]:
+            t = self.p.tensor(name)
+            raw = dram[t.addr:t.addr + t.nbytes].view(np.dtype(t.dtype)).reshape(t.shape)
+            args.append(self._tensor(np.array(raw, order="C")))      # keeps 0-d (scalar) shapes
+        out = self.vm[entry["func"]](*args)
+        t = self.p.tensor(entry["outputs"][0])
+        val = np.ascontiguousarray(out.numpy(), dtype=t.dtype)
+        if val.nbytes != t.nbytes:
+            raise ReferenceBuildError(f"host op {entry['func']} returned {val.shape}, expected {t.shape}")
+        dram[t.addr:t.addr + t.nbytes] = val.view(np.uint8).reshape(-1)
+
+
+def reference_module(program):
+    """The binary's REF graph as a Relax module."""
+    if program.reference is None:
+        raise BinaryFormatError("this binary has no REF section (compiled with --no-reference); "
+                                "--check needs it", section="REF")
+    g = hostgraph.parse(program.reference, "REF")
+    if not any(f["name"] == "main" for f in g.doc["functions"]):
+        raise BinaryFormatError("the reference graph has no function 'main'", section="REF")
+    return hostgraph.build(g)
+
+
+def reference_outputs(program, inputs: dict) -> list[np.ndarray]:
+    """Run the binary's REF graph (the quantized Relax graph) on the TVM CPU build."""
+    mod = reference_module(program)
+    return CpuBuild(mod, "reference graph")({name: inputs[name] for name in program.meta.get("input_names", inputs)})

@@ -1,0 +1,458 @@
+"""The dLAC ISA interpreter: executes a program one instruction at a time on simulated
+DRAM and on-chip buffers (INP, WGT, ACC), each instruction vectorized with NumPy,
+and places every instruction on the load/compute/store timeline.  Activations are
+float32, float16 (stored; float32 arithmetic inside an op) or int8 (int32 accumulators,
+integer requantization), per instruction (field ``dtype``).
+
+Before anything runs, every instruction passes the static checks of
+:func:`target_dlac.binary.validate.first_insn_problem` (codes defined, tile geometry, ranges
+inside their memories); at run time every access is bounds-checked again, with what
+only the data tells (a weight block's length), and an error names the pc, the
+instruction and the buffer.  The ISA has no branches, so a run executes each
+instruction at most once and always terminates; the static checks include the budgets of
+:mod:`target_dlac.isa.limits` (work and temporary memory per instruction, work per run), so
+it also terminates soon, in bounded memory: the DRAM image is at most
+``limits.MAX_DRAM_BYTES``, the cache of decoded weight blocks at most
+``limits.MAX_WEIGHT_CACHE_BYTES``, and a run keeps a few numbers per instruction.
+
+Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
+:class:`target_dlac.sim.report.RunReport`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
+from target_dlac.core.errors import ConfigError, DlacError, ExecutionError
+
+from target_dlac.isa import cycles
+from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
+    MAX_WEIGHT_CACHE_BYTES, block_decode_budget, block_key_budget, insn_budget
+from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, disassemble, \
+    epi_param_layout, s32
+from target_dlac.isa.blocks import BlockError, swis_block_bytes, swis_counts, swis_groups, ternary_block_bytes, \
+    ternary_counts, unpack_swis, unpack_ternary
+from target_dlac.binary.program import Program
+from target_dlac.sim.report import InsnRecord, RunReport, build_report, conv_stats
+from target_dlac.sim.timeline import Timeline
+from target_dlac.binary.validate import first_insn_problem
+
+F32 = np.dtype("<f4")
+F16 = np.dtype("<f2")
+FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
+WBYTES = (4, 1)            # bytes per weight of each MAC weight format (isa.WFMTS)
+#: Largest |value| of the int64 requantization sum before its shift (no silent wrap-around).
+INT64_LIMIT = 2 ** 62
+
+
+class Interpreter:
+    def __init__(self, program: Program, *, check_races: bool = True):
+        self.p = program
+        self.m = program.machine
+        self.check_races = check_races
+        self._race_signature = None      # Timeline.signature() of the last race-checked run
+        self._wcache: dict = {}      # decoded ternary / SWIS blocks, keyed by their bytes
+        self._wcache_bytes = 0       # their keys' and matrices' bytes (<= MAX_WEIGHT_CACHE_BYTES)
+        self.run_work = self.insn_work = self.insn_temp = 0     # budgets used (limits)
+        found = first_insn_problem(program)
+        if found:
+            pc, problem = found
+            raise ExecutionError(problem, pc=pc, insn=disassemble(program.insns[pc]))
+
+    @property
+    def text(self) -> str:
+        """Disassembly of the executing instruction (for error messages only)."""
+        return disassemble(self.ins)
+
+    # ---- memory ------------------------------------------------------------------------
+    def _reset(self):
+        m = self.m
+        if not 0 < self.p.dram_bytes <= MAX_DRAM_BYTES:      # (validation refuses it in a file)
+            raise ExecutionError(f"the program's {self.p.dram_bytes}-byte DRAM image is not in "
+                                 f"(0, {MAX_DRAM_BYTES}] (limits.MAX_DRAM_BYTES)")
+        try:
+            dram = np.zeros(self.p.dram_bytes, np.uint8)
+        except MemoryError:
+            raise ExecutionError(f"cannot allocate the program's {self.p.dram_bytes}-byte DRAM image "
+                                 "on this host") from None
+        self.mem = {"DRAM": dram,
+                    "INP": np.zeros(m.inp_bytes, np.uint8),
+                    "WGT": np.zeros(m.wgt_bytes, np.uint8),
+                    "ACC": np.zeros(m.acc_bytes, np.uint8)}
+        consts = np.frombuffer(self.p.constants, np.uint8)
+        self.mem["DRAM"][:len(consts)] = consts
+
+    def _span(self, mem: str, lo: int, nbytes: int, what: str) -> tuple[int, int]:
+        size = len(self.mem[mem])
+        if lo < 0 or nbytes < 0 or lo + nbytes > size:
+            raise ExecutionError(f"{what} [{lo}, {lo + nbytes}) is outside {mem} ({size} bytes)",
+                                 pc=self.pc, insn=self.text)
+        if lo % 4 and what != "DMA":
+            raise ExecutionError(f"{what} address {lo} in {mem} is not 4-byte aligned",
+                                 pc=self.pc, insn=self.text)
+        return lo, lo + nbytes
+
+    def _arr(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
+        self.acc.append((mem, a, b, False))
+        return self.mem[mem][a:b].view(dtype).reshape(shape)
+
+    def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
+        return self._arr(mem, lo, shape, F32, what)
+
+    def _put(self, mem: str, lo: int, value: np.ndarray, what: str):
+        value = np.ascontiguousarray(value)
+        a, b = self._span(mem, lo, value.nbytes, what)
+        self.acc.append((mem, a, b, True))
+        self.mem[mem][a:b] = value.reshape(-1).view(np.uint8)
+
+    def _fail(self, msg: str):
+        raise ExecutionError(msg, pc=self.pc, insn=self.text)
+
+    def _charge(self, work: int, temp: int = 0, what: str | None = None):
+        """Add ``work`` element operations and ``temp`` temporary bytes to the executing
+        instruction and both to the run (:mod:`target_dlac.isa.limits`); past a budget, fail at
+        this pc (``what``: the run-time part being charged, for the message)."""
+        self.insn_work += work
+        self.insn_temp += temp
+        self.run_work += work + temp
+        part = f" ({what} included)" if what else ""
+        if self.insn_work > MAX_INSN_WORK:
+            self._fail(f"the instruction needs {self.insn_work:,} element operations{part}, over the "
+                       f"budget of {MAX_INSN_WORK:,} per instruction (limits.MAX_INSN_WORK)")
+        if self.insn_temp > MAX_INSN_TEMP_BYTES:
+            self._fail(f"the instruction needs {self.insn_temp:,} bytes of temporary memory{part}, over "
+                       f"the budget of {MAX_INSN_TEMP_BYTES:,} per instruction (limits.MAX_INSN_TEMP_BYTES)")
+        if self.run_work > MAX_RUN_WORK:
+            self._fail(f"the run reaches {self.run_work:,} (element operations and temporary bytes) "
+                       f"here{part}, over the budget of {MAX_RUN_WORK:,} per run (limits.MAX_RUN_WORK)")
+
+    # ---- instructions ------------------------------------------------------------------
+    def _dma(self, ins: Insn):
+        f = ins.f
+        buf = BUFFERS[f["buf"]]
+        y, x = f["y"], f["x"]
+        if y == 0 or x == 0:
+            return
+        load = ins.op == "LOAD"
+        src_mem, src, s_stride = ("DRAM", f["dram"], f["dram_stride"]) if load else (buf, f["sram"], f["sram_stride"])
+        dst_mem, dst, d_stride = (buf, f["sram"], f["sram_stride"]) if load else ("DRAM", f["dram"], f["dram_stride"])
+        for mem, lo, stride, w in ((src_mem, src, s_stride, False), (dst_mem, dst, d_stride, True)):
+            a, b = self._span(mem, lo, (y - 1) * stride + x, "DMA")
+            self.acc.append((mem, a, b, w))
+        s = self.mem[src_mem]
+        d = self.mem[dst_mem]
+        if (s_stride == x or y == 1) and (d_stride == x or y == 1):
+            d[dst:dst + y * x] = s[src:src + y * x]
+        else:
+            sv = as_strided(s[src:], shape=(y, x), strides=(s_stride, 1), writeable=False)
+            dv = as_strided(d[dst:], shape=(y, x), strides=(d_stride, 1))
+            dv[...] = sv
+
+    def _input_tile(self, f) -> np.ndarray:
+        dt = np.int8 if f["dtype"] == INT8 else FLOAT_TYPES[f["dtype"]]
+        x = self._arr("INP", f["inp"], (f["c"], f["h"], f["w"]), dt, "input tile")
+        if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
+            x = x.astype(F32)
+        if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
+            x = np.pad(x, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
+        return x
+
+    def _cols(self, x: np.ndarray, f) -> np.ndarray:
+        """[c, kh*kw, oh*ow] windows of the padded tile."""
+        kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
+        c = x.shape[0]
+        if kh == 1 and kw == 1:
+            return x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(c, 1, oh * ow)
+        win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+        return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
+
+    def _weights(self, ins: Insn, k: int):
+        """The weight block of a TACC/MAC/SACC as a dense float32 ``[f, k]`` matrix (and the
+        non-zero counts (TACC) or shift counts (SACC) of its filters in PE order).  The
+        block's length comes from its header; decoding a ternary or SWIS block is memoized
+        on the block's bytes, so a block loaded again (next tile, next run) is decoded once
+        (the oldest entries go beyond ``limits.MAX_WEIGHT_CACHE_BYTES``)."""
+        f = ins.f
+        addr, nf = f["wgt"], f["f"]
+        wgt = self.mem["WGT"]
+        try:
+            if ins.op == "TACC":
+                hi = addr + ternary_block_bytes(nf, int(ternary_counts(wgt, addr, nf).sum()))
+            elif ins.op == "SACC":
+                hi = addr + swis_block_bytes(swis_counts(wgt, addr, nf), swis_groups(f["c"], f["kh"], f["kw"]))
+            else:
+                hi = addr + WBYTES[f["wfmt"]] * nf * k
+        except BlockError as e:
+            self._fail(f"WGT[{addr:#x}]: {e}")
+        a, b = self._span("WGT", addr, hi - addr, "weight block")
+        self.acc.append(("WGT", a, b, False))
+        if ins.op == "MAC":             # dense: nothing to decode
+            if f["wfmt"] == 1:
+                return wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None
+            return wgt[a:b].view(F32).reshape(nf, k).copy(), None
+        self._charge(*block_key_budget(b - a), what="hashing its weight block")
+        key = (ins.op, nf, k, f["c"], f["kh"], f["kw"], wgt[a:b].tobytes())
+        hit = self._wcache.get(key)
+        if hit is None:
+            try:
+                if ins.op == "TACC":
+                    counts = ternary_counts(wgt, addr, nf)
+                    self._charge(*block_decode_budget("TACC", b - a, int(counts.sum())),
+                                 what="decoding its ternary block")
+                    hit = unpack_ternary(wgt, addr, nf, k)
+                else:
+                    counts = swis_counts(wgt, addr, nf)
+                    groups = swis_groups(f["c"], f["kh"], f["kw"])
+                    self._charge(*block_decode_budget("SACC", b - a, 0, nf, groups,
+                                                      int(counts.max(initial=0))),
+                                 what="decoding its SWIS block")
+                    hit = unpack_swis(wgt, addr, nf, f["c"], f["kh"], f["kw"])[:2]
+            except BlockError as e:
+                self._fail(f"WGT[{addr:#x}]: {e}")
+            self._remember(key, hit)
+        return hit
+
+    def _remember(self, key: tuple, hit: tuple):
+        """Cache a decoded block, evicting the oldest entries to stay within
+        ``limits.MAX_WEIGHT_CACHE_BYTES`` (a block larger than that is not cached)."""
+        size = len(key[-1]) + hit[0].nbytes + hit[1].nbytes
+        if size > MAX_WEIGHT_CACHE_BYTES:
+            return
+        cache = self._wcache
+        while cache and self._wcache_bytes + size > MAX_WEIGHT_CACHE_BYTES:
+            old_key = next(iter(cache))
+            old = cache.pop(old_key)
+            self._wcache_bytes -= len(old_key[-1]) + old[0].nbytes + old[1].nbytes
+        cache[key] = hit
+        self._wcache_bytes += size
+
+    def _conv(self, ins: Insn):
+        f = ins.f
+        integer = f["dtype"] == INT8
+        x = self._input_tile(f)
+        cols = self._cols(x, f)
+        kk = f["kh"] * f["kw"]
+        k = kk if f["depthwise"] else f["c"] * kk
+        w, counts = self._weights(ins, k)
+        if integer:       # exact: |partial sums| <= 127 * 127 * 65536 < 2^53
+            cols, w = cols.astype(np.float64), w.astype(np.float64)
+        if f["depthwise"]:
+            out = np.einsum("fk,fkp->fp", w, cols)
+        else:
+            out = w @ cols.reshape(k, -1)
+        shape = (f["f"], f["oh"] * f["ow"])
+        if integer:
+            out = np.rint(out).astype(np.int64)
+            if f["accumulate"]:
+                out += self._arr("ACC", f["acc"], shape, np.int32, "accumulator tile")
+            if out.size and (out.max() > 2 ** 31 - 1 or out.min() < -2 ** 31):
+                self._fail("int32 accumulator overflow")
+            self._put("ACC", f["acc"], out.astype(np.int32), "accumulator tile")
+            return counts
+        if f["accumulate"]:
+            out = self._f32("ACC", f["acc"], shape, "accumulator tile") + out
+        self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
+        return counts
+
+    def _requant(self, t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+        """``clip((t + 2^(shift-1)) >> shift, lo, hi)`` in int64 (round half up), as int8."""
+        if t.size and np.abs(t).max() >= INT64_LIMIT:
+            self._fail("int64 requantization sum out of range (a multiplier, bias or shift is too large)")
+        if shift:
+            t = (t + (1 << (shift - 1))) >> shift
+        return np.clip(t, lo, hi).astype(np.int8)
+
+    def _epi(self, ins: Insn):
+        f = ins.f
+        nf, p = f["f"], f["p"]
+        act = ACTS[f["act"]]
+        _, boff, nbytes = epi_param_layout(nf, f["has_scale"], f["dtype"])
+        if f["dtype"] == INT8:
+            t = self._arr("ACC", f["acc"], (nf, p), np.int32, "accumulator tile").astype(np.int64)
+            if f["has_scale"]:
+                t *= self._arr("WGT", f["prm"], (nf,), np.int32, "epilogue multipliers")[:, None]
+            t += self._arr("WGT", f["prm"] + boff, (nf,), np.int64, "epilogue biases")[:, None]
+            if f["has_res"]:
+                res = self._arr("INP", f["res"], (nf, p), np.int8, "residual tile").astype(np.int64)
+                t += res << f["rshift"]
+            lo, hi = -128, 127
+            if act == "relu":
+                lo = 0
+            elif act == "clip":
+                lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
+            self._put("ACC", f["dst"], self._requant(t, f["shift"], lo, hi), "epilogue output")
+            return
+        fdt = FLOAT_TYPES[f["dtype"]]
+        y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
+        if f["has_scale"]:
+            y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[:, None]
+        y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[:, None]
+        if f["has_res"]:
+            y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
+        if act == "relu":
+            np.maximum(y, 0, out=y)
+        elif act == "clip":
+            np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
+        self._put("ACC", f["dst"], y.astype(fdt), "epilogue output")
+
+    def _pool(self, ins: Insn):
+        f = ins.f
+        c, h, w, oh, ow = f["c"], f["h"], f["w"], f["oh"], f["ow"]
+        kh, kw, sh, sw = f["kh"], f["kw"], f["sh"], f["sw"]
+        integer = f["dtype"] == INT8
+        odt = np.int8 if integer else FLOAT_TYPES[f["dtype"]]
+        x = self._arr("INP", f["src"], (c, h, w), odt, "pool input")
+        if odt == F16:
+            x = x.astype(F32)
+        pads = ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
+        mode = POOL_MODES[f["mode"]]
+
+        def windows(a):
+            return sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+
+        if mode == "max":
+            xp = np.pad(x, pads, constant_values=-128 if integer else -np.inf)
+            out = windows(xp).max(axis=(3, 4))
+        elif integer:       # window sum, then the multiplier/shift requantization
+            total = windows(np.pad(x, pads).astype(np.int64)).sum(axis=(3, 4))
+            out = self._requant(total * f["mult"], f["shift"], -128, 127)
+        else:
+            out = windows(np.pad(x, pads)).sum(axis=(3, 4), dtype=np.float32)
+            if f["count_pad"]:
+                out /= np.float32(kh * kw)
+            else:
+                ones = np.pad(np.ones((1, h, w), np.float32), pads)
+                out /= np.maximum(windows(ones).sum(axis=(3, 4)), 1)
+        self._put("ACC", f["dst"], out.astype(odt), "pool output")
+
+    def _alu(self, ins: Insn):
+        f = ins.f
+        op, n = ALU_OPS[f["op"]], f["n"]
+        exp = f["exp"] - EXP_BIAS
+        if op == "quantize":        # float32 -> int8: clip(floor(a * 2^exp + 0.5))
+            a = self._f32("INP", f["a"], (n,), "ALU operand a")
+            q = np.floor(a * np.float32(2.0 ** exp) + np.float32(0.5))
+            self._put("ACC", f["dst"], np.clip(q, -128, 127).astype(np.int8), "ALU output")
+            return
+        if op == "dequantize":      # int8 -> float32: a * 2^-exp
+            a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a")
+            self._put("ACC", f["dst"], a.astype(F32) * np.float32(2.0 ** -exp), "ALU output")
+            return
+        if op in ("narrow", "widen"):       # float32 <-> float16 (round to nearest even)
+            src, dst = (F32, F16) if op == "narrow" else (F16, F32)
+            a = self._arr("INP", f["a"], (n,), src, "ALU operand a")
+            self._put("ACC", f["dst"], a.astype(dst), "ALU output")
+            return
+        if f["dtype"] == INT8:
+            a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a").astype(np.int64)
+            if op == "relu":
+                out = np.maximum(a, 0).astype(np.int8)
+            else:
+                b = self._arr("INP", f["b"], (n,), np.int8, "ALU operand b").astype(np.int64)
+                out = self._requant((a << f["sa"]) + (b << f["sb"]), f["shift"],
+                                    0 if op == "add_relu" else -128, 127)
+            self._put("ACC", f["dst"], out, "ALU output")
+            return
+        fdt = FLOAT_TYPES[f["dtype"]]
+        a = self._arr("INP", f["a"], (n,), fdt, "ALU operand a").astype(F32)
+        if op == "relu":
+            out = np.maximum(a, 0)
+        else:
+            out = a + self._arr("INP", f["b"], (n,), fdt, "ALU operand b").astype(F32)
+            if op == "add_relu":
+                np.maximum(out, 0, out=out)
+        self._put("ACC", f["dst"], out.astype(fdt), "ALU output")
+
+    # ---- run ---------------------------------------------------------------------------
+    def run(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, RunReport]:
+        p = self.p
+        self._reset()
+        self._write_inputs(inputs)
+        # The race check runs in full on the first run; a later run records its steps and
+        # is checked only if they differ from the checked run's (the timeline depends on the
+        # instruction stream and the weight blocks, so for real programs it never does).
+        deferred = self.check_races and self._race_signature is not None
+        tl = Timeline(self.check_races and not deferred, record=self.check_races)
+        dense_tl = Timeline(False)
+        records: list[InsnRecord] = []
+        n = len(p.insns)
+        halted = False
+        self.run_work = 0
+        for pc, ins in enumerate(p.insns):
+            self.pc, self.ins, self.acc = pc, ins, []
+            self.insn_work = self.insn_temp = 0
+            self._charge(*insn_budget(ins))     # within budget: validation checked it up front
+            op = ins.op
+            counts = None
+            if op in ("LOAD", "STORE"):
+                self._dma(ins)
+            elif op in ("TACC", "MAC", "SACC"):
+                counts = self._conv(ins)
+            elif op == "EPI":
+                self._epi(ins)
+            elif op == "POOL":
+                self._pool(ins)
+            elif op == "ALU":
+                self._alu(ins)
+            elif op == "HOST":
+                if host_runner is None:
+                    self._fail("this program has host ops; run it through `dlac run` (which builds "
+                               "them with TVM) or pass host_runner")
+                try:
+                    host_runner(ins.f["index"], self.mem["DRAM"])
+                except DlacError:
+                    raise
+                except Exception as e:          # TVM's error in a host op, named by its pc
+                    self._fail(f"host op {ins.f['index']} failed: {type(e).__name__}: "
+                               f"{str(e).strip()[:300]}")
+            elif op == "HALT":
+                halted = True
+            cyc = cycles.cost(ins, self.m, counts)
+            dense = cycles.dense_cycles(ins, self.m) if op in ("TACC", "SACC") else cyc
+            deps = (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next)
+            slot = tl.step(pc, ins.unit, deps, cyc, self.acc, ins)
+            dslot = dense_tl.step(pc, ins.unit, deps, dense, (), ins)
+            stats = conv_stats(ins, self.m, counts) if op in ("TACC", "MAC", "SACC") else None
+            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats))
+            if progress and pc % 2000 == 0:
+                progress(pc, n)
+            if halted:
+                break
+        if not halted:
+            raise ExecutionError("the program ended without HALT", pc=n - 1 if n else 0)
+        if self.check_races:
+            sig = tl.signature()
+            if deferred and sig != self._race_signature:
+                Timeline.check_steps(tl.steps)
+            self._race_signature = sig
+        outputs = {t.name: self._read(t) for t in p.outputs}
+        return outputs, build_report(p, records)
+
+    def _write_inputs(self, inputs: dict):
+        want = {t.name: t for t in self.p.inputs}
+        missing = sorted(set(want) - set(inputs))
+        extra = sorted(set(inputs) - set(want))
+        if missing or extra:
+            raise ConfigError(f"inputs: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+                              f"the program takes {sorted(want)}")
+        for name, t in want.items():
+            a = np.asarray(inputs[name])
+            if tuple(a.shape) != tuple(t.shape):
+                raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
+                                  f"compiled for {tuple(t.shape)}")
+            a = np.ascontiguousarray(a, dtype=t.dtype)
+            self.mem["DRAM"][t.addr:t.addr + t.nbytes] = a.view(np.uint8).reshape(-1)
+
+    def _read(self, t) -> np.ndarray:
+        raw = self.mem["DRAM"][t.addr:t.addr + t.nbytes]
+        return raw.view(np.dtype(t.dtype).newbyteorder("<")).reshape(t.shape).copy()
+
+
+def run(program: Program, inputs: dict, *, host_runner=None, check_races: bool = True,
+        progress=None) -> tuple[dict, RunReport]:
+    """Execute ``program`` on ``inputs`` (name -> array); returns (outputs, report)."""
+    return Interpreter(program, check_races=check_races).run(inputs, host_runner, progress)
+

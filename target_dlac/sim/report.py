@@ -1,0 +1,229 @@
+"""Per-layer and total results of a run: cycles on the timeline and what they mean.
+
+For each layer (a pc range recorded by the codegen in the binary's metadata):
+
+* ``cycles``: end of the layer's last instruction minus the end of the previous
+  layer's (layers end with ``SYNC``, so these add up to the total);
+* ``compute``: busy cycles of the compute unit; ``load_stall``: cycles the compute
+  unit waited for a load token; ``store_stall``: the rest (waiting for stores to free
+  an accumulator slot, plus draining the last stores);
+* ``dense_macs``: multiply-accumulates of the layer with every weight present;
+  ``issued_macs``: those issued (non-zero weights only for ternary layers);
+* ``zero_skip_speedup``: cycles of the same program with every weight issued (the
+  same timeline with ``TACC`` costed as ``MAC``) divided by ``cycles``;
+* ``load_balance``: work done over work paid for in ternary (SWIS) steps: the sum of
+  the filters' non-zero (shift) counts over the sum of (filters x the largest count)
+  of every group of filters that ran together (1.0 = perfectly balanced);
+* ``lower_bound_cycles`` = max(issued MACs / MAC lanes, minimum DRAM bytes read /
+  bandwidth, bytes written / bandwidth) (the load and store units have separate DRAM
+  read and write channels, each at ``dram_bytes_per_cycle``; a conv's minimum read is
+  the input it touches, its weights and its residual) and ``pct_of_bound`` = 100 * cycles / lower bound (for SWIS layers the
+  compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
+* ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
+  ``tflops_per_mm2``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import asdict, dataclass, field
+from itertools import accumulate
+
+import numpy as np
+
+from target_dlac.isa import cycles
+from target_dlac.isa.encoding import Insn
+from target_dlac.sim.timeline import Slot
+
+
+@dataclass
+class InsnRecord:
+    ins: Insn
+    cycles: int
+    slot: Slot
+    dense_end: int
+    counts: np.ndarray | None = None
+    #: :func:`conv_stats` of a conv instruction, computed when it ran (the interpreter keeps
+    #: these few numbers instead of the per-filter ``counts``: a record's size is bounded)
+    stats: tuple | None = None
+
+
+@dataclass
+class LayerReport:
+    name: str
+    op: str
+    precision: str
+    pc_start: int
+    pc_end: int
+    cycles: int = 0
+    compute: int = 0
+    load_stall: int = 0
+    store_stall: int = 0
+    dense_macs: int = 0
+    issued_macs: int = 0
+    dense_cycles: int = 0
+    zero_skip_speedup: float = 1.0
+    load_balance: float = 1.0
+    lower_bound_cycles: int = 0
+    pct_of_bound: float = 0.0
+    dram_bytes: int = 0
+    instructions: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunReport:
+    machine: dict
+    cycles: dict
+    layers: list[LayerReport]
+    host_ops: int = 0
+    seconds: float = 0.0
+    tflops_equiv: float = 0.0
+    tflops_per_mm2: float = 0.0
+    instructions: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"cycles": self.cycles, "layers": [l.to_dict() for l in self.layers],
+                "machine": self.machine, "host_ops": self.host_ops, "seconds": self.seconds,
+                "tflops_equiv": self.tflops_equiv, "tflops_per_mm2": self.tflops_per_mm2,
+                "instructions": self.instructions, **self.extra}
+
+    def table(self) -> str:
+        head = (f"{'layer':<24} {'op':<11} {'prec':<7} {'cycles':>10} {'compute':>9} {'ld stall':>9} "
+                f"{'st stall':>9} {'skip x':>6} {'bal':>5} {'bound':>9} {'%bound':>7}")
+        lines = [head]
+        for l in self.layers:
+            lines.append(f"{l.name[:24]:<24} {l.op[:11]:<11} {l.precision[:7]:<7} {l.cycles:>10,} "
+                         f"{l.compute:>9,} {l.load_stall:>9,} {l.store_stall:>9,} "
+                         f"{l.zero_skip_speedup:>6.2f} {l.load_balance:>5.2f} "
+                         f"{l.lower_bound_cycles:>9,} {l.pct_of_bound:>6.0f}%")
+        c = self.cycles
+        lines.append(f"{'total':<24} {'':<11} {'':<7} {c['total']:>10,} {c['compute']:>9,} "
+                     f"{c['load_stall']:>9,} {c['store_stall']:>9,}")
+        lines.append(f"{self.seconds * 1e6:.1f} us at {self.machine['clock_mhz']:g} MHz; "
+                     f"{self.tflops_equiv:.3f} dense-equivalent TFLOP/s, "
+                     f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2"
+                     + (f"; {self.host_ops} host op(s) not in the cycle count" if self.host_ops else ""))
+        return "\n".join(lines)
+
+
+def conv_stats(ins: Insn, m, counts) -> tuple:
+    """``(dense_macs, issued_macs, work, done, paid)`` of a TACC / MAC / SACC: its MACs with
+    every weight present and as issued, its useful PE-cycles (:func:`cycles.pe_work`), and
+    the steps done and paid for by its filter groups (the load balance)."""
+    px = ins.f["oh"] * ins.f["ow"]
+    k = cycles.weights_per_filter(ins)
+    dense = ins.f["f"] * k * px
+    work = cycles.pe_work(ins, m, counts)
+    if ins.op == "MAC":
+        return dense, dense, work, 0, 0
+    # TACC / SACC: the steps each filter takes, as the cost counts them
+    steps = cycles.filter_steps(ins, m, counts)
+    issued = (int(np.sum(counts)) if ins.op == "TACC" else ins.f["f"] * k) * px
+    npass = cycles.passes(ins, m)
+    ncols = cycles.grid(ins, m)[1]
+    pad = (-len(steps)) % ncols
+    groups = np.concatenate([steps, np.full(pad, -1)]).reshape(-1, ncols)
+    sizes = (groups >= 0).sum(axis=1)
+    return (dense, issued, work, npass * int(steps.sum()),
+            npass * int((sizes * groups.max(axis=1)).sum()))
+
+
+_STATS = ("dense_macs", "issued_macs", "work", "done", "paid")
+
+
+def _per_insn(records: list[InsnRecord], m) -> dict[str, list]:
+    """What each instruction adds to its layers' sums, one list per quantity, indexed by pc
+    (computed once per instruction, whatever the number of layers that contain it)."""
+    cols = {k: [0] * len(records) for k in ("compute", "load_stall") + _STATS}
+    for pc, r in enumerate(records):
+        ins = r.ins
+        if ins.unit == "compute":
+            cols["compute"][pc] = r.cycles
+            cols["load_stall"][pc] = r.slot.load_stall
+        if ins.op not in ("TACC", "MAC", "SACC"):
+            continue
+        stats = r.stats if r.stats is not None else conv_stats(ins, m, r.counts)
+        for k, v in zip(_STATS, stats):
+            cols[k][pc] = v
+    return cols
+
+
+def _range_max(values: list, ranges: list[tuple[int, int]]) -> list:
+    """``max(values[a:b])`` for every ``(a, b)`` with ``a < b`` (``None`` if empty), offline:
+    the ranges in order of ``b``, a stack of the suffix maxima of ``values[:b]`` and a
+    binary search for ``a``.  O((n + q) log n) for any overlap of the ranges."""
+    out = [None] * len(ranges)
+    idx: list[int] = []         # positions of the suffix maxima, increasing
+    val: list = []              # their values, strictly decreasing
+    pos = 0
+    for q in sorted(range(len(ranges)), key=lambda q: ranges[q][1]):
+        a, b = ranges[q]
+        while pos < b:
+            v = values[pos]
+            while val and val[-1] <= v:
+                val.pop()
+                idx.pop()
+            idx.append(pos)
+            val.append(v)
+            pos += 1
+        if a < b:
+            out[q] = val[bisect_left(idx, a)]
+    return out
+
+
+def _prefix(xs: list) -> list:
+    return [0, *accumulate(xs)]
+
+
+def build_report(program, records: list[InsnRecord]) -> RunReport:
+    """The run's report.  Linear in the program plus O(L log n) for L layers: the layers' pc
+    ranges (which validation lets overlap) are summed with prefix sums of per-instruction
+    columns and their last cycles found by :func:`_range_max`."""
+    m = program.machine
+    n = len(records)
+    metas = program.meta.get("layers", [])
+    ranges = [(min(max(l["pc_start"], 0), n), min(max(l["pc_end"], 0), n)) for l in metas]
+    ranges = [(a, max(a, b)) for a, b in ranges]
+    cols = {k: _prefix(v) for k, v in _per_insn(records, m).items()}
+    ends = _range_max([r.slot.end for r in records], ranges)
+    dense_ends = _range_max([r.dense_end for r in records], ranges)
+    layers = []
+    prev_end = prev_dense = 0
+    for meta, (a, b), end, dense_end in zip(metas, ranges, ends, dense_ends):
+        lr = LayerReport(meta["name"], meta["op"], meta.get("precision", "-"), meta["pc_start"],
+                         meta["pc_end"])
+        layers.append(lr)
+        if a == b:
+            continue
+        s = {k: c[b] - c[a] for k, c in cols.items()}
+        lr.cycles = max(0, end - prev_end)
+        lr.dense_cycles = max(0, dense_end - prev_dense)
+        lr.instructions = b - a
+        lr.compute, lr.load_stall = s["compute"], s["load_stall"]
+        lr.dense_macs, lr.issued_macs = s["dense_macs"], s["issued_macs"]
+        lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
+        lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
+        lr.load_balance = s["done"] / s["paid"] if s["paid"] else 1.0
+        lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
+        written = int(meta.get("min_write_bytes", 0))
+        lr.lower_bound_cycles = cycles.lower_bound(s["work"], lr.dram_bytes - written, written, m)
+        lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
+        prev_end = max(prev_end, end)
+        prev_dense = max(prev_dense, dense_end)
+    total = max((r.slot.end for r in records), default=0)
+    compute = cols["compute"][-1]
+    load_stall = sum(r.slot.load_stall for r in records)
+    dense_macs = sum(l.dense_macs for l in layers)
+    secs = m.seconds(total)
+    tflops = 2 * dense_macs / secs / 1e12 if secs else 0.0
+    return RunReport(
+        machine=m.to_dict() | {"hash": m.hash()},
+        cycles={"total": total, "compute": compute, "load_stall": load_stall,
+                "store_stall": max(0, total - compute - load_stall)},
+        layers=layers, host_ops=sum(1 for r in records if r.ins.op == "HOST"), seconds=secs,
+        tflops_equiv=tflops, tflops_per_mm2=tflops / m.area_mm2, instructions=len(records),
+        extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers)})

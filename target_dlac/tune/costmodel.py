@@ -1,0 +1,196 @@
+"""Analytic cost model: a conv / dense layer's cycle count under a schedule, without
+computing any value.
+
+:func:`layer_cycles` predicts what the interpreter reports for the layer
+(``RunReport.layers[i].cycles`` and its compute / load-stall / store-stall split).
+It equals the interpreter's count because it replays the same machine model on the
+same instructions, skipping only the arithmetic:
+
+* the weight blocks are sized as the codegen packs them for this schedule
+  (:meth:`target_dlac.codegen.layer_weights.LayerWeights.blocks`, the same tiles and PE order
+  the codegen packs: ternary blocks' size and per-filter non-zero counts in PE order,
+  i.e. what :func:`packing.pack_ternary` writes and the interpreter reads back), and
+  the epilogue parameter blocks as :func:`isa.epi_param_layout`;
+* the instructions (with their dependency tokens) come from the same
+  :func:`lower.lower_conv` the codegen calls (DRAM addresses are dummies: no cost
+  depends on an address);
+* each instruction is costed by :func:`cycles.cost`, a ``TACC`` with the counts of the
+  block that the latest ``LOAD`` into its WGT address brought in;
+* they are placed on a :class:`timeline.Timeline` (race check off: it only refuses
+  programs, never moves an instruction).
+
+A layer of a program starts after the previous layer's closing ``SYNC`` (a barrier:
+every unit idle) and ends with its own, so the interpreter's per-layer cycles (end of
+the layer minus end of the previous one, :mod:`report`) equal the end of this
+stand-alone timeline started at 0.  SWIS (``SACC``) layers are not modelled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from target_dlac.isa import cycles
+from target_dlac.isa.encoding import BUFFERS, DTYPES, Insn, epi_param_layout
+from target_dlac.codegen.layer_weights import LayerWeights
+from target_dlac.codegen.lower import Epilogue, input_window, lower_conv, tile_dmas
+from target_dlac.isa.machine import Machine
+from target_dlac.codegen.schedule import ConvShape, Schedule, align, ranges
+from target_dlac.sim.timeline import Timeline
+
+_WGT = BUFFERS.index("WGT")
+
+
+def _as_weights(shape: ConvShape, weights) -> LayerWeights:
+    if isinstance(weights, LayerWeights):
+        return weights
+    w = np.asarray(weights)
+    if w.ndim == 2:
+        w = w.reshape(*w.shape, 1, 1)
+    return LayerWeights(w, shape.ternary, shape.depthwise)
+
+
+def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                       has_scale: bool = True):
+    """(instructions of the layer from :func:`lower_conv` with dummy addresses,
+    ``{dram address: counts}`` of its weight blocks)."""
+    if shape.swis:
+        raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
+    info = _as_weights(shape, weights)
+    wblock, counts_at, addr = {}, {}, 0
+    for key, (nbytes, counts) in info.blocks(shape, sched).items():
+        wblock[key] = (addr, nbytes)
+        counts_at[addr] = counts
+        addr = align(addr + nbytes)
+    pblock = {}
+    for fi, (f0, f1) in enumerate(ranges(shape.f, sched.f_tile)):
+        pbytes = epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
+        pblock[fi] = (addr, pbytes)
+        addr = align(addr + pbytes)
+    x_addr = align(addr)
+    out_addr = x_addr + align(shape.n * shape.c * shape.h * shape.w * shape.elem_bytes)
+    res_addr = out_addr + align(shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes)
+    epi = Epilogue(has_scale, residual_addr=res_addr if shape.residual else None)
+    insns = lower_conv(shape, sched, machine, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
+                       pblock=pblock, epi=epi, name="costmodel",
+                       wfmt=1 if info.w.dtype == np.int8 and not shape.ternary else 0)
+    return insns, counts_at
+
+
+def _with_counts(insns, counts_at):
+    """``(pc, ins, counts)`` for each instruction: a ``TACC`` gets the non-zero counts of
+    the block that the latest ``LOAD`` into its WGT address brought in."""
+    loaded: dict[int, int] = {}        # WGT address -> DRAM address of the block last loaded there
+    for pc, ins in enumerate(insns):
+        f = ins.f
+        counts = None
+        if ins.op == "LOAD" and f["buf"] == _WGT:
+            loaded[f["sram"]] = f["dram"]
+        elif ins.op == "TACC":
+            counts = counts_at[loaded[f["wgt"]]]
+        yield pc, ins, counts
+
+
+def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                 has_scale: bool = True) -> dict:
+    """Predicted cycles of one conv / dense layer under ``sched`` on ``machine``.
+
+    ``weights``: a :class:`LayerWeights` (build it once per layer when costing many
+    schedules), or the OIHW array (dense: ``[F, K, 1, 1]`` or ``[F, K]``): ternary int8
+    (-1/0/+1) when ``shape.ternary``, else the dense float32 / int8 weights the codegen
+    stores.  ``has_scale``: the epilogue has a per-filter scale (ternary layers do; int8
+    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall"}`` as the
+    interpreter's per-layer report (``cycles`` and its split)."""
+    insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
+    tl = Timeline(check_races=False)
+    compute = load_stall = 0
+    for pc, ins, counts in _with_counts(insns, counts_at):
+        cyc = cycles.cost(ins, machine, counts)
+        slot = tl.step(pc, ins.unit, (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next),
+                       cyc, (), ins)
+        if ins.unit == "compute":
+            compute += cyc
+        load_stall += slot.load_stall
+    total = tl.now
+    return {"total": total, "compute": compute, "load_stall": load_stall,
+            "store_stall": max(0, total - compute - load_stall)}
+
+
+def layer_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                      has_scale: bool = True) -> int:
+    """The interpreter's ``lower_bound_cycles`` of the layer under ``sched``
+    (:func:`cycles.lower_bound` of the useful PE work and the minimum DRAM traffic: the
+    input the conv touches, the packed constants, the residual; the output).  Not on the
+    search's path: the tuner asks it once per layer, for the table."""
+    insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
+    work = sum(cycles.pe_work(ins, machine, counts) for _, ins, counts in _with_counts(insns, counts_at)
+               if ins.op in ("TACC", "MAC"))
+    out_bytes = shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes
+    read = shape.min_input_bytes() + _const_bytes(shape, sched, weights, has_scale) + \
+        (out_bytes if shape.residual else 0)
+    return cycles.lower_bound(work, read, out_bytes, machine)
+
+
+def _const_bytes(shape: ConvShape, sched: Schedule, weights, has_scale: bool) -> int:
+    """Bytes of the layer's packed weight and epilogue parameter blocks under ``sched``."""
+    info = _as_weights(shape, weights)
+    wb = sum(nb for nb, _ in info.blocks(shape, sched).values())
+    return wb + sum(epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
+                    for f0, f1 in ranges(shape.f, sched.f_tile))
+
+
+def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
+                       has_scale: bool = True) -> int:
+    """A cheap lower bound on ``layer_cycles(...)["total"]`` (no instruction stream, no
+    timeline), for pruning a search: each unit runs its instructions in order, so the
+    layer takes at least as long as the busiest unit's own work:
+
+    * compute: every conv instruction (one per image x spatial tile x weight block) and
+      every epilogue (one per image x spatial tile x filter tile), costed exactly by
+      :func:`cycles.cost`;
+    * load: every weight and parameter block once, every input tile (image x spatial
+      tile x channel tile) once, every residual tile once (reloads only add);
+    * store: every output tile once (exact).
+
+    It depends on the tiling, PE order and PE mapping only, not on the loop order or
+    double buffering.  ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
+    if shape.swis:
+        raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
+    info = _as_weights(shape, weights)
+    m, eb, dt = machine, shape.elem_bytes, DTYPES.index(shape.dtype)
+    sp = [(hr, wr) for hr in ranges(shape.oh, sched.h_tile) for wr in ranges(shape.ow, sched.w_tile)]
+    ftiles = ranges(shape.f, sched.f_tile)
+    ctiles = [(0, shape.c)] if shape.depthwise else ranges(shape.c, sched.c_tile)
+    op = "TACC" if shape.ternary else "MAC"
+    tile_shapes: dict = {}                      # (oh, ow) -> spatial tiles of that shape
+    for (h0, h1), (w0, w1) in sp:
+        tile_shapes[(h1 - h0, w1 - w0)] = tile_shapes.get((h1 - h0, w1 - w0), 0) + 1
+    compute = 0
+    blocks = info.blocks(shape, sched)
+    for (fi, ci), (nbytes, counts) in blocks.items():
+        f0, f1 = ftiles[fi]
+        c0, c1 = (f0, f1) if shape.depthwise else ctiles[ci]
+        for (oh, ow), k in tile_shapes.items():
+            ins = Insn(op, dict(f=f1 - f0, c=c1 - c0, kh=shape.kh, kw=shape.kw, oh=oh, ow=ow,
+                                depthwise=int(shape.depthwise), dtype=dt, pxshift=sched.pxshift))
+            compute += k * cycles.cost(ins, m, counts)
+    for f0, f1 in ftiles:
+        for (oh, ow), k in tile_shapes.items():
+            compute += k * cycles.cost(Insn("EPI", dict(f=f1 - f0, p=oh * ow, dtype=dt)), m)
+    const_load = sum(cycles.dma_cycles(nb, m) for nb, _ in blocks.values())
+    const_load += sum(cycles.dma_cycles(epi_param_layout(f1 - f0, has_scale, dt)[2], m) for f0, f1 in ftiles)
+    load = store = 0                            # per image
+    in_ctiles = ftiles if shape.depthwise else ctiles
+    for oh_r, ow_r in sp:
+        (ih0, ih1, _, _), (iw0, iw1, _, _) = input_window(shape, oh_r, ow_r)
+        for cr in in_ctiles:
+            load += _dma_sum(tile_dmas(0, (shape.c, shape.h, shape.w), cr, (ih0, ih1), (iw0, iw1), 0, eb), m)
+        for fr in ftiles:
+            out = _dma_sum(tile_dmas(0, (shape.f, shape.oh, shape.ow), fr, oh_r, ow_r, 0, eb), m)
+            store += out
+            if shape.residual:
+                load += out
+    return max(shape.n * compute, const_load + shape.n * load, shape.n * store)
+
+
+def _dma_sum(dmas: list, m: Machine) -> int:
+    return sum(cycles.dma_cycles(d["y"] * d["x"], m) for d in dmas)

@@ -1,0 +1,58 @@
+"""One layer's schedule search, as a worker runs it (local pool or Dask).
+
+:class:`LayerJob` is what a worker receives (the layer's shape, weights and epilogue
+facts, no codegen objects); :func:`tune_layer` searches the layer's
+:class:`~target_dlac.tune.space.ScheduleSpace` with the cost model and returns the
+outcome as a dict (the tuning-log record's fields).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class LayerJob:
+    """What :func:`tune_layer` needs of a :class:`ConvLayer` (shipped to the workers
+    instead of the layer: unpickling a ``ConvLayer`` imports the codegen, hence TVM)."""
+    shape: object           # ConvShape
+    weights: object         # LayerWeights
+    has_scale: bool
+
+    @classmethod
+    def of(cls, layer) -> LayerJob:
+        return cls(layer.shape, layer.weights, layer.has_scale)
+
+
+def tune_layer(layer, machine, strategy, trials, time_budget, patience, seed):
+    """Search one layer (a :class:`ConvLayer` or :class:`LayerJob`; runs in a worker
+    process).  Returns a dict of the outcome."""
+    from target_dlac.tune import costmodel
+    from target_dlac.tune.search import search
+    from target_dlac.tune.space import ScheduleSpace
+
+    t0 = time.perf_counter()
+    space = ScheduleSpace(layer.shape, machine, layer.weights.max_bytes)
+
+    def cost(s):
+        return costmodel.layer_cycles(layer.shape, s, machine, layer.weights,
+                                      has_scale=layer.has_scale)["total"]
+
+    bounds: dict = {}
+
+    def bound(s):           # the bound does not depend on the loop order or double buffering
+        k = (s.f_tile, s.c_tile, s.h_tile, s.w_tile, s.pe_order, s.pxshift)
+        if k not in bounds:
+            bounds[k] = costmodel.cycles_lower_bound(layer.shape, s, machine, layer.weights,
+                                                     has_scale=layer.has_scale)
+        return bounds[k]
+
+    res = search(space, cost, strategy, trials=trials, time_budget=time_budget, patience=patience,
+                 seed=seed, bound_fn=bound)
+    bound = costmodel.layer_lower_bound(layer.shape, res.best_schedule, machine, layer.weights,
+                                        has_scale=layer.has_scale)
+    return {"schedule": res.best_schedule.to_dict(), "cycles": int(res.best_cost),
+            "default_cycles": int(res.history[0][1]), "lower_bound": int(bound),
+            "trials": res.trials_used, "pruned": res.pruned, "stopped": res.stopped_because,
+            "seconds": time.perf_counter() - t0}
