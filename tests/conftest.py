@@ -44,7 +44,7 @@ def resnet_onnx(resnet_small, resnet_input, tmp_path_factory):
 @pytest.fixture
 def tiny_factory(tmp_path):
     """``"FILE.py:make"``: the CLI helpers' tiny conv net as a factory module in ``tmp_path``."""
-    from cli_helpers import FACTORY
+    from tests.cli_helpers import FACTORY
 
     path = tmp_path / "fac.py"
     path.write_text(FACTORY)

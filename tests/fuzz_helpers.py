@@ -1,4 +1,4 @@
-"""Mutators and the harness of the binary fuzzers (tests/test_fuzz_binaries.py and
+"""Mutators and the harness of the binary fuzzers (tests/security/test_fuzz_binaries.py and
 tools/bench/fuzz_binaries.py; the seeds are in tests/fuzz_seeds.py).  A plain module:
 no tests.  NumPy only, except for
 the HOST / REF graphs (TVM, imported when a binary has them).

@@ -1,4 +1,4 @@
-"""Seed binaries of the fuzzers (tests/test_fuzz_binaries.py, tools/bench/fuzz_binaries.py):
+"""Seed binaries of the fuzzers (tests/security/test_fuzz_binaries.py, tools/bench/fuzz_binaries.py):
 five small hand-written programs (TACC, MAC, POOL, ALU, the int8 EPI path) and, built on
 demand (torch + TVM), the MNIST CNN.  A plain module: no tests."""
 

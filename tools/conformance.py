@@ -327,7 +327,7 @@ def to_markdown(results: list[CaseResult]) -> str:
         "",
         ("Statuses: **passed** (all outputs match), **failed** (ran, wrong answer), "
          "**unsupported** (dlac raised a `DlacError`), **crashed** (any other exception). "
-         "The test `tests/test_conformance.py` keeps the pass counts from dropping and "
+         "The test `tests/e2e/test_conformance.py` keeps the pass counts from dropping and "
          "allows no new wrong answer or crash."),
         "",
     ]

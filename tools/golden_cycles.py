@@ -5,7 +5,7 @@ Each case compiles a model with dlac, builds its binary for a machine, runs it o
 the ISA interpreter on a fixed input and records the run's cycles (total, compute,
 load and store stalls), every layer's cycles and lower bound, the instruction count and,
 for the all-integer pipeline, a SHA-256 of the output bytes (bit-exact by contract).  The
-table is checked in (``tests/golden/cycles.json``); ``tests/test_golden_cycles.py`` checks
+table is checked in (``tests/golden/cycles.json``); ``tests/e2e/test_golden_cycles.py`` checks
 that every number is still exactly what the table says, so a change that moves both the
 interpreter and the cost model the same way is seen.
 

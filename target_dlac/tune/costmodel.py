@@ -152,7 +152,7 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
     * store: every output tile once (exact).
 
     It depends on the tiling, PE order and PE mapping only, not on the loop order or
-    double buffering.  ``tests/test_costmodel.py`` checks it never exceeds the exact count."""
+    double buffering.  ``tests/tune/test_costmodel.py`` checks it never exceeds the exact count."""
     if shape.swis:
         raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
     info = _as_weights(shape, weights)

@@ -18,7 +18,7 @@ The grid (``k`` = number of tiles, ``max_splits`` = 4 by default):
   (largest filter first onto the least-loaded PE column), is left out on purpose: a
   TACC costs the sum over consecutive groups of ``pe_cols`` filters of the group's
   largest count, which the sorted order minimizes over every permutation, so balanced
-  bins can only tie or lose (``tests/test_costmodel.py::test_sorted_pe_order_is_optimal``
+  bins can only tie or lose (``tests/tune/test_costmodel.py::test_sorted_pe_order_is_optimal``
   checks both claims).
 
 The default schedule's own tile sizes are added to each list, so the default is always

@@ -21,7 +21,7 @@ from target_dlac.sim.interpreter import run
 from target_dlac.isa.machine import Machine
 from tests.cli_helpers import FACTORY, cli, error_line, ok
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 
 LAYER_KEYS = ("name", "op", "precision", "dense_macs", "issued_macs", "cycles", "lower_bound_cycles",

@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from cli_helpers import script_env
+from tests.cli_helpers import script_env
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import QuantConfig, compile_model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-_TOOL = Path(__file__).resolve().parent.parent / "tools" / "zoo.py"
+_TOOL = Path(__file__).resolve().parents[2] / "tools" / "zoo.py"
 _spec = importlib.util.spec_from_file_location("dlac_zoo_tool", _TOOL)
 zoo = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = zoo

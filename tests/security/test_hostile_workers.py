@@ -25,7 +25,7 @@ import time
 
 import psutil
 import pytest
-from cli_helpers import FACTORY, cli, error_line, script_env
+from tests.cli_helpers import FACTORY, cli, error_line, script_env
 
 from compiler.build import build_program
 from target_dlac.core.errors import DlacError

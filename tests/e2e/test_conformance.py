@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-_TOOL = Path(__file__).resolve().parent.parent / "tools" / "conformance.py"
+_TOOL = Path(__file__).resolve().parents[2] / "tools" / "conformance.py"
 
 
 def _load_tool():

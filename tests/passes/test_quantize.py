@@ -18,7 +18,7 @@ from passes.fold_batchnorm import fold_batchnorm
 from target_dlac.core.ir import op_histogram
 from passes.layers import find_layers
 from tests.conftest import max_rel_err
-from tests.test_twn import twn_reference
+from tests.passes.test_twn import twn_reference
 
 
 def fuse_resnet_bn(model: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 import pytest
-from cli_helpers import cli, script_env
+from tests.cli_helpers import cli, script_env
 
 from target_dlac.binary.container import read_program
 

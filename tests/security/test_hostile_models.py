@@ -31,7 +31,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-from cli_helpers import cli, error_line, ok, script_env  # noqa: E402
+from tests.cli_helpers import cli, error_line, ok, script_env  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from target_dlac.core.errors import ModelLoadError  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 from compiler import QuantConfig, compile_model, run_reference
 from compiler.models import randomize_bn, resnet18
 from tests.conftest import max_rel_err
-from tests.test_quantize import fake_quant_torch
+from tests.passes.test_quantize import fake_quant_torch
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from cli_helpers import cli, script_env
+from tests.cli_helpers import cli, script_env
 
 from compiler import QuantConfig, compile_model
 from compiler.build import build_program
