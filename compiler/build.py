@@ -117,7 +117,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         raise ConfigError("build_program needs a result compiled through the partition stage")
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations={activations!r}: this version builds {ACTIVATIONS}")
-    machine = machine or Machine()
+    machine = machine or result.machine or Machine()
     mod = result.stages["partition"]
     tuned = None
     if tuning_log is not None:
@@ -136,19 +136,21 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     if activations == "fp16":
         from target_dlac.codegen.modes.fp16 import Fp16Codegen
 
-        cfg = result.config
         default = "fp16" if default_half else "fp32"
-        hcg = Fp16Codegen(mod, machine, half=lambda name: cfg.activations_for(name, default) == "fp16",
+        half = {p.name: (p.activations or default) == "fp16" for p in result.layers}
+        hcg = Fp16Codegen(mod, machine, half=lambda name: half.get(name, default == "fp16"),
                           **result.codegen_args(schedules, progress))
         prog = hcg.generate()
         ref_mod = hcg.reference_mod
     if activations == "int8":
+        from passes.int8_weights import int8_weights
         from target_dlac.codegen.modes.integer import IntCodegen
 
         if calib is None:
             raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
         stats = calibrate(cg, prog, calib)
-        icg = IntCodegen(mod, machine, stats=stats, **result.codegen_args(schedules, progress))
+        plan = {p.var: p for p in int8_weights(result.stages["fold"], result.layers)}
+        icg = IntCodegen(mod, machine, stats=stats, **result.codegen_args(schedules, progress, plan))
         prog = icg.generate()
         ref_mod = icg.reference_mod
     prog.meta.update({

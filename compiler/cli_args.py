@@ -1,5 +1,6 @@
 """Argument parsing and small helpers of the ``dlac`` command line (kept apart from the
-click commands in :mod:`compiler.cli`; none of them imports TVM or torch)."""
+click commands of :mod:`compiler.cli`, :mod:`compiler.cli_model` and
+:mod:`compiler.cli_binary`; none of them imports TVM or torch)."""
 
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ def report_dict(result) -> dict:
         "source": result.source, "source_hash": result.source_hash,
         "config": result.config.to_dict(),
         "inputs": {k: list(v) for k, v in result.input_shapes.items()},
-        "layers": [dict(vars(i), weight_shape=list(i.weight_shape)) for i in result.layers],
+        "layers": [i.to_dict() for i in result.layers],
         "multiplies": [r.to_dict() for r in result.multiplies],
         "totals": result.totals(),
         "cluster_counting": (result.cluster_counts()

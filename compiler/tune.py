@@ -9,7 +9,8 @@ model (:func:`costmodel.layer_cycles`) and appends one record per layer to the l
 a Dask distributed cluster (``dask=ADDRESS``; each search is sequential); only the
 parent process writes the log.  A layer whose key
 already has a record is skipped: rerunning an interrupted tune continues where it
-stopped.  SWIS layers are skipped (the cost model does not model ``SACC``).
+stopped.  Every weight format is tuned: dense (``MAC``), ternary (``TACC``) and SWIS
+(``SACC``) layers alike.
 :func:`target_dlac.tune.tuning_log.schedule_resolver` gives the codegen the best logged schedule of each layer
 (:func:`compiler.build.build_program` with ``tuning_log``).
 
@@ -62,14 +63,14 @@ class TuneLayer:
 
 def collect_layers(result, machine) -> list[TuneLayer]:
     """The conv / dense layers of ``result``'s partition stage, in program order, with
-    their tuning-log keys."""
-    from target_dlac.codegen.generator import Codegen
+    their tuning-log keys: read from the partitioned composites and the layer plan
+    (:func:`target_dlac.codegen.composites.conv_layers`), nothing lowered or packed."""
+    from target_dlac.codegen.composites import conv_layers
     from target_dlac.tune.tuning_log import conv_layer_key
 
-    cg = Codegen(result.stages["partition"], machine, **result.codegen_args())
-    cg.generate()
     mh = machine.hash()
-    return [TuneLayer(layer, conv_layer_key(layer, mh)) for layer in cg.conv_layers]
+    return [TuneLayer(layer, conv_layer_key(layer, mh))
+            for layer in conv_layers(result.stages["partition"], result.plan)]
 
 
 def _row(t: TuneLayer, status, rec=None, note=""):
@@ -91,7 +92,9 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
     """Tune every conv / dense layer of ``result`` (a :class:`CompileResult` through the
     partition stage) on ``machine``, appending one record per newly tuned layer to
     ``log_path``.  ``time_budget`` is per layer (seconds).  ``progress(row, done, total)`` is
-    called as each layer is done (or skipped).  Layers are searched in parallel: in a local
+    called as each layer is done.  ``trials`` per layer: ``None`` gives random / anneal
+    :data:`target_dlac.tune.search.DEFAULT_TRIALS` (as ``dlac tune``) and lets exhaustive /
+    best_first end by themselves.  Layers are searched in parallel: in a local
     process pool of ``jobs`` workers, or on the Dask distributed cluster whose scheduler
     is at ``dask``; each search is sequential and seeded, so the records are the same
     either way (only the parent process writes the log).  ``dask_timeout``: seconds (default
@@ -99,8 +102,8 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
     probe, and for a usable worker once all were lost.  A logged record of a layer must
     be plausible (:func:`tuning_log.check_records`, :func:`tuning_log.check_for_layer`),
     else :class:`tuning_log.TuningLogError` before anything is tuned.  Returns one row per
-    layer, in program order: ``layer, op, precision, status ("tuned" | "from log" |
-    "skipped"), default_cycles, tuned_cycles, trials, lower_bound (None: not in the
+    layer, in program order: ``layer, op, precision, status ("tuned" | "from log"),
+    default_cycles, tuned_cycles, trials, lower_bound (None: not in the
     record), note``."""
     from target_dlac.tune import tuning_log
     from target_dlac.tune.search import STRATEGIES
@@ -121,9 +124,7 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
 
     for i, layer in enumerate(layers):
         k = tuning_log.key_str(layer.key)
-        if layer.layer.shape.swis:
-            emit(i, _row(layer, "skipped", note="SWIS: the cost model does not model SACC"))
-        elif k in done:
+        if k in done:
             tuning_log.check_for_layer(logged, done[k], layer.layer, machine)
             emit(i, _row(layer, "from log", done[k]))
         else:

@@ -2,14 +2,16 @@
 accumulation; plus the check and the multiplies report.
 
 Rewrites ``conv2d(x, q)`` / ``matmul(x, q)`` of each quantized layer, where ``q`` is a
-float constant of integers in [-127, 127] (after FoldScales), into the same op on an
-**int8** constant with ``out_dtype`` float32.  For a ternary layer every product
+float constant of integers (after FoldScales), into the same op on an integer constant
+of the dtype its weight format holds (:data:`target_dlac.isa.formats.FACTS`: **int8**
+for ternary and 4-/8-bit layers, int16 for SWIS) with ``out_dtype`` float32.  For a ternary layer every product
 ``x * t`` is ``+x``, ``-x`` or skipped, i.e. an add, a subtract or nothing, and the
 only multiply left is the per-channel epilogue scale, one per output element; 4-bit
 and 8-bit layers keep small-integer multiplies.
 
-Legal when the weight values are integers in [-127, 127], and in {-1, 0, +1} for
-ternary layers (checked; anything else raises ``QuantizationError``).
+Legal when the weight values are integers within the format's largest magnitude
+([-127, 127]; SWIS [-255, 255]), and in {-1, 0, +1} for ternary layers (checked;
+anything else raises ``QuantizationError``).
 ``check_accumulate_only`` verifies the result independently: no ternary layer
 multiplies by a non-sign weight.
 """
@@ -23,6 +25,8 @@ import numpy as np
 from target_dlac.core.errors import QuantizationError
 
 from target_dlac.core.ir import dtype_of, make_const, module_pass, relax_functions, shape_of
+from target_dlac.core.plan import WeightFormat, format_of
+from target_dlac.isa.formats import facts
 from passes.layers import find_layers, replace_weights
 
 
@@ -45,22 +49,25 @@ def _is_sign(w: np.ndarray) -> bool:
 
 
 def multiply_to_accumulate(mod, quantized=frozenset()):
-    """``quantized``: layer names, or ``{name: precision}`` (ternary layers are checked
-    to hold signs only)."""
-    precision = quantized if isinstance(quantized, dict) else dict.fromkeys(quantized, "ternary")
+    """``quantized``: layer names (ternary), or ``{name: WeightFormat}`` (the layer plans'),
+    or ``{name: precision}`` (its format by :func:`target_dlac.core.plan.format_of`);
+    ternary layers are checked to hold signs only."""
+    given = quantized if isinstance(quantized, dict) else dict.fromkeys(quantized, WeightFormat.TERNARY)
+    formats = {k: v if isinstance(v, WeightFormat) else format_of(v) for k, v in given.items()}
 
-    def to_int8(layer):
+    def to_int(layer):
         w = layer.weight
-        prec = precision[layer.name]
-        limit = 255 if prec == "swis" else 127      # SWIS: sign + 8 magnitude bits (int16)
-        ok = _is_sign(w) if prec == "ternary" else bool(np.all((w == np.rint(w)) & (np.abs(w) <= limit)))
+        fmt = facts(formats[layer.name])
+        if not fmt.integer:
+            raise QuantizationError(f"weight format {fmt.fmt} holds no integers", where=f"layer {layer.name}")
+        ok = _is_sign(w) if fmt.fmt is WeightFormat.TERNARY else \
+            bool(np.all((w == np.rint(w)) & (np.abs(w) <= fmt.max_magnitude)))
         if not ok:
-            raise QuantizationError(f"weights are not {prec} integers; run QuantizeWeights and "
+            raise QuantizationError(f"weights are not {given[layer.name]} integers; run QuantizeWeights and "
                                     "FoldScales first", where=f"layer {layer.name}")
-        dt = "int16" if np.abs(w).max(initial=0) > 127 else "int8"     # SWIS magnitudes reach 255
-        return make_const(w.astype(dt), dt), dtype_of(layer.call)
+        return make_const(w.astype(fmt.dtype), fmt.dtype), dtype_of(layer.call)
 
-    return replace_weights(mod, set(precision), to_int8)
+    return replace_weights(mod, set(formats), to_int)
 
 
 def MultiplyToAccumulate(quantized=frozenset()):  # noqa: N802 - TVM pass naming

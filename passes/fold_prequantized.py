@@ -47,6 +47,7 @@ import tvm
 
 from target_dlac.core.ir import IntImm, attrs_to_dict, const_np, dtype_of, is_const, iter_bindings, make_const, \
     map_functions, module_pass, op_name, substitute_constants
+from target_dlac.isa.formats import INT8_MAX_MAGNITUDE, PRECISION_MAX
 from passes.weight_quant import dequantize as dequantize_weight
 
 FOLDED_OPS = ("relax.quantize", "relax.dequantize", "relax.clip", "relax.maximum",
@@ -72,9 +73,16 @@ class PrequantInfo:
     skipped: dict = field(default_factory=dict)    # layer var name -> why it stays float
 
 
+#: the precisions a model's own integers can be, smallest first
+_KINDS = ("ternary", "int4", "int8")
+
+
 def weight_kind(q: np.ndarray) -> str:
+    """The precision of a model's own integers: the smallest whose largest magnitude
+    (:data:`target_dlac.isa.formats.PRECISION_MAX`) holds them (this is where a
+    pre-quantized layer's precision is decided; the layer plan carries it on)."""
     a = int(np.abs(q).max()) if q.size else 0
-    return "ternary" if a <= 1 else "int4" if a <= 7 else "int8"
+    return next((k for k in _KINDS if a <= PRECISION_MAX[k]), "int8")
 
 
 def _per_axis(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -189,8 +197,8 @@ def _record(func, dequantized, info: PrequantInfo) -> None:
             info.skipped[name] = "weight zero point is not 0 (asymmetric quantization)"
         elif not (np.all(np.isfinite(s)) and np.all(s > 0)):
             info.skipped[name] = "weight scale is not positive"
-        elif q.size and (int(q.min()) < -127 or int(q.max()) > 127):
-            info.skipped[name] = "weight integers outside [-127, 127]"
+        elif q.size and (int(q.min()) < -INT8_MAX_MAGNITUDE or int(q.max()) > INT8_MAX_MAGNITUDE):
+            info.skipped[name] = f"weight integers outside [-{INT8_MAX_MAGNITUDE}, {INT8_MAX_MAGNITUDE}]"
         else:
             axis = axis % q.ndim
             scale = s.reshape(-1).astype(np.float32)
@@ -237,7 +245,7 @@ def recover(layer, record: Prequantized):
     shape = [1] * w.ndim
     shape[axis] = -1
     q = np.rint(w.astype(np.float64) / s.astype(np.float64).reshape(shape))
-    if q.size and np.abs(q).max() > 127:
+    if q.size and np.abs(q).max() > INT8_MAX_MAGNITUDE:
         return None, "weight scales do not run along the output channels"
     q = q.astype(np.int8)
     if not np.array_equal(dequantize_weight(q, s, axis), w) or \

@@ -15,7 +15,9 @@ then ``MergeCompositeFunctions``): each match becomes a composite function
 * views: ``dlac.reshape`` (flatten/reshape are address views on dLAC).
 
 Each composite that holds a layer gets the attribute ``dlac.layer`` (its
-name), so later stages can find per-layer data.  Legal: partitioning moves
+name), so later stages can find per-layer data, and, when the layer plans are given,
+``dlac.precision`` and ``dlac.weight_format`` (the plan's; the decomposition itself
+travels in the plan, :class:`target_dlac.core.plan.LayerPlan`).  Legal: partitioning moves
 computation into functions without changing it (``unpartition`` undoes it
 for the TVM CPU reference).  Conv2d is placed on dLAC only for NCHW/OIHW,
 dilation 1 and groups 1 or depthwise; anything else stays on the host.
@@ -127,8 +129,9 @@ def patterns() -> list[FusionPattern]:
     return pats
 
 
-def _tag_layers(mod: tvm.IRModule, weight_owner: dict) -> tvm.IRModule:
-    """Add ``dlac.layer`` to every composite function that holds a layer's weight."""
+def _tag_layers(mod: tvm.IRModule, weight_owner: dict, plans: dict) -> tvm.IRModule:
+    """Add ``dlac.layer`` (and the plan's ``dlac.precision``, ``dlac.weight_format``) to
+    every composite function that holds a layer's weight."""
     out = mod.clone()
     for gv, region in relax_functions(mod):
         if region.attrs is None or "Codegen" not in region.attrs:
@@ -143,6 +146,10 @@ def _tag_layers(mod: tvm.IRModule, weight_owner: dict) -> tvm.IRModule:
                         name = weight_owner.get(layer.call.args[1])
                         if name:
                             func = func.with_attr("dlac.layer", name)
+                            plan = plans.get(name)
+                            if plan is not None:
+                                func = func.with_attr("dlac.precision", plan.precision)
+                                func = func.with_attr("dlac.weight_format", plan.weight_format.value)
                 return func
 
         out[gv] = _Tag(mod).visit_expr(region)
@@ -156,15 +163,16 @@ class HostOp:
     shape: tuple | None
 
 
-def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[HostOp]]:
-    """Partition ``mod``; returns the module and the ops left on the host."""
+def partition(mod: tvm.IRModule, plans: dict | None = None) -> tuple[tvm.IRModule, list[HostOp]]:
+    """Partition ``mod``; returns the module and the ops left on the host.  ``plans``:
+    ``{layer var: LayerPlan}``, whose facts are attached to the layers' composites."""
     owners = {}
     for _, func in relax_functions(mod):
         for layer in find_layers(func):
             owners[layer.call.args[1]] = layer.name
     part = FuseOpsByPattern(patterns(), bind_constants=True)(mod)
     part = MergeCompositeFunctions()(part)
-    part = _rename_regions(_tag_layers(part, owners))
+    part = _rename_regions(_tag_layers(part, owners, plans or {}))
     return part, host_ops(part)
 
 
@@ -198,7 +206,9 @@ def _rename_regions(mod: tvm.IRModule) -> tvm.IRModule:
     return out
 
 
-PartitionForDlac = module_pass("dlac.PartitionForDlac")(lambda mod: partition(mod)[0])
+def PartitionForDlac(plans: dict | None = None):  # noqa: N802 - TVM pass naming
+    """PartitionForDlac as a TVM module pass (``plans``: as :func:`partition`'s)."""
+    return module_pass("dlac.PartitionForDlac")(lambda mod: partition(mod, plans)[0])
 
 
 def host_ops(mod: tvm.IRModule) -> list[HostOp]:

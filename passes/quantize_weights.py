@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from target_dlac.core.ir import make_const, module_pass
+from target_dlac.core.plan import IntWeights, LayerPlan, WeightFormat
+from target_dlac.isa.machine import DEFAULT
 from passes.layers import replace_weights
 from passes.swis import swis_quantize
 from passes.weight_quant import dequantize, quantize_weight
@@ -31,7 +33,7 @@ class WeightSpec:
     factor: float = 0.7          # TWN threshold factor (ternary)
     shifts: float = 3.0          # SWIS: average shifts per group (may be fractional)
     consecutive: bool = False    # SWIS-C
-    pe_cols: int = 32            # SWIS: filters that run together share a shift count
+    pe_cols: int = DEFAULT.pe_cols   # SWIS: filters that run together share a shift count
 
 
 def quantize_weights(mod, plan: dict[str, WeightSpec], swis: dict | None = None):
@@ -57,6 +59,26 @@ def quantize_weights(mod, plan: dict[str, WeightSpec], swis: dict | None = None)
         return make_const(dequantize(q, scale, layer.out_axis), "float32"), None
 
     return replace_weights(mod, set(plan), fake_quant), decomp
+
+
+def quantize_layers(mod, plans: list[LayerPlan], spec_for) -> tuple[object, list[LayerPlan]]:
+    """Quantize every planned layer that is not ``fp32`` and has no integers yet (a
+    pre-quantized layer keeps the model's); ``spec_for(plan) -> WeightSpec``.  Returns
+    ``(module, plans with integers and SWIS decompositions)``."""
+    todo = {p.var: spec_for(p) for p in plans if p.quantized and p.integers is None}
+    swis: dict = {}
+    out, decomp = quantize_weights(mod, todo, swis)
+    done = []
+    for p in plans:
+        if p.var in decomp:
+            q, scale = decomp[p.var]
+            axis = 1 if p.op == "dense" else 0
+            p = p.with_(integers=IntWeights(q, scale, axis), swis=swis.get(p.var))
+            if (p.swis is not None) != (p.weight_format is WeightFormat.SWIS):
+                raise AssertionError(f"layer {p.name}: SWIS decomposition and weight format "
+                                     f"{p.weight_format} disagree")
+        done.append(p)
+    return out, done
 
 
 def QuantizeWeights(plan: dict[str, WeightSpec]):  # noqa: N802 - TVM pass naming

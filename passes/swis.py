@@ -64,8 +64,12 @@ from itertools import combinations
 
 import numpy as np
 
-BITS = 8                 # magnitude bits of the sign-magnitude weight
-QMAX = (1 << BITS) - 1   # 255
+from target_dlac.isa.formats import SWIS_BITS, SWIS_GROUP, SWIS_MAX_MAGNITUDE
+from target_dlac.isa.machine import DEFAULT
+
+BITS = SWIS_BITS         # magnitude bits of the sign-magnitude weight (8)
+QMAX = SWIS_MAX_MAGNITUDE   # 255
+M = SWIS_GROUP           # weights per group (4)
 NO_SHIFT = 255           # padding value in SwisResult.shifts for filters with fewer shifts
 
 
@@ -97,7 +101,7 @@ def dequantize(values: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarr
 
 # ----------------------------------------------------------------------------- groups
 
-def groups_view(q: np.ndarray, axis: int = 0, m: int = 4) -> np.ndarray:
+def groups_view(q: np.ndarray, axis: int = 0, m: int = M) -> np.ndarray:
     """Group weights into ``[F, G, M]``: M consecutive input channels at one kernel position.
 
     ``q`` is OIHW ``[F, C, KH, KW]`` (any number of kernel dims) or dense
@@ -343,7 +347,7 @@ class SwisResult:
     target: float
     mean_count: float          # mean(counts), may exceed target after the raise
     mean_count_scheduled: float  # mean count after the greedy lowering, <= target
-    m: int = 4
+    m: int = M
 
     def filter_shifts(self, f: int) -> np.ndarray:
         """``[G, counts[f]]`` shift sets of filter ``f``."""
@@ -351,7 +355,7 @@ class SwisResult:
 
 
 def swis_quantize(w: np.ndarray, S_target: float, axis: int = 0, consecutive: bool = False,
-                  pe_cols: int = 32, s_max: int = 8, *, m: int = 4, alpha: float = 1.0,
+                  pe_cols: int = DEFAULT.pe_cols, s_max: int = BITS, *, m: int = M, alpha: float = 1.0,
                   s_min: int | None = None) -> SwisResult:
     """SWIS (or SWIS-C) quantization of one layer's weights at an average of ``S_target`` shifts.
 
@@ -412,6 +416,6 @@ def swis_cycles(counts_in_pe_order, groups_per_filter: int, pe_cols: int,
     return int(total * passes)
 
 
-def storage_bits_per_weight(S: float, M: int = 4) -> float:
+def storage_bits_per_weight(S: float, M: int = M) -> float:
     """``1 + S + 3*S/M``: sign bit, S mask bits, and S 3-bit shifts shared by M weights."""
     return 1 + S + 3 * S / M

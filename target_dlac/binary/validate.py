@@ -18,6 +18,7 @@ from target_dlac.core.errors import BinaryFormatError
 
 from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, WFMTS, Insn, alu_bytes, \
     disassemble, elem_bytes, epi_param_layout
+from target_dlac.isa.formats import WFMT_BYTES
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_META_ENTRIES, MAX_RUN_WORK, insn_budget, insn_budget_problem
 
 #: Largest shift of the int8 requantization: 127 << 55 < 2^62 leaves room for the sum.
@@ -45,7 +46,8 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
     eb = elem_bytes(f.get("dtype", 0))
     if op in ("TACC", "MAC", "SACC"):
         k = (1 if f["depthwise"] else f["c"]) * f["kh"] * f["kw"]
-        w = 4 * f["f"] if op == "TACC" else 4 * ((f["f"] + 3) // 4) if op == "SACC" else (4 if f["wfmt"] == 0 else 1) * f["f"] * k
+        w = 4 * f["f"] if op == "TACC" else 4 * ((f["f"] + 3) // 4) if op == "SACC" else \
+            WFMT_BYTES.get(f["wfmt"], WFMT_BYTES[WFMTS.index("int8")]) * f["f"] * k
         return [("INP", f["inp"], f["inp"] + eb * f["c"] * f["h"] * f["w"]),
                 ("WGT", f["wgt"], f["wgt"] + w),
                 ("ACC", f["acc"], f["acc"] + 4 * f["f"] * f["oh"] * f["ow"])]

@@ -4,6 +4,12 @@ Each ``dlac.*`` composite (see ``docs/ir-conventions.md``) becomes a :class:`Con
 :class:`PoolSpec`, :class:`EltSpec` or :class:`ViewSpec`.  Anything the dLAC lowering
 cannot take (an attribute outside the encoding's fields, an unusual epilogue) raises
 :class:`Unlowerable` with the reason; the codegen then runs that composite on the host.
+
+A layer's precision and weight format come from its :class:`~target_dlac.core.plan.LayerPlan`
+(given by the codegen, else the composite's ``dlac.precision`` / ``dlac.weight_format``
+attributes written by the partitioner, else full precision); the weights' dtype is only
+checked against the plan, never used to guess it.  :func:`conv_layer` and
+:func:`conv_layers` give the :class:`ConvLayer` of a layer without lowering it.
 """
 
 from __future__ import annotations
@@ -11,9 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from target_dlac.core.ir import attrs_to_dict, const_np, dtype_of, ints, is_const, iter_bindings, op_name, shape_of
+from target_dlac.core.plan import LayerPlan, WeightFormat, fp32_plan
+from target_dlac.isa.encoding import MAX_CONV_STRIDE, MAX_KERNEL, MAX_PAD, MAX_POOL_DIM, MAX_POOL_KERNEL, \
+    MAX_POOL_STRIDE
+from target_dlac.isa.formats import facts
+from target_dlac.codegen.layer_weights import LayerWeights
+from target_dlac.codegen.schedule import ConvShape
 
 
 class Unlowerable(Exception):
@@ -26,7 +39,7 @@ class ConvSpec:
     kind: str                  # conv2d | dense
     data: relax.Expr           # composite parameter holding the input
     weight: np.ndarray         # OIHW filters ([N, K, 1, 1] for dense)
-    ternary: bool
+    plan: LayerPlan
     strides: tuple
     pads: tuple                # top, left, bottom, right
     depthwise: bool
@@ -37,6 +50,14 @@ class ConvSpec:
     lo: float = 0.0
     hi: float = 0.0
     out_shape: tuple = ()
+
+    @property
+    def weight_format(self) -> WeightFormat:
+        return self.plan.weight_format
+
+    @property
+    def ternary(self) -> bool:
+        return self.plan.weight_format is WeightFormat.TERNARY
 
 
 @dataclass
@@ -63,6 +84,84 @@ class ViewSpec:
     out_shape: tuple
 
 
+@dataclass
+class ConvLayer:
+    """A conv / dense layer as the codegen sees it before scheduling it: what the
+    tuner searches over and what a tuning-log record is keyed by."""
+    name: str                  # display (source) name
+    op: str                    # conv2d | dwconv2d | dense
+    precision: str             # the plan's precision
+    shape: ConvShape
+    weights: LayerWeights
+    has_scale: bool
+    weight_format: WeightFormat = WeightFormat.FLOAT32     # as lowered (the mode's format)
+
+
+def conv_shape(spec: ConvSpec, x_shape: tuple, x_dtype: str, fmt: WeightFormat) -> ConvShape:
+    """The :class:`ConvShape` of a conv / dense composite on an input of ``x_shape``."""
+    w = spec.weight
+    ternary, swis = fmt is WeightFormat.TERNARY, fmt is WeightFormat.SWIS
+    if spec.kind == "dense":
+        b, k = x_shape
+        return ConvShape(b, k, 1, 1, w.shape[0], 1, 1, 1, 1, (0, 0, 0, 0), 1, 1, False,
+                         spec.residual is not None, ternary, x_dtype, swis)
+    n, c, h, wd = x_shape
+    _, f, oh, ow = spec.out_shape
+    return ConvShape(n, c, h, wd, f, w.shape[2], w.shape[3], spec.strides[0], spec.strides[1],
+                     spec.pads, oh, ow, spec.depthwise, spec.residual is not None, ternary,
+                     x_dtype, swis)
+
+
+def conv_layer(spec: ConvSpec, x_shape: tuple, x_dtype: str, weights: np.ndarray, fmt: WeightFormat,
+               has_scale: bool, name: str | None = None) -> ConvLayer:
+    """The :class:`ConvLayer` of ``spec`` holding ``weights`` (OIHW) in format ``fmt``."""
+    sw = spec.plan.swis if fmt is WeightFormat.SWIS else None
+    op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
+    return ConvLayer(name or spec.plan.name, op, spec.plan.precision,
+                     conv_shape(spec, x_shape, x_dtype, fmt),
+                     LayerWeights(weights, fmt is WeightFormat.TERNARY, spec.depthwise, sw, fmt=fmt),
+                     has_scale, fmt)
+
+
+def composite_calls(mod):
+    """The composite functions ``main`` calls through its dLAC regions, in program order
+    (the order the codegen lowers them)."""
+    import tvm
+
+    for b in iter_bindings(mod["main"]):
+        v = b.value
+        if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.GlobalVar)):
+            continue
+        func = mod[v.op]
+        if func.attrs is None or "Codegen" not in func.attrs:
+            continue
+        comps = {}
+        for rb in iter_bindings(func):
+            rv = rb.value
+            if isinstance(rv, relax.Function):
+                comps[rb.var] = rv
+            elif isinstance(rv, relax.Call) and isinstance(rv.op, relax.Var) and rv.op in comps:
+                yield comps[rv.op]
+
+
+def conv_layers(mod, plans: dict) -> list[ConvLayer]:
+    """Every conv / dense layer the float32 codegen lowers from the partitioned ``mod``
+    (``plans``: ``{layer var: LayerPlan}``), in program order, without lowering or
+    packing anything: what the tuner lists."""
+    out = []
+    for fn in composite_calls(mod):
+        kind = str(fn.attrs["Composite"]).removeprefix("dlac.")
+        if not kind.startswith(("conv2d", "dense")):
+            continue
+        try:
+            spec = parse(fn, plans)
+        except Unlowerable:
+            continue
+        out.append(conv_layer(spec, shape_of(spec.data), "float32", spec.weight, spec.weight_format,
+                              spec.scale is not None))
+    return out
+
+
 def _prim(v) -> float:
     """Python value of a clip bound (a FloatImm / IntImm in TVM 0.27, or a wrapper of one)."""
     while hasattr(v, "value") and not isinstance(v, (int, float)):
@@ -80,7 +179,27 @@ def _per_channel(c: np.ndarray, channels: int, what: str) -> np.ndarray:
     return flat.reshape(channels)
 
 
-def parse(fn: relax.Function) -> ConvSpec | PoolSpec | EltSpec | ViewSpec:
+def plan_from_attrs(fn: relax.Function, var: str, op: str, weight_shape: tuple) -> LayerPlan | None:
+    """The plan facts the partitioner attached to a composite (``dlac.precision``,
+    ``dlac.weight_format``), without the decomposition; ``None`` if it has none."""
+    a = fn.attrs
+    if a is None or "dlac.weight_format" not in a:
+        return None
+    prec = str(a["dlac.precision"]) if "dlac.precision" in a else "fp32"
+    return LayerPlan(var, var, op, tuple(weight_shape), prec, "composite attributes",
+                     WeightFormat(str(a["dlac.weight_format"])))
+
+
+def as_oihw(w: np.ndarray, kind: str) -> np.ndarray:
+    """A layer weight in the codegen's layout: OIHW; a dense ``(K, N)`` as ``[N, K, 1, 1]``."""
+    if kind.startswith("dense"):
+        k, nout = w.shape
+        return np.ascontiguousarray(w.T).reshape(nout, k, 1, 1)
+    return w
+
+
+def parse(fn: relax.Function, plans: dict | None = None) -> ConvSpec | PoolSpec | EltSpec | ViewSpec:
+    """The spec of a composite; ``plans``: ``{layer var: LayerPlan}``."""
     kind = str(fn.attrs["Composite"]).removeprefix("dlac.")
     binds = list(iter_bindings(fn))
     out_shape = shape_of(fn.body.body)
@@ -90,7 +209,7 @@ def parse(fn: relax.Function) -> ConvSpec | PoolSpec | EltSpec | ViewSpec:
         if shape_of(p) is None or dtype_of(p) != "float32":
             raise Unlowerable(f"input {p.name} is not a static float32 tensor")
     if kind.startswith(("conv2d", "dense")):
-        return _conv(kind, binds, out_shape)
+        return _conv(kind, binds, out_shape, fn, plans or {})
     if kind in ("max_pool2d", "avg_pool2d", "global_avg_pool"):
         return _pool(binds[0].value, out_shape)
     if kind in ("add", "add_relu", "relu"):
@@ -104,17 +223,20 @@ def parse(fn: relax.Function) -> ConvSpec | PoolSpec | EltSpec | ViewSpec:
     raise Unlowerable(f"composite {kind} has no dLAC lowering")
 
 
-def _conv(kind: str, binds, out_shape) -> ConvSpec:
+def _conv(kind: str, binds, out_shape, fn, plans: dict) -> ConvSpec:
     layer = binds[0]
     call = layer.value
     w = const_np(call.args[1])
-    ternary = w.dtype == np.int8 and bool(np.isin(w, (-1, 0, 1)).all())
-    if w.dtype not in (np.int8, np.int16, np.float32):
-        raise Unlowerable(f"weights of dtype {w.dtype}")
+    op = "dense" if kind.startswith("dense") else "conv2d"
+    var = layer.var.name
+    plan = plans.get(var) or plan_from_attrs(fn, var, op, w.shape) or fp32_plan(var, op, w.shape)
+    fmt = facts(plan.weight_format)
+    if w.dtype != np.dtype(fmt.dtype):
+        raise Unlowerable(f"weights of dtype {w.dtype}; the layer's plan says {plan.weight_format} "
+                          f"weights (held as {fmt.dtype})")
     in_shape = shape_of(call.args[0])
-    if kind.startswith("dense"):
-        k, nout = w.shape
-        weight = np.ascontiguousarray(w.T).reshape(nout, k, 1, 1)
+    weight = as_oihw(w, kind)
+    if op == "dense":
         strides, pads, depthwise = (1, 1), (0, 0, 0, 0), False
     else:
         a = attrs_to_dict(call.attrs)
@@ -125,17 +247,17 @@ def _conv(kind: str, binds, out_shape) -> ConvSpec:
         depthwise = groups > 1
         if depthwise and not (groups == in_shape[1] == w.shape[0] and w.shape[1] == 1):
             raise Unlowerable(f"grouped convolution with {groups} groups")
-        weight = w
-    if max(weight.shape[2:]) > 15 or max(strides) > 15:
-        raise Unlowerable(f"kernel {weight.shape[2:]} or stride {strides} exceeds the 4-bit fields")
+    if max(weight.shape[2:]) > MAX_KERNEL or max(strides) > MAX_CONV_STRIDE:
+        raise Unlowerable(f"kernel {weight.shape[2:]} or stride {strides} exceeds the encoding's "
+                          f"fields ({MAX_KERNEL}, {MAX_CONV_STRIDE})")
     nout = weight.shape[0]
-    spec = ConvSpec(layer.var.name, "dense" if kind.startswith("dense") else "conv2d", call.args[0],
-                    weight, ternary, strides, pads, depthwise, None, np.zeros(nout, np.float32), None,
-                    out_shape=tuple(out_shape))
-    if w.dtype == np.int8 and np.abs(w).max(initial=0) > 127:
-        raise Unlowerable("int8 weight -128 is outside the symmetric range")
-    if w.dtype == np.int16 and (depthwise or np.abs(w).max(initial=0) > 255):
-        raise Unlowerable("int16 weights are SWIS values (|w| <= 255, not depthwise)")
+    spec = ConvSpec(var, op, call.args[0], weight, plan, strides, pads, depthwise, None,
+                    np.zeros(nout, np.float32), None, out_shape=tuple(out_shape))
+    if fmt.integer and np.abs(w).max(initial=0) > fmt.max_magnitude:
+        raise Unlowerable(f"{plan.weight_format} weights beyond the format's magnitude "
+                          f"{fmt.max_magnitude}")
+    if plan.weight_format is WeightFormat.SWIS and depthwise:
+        raise Unlowerable("SWIS weights of a depthwise layer (it has no input-channel groups)")
     prev, seen_bias = layer.var, False
     for b in binds[1:]:
         v, name = b.value, op_name(b.value)
@@ -175,8 +297,19 @@ def _pool(call: relax.Call, out_shape) -> PoolSpec:
         raise Unlowerable("ceil_mode pooling (output larger than the floor formula)")
     if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
         raise Unlowerable(f"pool padding {pads} is not smaller than the window {kernel}")
-    if max(pads) > 15 or max(kernel) > 4095 or max(strides) > 255 or w > 4095:
+    if max(pads) > MAX_PAD or max(kernel) > MAX_POOL_KERNEL or max(strides) > MAX_POOL_STRIDE \
+            or w > MAX_POOL_DIM:
         raise Unlowerable("pool window, stride, padding or width exceeds the encoding's fields")
     mode = "max" if name == "relax.nn.max_pool2d" else "avg"
     return PoolSpec(call.args[0], mode, kernel, strides, pads, bool(a.get("count_include_pad", False)),
                     tuple(out_shape))
+
+
+def strip_attrs(fn: relax.Function) -> relax.Function:
+    """``fn`` without the partitioner's attributes (``Composite`` and every ``dlac.*``):
+    a plain function, for a host op or the reference graph."""
+    keys = [str(k) for k in fn.attrs.keys()] if fn.attrs is not None else []
+    for key in keys:
+        if key == "Composite" or key.startswith("dlac."):
+            fn = fn.without_attr(key)
+    return fn

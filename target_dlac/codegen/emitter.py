@@ -15,6 +15,8 @@ queue pops only when its requirement grows past the previous one (a running
 maximum): the k-th pop then matches the k-th push, and in-order units make every
 earlier requirement hold too.  The three queues are merged into one program order
 in which every producer precedes its consumer, then ``SYNC`` closes the segment.
+A compute instruction may carry a ``tag`` (e.g. the weight block it reads); the
+:class:`Lowered` result keeps the tags beside the instructions, in program order.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class _Ex:
     insn: Insn
     after_load: int
     after_store: int
+    tag: object = None
 
 
 @dataclass
@@ -53,8 +56,8 @@ class Segment:
         self.lds.append(_Load(Insn("LOAD", dict(fields)), free_after))
         return len(self.lds) - 1
 
-    def compute(self, insn: Insn, after_load: int = -1, after_store: int = -1) -> int:
-        self.exs.append(_Ex(insn, after_load, after_store))
+    def compute(self, insn: Insn, after_load: int = -1, after_store: int = -1, tag=None) -> int:
+        self.exs.append(_Ex(insn, after_load, after_store, tag))
         return len(self.exs) - 1
 
     def store(self, fields: dict, after_ex: int) -> int:
@@ -76,26 +79,44 @@ class Segment:
         link(self.sts, lambda s: s.after_ex, self.exs, "pop_prev", "push_next")
         link(self.exs, lambda e: e.after_store, self.sts, "pop_next", "push_prev")
 
-    def finish(self) -> list[Insn]:
+    def finish(self) -> Lowered:
         """Token bits set; one program order; ``SYNC`` at the end."""
         self._tokens()
         out: list[Insn] = []
+        tags: list = []
         li = si = 0
+
+        def put(insn, tag=None):
+            out.append(insn)
+            tags.append(tag)
+
         for j, ex in enumerate(self.exs):
             while li < len(self.lds) and li <= ex.after_load:
                 ld = self.lds[li]
                 assert ld.free_after < j, "a load overwrites data its own consumer still needs"
-                out.append(ld.insn)
+                put(ld.insn)
                 li += 1
             assert ex.after_store < si, "a compute instruction waits for a store not yet issued"
-            out.append(ex.insn)
+            put(ex.insn, ex.tag)
             while si < len(self.sts) and self.sts[si].after_ex <= j:
-                out.append(self.sts[si].insn)
+                put(self.sts[si].insn)
                 si += 1
-        out += [ld.insn for ld in self.lds[li:]]
-        out += [st.insn for st in self.sts[si:]]
-        out.append(Insn("SYNC"))
-        return out
+        for ld in self.lds[li:]:
+            put(ld.insn)
+        for st in self.sts[si:]:
+            put(st.insn)
+        put(Insn("SYNC"))
+        return Lowered(out, tags)
+
+
+class Lowered(list):
+    """A segment's instructions in program order (a ``list`` of :class:`Insn`), with
+    ``tags``: for each instruction, the tag its lowering gave it (:meth:`Segment.compute`),
+    ``None`` for the others."""
+
+    def __init__(self, insns=(), tags=None):
+        super().__init__(insns)
+        self.tags = [None] * len(self) if tags is None else list(tags)
 
 
 class SlotSet:

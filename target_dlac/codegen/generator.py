@@ -29,15 +29,18 @@ from tvm import relax
 from target_dlac.core.errors import CodegenError
 from target_dlac.core.ir import const_np, dtype_of, is_const, iter_bindings, op_name, shape_of
 
+from target_dlac.core.plan import LayerPlan, WeightFormat
 from target_dlac.codegen import composites as C
+from target_dlac.codegen.composites import ConvLayer  # noqa: F401 - its old home (re-exported)
 from target_dlac.binary import hostgraph
-from target_dlac.isa.encoding import WFMTS, Insn
-from target_dlac.codegen.layer_weights import LayerWeights, pe_order
+from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
+from target_dlac.isa.formats import SWIS_GROUP, facts
+from target_dlac.codegen.layer_weights import pe_order
 from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
 from target_dlac.isa.machine import Machine
 from target_dlac.isa.blocks import pack_swis, pack_ternary
 from target_dlac.binary.program import DTYPE_SIZES, Program, Tensor
-from target_dlac.codegen.schedule import ConvShape, align, check, default_schedule, weight_tiles
+from target_dlac.codegen.schedule import align, check, default_schedule, weight_tiles
 
 #: Activations are allocated from this virtual DRAM address, then placed after the constants.
 ACT_BASE = 1 << 39
@@ -60,29 +63,19 @@ class Ref:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_SIZES[self.dtype]
 
 
-@dataclass
-class ConvLayer:
-    """A conv / dense layer as the codegen sees it before scheduling it: what the
-    tuner searches over and what a tuning-log record is keyed by."""
-    name: str                  # display (source) name
-    op: str                    # conv2d | dwconv2d | dense
-    precision: str
-    shape: ConvShape
-    weights: LayerWeights
-    has_scale: bool
-
-
 class Codegen:
-    def __init__(self, mod: tvm.IRModule, machine: Machine, *, layer_names: dict | None = None,
-                 precisions: dict | None = None, schedules=None, swis: dict | None = None,
-                 progress=None):
-        """``schedules``: ``{layer name: Schedule}``, or a function ``(ConvLayer) -> Schedule
-        or None``; a layer without one gets :func:`schedule.default_schedule`."""
+    def __init__(self, mod: tvm.IRModule, machine: Machine, *, plan: dict | None = None,
+                 layer_names: dict | None = None, schedules=None, progress=None):
+        """``plan``: ``{layer var: LayerPlan}`` (the quantize stage's; a layer without one
+        is full precision, or what its composite's attributes say).  ``layer_names``:
+        display names by layer var (default: the plan's).  ``schedules``: ``{layer name:
+        Schedule}``, or a function ``(ConvLayer) -> Schedule or None``; a layer without
+        one gets :func:`schedule.default_schedule`."""
         self.mod, self.m = mod, machine
-        self.layer_names = layer_names or {}
-        self.precisions = precisions or {}
+        self.plan: dict[str, LayerPlan] = dict(plan or {})
+        self.layer_names = layer_names if layer_names is not None else \
+            {v: p.name for v, p in self.plan.items()}
         self.schedules = schedules or {}
-        self.swis = swis or {}
         self.conv_layers: list[ConvLayer] = []
         self.progress = progress
         self.consts = bytearray()
@@ -99,6 +92,16 @@ class Codegen:
         self.produced: dict = {}        # Relax var -> tensor name
         self.producer: dict = {}        # tensor name -> Relax var
         self._act_end = 0
+
+    @property
+    def precisions(self) -> dict:
+        """Precision by layer var (from the plan; the old ``precisions`` argument)."""
+        return {v: p.precision for v, p in self.plan.items()}
+
+    @property
+    def swis(self) -> dict:
+        """SWIS decompositions by layer var (from the plan; the old ``swis`` argument)."""
+        return {v: p.swis for v, p in self.plan.items() if p.swis is not None}
 
     # ---- DRAM -------------------------------------------------------------------------
     def _const_bytes(self, data: bytes) -> int:
@@ -232,7 +235,7 @@ class Codegen:
         kind = str(fn.attrs["Composite"])
         env = dict(zip(fn.params, args))
         try:
-            spec = C.parse(fn)
+            spec = C.parse(fn, self.plan)
             if isinstance(spec, C.ViewSpec):
                 return self._view(env[spec.data], spec.out_shape, var)
             start = len(self.insns)
@@ -245,9 +248,7 @@ class Codegen:
                 entry = self._elt(spec, env, out)
         except C.Unlowerable as e:
             self.fallbacks.append({"composite": kind, "var": var.name, "reason": str(e)})
-            f = fn.without_attr("Composite")
-            if f.attrs is not None and "dlac.layer" in f.attrs:
-                f = f.without_attr("dlac.layer")
+            f = C.strip_attrs(fn)
             return self._record(var, self._host(var.name, f, args, shape_of(var)))
         entry.update(pc_start=start, pc_end=len(self.insns))
         self.layers.append(entry)
@@ -267,38 +268,29 @@ class Codegen:
     def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
         return np.concatenate([v[f0:f1] for v in prm]).astype("<f4").tobytes()
 
+    def _weight_format(self, spec: C.ConvSpec) -> WeightFormat:
+        """The format this mode lowers the layer's weights in (the plan's)."""
+        return spec.weight_format
+
     def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
         x = env[spec.data]
         res = env[spec.residual] if spec.residual is not None else None
         w, prm, epi = self._layer_weights(spec, x, out, res)
-        sw = self.swis.get(spec.layer) if w.dtype == np.int16 else None
-        if w.dtype == np.int16 and sw is None:
-            raise CodegenError(f"layer {spec.layer}: int16 (SWIS) weights without their decomposition")
-        if spec.kind == "dense":
-            b, k = x.shape
-            shape = ConvShape(b, k, 1, 1, w.shape[0], 1, 1, 1, 1, (0, 0, 0, 0), 1, 1, False,
-                              spec.residual is not None, spec.ternary, x.dtype, sw is not None)
-        else:
-            n, c, h, wd = x.shape
-            _, f, oh, ow = spec.out_shape
-            shape = ConvShape(n, c, h, wd, f, w.shape[2], w.shape[3], spec.strides[0], spec.strides[1],
-                              spec.pads, oh, ow, spec.depthwise, spec.residual is not None, spec.ternary,
-                              x.dtype, sw is not None)
+        fmt = self._weight_format(spec)
+        if fmt is WeightFormat.SWIS and spec.plan.swis is None:
+            raise CodegenError(f"layer {spec.layer}: SWIS weights without their decomposition")
         display = self.layer_names.get(spec.layer, spec.layer)
-        op = "dense" if spec.kind == "dense" else ("dwconv2d" if spec.depthwise else "conv2d")
-        default_prec = ("ternary" if spec.ternary else "swis" if sw is not None
-                        else "int8" if w.dtype == np.int8 else "fp32")
-        layer = ConvLayer(display, op, self.precisions.get(spec.layer, default_prec), shape,
-                          LayerWeights(w, spec.ternary, spec.depthwise, sw), epi.has_scale)
+        layer = C.conv_layer(spec, x.shape, x.dtype, w, fmt, epi.has_scale, display)
+        shape, sw = layer.shape, layer.weights.swis
         self.conv_layers.append(layer)
         sched = self._schedule_for(layer, spec.layer)
         wblock, pblock = {}, {}
         wbytes = 0
         for fi, ci, (f0, f1), (c0, c1) in weight_tiles(shape, sched):
             tile = w[f0:f1, c0:c1]
-            if sw is not None:
+            if fmt is WeightFormat.SWIS:
                 data = self._swis_block(sw, tile, f0, f1, c0, c1, sched.pe_order)
-            elif spec.ternary:
+            elif fmt is WeightFormat.TERNARY:
                 data = pack_ternary(tile, pe_order(tile, sched.pe_order))
             else:
                 data = np.ascontiguousarray(tile).tobytes()      # float32 or int8, dense
@@ -309,9 +301,8 @@ class Codegen:
                 pblock[fi] = (self._const_bytes(data), len(data))
                 wbytes += len(data)
         self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
-                                 pblock=pblock, epi=epi, name=display,
-                                 wfmt=WFMTS.index("int8" if w.dtype == np.int8 else "float32"))
-        return {"name": display, "var": spec.layer, "op": op, "precision": layer.precision,
+                                 pblock=pblock, epi=epi, name=display, wfmt=facts(fmt).wfmt)
+        return {"name": display, "var": spec.layer, "op": layer.op, "precision": layer.precision,
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
                 "min_dram_bytes": shape.min_input_bytes() + wbytes + out.nbytes + (res.nbytes if res else 0),
                 "min_write_bytes": out.nbytes}
@@ -328,11 +319,12 @@ class Codegen:
 
     @staticmethod
     def _swis_block(sw, tile: np.ndarray, f0: int, f1: int, c0: int, c1: int, how: str) -> bytes:
-        """A SWIS tile: the layer's shift sets of groups c0/4 .. ceil(c1/4); filters in PE
-        order by shift count (as_is: as given)."""
+        """A SWIS tile: the layer's shift sets of groups c0/M .. ceil(c1/M) (M = SWIS_GROUP);
+        filters in PE order by shift count (as_is: as given)."""
         kk = tile.shape[2] * tile.shape[3]
         g_all = sw.shifts.shape[1] // kk                 # groups per kernel position
-        shifts = sw.shifts.reshape(sw.shifts.shape[0], kk, g_all, -1)[f0:f1, :, c0 // 4:-(-c1 // 4)]
+        shifts = sw.shifts.reshape(sw.shifts.shape[0], kk, g_all, -1)[f0:f1, :, c0 // SWIS_GROUP:
+                                                                      -(-c1 // SWIS_GROUP)]
         counts = sw.counts[f0:f1]
         order = (np.arange(f1 - f0) if how == "as_is" else np.argsort(-counts, kind="stable"))
         return pack_swis(tile.astype(np.int64), shifts, counts, order)
@@ -345,7 +337,7 @@ class Codegen:
         x = env[spec.data]
         n, c, h, w = x.shape
         oh, ow = (spec.out_shape[2], spec.out_shape[3]) if len(spec.out_shape) == 4 else (1, 1)
-        if max(spec.kernel) > 4095 or max(spec.strides) > 255:
+        if max(spec.kernel) > MAX_POOL_KERNEL or max(spec.strides) > MAX_POOL_STRIDE:
             raise C.Unlowerable("pool window or stride exceeds the encoding's fields")
         mult, shift = self._pool_requant(spec, x, out)
         p = PoolShape(n, c, h, w, oh, ow, spec.kernel[0], spec.kernel[1], spec.strides[0],

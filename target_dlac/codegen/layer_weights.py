@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from target_dlac.core.plan import WeightFormat
 from target_dlac.isa.blocks import swis_block_bytes, swis_filter_bytes, swis_groups, ternary_block_bytes
+from target_dlac.isa.formats import facts
 from target_dlac.codegen.schedule import ConvShape, Schedule, ranges, weight_tiles
 
 
@@ -30,12 +32,30 @@ def pe_order(tile: np.ndarray, how: str) -> np.ndarray:
     return order_by_counts(np.count_nonzero(tile.reshape(tile.shape[0], -1), axis=1), how)
 
 
+def _legacy_format(w: np.ndarray, ternary: bool, swis) -> WeightFormat:
+    """The format of a ``LayerWeights`` built without one (the old signature, kept for the
+    callers that pass only ``ternary`` / ``swis``): dense blocks by their array's dtype."""
+    if swis is not None:
+        return WeightFormat.SWIS
+    if ternary:
+        return WeightFormat.TERNARY
+    return WeightFormat.INT8 if w.dtype == np.int8 else WeightFormat.FLOAT32
+
+
 class LayerWeights:
     """``w``: OIHW weights as the codegen stores them (ternary int8, SWIS int16 with its
-    decomposition ``swis``, or dense float32 / int8)."""
+    decomposition ``swis``, or dense float32 / int8) in weight format ``fmt`` (the layer
+    plan's; ``ternary`` and ``swis`` must agree with it)."""
 
-    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool, swis=None):
+    def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool, swis=None, *,
+                 fmt: WeightFormat | None = None):
         self.w, self.ternary, self.depthwise, self.swis = w, ternary, depthwise, swis
+        self.fmt = WeightFormat(fmt) if fmt is not None else _legacy_format(w, ternary, swis)
+        if (self.fmt is WeightFormat.TERNARY) != bool(ternary) or \
+                (self.fmt is WeightFormat.SWIS) != (swis is not None):
+            raise ValueError(f"weight format {self.fmt} disagrees with ternary={ternary}, "
+                             f"swis={'given' if swis is not None else None}")
+        self.bytes_per_weight = facts(self.fmt).bytes_per_weight      # dense blocks
         nz = np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2)
         self._cum = np.zeros((nz.shape[0], nz.shape[1] + 1), np.int64)     # over input channels
         self._cum[:, 1:] = nz.cumsum(axis=1)
@@ -57,7 +77,7 @@ class LayerWeights:
             return swis_block_bytes(self.swis.counts[f0:f1], swis_groups(c1 - c0, kh, kw))
         if self.ternary:
             return ternary_block_bytes(f1 - f0, int(self.tile_counts(f, c).sum()))
-        return (f1 - f0) * (c1 - c0) * kh * kw * self.w.dtype.itemsize
+        return (f1 - f0) * (c1 - c0) * kh * kw * self.bytes_per_weight
 
     def max_bytes(self, f_t: int, c_t: int) -> int:
         """The largest block of any tile of ``f_t`` filters x ``c_t`` input channels (the
@@ -72,7 +92,7 @@ class LayerWeights:
         kh, kw = self.w.shape[2:]
         c_t = C if self.depthwise else min(c_t, C)
         if not self.ternary and self.swis is None:       # dense: a full tile is the largest
-            return min(f_t, F) * c_t * kh * kw * self.w.dtype.itemsize
+            return min(f_t, F) * c_t * kh * kw * self.bytes_per_weight
         fb = np.minimum(np.arange(0, F + f_t, f_t), F)[:len(ranges(F, f_t)) + 1]
         cb = np.minimum(np.arange(0, C + c_t, c_t), C)[:len(ranges(C, c_t)) + 1]
         nf = np.diff(fb)[:, None]

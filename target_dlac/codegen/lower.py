@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from target_dlac.core.errors import CodegenError
 
 from target_dlac.isa.cycles import ceil_div
-from target_dlac.codegen.emitter import Segment, SlotSet
-from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, POOL_MODES, Insn, alu_bytes, elem_bytes, fbits, \
-    s32_bits
+from target_dlac.codegen.emitter import Lowered, Segment, SlotSet
+from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, MAX_PAD, MAX_POOL_DIM, POOL_MODES, \
+    Insn, alu_bytes, elem_bytes, fbits, field_bits, field_max, s32_bits
 from target_dlac.isa.machine import Machine
 from target_dlac.codegen.schedule import ConvShape, Schedule, align, capacity_problems, footprint, ranges, slot_bytes, slots
 
@@ -101,10 +101,18 @@ def _epi_bounds(epi: Epilogue, integer: bool) -> tuple[int, int]:
     return fbits(epi.lo), fbits(epi.hi)
 
 
+def conv_op(shape: ConvShape) -> str:
+    """The conv instruction of a layer: ``SACC`` (SWIS), ``TACC`` (ternary) or ``MAC``."""
+    return "SACC" if shape.swis else ("TACC" if shape.ternary else "MAC")
+
+
 def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_addr: int,
-               wblock: dict, pblock: dict, epi: Epilogue, name: str = "layer", wfmt: int = 0) -> list[Insn]:
+               wblock: dict, pblock: dict, epi: Epilogue, name: str = "layer", wfmt: int = 0) -> Lowered:
     """Instructions of a conv/dense layer.  ``wblock[(fi, ci)]`` and ``pblock[fi]`` give
-    the DRAM (address, bytes) of each packed weight block / parameter block."""
+    the DRAM (address, bytes) of each packed weight block / parameter block.  The result
+    is a list of instructions whose ``tags`` say which weight block each one reads: the
+    key ``(fi, ci)`` of ``wblock`` for a ``TACC`` / ``MAC`` / ``SACC``, ``None`` for the
+    others (:class:`emitter.Lowered`)."""
     seg = Segment()
     n_sl = slots(s)
     eb = shape.elem_bytes
@@ -156,8 +164,9 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
         (oh0, oh1), (ow0, ow1) = sp[si]
         f0, f1 = ftiles[fi]
         (ih0, ih1, tp, bp), (iw0, iw1, lp, rp) = input_window(shape, (oh0, oh1), (ow0, ow1))
-        if max(tp, bp, lp, rp) > 15:
-            raise CodegenError(f"{name}: tile padding {max(tp, bp, lp, rp)} exceeds the 4-bit pad field")
+        if max(tp, bp, lp, rp) > MAX_PAD:
+            raise CodegenError(f"{name}: tile padding {max(tp, bp, lp, rp)} exceeds the "
+                               f"{field_bits(conv_op(shape), 'pt')}-bit pad field")
         cts = [(f0, f1)] if shape.depthwise else ctiles
         acc_slot_i, _ = accs.take((n, si, fi))
         acc_addr = accs.addr(acc_slot_i)
@@ -169,14 +178,14 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
             wa, wn = wblock[wkey]
             wslot = load_into(wts, wkey, lambda a: [_dma("WGT", dict(sram=a, dram=wa, y=1, x=wn,
                                                                       dram_stride=0, sram_stride=0))])
-            insn = Insn("SACC" if shape.swis else ("TACC" if shape.ternary else "MAC"), dict(
+            insn = Insn(conv_op(shape), dict(
                 inp=ins_.addr(islot), wgt=wts.addr(wslot), acc=acc_addr, accumulate=int(ci > 0),
                 depthwise=int(shape.depthwise), c=c1 - c0, h=ih1 - ih0, w=iw1 - iw0,
                 kh=shape.kh, kw=shape.kw, f=f1 - f0, oh=oh1 - oh0, ow=ow1 - ow0,
                 sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=DTYPES.index(shape.dtype),
                 wfmt=0 if shape.ternary or shape.swis else wfmt, pxshift=s.pxshift))
             j = seg.compute(insn, max(ins_.filled_by[islot], wts.filled_by[wslot]),
-                            acc_stored[acc_slot_i] if ci == 0 else -1)
+                            acc_stored[acc_slot_i] if ci == 0 else -1, tag=wkey)
             ins_.use(islot, j)
             wts.use(wslot, j)
         # epilogue: parameters and the residual tile, then the stores
@@ -233,14 +242,16 @@ class PoolShape:
 
 def pool_tiles(p: PoolShape, m: Machine) -> tuple[int, int]:
     """Greedy (channels, output rows) per tile: as many as the buffers hold, double-buffered."""
-    for c_t in sorted({min(p.c, 4095), *[ceil_div(p.c, 2 ** i) for i in range(1, 13)]}, reverse=True):
-        if c_t > 4095:
+    top = MAX_POOL_DIM
+    for c_t in sorted({min(p.c, top), *[ceil_div(p.c, 2 ** i) for i in range(1, top.bit_length() + 1)]},
+                      reverse=True):
+        if c_t > top:
             continue
         for h_t in range(p.oh, 0, -1):
             in_rows = (h_t - 1) * p.sh + p.kh
             if 2 * align(c_t * in_rows * p.w * p.elem_bytes) <= m.inp_bytes and \
                     2 * ceil_div(c_t * h_t * p.ow, m.pes) * 4 <= m.obuf_bytes_per_pe and \
-                    c_t * h_t * p.ow * 8 <= m.acc_bytes and in_rows <= 4095:
+                    c_t * h_t * p.ow * 8 <= m.acc_bytes and in_rows <= top:
                 return c_t, h_t
     raise CodegenError(f"pooling {p} does not fit the buffers")
 
@@ -255,14 +266,15 @@ def lower_pool(p: PoolShape, m: Machine, *, x_addr: int, out_addr: int, name: st
     accs = SlotSet(0, acc_slot, 2)
     stored = [-1, -1]
     pt, pl, pb, pr = p.pads
-    if max(pl, pr) > 15:
-        raise CodegenError(f"{name}: padding {max(pl, pr)} exceeds the 4-bit pad field")
+    max_pad, pad_bits = field_max("POOL", "pt"), field_bits("POOL", "pt")
+    if max(pl, pr) > max_pad:
+        raise CodegenError(f"{name}: padding {max(pl, pr)} exceeds the {pad_bits}-bit pad field")
     for n in range(p.n):
         for c0, c1 in ranges(p.c, c_t):
             for oh0, oh1 in ranges(p.oh, h_t):
                 ih0, ih1, tp, bp = _window(oh0, oh1, p.sh, p.kh, pt, p.h)
-                if max(tp, bp) > 15:
-                    raise CodegenError(f"{name}: padding {max(tp, bp)} exceeds the 4-bit pad field")
+                if max(tp, bp) > max_pad:
+                    raise CodegenError(f"{name}: padding {max(tp, bp)} exceeds the {pad_bits}-bit pad field")
                 slot, free_after = ins_.take((n, c0, oh0))
                 last = -1
                 for d in tile_dmas(x_addr + n * p.c * p.h * p.w * eb, (p.c, p.h, p.w), (c0, c1),

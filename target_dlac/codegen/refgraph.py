@@ -15,6 +15,7 @@ import numpy as np
 from tvm import relax
 
 from target_dlac.core.ir import make_const
+from target_dlac.codegen.composites import strip_attrs
 
 
 def _i64(v) -> relax.Expr:
@@ -104,9 +105,9 @@ class RefGraph:
 
     def call(self, fn: relax.Function, args):
         """``fn`` (a host op's or a composite's function) called on ``args``."""
-        for attr in ("Composite", "dlac.layer", "global_symbol"):
-            if fn.attrs is not None and attr in fn.attrs:
-                fn = fn.without_attr(attr)
+        fn = strip_attrs(fn)
+        if fn.attrs is not None and "global_symbol" in fn.attrs:
+            fn = fn.without_attr("global_symbol")
         self._funcs += 1
         gv = self.bb.add_func(fn, f"ref_{self._funcs}")
         return self.emit(relax.Call(gv, list(args)))

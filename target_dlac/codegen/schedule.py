@@ -30,16 +30,16 @@ from dataclasses import asdict, dataclass
 from target_dlac.core.errors import CodegenError
 
 from target_dlac.isa.cycles import ceil_div
-from target_dlac.isa.encoding import DTYPES, epi_param_layout
+from target_dlac.isa.encoding import DTYPES, MAX_DIM, MAX_PIXELS, epi_param_layout
+from target_dlac.isa.formats import SWIS_GROUP, TERNARY_MAX_WEIGHTS
 from target_dlac.isa.machine import Machine
 from target_dlac.binary.program import DTYPE_SIZES
 
 ALIGN = 64              # on-chip slots and DRAM blocks start on 64-byte boundaries
 ORDERS = ("spatial_outer", "filter_outer")
 PE_ORDERS = ("as_is", "sorted")
-MAX_DIM = 4095          # 12-bit tile fields of the encoding
-MAX_KIDX = 65536        # u16 weight index of a ternary block
-MAX_PIXELS = 65535      # 16-bit pixel field of EPI
+MAX_KIDX = TERNARY_MAX_WEIGHTS      # u16 weight index of a ternary block
+# MAX_DIM (the 12-bit tile fields) and MAX_PIXELS (EPI's 16-bit pixel field): isa.encoding
 
 
 def _touched(n_out: int, stride: int, k: int, pad: int, size: int) -> int:
@@ -66,7 +66,7 @@ class ConvShape:
     residual: bool = False
     ternary: bool = True
     dtype: str = "float32"     # activation type: float32 | int8
-    swis: bool = False         # SWIS weights: input-channel tiles in whole groups of 4
+    swis: bool = False         # SWIS weights: input-channel tiles in whole groups (SWIS_GROUP)
 
     @property
     def elem_bytes(self) -> int:
@@ -107,14 +107,35 @@ class Schedule:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Schedule":
-        try:
-            s = cls(**{k: d[k] for k in ("f_tile", "c_tile", "h_tile", "w_tile")},
-                    order=d.get("order", "spatial_outer"), double_buffer=bool(d.get("double_buffer", True)),
-                    pe_order=d.get("pe_order", "sorted"), pxshift=d.get("pxshift", 0))
-        except (KeyError, TypeError) as e:
-            raise CodegenError(f"schedule {d!r} is malformed: {e}") from None
-        return s
+    def from_dict(cls, d) -> "Schedule":
+        """The schedule ``d`` describes (as :meth:`to_dict` writes it), read strictly: every
+        field present and no other; tile sizes integers of at least 1, ``order`` in
+        :data:`ORDERS`, ``double_buffer`` a boolean, ``pe_order`` in :data:`PE_ORDERS`,
+        ``pxshift`` an integer of at least 0.  Otherwise :class:`CodegenError` naming the
+        field.  (Whether it suits a layer and a machine: :func:`schedule_problems`.)"""
+        if not isinstance(d, dict):
+            raise CodegenError(f"schedule {d!r} is malformed: not a dict of its fields")
+        names = tuple(cls.__dataclass_fields__)
+        unknown = sorted(str(k) for k in d if k not in names)
+        missing = [k for k in names if k not in d]
+        if unknown or missing:
+            raise CodegenError(f"schedule {d!r} is malformed: "
+                               + "; ".join(([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
+                                           + ([f"missing field(s) {', '.join(missing)}"] if missing else [])))
+
+        def bad(name, want):
+            return CodegenError(f"schedule {d!r} is malformed: {name}={d[name]!r} is not {want}")
+
+        for name in ("f_tile", "c_tile", "h_tile", "w_tile", "pxshift"):
+            v, lo = d[name], 0 if name == "pxshift" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise bad(name, f"an integer of at least {lo}")
+        for name, opts in (("order", ORDERS), ("pe_order", PE_ORDERS)):
+            if not isinstance(d[name], str) or d[name] not in opts:
+                raise bad(name, f"one of {', '.join(opts)}")
+        if not isinstance(d["double_buffer"], bool):
+            raise bad("double_buffer", "true or false")
+        return cls(**{k: d[k] for k in names})
 
 
 def slots(s: Schedule) -> int:
@@ -201,10 +222,10 @@ def schedule_problems(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> tupl
     if problems:
         return True, problems
     c_t = s.f_tile if shape.depthwise else s.c_tile
-    if shape.swis and s.c_tile % 4 and s.c_tile != shape.c:
-        problems.append(f"c_tile={s.c_tile}: SWIS layers tile input channels in groups of 4")
+    if shape.swis and s.c_tile % SWIS_GROUP and s.c_tile != shape.c:
+        problems.append(f"c_tile={s.c_tile}: SWIS layers tile input channels in groups of {SWIS_GROUP}")
     if shape.in_rows(s.h_tile) > MAX_DIM or shape.in_cols(s.w_tile) > MAX_DIM:
-        problems.append("input tile exceeds 4095 rows/columns")
+        problems.append(f"input tile exceeds {MAX_DIM} rows/columns")
     if shape.ternary and (1 if shape.depthwise else c_t) * shape.kh * shape.kw > MAX_KIDX:
         problems.append(f"{c_t}x{shape.kh}x{shape.kw} weights per filter exceed the 16-bit index")
     if s.h_tile * s.w_tile > MAX_PIXELS:
@@ -247,7 +268,7 @@ def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool =
     best, best_key = None, None
     c_opts = even_splits(min(shape.c, MAX_DIM))[::-1]           # largest first
     if shape.swis:
-        c_opts = [c for c in c_opts if c % 4 == 0 or c == shape.c]
+        c_opts = [c for c in c_opts if c % SWIS_GROUP == 0 or c == shape.c]
     for w_t in _halvings(min(shape.ow, MAX_DIM)):
         for f_t in _halvings(min(shape.f, MAX_DIM), m.pe_cols):
             for h_t in range(min(shape.oh, MAX_DIM), 0, -1):

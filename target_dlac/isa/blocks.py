@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from target_dlac.isa.formats import SWIS_BITS, SWIS_GROUP, SWIS_MAX_SHIFTS, TERNARY_MAX_WEIGHTS
+
 CODE_POS, CODE_NEG = 1, 2
 
 
@@ -43,9 +45,9 @@ def pack_ternary(t: np.ndarray, order: np.ndarray | None = None) -> bytes:
     ``order``: PE order of the filters (default: as given)."""
     nf = t.shape[0]
     flat = t.reshape(nf, -1)
-    if flat.shape[1] > 65536:
+    if flat.shape[1] > TERNARY_MAX_WEIGHTS:
         raise ValueError(f"ternary tile has {flat.shape[1]} weights per filter; the u16 index "
-                         "allows 65536 (tile fewer input channels)")
+                         f"allows {TERNARY_MAX_WEIGHTS} (tile fewer input channels)")
     order = np.arange(nf) if order is None else np.asarray(order)
     rows, idx = np.nonzero(flat[order])          # row-major: filters in PE order, indices ascending
     counts = np.bincount(rows, minlength=nf)
@@ -118,7 +120,7 @@ def unpack_ternary(buf: np.ndarray, addr: int, nfilters: int, k: int) -> tuple[n
 #     each filter's record padded to 4 bytes.
 #     weight = (-1 if sign) * sum_j mask_j * 2^shift_j
 
-SWIS_M = 4
+SWIS_M = SWIS_GROUP
 
 
 def swis_groups(c: int, kh: int, kw: int) -> int:
@@ -163,13 +165,13 @@ def pack_swis(values: np.ndarray, shifts: np.ndarray, counts: np.ndarray, order:
 
 
 def swis_counts(buf: np.ndarray, addr: int, nfilters: int) -> np.ndarray:
-    """Shift counts (PE order) from a SWIS block's header, checked to be 1..8."""
+    """Shift counts (PE order) from a SWIS block's header, checked to be 1..SWIS_MAX_SHIFTS."""
     head = pad4(nfilters) + pad4(2 * nfilters)
     if addr + head > len(buf):
         raise BlockError(f"SWIS block header [{addr}, {addr + head}) runs past WGT ({len(buf)} bytes)")
     counts = buf[addr:addr + nfilters].astype(np.int64)
-    if nfilters and (counts.min() < 1 or counts.max() > 8):
-        raise BlockError("SWIS shift counts must be 1..8")
+    if nfilters and (counts.min() < 1 or counts.max() > SWIS_MAX_SHIFTS):
+        raise BlockError(f"SWIS shift counts must be 1..{SWIS_MAX_SHIFTS}")
     return counts
 
 
@@ -192,8 +194,8 @@ def unpack_swis(buf: np.ndarray, addr: int, nfilters: int, c: int, kh: int, kw: 
         s = int(counts[fi])
         rec = buf[o:o + groups * (s + 2 * SWIS_M)].reshape(groups, s + 2 * SWIS_M)
         sh = rec[:, :s].astype(np.int64)
-        if sh.size and sh.max() > 7:
-            raise BlockError("SWIS shift position above 7")
+        if sh.size and sh.max() > SWIS_BITS - 1:
+            raise BlockError(f"SWIS shift position above {SWIS_BITS - 1}")
         code = np.ascontiguousarray(rec[:, s:]).view("<u2").astype(np.int64)       # [groups, M]
         if (code & ~((1 << s) - 1 | 1 << 15)).any():
             raise BlockError("SWIS weight code has bits set beyond its shift count")

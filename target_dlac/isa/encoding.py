@@ -84,6 +84,31 @@ FORMATS: dict[str, tuple[int, str, tuple]] = {
 BY_CODE = {code: name for name, (code, _, _) in FORMATS.items()}
 
 
+def field_bits(op: str, name: str) -> int:
+    """Width in bits of field ``name`` of opcode ``op`` (from :data:`FORMATS`)."""
+    for fname, bits in FORMATS[op][2]:
+        if fname == name:
+            return bits
+    raise KeyError(f"{op} has no field {name!r}")
+
+
+def field_max(op: str, name: str) -> int:
+    """The largest value field ``name`` of ``op`` holds (unsigned: ``2**bits - 1``)."""
+    return (1 << field_bits(op, name)) - 1
+
+
+#: Limits of the encoding's fields, each derived from :data:`FORMATS` (what the lowering
+#: and the schedule checks refuse beyond).
+MAX_KERNEL = field_max("MAC", "kh")          # conv kernel height / width (4 bits: 15)
+MAX_CONV_STRIDE = field_max("MAC", "sh")     # conv stride (4 bits: 15)
+MAX_PAD = field_max("MAC", "pt")             # conv / pool padding of a tile (4 bits: 15)
+MAX_DIM = field_max("MAC", "c")              # conv tile channels, rows, columns (12 bits: 4095)
+MAX_POOL_KERNEL = field_max("POOL", "kh")    # pooling window (12 bits: 4095)
+MAX_POOL_STRIDE = field_max("POOL", "sh")    # pooling stride (8 bits: 255)
+MAX_POOL_DIM = field_max("POOL", "w")        # pooling tile channels, rows, columns (4095)
+MAX_PIXELS = field_max("EPI", "p")           # pixels of an epilogue tile (16 bits: 65535)
+
+
 def _layout(fields_: tuple) -> list[tuple[str, int, int, int]]:
     """[(name, word, shift, bits)] for header + fields, never straddling a word."""
     out, word, pos = [], 0, 0

@@ -13,6 +13,14 @@ order them and the program is refused (:class:`ExecutionError` naming both pcs).
 check is O(log n) per access, amortized (:class:`_Coverage`), whatever the program: one
 unit idle or far ahead of another costs nothing extra.  Instruction queues are assumed
 deep enough that fetch never stalls.
+
+:class:`Replay` is the one way instructions are placed on a timeline: each costed by a
+cost function (:func:`cycles.cost`, or :func:`dense_cost` for the dense-equivalent
+timeline), the compute cycles and load stalls summed.  The interpreter places every
+instruction it executes on two replays (the real one, race-checked, and the
+dense-equivalent one); the analytic cost model (:mod:`target_dlac.tune.costmodel`) replays
+a layer's instructions on one (:func:`replay`), so its cycles equal the interpreter's by
+construction.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 
 from target_dlac.core.errors import ExecutionError
 
+from target_dlac.isa import cycles
 from target_dlac.isa.encoding import Insn, disassemble
 
 
@@ -197,6 +206,54 @@ class Timeline:
                     f"from cycle {start}, but pc {e_pc} ({e_unit}) {'writes' if e_write else 'reads'} "
                     f"it until cycle {e_end}; a dependency token is missing", pc=pc, insn=text)
         raise AssertionError("coverage map and access log disagree")       # pragma: no cover
+
+
+def dense_cost(ins: Insn, m, counts=None) -> int:
+    """The cost of ``ins`` with every weight issued: a ``TACC`` / ``SACC`` costed as a
+    ``MAC`` (:func:`cycles.dense_cycles`), any other instruction as :func:`cycles.cost`."""
+    if ins.op in ("TACC", "SACC"):
+        return cycles.dense_cycles(ins, m)
+    return cycles.cost(ins, m, counts)
+
+
+class Replay:
+    """Instructions placed in program order on a :class:`Timeline`, each costed by
+    ``cost_fn(ins, machine, counts)`` (default :func:`cycles.cost`); ``compute`` and
+    ``load_stall`` sum the compute unit's busy cycles and load stalls so far.
+    ``check_races`` / ``record``: as :class:`Timeline`."""
+
+    def __init__(self, machine, cost_fn=cycles.cost, *, check_races: bool = False,
+                 record: bool = False):
+        self.m, self.cost_fn = machine, cost_fn
+        self.timeline = Timeline(check_races, record)
+        self.compute = self.load_stall = 0
+
+    def place(self, pc: int, ins: Insn, counts=None, accesses=()) -> tuple[int, Slot]:
+        """Cost ``ins`` (``counts``: its weight block's per-filter counts, for ``TACC`` /
+        ``SACC``) and place it; ``accesses`` as :meth:`Timeline.step`.  Returns
+        ``(cycles, slot)``."""
+        cyc = self.cost_fn(ins, self.m, counts)
+        slot = self.timeline.step(pc, ins.unit, (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next),
+                                  cyc, accesses, ins)
+        if ins.unit == "compute":
+            self.compute += cyc
+        self.load_stall += slot.load_stall
+        return cyc, slot
+
+    def totals(self) -> dict:
+        """``{"total", "compute", "load_stall", "store_stall"}`` of what was placed (the
+        split of a run report's cycles: the store stall is the rest)."""
+        total = self.timeline.now
+        return {"total": total, "compute": self.compute, "load_stall": self.load_stall,
+                "store_stall": max(0, total - self.compute - self.load_stall)}
+
+
+def replay(steps, machine, cost_fn=cycles.cost) -> Replay:
+    """A :class:`Replay` (race check off) of ``steps``, ``(pc, ins, counts)`` in program order."""
+    r = Replay(machine, cost_fn)
+    for pc, ins, counts in steps:
+        r.place(pc, ins, counts)
+    return r
 
 
 #: An access log is first pruned when it holds this many entries.

@@ -2,27 +2,30 @@
 computing any value.
 
 :func:`layer_cycles` predicts what the interpreter reports for the layer
-(``RunReport.layers[i].cycles`` and its compute / load-stall / store-stall split).
-It equals the interpreter's count because it replays the same machine model on the
-same instructions, skipping only the arithmetic:
+(``RunReport.layers[i].cycles`` and its compute / load-stall / store-stall split), for
+every weight format: dense (``MAC``), ternary (``TACC``) and SWIS (``SACC``).  It equals
+the interpreter's count because it replays the same machine model on the same
+instructions, skipping only the arithmetic:
 
 * the weight blocks are sized as the codegen packs them for this schedule
-  (:meth:`target_dlac.codegen.layer_weights.LayerWeights.blocks`, the same tiles and PE order
-  the codegen packs: ternary blocks' size and per-filter non-zero counts in PE order,
-  i.e. what :func:`packing.pack_ternary` writes and the interpreter reads back), and
-  the epilogue parameter blocks as :func:`isa.epi_param_layout`;
+  (:meth:`target_dlac.codegen.layer_weights.LayerWeights.blocks`, the same tiles and PE
+  order the codegen packs), with the per-filter counts a ``TACC`` / ``SACC`` is costed
+  by, in PE order: a ternary block's non-zero counts (what :func:`blocks.pack_ternary`
+  writes and the interpreter reads back), a SWIS block's shift counts (the layer's
+  :class:`SwisResult` counts of the tile's filters, in the order
+  :func:`blocks.pack_swis` writes them: :func:`block_counts`); the epilogue parameter
+  blocks as :func:`isa.epi_param_layout`;
 * the instructions (with their dependency tokens) come from the same
   :func:`lower.lower_conv` the codegen calls (DRAM addresses are dummies: no cost
-  depends on an address);
-* each instruction is costed by :func:`cycles.cost`, a ``TACC`` with the counts of the
-  block that the latest ``LOAD`` into its WGT address brought in;
-* they are placed on a :class:`timeline.Timeline` (race check off: it only refuses
-  programs, never moves an instruction).
+  depends on an address), which says which weight block each conv instruction reads;
+* they are costed by :func:`cycles.cost` and placed on a timeline by the same
+  :class:`target_dlac.sim.timeline.Replay` the interpreter places its instructions with
+  (race check off: it only refuses programs, never moves an instruction).
 
 A layer of a program starts after the previous layer's closing ``SYNC`` (a barrier:
 every unit idle) and ends with its own, so the interpreter's per-layer cycles (end of
 the layer minus end of the previous one, :mod:`report`) equal the end of this
-stand-alone timeline started at 0.  SWIS (``SACC``) layers are not modelled.
+stand-alone timeline started at 0.
 """
 
 from __future__ import annotations
@@ -30,36 +33,57 @@ from __future__ import annotations
 import numpy as np
 
 from target_dlac.isa import cycles
-from target_dlac.isa.encoding import BUFFERS, DTYPES, Insn, epi_param_layout
-from target_dlac.codegen.layer_weights import LayerWeights
-from target_dlac.codegen.lower import Epilogue, input_window, lower_conv, tile_dmas
+from target_dlac.isa.encoding import DTYPES, Insn, epi_param_layout
+from target_dlac.codegen.layer_weights import LayerWeights, order_by_counts
+from target_dlac.codegen.lower import Epilogue, conv_op, input_window, lower_conv, tile_dmas
 from target_dlac.isa.machine import Machine
 from target_dlac.codegen.schedule import ConvShape, Schedule, align, ranges
-from target_dlac.sim.timeline import Timeline
-
-_WGT = BUFFERS.index("WGT")
+from target_dlac.sim.timeline import replay
 
 
 def _as_weights(shape: ConvShape, weights) -> LayerWeights:
     if isinstance(weights, LayerWeights):
+        if shape.swis and weights.swis is None:
+            raise ValueError("a SWIS layer's LayerWeights needs its SWIS decomposition (swis=...)")
         return weights
+    if shape.swis:
+        raise ValueError("the weights of a SWIS layer are a LayerWeights with its SWIS decomposition, "
+                         "not an array")
     w = np.asarray(weights)
     if w.ndim == 2:
         w = w.reshape(*w.shape, 1, 1)
     return LayerWeights(w, shape.ternary, shape.depthwise)
 
 
+def block_counts(shape: ConvShape, sched: Schedule, weights) -> dict:
+    """``{(fi, ci): (bytes, counts)}`` of the weight blocks packed under ``sched``:
+    ``counts`` are what the block's conv instruction is costed by, in PE order: the
+    filters' non-zero counts (ternary), their shift counts (SWIS: a filter's count is the
+    same for every input-channel tile), ``None`` (dense)."""
+    info = _as_weights(shape, weights)
+    blocks = info.blocks(shape, sched)
+    if info.swis is None:
+        return blocks
+    ftiles = ranges(shape.f, sched.f_tile)
+    all_counts = np.asarray(info.swis.counts, np.int64)
+    out = {}
+    for (fi, ci), (nbytes, _) in blocks.items():
+        f0, f1 = ftiles[fi]
+        counts = all_counts[f0:f1]
+        out[(fi, ci)] = (nbytes, counts[order_by_counts(counts, sched.pe_order)])
+    return out
+
+
 def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
                        has_scale: bool = True):
-    """(instructions of the layer from :func:`lower_conv` with dummy addresses,
-    ``{dram address: counts}`` of its weight blocks)."""
-    if shape.swis:
-        raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
+    """``(pc, instruction, counts)`` of the layer's instructions from :func:`lower_conv`
+    (dummy addresses), ``counts`` those of the weight block a conv instruction reads
+    (:func:`block_counts`; ``None`` for the others)."""
     info = _as_weights(shape, weights)
-    wblock, counts_at, addr = {}, {}, 0
-    for key, (nbytes, counts) in info.blocks(shape, sched).items():
+    blocks = block_counts(shape, sched, info)
+    wblock, addr = {}, 0
+    for key, (nbytes, _) in blocks.items():
         wblock[key] = (addr, nbytes)
-        counts_at[addr] = counts
         addr = align(addr + nbytes)
     pblock = {}
     for fi, (f0, f1) in enumerate(ranges(shape.f, sched.f_tile)):
@@ -73,21 +97,8 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
     insns = lower_conv(shape, sched, machine, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
                        pblock=pblock, epi=epi, name="costmodel",
                        wfmt=1 if info.w.dtype == np.int8 and not shape.ternary else 0)
-    return insns, counts_at
-
-
-def _with_counts(insns, counts_at):
-    """``(pc, ins, counts)`` for each instruction: a ``TACC`` gets the non-zero counts of
-    the block that the latest ``LOAD`` into its WGT address brought in."""
-    loaded: dict[int, int] = {}        # WGT address -> DRAM address of the block last loaded there
-    for pc, ins in enumerate(insns):
-        f = ins.f
-        counts = None
-        if ins.op == "LOAD" and f["buf"] == _WGT:
-            loaded[f["sram"]] = f["dram"]
-        elif ins.op == "TACC":
-            counts = counts_at[loaded[f["wgt"]]]
-        yield pc, ins, counts
+    return [(pc, ins, None if key is None else blocks[key][1])
+            for pc, (ins, key) in enumerate(zip(insns, insns.tags))]
 
 
 def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
@@ -95,24 +106,14 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
     """Predicted cycles of one conv / dense layer under ``sched`` on ``machine``.
 
     ``weights``: a :class:`LayerWeights` (build it once per layer when costing many
-    schedules), or the OIHW array (dense: ``[F, K, 1, 1]`` or ``[F, K]``): ternary int8
-    (-1/0/+1) when ``shape.ternary``, else the dense float32 / int8 weights the codegen
-    stores.  ``has_scale``: the epilogue has a per-filter scale (ternary layers do; int8
-    mode always).  Returns ``{"total", "compute", "load_stall", "store_stall"}`` as the
-    interpreter's per-layer report (``cycles`` and its split)."""
-    insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
-    tl = Timeline(check_races=False)
-    compute = load_stall = 0
-    for pc, ins, counts in _with_counts(insns, counts_at):
-        cyc = cycles.cost(ins, machine, counts)
-        slot = tl.step(pc, ins.unit, (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next),
-                       cyc, (), ins)
-        if ins.unit == "compute":
-            compute += cyc
-        load_stall += slot.load_stall
-    total = tl.now
-    return {"total": total, "compute": compute, "load_stall": load_stall,
-            "store_stall": max(0, total - compute - load_stall)}
+    schedules; a SWIS layer's must hold its decomposition), or the OIHW array (dense:
+    ``[F, K, 1, 1]`` or ``[F, K]``): ternary int8 (-1/0/+1) when ``shape.ternary``, else
+    the dense float32 / int8 weights the codegen stores.  ``has_scale``: the epilogue has
+    a per-filter scale (ternary and SWIS layers do; int8 mode always).  Returns
+    ``{"total", "compute", "load_stall", "store_stall"}`` as the interpreter's per-layer
+    report (``cycles`` and its split)."""
+    steps = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
+    return replay(steps, machine).totals()
 
 
 def layer_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
@@ -121,9 +122,9 @@ def layer_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weigh
     (:func:`cycles.lower_bound` of the useful PE work and the minimum DRAM traffic: the
     input the conv touches, the packed constants, the residual; the output).  Not on the
     search's path: the tuner asks it once per layer, for the table."""
-    insns, counts_at = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
-    work = sum(cycles.pe_work(ins, machine, counts) for _, ins, counts in _with_counts(insns, counts_at)
-               if ins.op in ("TACC", "MAC"))
+    work = sum(cycles.pe_work(ins, machine, counts)
+               for _, ins, counts in layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
+               if ins.op in ("TACC", "MAC", "SACC"))
     out_bytes = shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes
     read = shape.min_input_bytes() + _const_bytes(shape, sched, weights, has_scale) + \
         (out_bytes if shape.residual else 0)
@@ -153,19 +154,17 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
 
     It depends on the tiling, PE order and PE mapping only, not on the loop order or
     double buffering.  ``tests/tune/test_costmodel.py`` checks it never exceeds the exact count."""
-    if shape.swis:
-        raise NotImplementedError("the cost model does not cover SWIS (SACC) layers")
     info = _as_weights(shape, weights)
     m, eb, dt = machine, shape.elem_bytes, DTYPES.index(shape.dtype)
     sp = [(hr, wr) for hr in ranges(shape.oh, sched.h_tile) for wr in ranges(shape.ow, sched.w_tile)]
     ftiles = ranges(shape.f, sched.f_tile)
     ctiles = [(0, shape.c)] if shape.depthwise else ranges(shape.c, sched.c_tile)
-    op = "TACC" if shape.ternary else "MAC"
+    op = conv_op(shape)
     tile_shapes: dict = {}                      # (oh, ow) -> spatial tiles of that shape
     for (h0, h1), (w0, w1) in sp:
         tile_shapes[(h1 - h0, w1 - w0)] = tile_shapes.get((h1 - h0, w1 - w0), 0) + 1
     compute = 0
-    blocks = info.blocks(shape, sched)
+    blocks = block_counts(shape, sched, info)
     for (fi, ci), (nbytes, counts) in blocks.items():
         f0, f1 = ftiles[fi]
         c0, c1 = (f0, f1) if shape.depthwise else ctiles[ci]

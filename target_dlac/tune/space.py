@@ -13,12 +13,13 @@ The grid (``k`` = number of tiles, ``max_splits`` = 4 by default):
 * ``pxshift`` (PE-array mapping, :meth:`Machine.pe_grid`): 0 (16 pixel rows x 32
   filter columns), and for small output planes (fewer than ``SMALL_PLANE_ROWS *
   pe_rows`` pixels) also the middle and the largest shift (4 x 128, 1 x 512);
-* ``pe_order``: ``as_is``, ``sorted`` (only ``sorted`` for non-ternary layers, where the
-  filter order changes no cost).  A third filter-to-PE assignment, greedy balanced bins
-  (largest filter first onto the least-loaded PE column), is left out on purpose: a
-  TACC costs the sum over consecutive groups of ``pe_cols`` filters of the group's
-  largest count, which the sorted order minimizes over every permutation, so balanced
-  bins can only tie or lose (``tests/tune/test_costmodel.py::test_sorted_pe_order_is_optimal``
+* ``pe_order``: ``as_is``, ``sorted`` for ternary and SWIS layers (by non-zero or shift
+  count); only ``sorted`` for dense layers, where the filter order changes no cost.  A
+  third filter-to-PE assignment, greedy balanced bins (largest filter first onto the
+  least-loaded PE column), is left out on purpose: a TACC (SACC) costs the sum over
+  consecutive groups of ``pe_cols`` filters of the group's largest count (step count),
+  which the sorted order minimizes over every permutation, so balanced bins can only tie
+  or lose (``tests/tune/test_costmodel.py::test_sorted_pe_order_is_optimal``
   checks both claims).
 
 The default schedule's own tile sizes are added to each list, so the default is always
@@ -71,7 +72,7 @@ class ScheduleSpace:
         self.w_opts = sorted(set(even_splits(min(shape.ow, MAX_DIM), max_splits)) | {d.w_tile})
         self.order_opts = list(ORDERS)
         self.db_opts = [False, True]
-        self.pe_opts = list(PE_ORDERS) if shape.ternary else [d.pe_order]
+        self.pe_opts = list(PE_ORDERS) if shape.ternary or shape.swis else [d.pe_order]
         top = machine.max_pxshift
         small = shape.oh * shape.ow < SMALL_PLANE_ROWS * machine.pe_rows
         self.px_opts = sorted({0, top // 2, top}) if small else [0]

@@ -45,9 +45,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from target_dlac.core.errors import DlacError
+from target_dlac.core.errors import CodegenError, DlacError
 
-from target_dlac.codegen.schedule import ORDERS, PE_ORDERS, ConvShape, Schedule
+from target_dlac.codegen.schedule import ConvShape, Schedule
 
 KEY_FIELDS = ("op", "shape", "weights_sha256", "precision", "has_scale", "machine")
 _SHAPE_FIELDS = tuple(f.name for f in fields(ConvShape))
@@ -136,18 +136,12 @@ def _is_int(v, lo: int = 0) -> bool:
 
 
 def parse_schedule(d) -> Schedule | None:
-    """A :class:`Schedule` from a record's dict, or ``None`` if it is not a valid one."""
-    if not isinstance(d, dict):
+    """The :class:`Schedule` of a record's dict (:meth:`Schedule.from_dict`, strict), or
+    ``None`` if it is not a valid one."""
+    try:
+        return Schedule.from_dict(d)
+    except CodegenError:
         return None
-    if not all(_is_int(d.get(k), 1) for k in ("f_tile", "c_tile", "h_tile", "w_tile")):
-        return None
-    if d.get("order") not in ORDERS or d.get("pe_order") not in PE_ORDERS:
-        return None
-    if not isinstance(d.get("double_buffer"), bool) or not _is_int(d.get("pxshift", 0)):
-        return None
-    return Schedule(d["f_tile"], d["c_tile"], d["h_tile"], d["w_tile"], order=d["order"],
-                    double_buffer=d["double_buffer"], pe_order=d["pe_order"],
-                    pxshift=d.get("pxshift", 0))
 
 
 def valid_record(rec) -> bool:
@@ -257,8 +251,6 @@ def layer_problem(rec, shape: ConvShape, weights, has_scale: bool, machine) -> s
     if problems:
         return f"its schedule {sched} {'is malformed' if malformed else 'does not fit'}: " + \
             "; ".join(problems)
-    if shape.swis:                  # not modelled by the cost model (and never tuned)
-        return None
     bound = max(costmodel.cycles_lower_bound(shape, sched, machine, weights, has_scale=has_scale),
                 costmodel.layer_lower_bound(shape, sched, machine, weights, has_scale=has_scale))
     if rec["cycles"] < bound:
@@ -292,7 +284,7 @@ def schedule_resolver(records, machine):
 
     def resolve(layer):
         counts["layers"] += 1
-        rec = None if layer.shape.swis else best_of.get(key_str(conv_layer_key(layer, mh)))
+        rec = best_of.get(key_str(conv_layer_key(layer, mh)))
         if rec is None:
             return None
         if id(rec) not in checked:

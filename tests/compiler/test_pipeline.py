@@ -106,5 +106,27 @@ def test_quantize_to_partition_as_tvm_passes(result):
     ternary = {l.var for l in result.layers if l.precision == "ternary"}
     seq = tvm.transform.Sequential([
         QuantizeWeights({name: WeightSpec() for name in ternary}),
-        FoldScales(ternary), MultiplyToAccumulate(ternary), RemoveDeadTuples, PartitionForDlac])
+        FoldScales(ternary), MultiplyToAccumulate(ternary), RemoveDeadTuples,
+        PartitionForDlac(result.plan)])
     tvm.ir.assert_structural_equal(seq(result.stages["canonicalize"]), result.stages["partition"])
+
+
+def test_pipeline_is_a_list_of_named_stages(resnet_small, resnet_input):
+    from compiler.pipeline import PIPELINE, PipelineState, Stage, result_of, run_pipeline
+    from target_dlac.isa.machine import Machine
+
+    assert tuple(s.name for s in PIPELINE) == STAGES
+    st = PipelineState(resnet_small, (resnet_input,), None, QuantConfig(), Machine())
+    run_pipeline(st, stop_after="quantize")
+    assert list(st.stages) == ["import", "canonicalize", "quantize"] and st.plans
+    assert all(p.integers is not None for p in st.plans if p.quantized)
+    # a stage list is data: a custom one runs the same way
+    seen = []
+    st2 = PipelineState(resnet_small, (resnet_input,), None, QuantConfig(), Machine())
+    extra = PIPELINE[:1] + (Stage("noop", lambda s: seen.append(1) or s.stages["import"]),)
+    run_pipeline(st2, stop_after="noop", pipeline=extra)
+    assert list(st2.stages) == ["import", "noop"] and seen == [1]
+    r = result_of(st)
+    assert list(r.stages) == ["import", "canonicalize", "quantize"] and r.layers == st.plans
+    with pytest.raises(ConfigError, match="unknown stage"):
+        run_pipeline(st, stop_after="nope")

@@ -163,7 +163,7 @@ def test_insn_raw_word_with_fixed_crcs(name, word, data):
 @FUZZ
 @given(name=st.sampled_from(SEED_NAMES), mut=st.sampled_from(SMART), rnd=st.randoms(use_true_random=False))
 def test_smart_mutators(name, mut, rnd):
-    """The CRC-fixing mutators of tests/fuzz_helpers.py (fields, opcodes, instruction stream,
+    """The CRC-fixing mutators of tests/fuzz_mutators.py (fields, opcodes, instruction stream,
     constants, JSON sections with the machine hash redone, section swaps), stacked twice."""
     pool = list(seeds().values()) if mut is m_section_swap else [seeds()[name]]
     blob, _ = mut(rnd, pool)

@@ -2,27 +2,22 @@
 
 1. ``run --check`` cannot pass on NaN/Inf the other side does not have; reports are
    strict JSON.
-2. Output paths that are an input, a directory, a symlink, a FIFO, a device, in a missing
-   or read-only directory are refused before any work, in one line.
 3. Output names from a binary's tensor table: only safe .npz member names are written
    (no zip-slip, no control characters, no lone surrogates; ``file`` / ``allow_pickle``
    are ordinary names); names printed on the terminal are escaped.
-4. Every bad ``--input`` (dtype, header, truncation, pickles, bad npz members) is one line.
 5. JSON numbers over 4,300 digits in a binary are a BinaryFormatError naming the section.
 6. ``compile -o`` verifies the binary reads back before it gets its name.
 
-Most tests run NumPy-only programs (``tests/container_helpers.make_program``); one module
-fixture compiles the tiny CLI factory for the tests that need TVM's reference.
+(2., output paths: test_hostile_cli_outputs.py; 4., hostile ``--input`` files:
+test_hostile_cli_inputs.py.)  Most tests run NumPy-only programs
+(``tests/container_helpers.make_program``); one module fixture compiles the tiny CLI
+factory for the tests that need TVM's reference.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import stat
-import struct
 import zipfile
 
 import numpy as np
@@ -35,30 +30,7 @@ from target_dlac.isa.encoding import encode
 from target_dlac.sim.interpreter import run
 from tests.cli_helpers import FACTORY, cli, error_line, ok
 from tests.container_helpers import MACHINE, X, make_program
-
-
-def _strict_loads(text: str):
-    """json.loads that refuses the NaN / Infinity / -Infinity tokens."""
-    def bad(token):
-        raise AssertionError(f"non-strict JSON token {token}")
-    return json.loads(text, parse_constant=bad)
-
-
-def _numpy_binary(path, out_name="y", layer_name="conv1", **meta):
-    """The container tests' ternary-conv program, with its output and layer renamed."""
-    p = make_program(**meta)
-    p.tensors[1] = dataclasses.replace(p.tensors[1], name=out_name)
-    p.meta["layers"][0]["name"] = layer_name
-    write_program(path, p)
-    return path
-
-
-@pytest.fixture
-def small(tmp_path):
-    """A NumPy-only binary and its input."""
-    b = _numpy_binary(tmp_path / "p.dlac")
-    np.save(tmp_path / "x.npy", X)
-    return {"bin": b, "x": tmp_path / "x.npy", "dir": tmp_path}
+from tests.security.cli_hostile_helpers import _numpy_binary, _strict_loads
 
 
 @pytest.fixture(scope="module")
@@ -136,159 +108,6 @@ def test_run_report_is_strict_json(small, tmp_path):
     _strict_loads(rj.read_text())
 
 
-# ============================================================== 2. output paths
-
-def _unchanged(path, before: bytes):
-    assert path.read_bytes() == before
-
-
-@pytest.mark.parametrize("flag", ["--output", "--report-json"])
-@pytest.mark.parametrize("which", ["bin", "x"])
-def test_run_output_is_an_input(small, flag, which):
-    target = small[which]
-    before = target.read_bytes()
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], flag, target]), exit_code=2)
-    assert flag in line and "same file" in line and str(target) in line
-    _unchanged(target, before)
-
-
-def test_run_output_is_a_hard_link_or_symlink_to_an_input(small):
-    x = small["x"]
-    before = x.read_bytes()
-    hard = small["dir"] / "hard.npz"
-    os.link(x, hard)
-    line = error_line(cli(["run", small["bin"], "--input", x, "--output", hard]), exit_code=2)
-    assert "same file" in line
-    link = small["dir"] / "link.json"
-    link.symlink_to(x)
-    line = error_line(cli(["run", small["bin"], "--input", x, "--report-json", link]), exit_code=2)
-    assert "symbolic link" in line
-    # an input given through a symlink, the output by its real path
-    xl = small["dir"] / "xl.npy"
-    xl.symlink_to(x)
-    line = error_line(cli(["run", small["bin"], "--input", xl, "--output", x]), exit_code=2)
-    assert "same file" in line
-    _unchanged(x, before)
-
-
-def test_run_two_outputs_same_file(small):
-    out = small["dir"] / "o.npz"
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--output", out,
-                           "--report-json", out]), exit_code=2)
-    assert "same file" in line and not out.exists()
-
-
-def test_run_output_is_directory_fifo_device(small):
-    d = small["dir"] / "adir"
-    d.mkdir()
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--output", d]), exit_code=2)
-    assert "is a directory" in line
-    fifo = small["dir"] / "fifo"
-    os.mkfifo(fifo)
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--report-json", fifo]), exit_code=2)
-    assert "FIFO" in line
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--output", os.devnull]), exit_code=2)
-    assert "device" in line
-
-
-def test_output_in_missing_directory(small):
-    out = small["dir"] / "nope" / "y.npz"
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--output", out]), exit_code=2)
-    assert "does not exist" in line and not out.parent.exists()
-
-
-def _read_only_dir(tmp_path):
-    if os.geteuid() != 0:
-        d = tmp_path / "ro"
-        d.mkdir()
-        d.chmod(0o555)
-        return d
-    for cand in ("/proc/sys", "/sys"):          # root ignores mode bits: a read-only mount
-        if os.path.isdir(cand) and not os.access(cand, os.W_OK):
-            return cand
-    pytest.skip("no read-only directory available")
-
-
-def test_output_in_read_only_directory(small, tmp_path):
-    d = _read_only_dir(tmp_path)
-    out = os.path.join(d, "y.npz")
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--output", out]), exit_code=2)
-    assert "not writable" in line and not os.path.exists(out)
-
-
-def test_write_failure_is_one_line_and_keeps_the_old_file(small, monkeypatch):
-    """A write the system refuses at write time (here: mkstemp, as on a read-only file
-    system) is one line naming the output; the previous file is untouched."""
-    import errno
-    import tempfile
-
-    out = small["dir"] / "r.json"
-    out.write_text("old")
-
-    def refuse(*a, **k):
-        raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    line = error_line(cli(["run", small["bin"], "--input", small["x"], "--report-json", out]),
-                      exit_code=1, stdout_empty=False)
-    assert "cannot write" in line and "r.json" in line and "Read-only" in line
-    assert out.read_text() == "old"
-
-
-def test_atomic_write_failed_verify_keeps_old_file(tmp_path):
-    from target_dlac.core.atomic import atomic_write_bytes
-
-    out = tmp_path / "f.bin"
-    out.write_bytes(b"old")
-
-    def verify(tmp):
-        assert open(tmp, "rb").read() == b"new"
-        raise RuntimeError("bad")
-    with pytest.raises(RuntimeError):
-        atomic_write_bytes(out, b"new", verify=verify)
-    assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
-    atomic_write_bytes(out, b"new", verify=lambda tmp: None)
-    assert out.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
-
-
-def test_atomic_write_to_directory_refused(tmp_path):
-    from target_dlac.core.atomic import OutputError, atomic_write_bytes
-
-    (tmp_path / "d").mkdir()
-    with pytest.raises(OutputError, match="cannot write"):
-        atomic_write_bytes(tmp_path / "d", b"x")
-    assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == []
-
-
-@pytest.mark.parametrize("flag", ["-o", "--report-json"])
-def test_compile_output_is_the_model_file(tiny_factory, flag):
-    path = tiny_factory.rpartition(":")[0]
-    before = open(path, "rb").read()
-    line = error_line(cli(["compile", tiny_factory, flag, path]), exit_code=2)
-    assert flag in line and "same file" in line and "MODEL" in line
-    assert open(path, "rb").read() == before
-
-
-def test_compile_output_is_calib_or_tuning_log(tiny_factory, tmp_path):
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, x=np.zeros((2, 1, 16, 16), np.float32))
-    before = calib.read_bytes()
-    line = error_line(cli(["compile", tiny_factory, "-o", tmp_path / "m.dlac", "--activations", "int8",
-                           "--calib", calib, "--report-json", calib]), exit_code=2)
-    assert "--calib" in line and "same file" in line
-    _unchanged(calib, before)
-    log = tmp_path / "log.jsonl"
-    log.write_text("")
-    line = error_line(cli(["compile", tiny_factory, "-o", log, "--tuning-log", log]), exit_code=2)
-    assert "--tuning-log" in line and "same file" in line
-    assert log.read_text() == ""
-
-
-def test_compile_output_is_a_directory(tiny_factory, tmp_path):
-    line = error_line(cli(["compile", tiny_factory, "-o", tmp_path]), exit_code=2)
-    assert "is a directory" in line
-
-
 # ============================================================== 3. names in .npz and on the terminal
 
 @pytest.mark.parametrize("name", ["file", "allow_pickle", "args", "kwds", "fix_imports", "x.npy", "ü名"])
@@ -348,130 +167,6 @@ def test_printable_helper():
     assert printable("plain ü 名 a\\b") == "plain ü 名 a\\b"
     assert printable("a\x1b\n\t\x7f\x85\ud800\u202e\U000e0001") == \
         "a\\x1b\\x0a\\x09\\x7f\\x85\\ud800\\u202e\\U000e0001"
-
-
-# ============================================================== 4. hostile --input files
-
-def _npy_with_header(header: bytes, body: bytes = b"", version=(1, 0)) -> bytes:
-    lenfmt = "<H" if version == (1, 0) else "<I"
-    return b"\x93NUMPY" + bytes(version) + struct.pack(lenfmt, len(header)) + header + body
-
-
-def _good_npy(arr) -> bytes:
-    import io
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-BAD_NPY = {
-    "string dtype": (lambda: _good_npy(np.array(["a", "b"])), "not numeric"),
-    "bytes dtype": (lambda: _good_npy(np.array([b"a"])), "not numeric"),
-    "complex dtype": (lambda: _good_npy(np.zeros(X.shape, np.complex64)), "not numeric"),
-    "structured dtype": (lambda: _good_npy(np.zeros(3, dtype=[("a", "<f4"), ("b", "<i4")])), "structured"),
-    "object dtype": (lambda: _npy_with_header(b"{'descr': '|O', 'fortran_order': False, 'shape': (2,), }"
-                                              .ljust(117) + b"\n", b"\x80\x04junk"), "object"),
-    "empty file": (lambda: b"", "is empty"),
-    "magic only": (lambda: b"\x93NUMPY", "truncated"),
-    "huge header": (lambda: _npy_with_header(b"{" + b" " * 200000 + b"}\n", version=(2, 0)), "header of 200,003"),
-    "garbage header": (lambda: _npy_with_header(b"import os; os.system('x')\n"), "malformed"),
-    "truncated data": (lambda: _good_npy(X)[:-7], "truncated"),
-    "huge shape": (lambda: _npy_with_header(b"{'descr': '<f4', 'fortran_order': False, "
-                                            b"'shape': (1, 3, 5, 5), }".ljust(117) + b"\n"), "truncated"),
-    "version 9": (lambda: _good_npy(X)[:6] + b"\x09\x00" + _good_npy(X)[8:], "version 9.0"),
-    "pickle": (lambda: b"\x80\x04\x95" + b"\x00" * 20, "pickled"),
-    "text": (lambda: b"hello world", "not a .npy/.npz"),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(BAD_NPY))
-def test_bad_npy_input(small, tmp_path, kind):
-    make, fragment = BAD_NPY[kind]
-    path = tmp_path / "bad.npy"
-    path.write_bytes(make())
-    line = error_line(cli(["run", small["bin"], "--input", path]), exit_code=2)
-    assert str(path) in line and fragment in line, line
-
-
-def test_wrong_shape_refused_from_the_header(small, tmp_path):
-    """A header claiming a gigantic shape is refused before any allocation."""
-    path = tmp_path / "big.npy"
-    path.write_bytes(_npy_with_header(b"{'descr': '<f4', 'fortran_order': False, "
-                                      b"'shape': (100000, 100000, 100000), }".ljust(117) + b"\n"))
-    line = error_line(cli(["run", small["bin"], "--input", path]), exit_code=2)
-    assert "'x'" in line and "(100000, 100000, 100000)" in line and "(1, 3, 5, 5)" in line
-
-
-def test_input_directory_and_fortran_and_bool(small, tmp_path):
-    line = error_line(cli(["run", small["bin"], "--input", tmp_path]), exit_code=2)
-    assert "directory" in line
-    np.save(tmp_path / "f.npy", np.asfortranarray(X))
-    yf, yc = tmp_path / "f.npz", tmp_path / "c.npz"
-    ok(cli(["run", small["bin"], "--input", tmp_path / "f.npy", "--output", yf]))
-    ok(cli(["run", small["bin"], "--input", small["x"], "--output", yc]))
-    with np.load(yf) as a, np.load(yc) as b:
-        np.testing.assert_array_equal(a["y"], b["y"])
-    np.savez(tmp_path / "b.npz", x=X > 0)
-    ok(cli(["run", small["bin"], "--input", tmp_path / "b.npz"]))
-
-
-def _zip(path, members: dict, compression=zipfile.ZIP_STORED):
-    with zipfile.ZipFile(path, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
-
-
-BAD_NPZ = {
-    "pickled member": (lambda: {"x.npy": _npy_with_header(
-        b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(117) + b"\n", b"\x80\x04.")},
-        "object"),
-    "raw pickle member": (lambda: {"x.npy": b"\x80\x04\x95junk"}, "pickled"),
-    "string member": (lambda: {"x.npy": _good_npy(np.array(["s"] * 75).reshape(1, 3, 5, 5))}, "not numeric"),
-    "truncated member": (lambda: {"x.npy": _good_npy(X)[:-5]}, "truncated"),
-    "not npy member": (lambda: {"x.txt": b"hello"}, "is not a .npy array"),
-    "wrong name": (lambda: {"image.npy": _good_npy(X)}, "'image'"),
-    "extra member": (lambda: {"x.npy": _good_npy(X), "z.npy": _good_npy(X)}, "unexpected ['z']"),
-    "directory member": (lambda: {"x.npy/": b""}, "is not a .npy array"),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(BAD_NPZ))
-def test_bad_npz_input(small, tmp_path, kind):
-    make, fragment = BAD_NPZ[kind]
-    path = _zip(tmp_path / "bad.npz", make())
-    line = error_line(cli(["run", small["bin"], "--input", path]), exit_code=2)
-    assert str(path) in line and fragment in line, line
-    if kind not in ("wrong name", "extra member"):
-        assert "member" in line
-
-
-def test_npz_crc_error_and_truncated_zip(small, tmp_path):
-    data = bytearray(_zip(tmp_path / "good.npz", {"x.npy": _good_npy(X)}).read_bytes())
-    i = data.index(X.tobytes()[:16])
-    data[i] ^= 0xFF                         # damage the member's data: CRC mismatch on read
-    (tmp_path / "crc.npz").write_bytes(data)
-    line = error_line(cli(["run", small["bin"], "--input", tmp_path / "crc.npz"]), exit_code=2)
-    assert "crc.npz" in line and "member 'x.npy'" in line and "CRC" in line
-    (tmp_path / "cut.npz").write_bytes(bytes(data[:len(data) // 2]))
-    line = error_line(cli(["run", small["bin"], "--input", tmp_path / "cut.npz"]), exit_code=2)
-    assert "cut.npz" in line
-
-
-def test_npz_lying_member_size(small, tmp_path):
-    """A deflated member whose header claims a gigantic array: refused as truncated."""
-    hdr = _npy_with_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 5, 5), }"
-                           .ljust(117) + b"\n")
-    path = _zip(tmp_path / "lie.npz", {"x.npy": hdr}, zipfile.ZIP_DEFLATED)
-    line = error_line(cli(["run", small["bin"], "--input", path]), exit_code=2)
-    assert "member 'x.npy'" in line and "truncated" in line
-
-
-def test_calib_bad_member(tiny_factory, tmp_path):
-    path = _zip(tmp_path / "calib.npz", {"x.npy": b"\x80\x04\x95junk"})
-    line = error_line(cli(["compile", tiny_factory, "-o", tmp_path / "m.dlac", "--activations", "int8",
-                           "--calib", path]))
-    assert "--calib" in line and "calib.npz" in line and "member 'x.npy'" in line
 
 
 # ============================================================== 5. long JSON numbers in a binary

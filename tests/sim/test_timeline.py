@@ -198,3 +198,21 @@ def test_out_of_bounds_names_pc_and_buffer(case):
     msg = str(ei.value)
     assert ei.value.pc == 1 and msg.startswith("pc 1 (")
     assert f"outside {buf}" in msg or f"past {buf}" in msg, msg
+
+
+@pytest.mark.parametrize("double_buffered", [True, False])
+def test_interpreter_and_replay_place_alike(double_buffered):
+    """The interpreter places its instructions with :class:`timeline.Replay` (the cost
+    model too): replaying a MAC-only program (no counts) outside the interpreter gives the
+    report's cycles and split exactly, and the dense-equivalent replay (TACC / SACC costed
+    as MAC: :func:`timeline.dense_cost`) the same, there being nothing to skip."""
+    from target_dlac.sim.timeline import dense_cost, replay
+
+    p, x, _ = _pipeline(double_buffered)
+    _, rep = run(p, {"x": x})
+    steps = [(pc, ins, None) for pc, ins in enumerate(p.insns)]
+    assert replay(steps, M).totals() == rep.cycles
+    assert replay(steps, M, dense_cost).totals() == rep.cycles
+    tacc = conv("TACC", 0, 0, 0, 2, 6, 6, 4, 3, 3)
+    assert dense_cost(tacc, M, np.zeros(4, np.int64)) == cycles.dense_cycles(tacc, M) > \
+        cycles.cost(tacc, M, np.zeros(4, np.int64))

@@ -218,3 +218,25 @@ def test_dask_local_cluster_equals_local_run(mnist, tmp_path):
                        for r in tuning_log.load(p)))
 
     assert recs(remote) == recs(local) and len(recs(local)) == 5
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"f_tile": "x"}, "f_tile"), ({"c_tile": 0}, "c_tile"), ({"h_tile": True}, "h_tile"),
+    ({"w_tile": 2.0}, "w_tile"), ({"pxshift": -1}, "pxshift"), ({"order": "inner"}, "order"),
+    ({"pe_order": None}, "pe_order"), ({"double_buffer": 1}, "double_buffer"),
+    ({"extra": 1}, "extra"), ({"pxshift": None}, "pxshift"),
+])
+def test_one_strict_schedule_parser(change, field):
+    """``Schedule.from_dict`` is the one parser of a schedule (the tuning log's
+    ``parse_schedule`` calls it): it round-trips ``to_dict``, and a missing or unknown
+    field, a wrong type or an out-of-range value is an error naming the field (the log
+    then counts the record as invalid)."""
+    from target_dlac.core.errors import CodegenError
+
+    s = Schedule(16, 8, 4, 8, order="filter_outer", double_buffer=False, pe_order="as_is", pxshift=2)
+    assert Schedule.from_dict(s.to_dict()) == s == tuning_log.parse_schedule(s.to_dict())
+    bad = {k: v for k, v in dict(s.to_dict(), **change).items() if v is not None or k not in change}
+    with pytest.raises(CodegenError, match=field):
+        Schedule.from_dict(bad)
+    assert tuning_log.parse_schedule(bad) is None
+    assert not tuning_log.valid_record(dict(_record(0), schedule=bad))

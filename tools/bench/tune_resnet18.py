@@ -36,11 +36,14 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from target_dlac.tune.search import DEFAULT_TRIALS
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--trials", type=int, default=None, help="per layer (default: 200 for anneal / random)")
+    ap.add_argument("--trials", type=int, default=None,
+                    help=f"per layer (default: {DEFAULT_TRIALS} for anneal / random)")
     ap.add_argument("--strategy", default="best_first")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     args = ap.parse_args(argv)
     if args.trials is None and args.strategy in ("anneal", "random"):
-        args.trials = 200
+        args.trials = DEFAULT_TRIALS
 
     import numpy as np
     import torch

@@ -6,7 +6,8 @@ seen, see :func:`compiler.build.calibrate`), except ReLU and max-pool, which kee
 their input's exponent, and reshapes (views).  Graph inputs are quantized on dLAC
 (ALU ``quantize``), outputs and host-op inputs dequantized (ALU ``dequantize``).
 Layers with float weights (first and last, by default) get int8 weights with one
-scale per filter.  Every op is also emitted into the reference graph
+scale per filter: the integers their layer plan carries (``LayerPlan.int8``, filled by
+:func:`passes.int8_weights.int8_weights` before this codegen runs).  Every op is also emitted into the reference graph
 (:mod:`target_dlac.codegen.refgraph`) with the same integer parameters, so the TVM CPU build
 of that graph checks the interpreter exactly.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from target_dlac.core.errors import CodegenError
-from passes.weight_quant import quantize_weight
+from target_dlac.core.plan import WeightFormat
 
 from target_dlac.codegen import composites as C
 from target_dlac.codegen.modes import intmath as Q
@@ -55,10 +56,22 @@ class IntCodegen(RefCodegen):
         return self._alloc(var.name, spec.out_shape, "int8", exp=exp)
 
     # ---- lowering ---------------------------------------------------------------------
+    def _weight_format(self, spec: C.ConvSpec) -> WeightFormat:
+        """Float weights are held as int8 (a scale per filter); the others as planned."""
+        fmt = spec.weight_format
+        return WeightFormat.INT8 if fmt is WeightFormat.FLOAT32 else fmt
+
     def _layer_weights(self, spec: C.ConvSpec, x: Ref, out: Ref, res: Ref | None):
         w, scale = spec.weight, spec.scale
-        if w.dtype.kind == "f":                       # float weights: int8, a scale per filter
-            w, s = quantize_weight(w, 0, "int8", 1)
+        if spec.weight_format is WeightFormat.FLOAT32:      # int8, a scale per filter (the plan's)
+            held = spec.plan.int8
+            if held is None:
+                raise CodegenError(f"layer {spec.plan.name}: float weights without their int8 form "
+                                   "(run passes.int8_weights on the layer plan first)")
+            w, s = C.as_oihw(held.q, spec.kind), held.scale
+            if w.shape != spec.weight.shape:
+                raise CodegenError(f"layer {spec.plan.name}: the plan's int8 weights have shape "
+                                   f"{w.shape}, the layer {spec.weight.shape}")
             scale = s.astype(np.float64) if scale is None else s * scale
         if scale is None:
             scale = np.ones(w.shape[0])
@@ -74,7 +87,7 @@ class IntCodegen(RefCodegen):
 
     def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
         entry = super()._conv(spec, env, out)
-        if spec.weight.dtype.kind == "f":
+        if spec.weight_format is WeightFormat.FLOAT32:
             entry["precision"] = "int8w"      # full-precision weights held as int8 (per filter)
         return entry
 

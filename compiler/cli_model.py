@@ -1,0 +1,203 @@
+"""The ``dlac`` commands that take a MODEL: ``compile`` (quantize, partition, write the
+binary, verified before it takes its name) and ``tune`` (per-layer schedule search into a
+tuning log).  Registered on the group in :mod:`compiler.cli`."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from compiler.arrays_io import _load_npz
+from compiler.cli_args import (_machine, check_outputs, model_path, parse_input_shapes, report_dict,
+                               strict_json)
+from compiler.cli_common import _fail, _quant_config, _say, _say_table, model_options
+from target_dlac.core.errors import ConfigError, DlacError
+
+
+@click.command("compile")
+@click.argument("model")
+@click.option("-o", "--output", metavar="OUT.dlac", help="Write the dLAC binary here.")
+@model_options
+@click.option("--activations", type=click.Choice(("fp32", "fp16", "int8")), default="fp32",
+              show_default=True)
+@click.option("--calib", metavar="FILE.npz",
+              help="Calibration inputs for --activations int8: arrays keyed by input name, samples "
+                   "stacked on the batch axis.")
+@click.option("--activation-precision", "act_precisions", multiple=True, metavar="PATTERN=fp16|fp32",
+              help="Per-layer activation type (mixed fp16/fp32), fnmatch on layer names (repeatable).")
+@click.option("--tuning-log", help="Tuning log to apply.")
+@click.option("--dump-ir", metavar="DIR", help="Write every stage's module as TVMScript to DIR.")
+@click.option("--report-json", metavar="FILE", help="Write the compile report as JSON.")
+@click.option("--no-reference", is_flag=True,
+              help="Leave the quantized graph out of the binary (smaller; `run --check` then fails).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
+                keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
+                dump_ir, report_json, no_reference, debug):
+    """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it.
+
+    With ``-o``, the binary is verified before it is given its name: the bytes are
+    written to a temporary file next to the output, read back from it with
+    :func:`target_dlac.binary.container.read_program` (every check a later ``dlac run`` makes),
+    and only then renamed to OUT.dlac.  A binary that does not read back is an error
+    (one line, exit 1, :class:`BinaryVerifyError`): the temporary file is removed, so no
+    bad binary is ever written, and a previous OUT.dlac stays as it was."""
+    try:
+        check_outputs([("-o", output), ("--report-json", report_json)],
+                      [("MODEL", model_path(model)), ("--calib", calib), ("--tuning-log", tuning_log),
+                       ("--machine", machine)]
+                      + [("--precision", p) for p in precisions if p.endswith(".toml")])
+        config = _quant_config(quant, granularity, cluster_size, precisions, act_precisions,
+                               swis_shifts, swis_consecutive, keep_first, keep_last)
+        if tuning_log:
+            from compiler.build import check_tuning_log
+
+            if not output:
+                raise ConfigError("--tuning-log applies schedules to the binary: give -o OUT.dlac")
+            check_tuning_log(tuning_log, "mixed fp16" if act_precisions else activations)
+        from target_dlac.core.atomic import atomic_write_bytes, atomic_write_text
+        from compiler.pipeline import compile_model
+
+        mach = _machine(machine)
+        if activations != "fp32" and not output:
+            raise ConfigError(f"--activations {activations} builds a binary: give -o OUT.dlac")
+        if act_precisions and activations == "int8":
+            raise ConfigError("--activation-precision mixes fp16/fp32 layers; it cannot be combined "
+                              "with --activations int8")
+        if activations == "int8" and not calib:
+            raise ConfigError("--activations int8 needs calibration inputs: --calib FILE.npz")
+        if calib and activations != "int8":
+            raise ConfigError("--calib is only used with --activations int8")
+        calib_data = _load_npz(calib, "--calib") if calib else None
+        result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
+                               dump_ir=dump_ir, machine=mach,
+                               progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
+        _say_table(result.layer_table())
+        host = ", ".join(f"{h.op}({h.var})" for h in result.host_ops) or "none"
+        _say(f"dLAC regions: {len(result.regions)}; host ops: {host}")
+        if dump_ir:
+            click.echo(f"IR of every stage written to {dump_ir}/")
+        report = report_dict(result)
+        if output:
+            from target_dlac.binary.container import to_bytes
+
+            from compiler.build import build_program
+
+            import time
+            t0 = time.perf_counter()
+            prog = build_program(result, mach, reference=not no_reference, activations=activations,
+                                 calib=calib_data, tuning_log=tuning_log)
+            if tuning_log:
+                t = prog.meta["tuning"]
+                click.echo(f"tuning log {tuning_log}: {t['tuned_layers']} of {t['layers']} conv/dense "
+                           f"layers got a tuned schedule"
+                           + (f" ({t['skipped_lines']} unreadable line(s) skipped)" if t["skipped_lines"] else ""))
+            atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
+            click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
+            from target_dlac.binary.inspect import opcode_counts
+
+            counts = opcode_counts(prog)
+            click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
+                       f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "
+                       f"{len(prog.constants):,} bytes of constants, DRAM {prog.dram_bytes:,} bytes")
+            for fb in prog.meta.get("fallbacks", []):
+                _say(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
+            report["binary"] = {"path": output, "instructions": len(prog.insns),
+                                "schedules": {l["name"]: l.get("schedule") for l in prog.meta["layers"]
+                                              if l.get("schedule")}}
+        if report_json:
+            atomic_write_text(report_json, strict_json(report, indent=2))
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
+        _fail(e, debug)
+
+
+class BinaryVerifyError(DlacError):
+    """The binary ``dlac compile`` built does not read back (a dlac bug): nothing written."""
+
+
+def _verify_binary(tmp_path: str) -> None:
+    """Read the just-written temporary binary back with every check of ``dlac run``."""
+    from target_dlac.binary.container import read_program
+
+    try:
+        read_program(tmp_path)
+    except DlacError as e:
+        raise BinaryVerifyError(f"the binary dlac built does not read back ({e}); nothing was "
+                                "written (this is a dlac bug: please report it)") from None
+
+
+
+@click.command("tune")
+@click.argument("model")
+@click.option("-o", "--output", "log", required=True, metavar="LOG.jsonl",
+              help="Tuning log to append to (also the resume state: tuned layers are skipped).")
+@click.option("--trials", type=int,
+              help="Trials (exact cost evaluations) per layer (default: 200 for random / anneal, "
+                   "unlimited for exhaustive / best_first, which end by themselves).")
+@click.option("--time-budget", type=float, metavar="S", help="Wall seconds per layer.")
+@click.option("--strategy", type=click.Choice(("best_first", "anneal", "random", "exhaustive")),
+              default="best_first", show_default=True,
+              help="best_first: exact costs in order of a cheap lower bound until the bound proves "
+                   "the best optimal; anneal: simulated annealing; random; exhaustive.")
+@click.option("--patience", type=int, metavar="K", help="Stop a layer after K trials without improvement.")
+@click.option("--jobs", type=int, metavar="N", help="Layers tuned in parallel (default: CPU count).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dask", metavar="ADDRESS",
+              help="Dask distributed scheduler (tcp://host:port) to fan the layers' searches out to "
+                   "instead of the local process pool; workers need dlac installed.")
+@click.option("--dask-timeout", type=float, default=60.0, show_default=True, metavar="S",
+              help="Seconds to wait for a first Dask worker, for each worker's dlac import probe, "
+                   "and for a usable worker after all were lost.")
+@model_options
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, dask_timeout, quant,
+             granularity,
+             cluster_size, keep_first, keep_last, precisions, swis_shifts, swis_consecutive,
+             input_shapes, machine, debug):
+    """Search per-layer tiling schedules of MODEL with the cost model; append them to LOG."""
+    try:
+        for flag, v in (("--trials", trials), ("--jobs", jobs), ("--patience", patience)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag} must be at least 1")
+        if time_budget is not None and time_budget <= 0:
+            raise ConfigError("--time-budget must be positive")
+        if not dask_timeout > 0:
+            raise ConfigError("--dask-timeout must be positive")
+        if trials is None and strategy in ("random", "anneal"):
+            from target_dlac.tune.search import DEFAULT_TRIALS
+            trials = DEFAULT_TRIALS
+        config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
+                               swis_consecutive, keep_first, keep_last)
+        from compiler.pipeline import compile_model
+        from compiler.tune import format_table, tune_model
+
+        mach = _machine(machine)
+        result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
+                               machine=mach,
+                               progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
+
+        t0 = time.monotonic()
+
+        def progress(r, done, total):
+            w = len(str(total))
+            bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
+            head = f"  [{bar}] {done:>{w}}/{total} {time.monotonic() - t0:6.1f} s  {r['layer']}"
+            if r["default_cycles"] is None:
+                _say(f"{head}: {r['status']} ({r['note']})")
+            else:
+                _say(f"{head}: {r['status']}: {r['default_cycles']:,} -> "
+                     f"{r['tuned_cycles']:,} cycles, {r['trials']} trials"
+                     + (f" ({r['note']})" if r["note"] else ""))
+
+        if dask:
+            click.echo(f"  layers fan out to the Dask cluster at {dask}", err=True)
+        rows = tune_model(result, mach, log, strategy=strategy, trials=trials, time_budget=time_budget,
+                          patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask,
+                          dask_timeout=dask_timeout)
+        _say_table(format_table(rows))
+        n_new = sum(r["status"] == "tuned" for r in rows)
+        click.echo(f"{n_new} layer(s) tuned, {sum(r['status'] == 'from log' for r in rows)} from the log; "
+                   f"log: {log}")
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
+        _fail(e, debug)

@@ -1,0 +1,204 @@
+"""The arithmetic of the interpreter's instruction families: DMA (``LOAD`` / ``STORE``),
+the convolutions (``TACC`` / ``MAC`` / ``SACC``), ``EPI``, ``POOL`` and ``ALU``, each one
+instruction vectorized with NumPy.
+
+:class:`Kernels` is a mixin of :class:`target_dlac.sim.interpreter.Interpreter`: its methods
+use the interpreter's memories and checked accessors (``mem``, ``acc``, ``_span``,
+``_arr``, ``_f32``, ``_put``, ``_fail``) and its decoded weight blocks (``_weights``),
+which stay with the interpreter along with the budgets they are charged to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
+from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, \
+    epi_param_layout, s32
+
+F32 = np.dtype("<f4")
+F16 = np.dtype("<f2")
+FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
+#: Largest |value| of the int64 requantization sum before its shift (no silent wrap-around).
+INT64_LIMIT = 2 ** 62
+
+
+class Kernels:
+    """What each instruction family computes (see the module docstring)."""
+
+    def _dma(self, ins: Insn):
+        f = ins.f
+        buf = BUFFERS[f["buf"]]
+        y, x = f["y"], f["x"]
+        if y == 0 or x == 0:
+            return
+        load = ins.op == "LOAD"
+        src_mem, src, s_stride = ("DRAM", f["dram"], f["dram_stride"]) if load else (buf, f["sram"], f["sram_stride"])
+        dst_mem, dst, d_stride = (buf, f["sram"], f["sram_stride"]) if load else ("DRAM", f["dram"], f["dram_stride"])
+        for mem, lo, stride, w in ((src_mem, src, s_stride, False), (dst_mem, dst, d_stride, True)):
+            a, b = self._span(mem, lo, (y - 1) * stride + x, "DMA")
+            self.acc.append((mem, a, b, w))
+        s = self.mem[src_mem]
+        d = self.mem[dst_mem]
+        if (s_stride == x or y == 1) and (d_stride == x or y == 1):
+            d[dst:dst + y * x] = s[src:src + y * x]
+        else:
+            sv = as_strided(s[src:], shape=(y, x), strides=(s_stride, 1), writeable=False)
+            dv = as_strided(d[dst:], shape=(y, x), strides=(d_stride, 1))
+            dv[...] = sv
+
+    def _input_tile(self, f) -> np.ndarray:
+        dt = np.int8 if f["dtype"] == INT8 else FLOAT_TYPES[f["dtype"]]
+        x = self._arr("INP", f["inp"], (f["c"], f["h"], f["w"]), dt, "input tile")
+        if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
+            x = x.astype(F32)
+        if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
+            x = np.pad(x, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
+        return x
+
+    def _cols(self, x: np.ndarray, f) -> np.ndarray:
+        """[c, kh*kw, oh*ow] windows of the padded tile."""
+        kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
+        c = x.shape[0]
+        if kh == 1 and kw == 1:
+            return x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(c, 1, oh * ow)
+        win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+        return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
+
+
+    def _conv(self, ins: Insn):
+        f = ins.f
+        integer = f["dtype"] == INT8
+        x = self._input_tile(f)
+        cols = self._cols(x, f)
+        kk = f["kh"] * f["kw"]
+        k = kk if f["depthwise"] else f["c"] * kk
+        w, counts = self._weights(ins, k)
+        if integer:       # exact: |partial sums| <= 127 * 127 * 65536 < 2^53
+            cols, w = cols.astype(np.float64), w.astype(np.float64)
+        if f["depthwise"]:
+            out = np.einsum("fk,fkp->fp", w, cols)
+        else:
+            out = w @ cols.reshape(k, -1)
+        shape = (f["f"], f["oh"] * f["ow"])
+        if integer:
+            out = np.rint(out).astype(np.int64)
+            if f["accumulate"]:
+                out += self._arr("ACC", f["acc"], shape, np.int32, "accumulator tile")
+            if out.size and (out.max() > 2 ** 31 - 1 or out.min() < -2 ** 31):
+                self._fail("int32 accumulator overflow")
+            self._put("ACC", f["acc"], out.astype(np.int32), "accumulator tile")
+            return counts
+        if f["accumulate"]:
+            out = self._f32("ACC", f["acc"], shape, "accumulator tile") + out
+        self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
+        return counts
+
+    def _requant(self, t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+        """``clip((t + 2^(shift-1)) >> shift, lo, hi)`` in int64 (round half up), as int8."""
+        if t.size and np.abs(t).max() >= INT64_LIMIT:
+            self._fail("int64 requantization sum out of range (a multiplier, bias or shift is too large)")
+        if shift:
+            t = (t + (1 << (shift - 1))) >> shift
+        return np.clip(t, lo, hi).astype(np.int8)
+
+    def _epi(self, ins: Insn):
+        f = ins.f
+        nf, p = f["f"], f["p"]
+        act = ACTS[f["act"]]
+        _, boff, nbytes = epi_param_layout(nf, f["has_scale"], f["dtype"])
+        if f["dtype"] == INT8:
+            t = self._arr("ACC", f["acc"], (nf, p), np.int32, "accumulator tile").astype(np.int64)
+            if f["has_scale"]:
+                t *= self._arr("WGT", f["prm"], (nf,), np.int32, "epilogue multipliers")[:, None]
+            t += self._arr("WGT", f["prm"] + boff, (nf,), np.int64, "epilogue biases")[:, None]
+            if f["has_res"]:
+                res = self._arr("INP", f["res"], (nf, p), np.int8, "residual tile").astype(np.int64)
+                t += res << f["rshift"]
+            lo, hi = -128, 127
+            if act == "relu":
+                lo = 0
+            elif act == "clip":
+                lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
+            self._put("ACC", f["dst"], self._requant(t, f["shift"], lo, hi), "epilogue output")
+            return
+        fdt = FLOAT_TYPES[f["dtype"]]
+        y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
+        if f["has_scale"]:
+            y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[:, None]
+        y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[:, None]
+        if f["has_res"]:
+            y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
+        if act == "relu":
+            np.maximum(y, 0, out=y)
+        elif act == "clip":
+            np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
+        self._put("ACC", f["dst"], y.astype(fdt), "epilogue output")
+
+    def _pool(self, ins: Insn):
+        f = ins.f
+        c, h, w, oh, ow = f["c"], f["h"], f["w"], f["oh"], f["ow"]
+        kh, kw, sh, sw = f["kh"], f["kw"], f["sh"], f["sw"]
+        integer = f["dtype"] == INT8
+        odt = np.int8 if integer else FLOAT_TYPES[f["dtype"]]
+        x = self._arr("INP", f["src"], (c, h, w), odt, "pool input")
+        if odt == F16:
+            x = x.astype(F32)
+        pads = ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
+        mode = POOL_MODES[f["mode"]]
+
+        def windows(a):
+            return sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+
+        if mode == "max":
+            xp = np.pad(x, pads, constant_values=-128 if integer else -np.inf)
+            out = windows(xp).max(axis=(3, 4))
+        elif integer:       # window sum, then the multiplier/shift requantization
+            total = windows(np.pad(x, pads).astype(np.int64)).sum(axis=(3, 4))
+            out = self._requant(total * f["mult"], f["shift"], -128, 127)
+        else:
+            out = windows(np.pad(x, pads)).sum(axis=(3, 4), dtype=np.float32)
+            if f["count_pad"]:
+                out /= np.float32(kh * kw)
+            else:
+                ones = np.pad(np.ones((1, h, w), np.float32), pads)
+                out /= np.maximum(windows(ones).sum(axis=(3, 4)), 1)
+        self._put("ACC", f["dst"], out.astype(odt), "pool output")
+
+    def _alu(self, ins: Insn):
+        f = ins.f
+        op, n = ALU_OPS[f["op"]], f["n"]
+        exp = f["exp"] - EXP_BIAS
+        if op == "quantize":        # float32 -> int8: clip(floor(a * 2^exp + 0.5))
+            a = self._f32("INP", f["a"], (n,), "ALU operand a")
+            q = np.floor(a * np.float32(2.0 ** exp) + np.float32(0.5))
+            self._put("ACC", f["dst"], np.clip(q, -128, 127).astype(np.int8), "ALU output")
+            return
+        if op == "dequantize":      # int8 -> float32: a * 2^-exp
+            a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a")
+            self._put("ACC", f["dst"], a.astype(F32) * np.float32(2.0 ** -exp), "ALU output")
+            return
+        if op in ("narrow", "widen"):       # float32 <-> float16 (round to nearest even)
+            src, dst = (F32, F16) if op == "narrow" else (F16, F32)
+            a = self._arr("INP", f["a"], (n,), src, "ALU operand a")
+            self._put("ACC", f["dst"], a.astype(dst), "ALU output")
+            return
+        if f["dtype"] == INT8:
+            a = self._arr("INP", f["a"], (n,), np.int8, "ALU operand a").astype(np.int64)
+            if op == "relu":
+                out = np.maximum(a, 0).astype(np.int8)
+            else:
+                b = self._arr("INP", f["b"], (n,), np.int8, "ALU operand b").astype(np.int64)
+                out = self._requant((a << f["sa"]) + (b << f["sb"]), f["shift"],
+                                    0 if op == "add_relu" else -128, 127)
+            self._put("ACC", f["dst"], out, "ALU output")
+            return
+        fdt = FLOAT_TYPES[f["dtype"]]
+        a = self._arr("INP", f["a"], (n,), fdt, "ALU operand a").astype(F32)
+        if op == "relu":
+            out = np.maximum(a, 0)
+        else:
+            out = a + self._arr("INP", f["b"], (n,), fdt, "ALU operand b").astype(F32)
+            if op == "add_relu":
+                np.maximum(out, 0, out=out)
+        self._put("ACC", f["dst"], out.astype(fdt), "ALU output")
