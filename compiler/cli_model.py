@@ -13,6 +13,7 @@ from compiler.cli_args import (_machine, check_outputs, model_path, parse_input_
                                strict_json)
 from compiler.cli_common import _fail, _quant_config, _say, _say_table, model_options
 from target_dlac.core.errors import ConfigError, DlacError
+from target_dlac.tune.search import DEFAULT_TRIALS
 
 
 @click.command("compile")
@@ -96,6 +97,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
             from target_dlac.binary.inspect import opcode_counts
+            from target_dlac.binary.layer_meta import layer_table
 
             counts = opcode_counts(prog)
             click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
@@ -104,8 +106,8 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             for fb in prog.meta.get("fallbacks", []):
                 _say(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
             report["binary"] = {"path": output, "instructions": len(prog.insns),
-                                "schedules": {l["name"]: l.get("schedule") for l in prog.meta["layers"]
-                                              if l.get("schedule")}}
+                                "schedules": {l.name: l.schedule for l in layer_table(prog.meta)
+                                              if l.schedule}}
         if report_json:
             atomic_write_text(report_json, strict_json(report, indent=2))
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
@@ -133,7 +135,7 @@ def _verify_binary(tmp_path: str) -> None:
 @click.option("-o", "--output", "log", required=True, metavar="LOG.jsonl",
               help="Tuning log to append to (also the resume state: tuned layers are skipped).")
 @click.option("--trials", type=int,
-              help="Trials (exact cost evaluations) per layer (default: 200 for random / anneal, "
+              help=f"Trials (exact cost evaluations) per layer (default: {DEFAULT_TRIALS} for random / anneal, "
                    "unlimited for exhaustive / best_first, which end by themselves).")
 @click.option("--time-budget", type=float, metavar="S", help="Wall seconds per layer.")
 @click.option("--strategy", type=click.Choice(("best_first", "anneal", "random", "exhaustive")),
@@ -165,7 +167,6 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
         if not dask_timeout > 0:
             raise ConfigError("--dask-timeout must be positive")
         if trials is None and strategy in ("random", "anneal"):
-            from target_dlac.tune.search import DEFAULT_TRIALS
             trials = DEFAULT_TRIALS
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
                                swis_consecutive, keep_first, keep_last)

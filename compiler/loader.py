@@ -14,7 +14,7 @@ What runs code, and what does not:
   :func:`compiler.pt2_archive.load_pt2`), and refuses, naming the archive member,
   what it cannot load that way.
 - ``.onnx`` is data: a protobuf, with external data read only from files inside the
-  model's own directory (:func:`compiler.frontend_onnx.inline_external_data`).
+  model's own directory (:func:`compiler.onnx_load.inline_external_data`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Per-layer schedule tuning of a compiled model (``dlac tune``).
 
-:func:`collect_layers` walks the partition stage with the codegen (float32 program,
-default schedules) and takes every conv / dense layer it met
-(:class:`target_dlac.codegen.generator.ConvLayer`) with its tuning-log key.
+:func:`collect_layers` reads every conv / dense layer of the partition stage and its
+layer plan (:func:`target_dlac.codegen.composites.conv_layers`: shapes and weights, nothing
+lowered or packed) as a :class:`target_dlac.codegen.composites.ConvLayer` with its
+tuning-log key.
 :func:`tune_model` searches each layer's :class:`ScheduleSpace` with the analytic cost
 model (:func:`costmodel.layer_cycles`) and appends one record per layer to the log
 (:mod:`target_dlac.tune.tuning_log`).  Layers run in parallel in a local process pool, or on
@@ -53,7 +54,7 @@ PARENT_POLL = 0.5           # seconds between a pool worker's looks at its paren
 
 @dataclass
 class TuneLayer:
-    layer: object           # target_dlac.codegen.generator.ConvLayer
+    layer: object           # target_dlac.codegen.composites.ConvLayer
     key: dict               # its tuning-log key
 
     @property

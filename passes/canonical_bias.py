@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from target_dlac.core.ir import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from target_dlac.core.ir import carries_errors, mutate, emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
 from passes.layers import channel_shape, layer_op, per_channel_vector
 
@@ -51,6 +51,7 @@ def _canon_func(mod, func):
     existing, missing = _plan(func)
 
     @relax.expr_functor.mutator
+    @carries_errors
     class _Canon(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             if binding.var in existing:
@@ -71,7 +72,7 @@ def _canon_func(mod, func):
                                    binding.var.name + "_bias")
                 self.set_var_remap(binding.var, biased)
 
-    return _Canon(mod).visit_expr(func)
+    return mutate(_Canon(mod), func)
 
 
 def canonical_bias(mod):

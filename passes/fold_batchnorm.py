@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from target_dlac.core.ir import emit_like, attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
+from target_dlac.core.ir import carries_errors, mutate, emit_like, attrs_to_dict, binding_map, const_np, dtype_of, is_call, is_const, make_const, \
     map_functions, module_pass, shape_of, use_counts
 from passes.layers import Layer, channel_shape, layer_op, rebuild, scale_out_channels
 
@@ -72,6 +72,7 @@ def _fold_func(mod, func, keep=frozenset()):
         return func
 
     @relax.expr_functor.mutator
+    @carries_errors
     class _Folder(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             if binding.var in plan:
@@ -106,7 +107,7 @@ def _fold_func(mod, func, keep=frozenset()):
             self._emit_as(binding, relax.op.add(relax.op.multiply(x, make_const(s.reshape(shape), dt)),
                                                 make_const(t.reshape(shape), dt)))
 
-    return _Folder(mod).visit_expr(func)
+    return mutate(_Folder(mod), func)
 
 
 def fold_batchnorm(mod, keep=frozenset()):

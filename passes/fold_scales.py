@@ -27,7 +27,7 @@ from tvm import relax
 
 from target_dlac.core.errors import QuantizationError
 
-from target_dlac.core.ir import emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
+from target_dlac.core.ir import carries_errors, mutate, emit_like, binding_map, call_users, const_np, dtype_of, is_call, is_const, make_const, map_functions, \
     module_pass, shape_of, use_counts
 from passes.layers import channel_shape, find_layers, per_channel_vector, rebuild, scale_out_channels
 from passes.twn import split_ternary
@@ -96,6 +96,7 @@ def _fold_func(mod, func, quantized: set[str], decomp: dict):
     epilogue_scale: dict = {}     # layer name -> per-channel scale (None for fp32 layers)
 
     @relax.expr_functor.mutator
+    @carries_errors
     class _Fold(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             var = binding.var
@@ -134,7 +135,7 @@ def _fold_func(mod, func, quantized: set[str], decomp: dict):
             new = emit_like(self.builder_, binding.var, y)
             self.set_var_remap(binding.var, new)
 
-    return _Fold(mod).visit_expr(func)
+    return mutate(_Fold(mod), func)
 
 
 def fold_scales(mod, quantized=frozenset()):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from target_dlac.core.ir import attrs_to_dict, const_np, emit_like, is_call, is_const, iter_bindings, map_functions, shape_of
+from target_dlac.core.ir import carries_errors, mutate, attrs_to_dict, const_np, emit_like, is_call, is_const, iter_bindings, map_functions, shape_of
 
 
 @dataclass
@@ -132,6 +132,7 @@ def replace_weights(mod, names, new_weight):
             return func
 
         @relax.expr_functor.mutator
+        @carries_errors
         class _Replace(relax.PyExprMutator):
             def visit_var_binding_(self, binding):
                 layer = layers.get(binding.var)
@@ -141,6 +142,6 @@ def replace_weights(mod, names, new_weight):
                 call = rebuild(layer.call, self.visit_expr(layer.call.args[0]), weight, out_dtype)
                 self.set_var_remap(binding.var, emit_like(self.builder_, binding.var, call, layer.name))
 
-        return _Replace(mod).visit_expr(func)
+        return mutate(_Replace(mod), func)
 
     return map_functions(mod, per_func)

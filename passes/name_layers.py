@@ -21,7 +21,7 @@ import re
 
 from tvm import relax
 
-from target_dlac.core.ir import is_call, map_functions, rename_var
+from target_dlac.core.ir import carries_errors, mutate, is_call, map_functions, rename_var
 
 WEIGHTED_OPS = ("relax.nn.conv2d", "relax.matmul")
 #: ops between a pre-quantized weight parameter and its layer (ONNX QDQ / QCDQ)
@@ -84,6 +84,7 @@ def name_layers(mod, param_display: dict[str, str]):
             plan[b.var] = (unique(sanitize(display)), display)
 
     @relax.expr_functor.mutator
+    @carries_errors
     class _Renamer(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             if binding.var not in plan:
@@ -93,5 +94,5 @@ def name_layers(mod, param_display: dict[str, str]):
             self.builder_.emit_normalized(relax.VarBinding(new_var, value))
             self.set_var_remap(binding.var, new_var)
 
-    out = map_functions(mod, lambda f: _Renamer(mod).visit_expr(f))
+    out = map_functions(mod, lambda f: mutate(_Renamer(mod), f))
     return out, {var_name: display for var_name, display in plan.values()}

@@ -32,7 +32,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, FuseOpsByPattern, MergeCompositeFunctions
 
-from target_dlac.core.ir import attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
+from target_dlac.core.ir import carries_errors, mutate, attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
 from passes.layers import find_layers
 
 
@@ -138,6 +138,7 @@ def _tag_layers(mod: tvm.IRModule, weight_owner: dict, plans: dict) -> tvm.IRMod
             continue
 
         @relax.expr_functor.mutator
+        @carries_errors
         class _Tag(relax.PyExprMutator):
             def visit_function_(self, func):
                 func = super().visit_function_(func)
@@ -152,7 +153,7 @@ def _tag_layers(mod: tvm.IRModule, weight_owner: dict, plans: dict) -> tvm.IRMod
                                 func = func.with_attr("dlac.weight_format", plan.weight_format.value)
                 return func
 
-        out[gv] = _Tag(mod).visit_expr(region)
+        out[gv] = mutate(_Tag(mod), region)
     return out
 
 
@@ -187,6 +188,7 @@ def _rename_regions(mod: tvm.IRModule) -> tvm.IRModule:
                 order.append(v.op)
 
     @relax.expr_functor.mutator
+    @carries_errors
     class _Rename(relax.PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
@@ -200,7 +202,7 @@ def _rename_regions(mod: tvm.IRModule) -> tvm.IRModule:
         name = f"dlac_region_{i}"
         new_gv[old] = renamer.builder_.add_func(mod[old].with_attr("global_symbol", name), name)
     main_gv = mod.get_global_var("main")
-    renamer.builder_.update_func(main_gv, renamer.visit_expr(mod["main"]))
+    renamer.builder_.update_func(main_gv, mutate(renamer, mod["main"]))
     built = renamer.builder_.get()
     out = tvm.IRModule({gv: f for gv, f in built.functions_items() if gv not in new_gv}, attrs=mod.attrs)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from target_dlac.binary.container import VERSION
+from target_dlac.binary.layer_meta import layer_table
 from target_dlac.isa.encoding import disassemble
 from target_dlac.core.text import printable
 
@@ -26,8 +27,9 @@ def describe(p) -> dict:
         "opcodes": opcode_counts(p),
         "constants_bytes": len(p.constants), "dram_bytes": p.dram_bytes,
         "tensors": [t.to_dict() for t in p.tensors if t.role in ("input", "output")],
-        "layers": [{k: l.get(k) for k in ("name", "op", "precision", "pc_start", "pc_end", "schedule",
-                                           "min_dram_bytes")} for l in meta.get("layers", [])],
+        "layers": [{"name": l.name, "op": l.op, "precision": l.precision, "pc_start": l.pc_start,
+                    "pc_end": l.pc_end, "schedule": l.schedule, "min_dram_bytes": l.min_dram_bytes}
+                   for l in layer_table(meta)],
         "host_ops": meta.get("host_ops", []), "fallbacks": meta.get("fallbacks", []),
         "sections": {"host": p.host is not None, "reference": p.reference is not None},
     }
@@ -35,11 +37,11 @@ def describe(p) -> dict:
 
 def listing(p) -> list[tuple[str | None, str]]:
     """``(layer header or None, "pc  text")`` for every instruction."""
-    starts = {l["pc_start"]: l for l in p.meta.get("layers", [])}
+    starts = {l.pc_start: l for l in layer_table(p.meta)}
     out = []
     for pc, ins in enumerate(p.insns):
         l = starts.get(pc)
-        header = (f"; --- {printable(l['name'])} ({printable(l['op'])}, {printable(l['precision'])})"
+        header = (f"; --- {printable(l.name)} ({printable(l.op)}, {printable(l.precision)})"
                   if l else None)
         out.append((header, f"{pc:6d}  {disassemble(ins)}"))
     return out

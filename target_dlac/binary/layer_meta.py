@@ -53,7 +53,7 @@ def _flat_dict(d: dict, key: str) -> dict | None:
         return None
     if (not isinstance(v, dict) or len(v) > MAX_DICT_ITEMS
             or not all(isinstance(k, str) and (isinstance(x, (int, str, bool)) or
-                                               (isinstance(x, list) and len(x) <= 8
+                                               (isinstance(x, (list, tuple)) and len(x) <= 8
                                                 and all(isinstance(i, int) for i in x)))
                        for k, x in v.items())):
         raise LayerMetaError(f"{key} is not a table of at most {MAX_DICT_ITEMS} plain values")

@@ -19,6 +19,7 @@ from target_dlac.core.errors import BinaryFormatError
 from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, WFMTS, Insn, alu_bytes, \
     disassemble, elem_bytes, epi_param_layout
 from target_dlac.isa.formats import WFMT_BYTES
+from target_dlac.binary.layer_meta import LayerMetaError, layer_table
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_META_ENTRIES, MAX_RUN_WORK, insn_budget, insn_budget_problem
 
 #: Largest shift of the int8 requantization: 127 << 55 < 2^62 leaves room for the sum.
@@ -212,14 +213,10 @@ def validate_program(p, offsets: dict | None = None) -> None:
         if ins.op == "HALT":
             fail(f"pc {pc}: HALT before the end of the stream (the rest would never run)", "INSTS",
                  pc * INSN_BYTES)
-    layers = meta.get("layers", [])
-    if not isinstance(layers, list) or not all(
-            isinstance(l, dict) and isinstance(l.get("pc_start"), int) and isinstance(l.get("pc_end"), int)
-            and 0 <= l["pc_start"] <= l["pc_end"] <= n and isinstance(l.get("name"), str)
-            and isinstance(l.get("op"), str)
-            and all(isinstance(l.get(k, 0), int) and not isinstance(l.get(k, 0), bool) and l.get(k, 0) >= 0
-                    for k in ("min_dram_bytes", "min_write_bytes")) for l in layers):
-        fail("layer table is malformed (pc ranges, names, byte counts)", "META")
+    try:
+        layer_table(meta, n)
+    except LayerMetaError as e:
+        fail(f"layer table: {e}", "META")
     found = first_insn_problem(p)
     if found:
         pc, problem = found

@@ -31,7 +31,6 @@ from target_dlac.core.ir import const_np, dtype_of, is_const, iter_bindings, op_
 
 from target_dlac.core.plan import LayerPlan, WeightFormat
 from target_dlac.codegen import composites as C
-from target_dlac.codegen.composites import ConvLayer  # noqa: F401 - its old home (re-exported)
 from target_dlac.binary import hostgraph
 from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
 from target_dlac.isa.formats import SWIS_GROUP, facts
@@ -39,6 +38,7 @@ from target_dlac.codegen.layer_weights import pe_order
 from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
 from target_dlac.isa.machine import Machine
 from target_dlac.isa.blocks import pack_swis, pack_ternary
+from target_dlac.binary.layer_meta import LayerMeta
 from target_dlac.binary.program import DTYPE_SIZES, Program, Tensor
 from target_dlac.codegen.schedule import align, check, default_schedule, weight_tiles
 
@@ -82,7 +82,7 @@ class Codegen:
         self.tensors: list[Tensor] = []
         self.names: set = set()
         self.insns: list[Insn] = []
-        self.layers: list[dict] = []
+        self.layers: list[LayerMeta] = []
         self.host_funcs: dict = {}
         self.host_ops: list[dict] = []
         self.fallbacks: list[dict] = []
@@ -250,8 +250,7 @@ class Codegen:
             self.fallbacks.append({"composite": kind, "var": var.name, "reason": str(e)})
             f = C.strip_attrs(fn)
             return self._record(var, self._host(var.name, f, args, shape_of(var)))
-        entry.update(pc_start=start, pc_end=len(self.insns))
-        self.layers.append(entry)
+        self.layers.append(LayerMeta(**entry, pc_start=start, pc_end=len(self.insns)))
         self._record(var, out)
         if self.progress:
             self.progress(entry["name"])
@@ -396,8 +395,7 @@ class Codegen:
         self.insns += [Insn("HOST", {"index": idx}), Insn("SYNC")]
         self.host_ops.append({"func": fname, "op": (op or "composite").removeprefix("relax."),
                               "inputs": [a.name for a in args], "outputs": [out.name]})
-        self.layers.append({"name": f"host:{name}", "var": name, "op": "host", "precision": "fp32",
-                            "pc_start": start, "pc_end": len(self.insns), "min_dram_bytes": 0})
+        self.layers.append(LayerMeta(f"host:{name}", name, "host", "fp32", start, len(self.insns)))
         return out
 
     # ---- program ----------------------------------------------------------------------
@@ -426,7 +424,8 @@ class Codegen:
         host = None
         if self.host_funcs:
             host = hostgraph.encode(tvm.IRModule(self.host_funcs), "host")
-        meta = {"dram_bytes": dram_bytes, "constants_bytes": len(self.consts), "layers": self.layers,
+        meta = {"dram_bytes": dram_bytes, "constants_bytes": len(self.consts),
+                "layers": [layer.to_dict() for layer in self.layers],
                 "host_ops": self.host_ops, "fallbacks": self.fallbacks}
         return Program(self.m, self.insns, bytes(self.consts), self.tensors, meta, host)
 

@@ -7,6 +7,8 @@ passes use these helpers instead of touching the renamed API directly.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections import Counter
 from typing import Iterator
 
@@ -14,6 +16,8 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax
+
+from target_dlac.core.errors import DlacError
 
 GenericConst = tvm.ir.GenericConst
 IntImm = tvm.ir.prim.expr.IntImm
@@ -41,7 +45,7 @@ def const_np(expr) -> np.ndarray:
 
 def make_const(value, dtype: str) -> relax.Expr:
     """A Relax constant with an explicit dtype (``relax.const`` narrows int64/float64)."""
-    return relax.const(np.ascontiguousarray(np.asarray(value, dtype=dtype)), dtype)
+    return relax.const(np.array(value, dtype=dtype, order="C"), dtype)     # keeps rank 0
 
 
 def shape_of(expr) -> tuple[int, ...] | None:
@@ -194,6 +198,7 @@ def substitute_constants(mod: tvm.IRModule, func: relax.Function, consts: dict) 
     the variable's binding dropped (a folded computation)."""
 
     @relax.expr_functor.mutator
+    @carries_errors
     class _Substitute(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             if binding.var not in consts:
@@ -205,4 +210,47 @@ def substitute_constants(mod: tvm.IRModule, func: relax.Function, consts: dict) 
         def visit_dataflow_var_(self, var):
             return consts.get(var, var)
 
-    return _Substitute(mod).visit_expr(func)
+    return mutate(_Substitute(mod), func)
+
+
+# ---- mutators that keep dlac's errors -------------------------------------------------
+# A Python exception raised inside a PyExprMutator callback crosses TVM's FFI and comes
+# back as a plain RuntimeError; the pass's DlacError (naming the layer) would be lost.
+_carried = threading.local()
+
+
+def carries_errors(cls):
+    """Class decorator, applied under ``@relax.expr_functor.mutator``: a :class:`DlacError`
+    raised in one of the class's ``visit_*`` callbacks is kept aside, and :func:`mutate`
+    raises it again (with its type and message) once the visit unwinds."""
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("visit_") and callable(fn):
+            setattr(cls, name, _carrying(fn))
+    return cls
+
+
+def _carrying(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DlacError as e:
+            if getattr(_carried, "error", None) is None:
+                _carried.error = e
+            raise
+    return wrapper
+
+
+def mutate(mutator, expr):
+    """``mutator.visit_expr(expr)``, re-raising a :class:`DlacError` of its callbacks
+    (see :func:`carries_errors`) as itself."""
+    _carried.error = None
+    try:
+        return mutator.visit_expr(expr)
+    except Exception:
+        err, _carried.error = getattr(_carried, "error", None), None
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        _carried.error = None

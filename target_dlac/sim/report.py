@@ -31,6 +31,7 @@ from itertools import accumulate
 
 import numpy as np
 
+from target_dlac.binary.layer_meta import layer_table
 from target_dlac.isa import cycles
 from target_dlac.isa.encoding import Insn
 from target_dlac.sim.timeline import Slot
@@ -185,8 +186,8 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
     columns and their last cycles found by :func:`_range_max`."""
     m = program.machine
     n = len(records)
-    metas = program.meta.get("layers", [])
-    ranges = [(min(max(l["pc_start"], 0), n), min(max(l["pc_end"], 0), n)) for l in metas]
+    metas = layer_table(program.meta)
+    ranges = [(min(l.pc_start, n), min(l.pc_end, n)) for l in metas]
     ranges = [(a, max(a, b)) for a, b in ranges]
     cols = {k: _prefix(v) for k, v in _per_insn(records, m).items()}
     ends = _range_max([r.slot.end for r in records], ranges)
@@ -194,8 +195,7 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
     layers = []
     prev_end = prev_dense = 0
     for meta, (a, b), end, dense_end in zip(metas, ranges, ends, dense_ends):
-        lr = LayerReport(meta["name"], meta["op"], meta.get("precision", "-"), meta["pc_start"],
-                         meta["pc_end"])
+        lr = LayerReport(meta.name, meta.op, meta.precision, meta.pc_start, meta.pc_end)
         layers.append(lr)
         if a == b:
             continue
@@ -208,8 +208,8 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
         lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
         lr.load_balance = s["done"] / s["paid"] if s["paid"] else 1.0
-        lr.dram_bytes = int(meta.get("min_dram_bytes", 0))
-        written = int(meta.get("min_write_bytes", 0))
+        lr.dram_bytes = meta.min_dram_bytes
+        written = meta.min_write_bytes
         lr.lower_bound_cycles = cycles.lower_bound(s["work"], lr.dram_bytes - written, written, m)
         lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
         prev_end = max(prev_end, end)

@@ -36,6 +36,7 @@ from target_dlac.isa import cycles
 from target_dlac.isa.encoding import DTYPES, Insn, epi_param_layout
 from target_dlac.codegen.layer_weights import LayerWeights, order_by_counts
 from target_dlac.codegen.lower import Epilogue, conv_op, input_window, lower_conv, tile_dmas
+from target_dlac.isa.formats import facts
 from target_dlac.isa.machine import Machine
 from target_dlac.codegen.schedule import ConvShape, Schedule, align, ranges
 from target_dlac.sim.timeline import replay
@@ -96,7 +97,7 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
     epi = Epilogue(has_scale, residual_addr=res_addr if shape.residual else None)
     insns = lower_conv(shape, sched, machine, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
                        pblock=pblock, epi=epi, name="costmodel",
-                       wfmt=1 if info.w.dtype == np.int8 and not shape.ternary else 0)
+                       wfmt=facts(info.fmt).wfmt)
     return [(pc, ins, None if key is None else blocks[key][1])
             for pc, (ins, key) in enumerate(zip(insns, insns.tags))]
 

@@ -70,7 +70,7 @@ def layer_key(op: str, shape: ConvShape, weights: np.ndarray, precision: str, ha
 
 
 def conv_layer_key(layer, machine_hash: str) -> dict:
-    """The key of a :class:`target_dlac.codegen.generator.ConvLayer`."""
+    """The key of a :class:`target_dlac.codegen.composites.ConvLayer`."""
     return layer_key(layer.op, layer.shape, layer.weights.w, layer.precision, layer.has_scale,
                      machine_hash)
 
@@ -261,7 +261,7 @@ def layer_problem(rec, shape: ConvShape, weights, has_scale: bool, machine) -> s
 
 def check_for_layer(records: Records, rec, layer, machine) -> None:
     """Raise :class:`TuningLogError` if ``rec`` (of ``records``, matching ``layer``'s key: a
-    :class:`target_dlac.codegen.generator.ConvLayer`) is implausible for the layer on ``machine``
+    :class:`target_dlac.codegen.composites.ConvLayer`) is implausible for the layer on ``machine``
     (:func:`layer_problem`), naming the file, the line and the layer."""
     why = layer_problem(rec, layer.shape, layer.weights, layer.has_scale, machine)
     if why is not None:

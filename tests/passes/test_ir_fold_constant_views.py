@@ -90,8 +90,6 @@ def test_clip_bound_selection_folds():
     assert _names(after) == ["y"]
 
 
-@pytest.mark.xfail(strict=True, reason="target_dlac.core.ir.make_const turns a rank-0 constant into "
-                   "shape (1,) (np.ascontiguousarray returns ndim >= 1)")
 def test_clip_scalar_bound_keeps_its_rank():
     """ONNX Clip's bounds are rank-0: the folded bound should stay rank-0."""
     @I.ir_module

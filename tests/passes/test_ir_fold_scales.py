@@ -98,9 +98,6 @@ def test_a_decomposition_that_does_not_reproduce_the_weights_is_refused():
         fold_scales(Before, {"conv": (Q.astype(np.int8), ALPHA * 2)})
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="a DlacError raised inside a PyExprMutator callback crosses TVM's FFI and "
-                          "comes out as RuntimeError (fold_scales._split runs in _Fold._layer)")
 def test_the_refusal_is_a_quantization_error():
     with pytest.raises(QuantizationError):
         fold_scales(Before, {"conv": (Q.astype(np.int8), ALPHA * 2)})

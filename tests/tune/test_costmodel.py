@@ -97,12 +97,12 @@ def mnist():
     rec.generate()
     layers = {}     # display name -> (shape, weights, has_scale, residual, variants)
     for entry in rec.layers:
-        if "shape" not in entry:
+        if entry.shape is None:
             continue
-        w, has_scale, res, ternary, dw = rec.seen[entry["var"]]
-        shape = ConvShape(**{**entry["shape"], "pads": tuple(entry["shape"]["pads"])})
+        w, has_scale, res, ternary, dw = rec.seen[entry.var]
+        shape = ConvShape(**{**entry.shape, "pads": tuple(entry.shape["pads"])})
         wb = LayerWeights(w, ternary, dw).max_bytes
-        layers[entry["name"]] = (shape, w, has_scale, res, variants(shape, wb))
+        layers[entry.name] = (shape, w, has_scale, res, variants(shape, wb))
     return result, layers
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from target_dlac.binary.layer_meta import LayerMeta
 from target_dlac.codegen.generator import Codegen, Ref
 from target_dlac.codegen.lower import Elt, lower_eltwise
 from target_dlac.codegen.refgraph import RefGraph
@@ -33,9 +34,8 @@ class RefCodegen(Codegen):
         start = len(self.insns)
         self.insns += lower_eltwise(Elt(op, exp=exp), int(np.prod(src.shape)), self.m,
                                     a_addr=src.addr, b_addr=None, out_addr=out.addr)
-        self.layers.append({"name": f"{op}:{out.name}", "var": out.name, "op": op, "precision": label,
-                            "pc_start": start, "pc_end": len(self.insns),
-                            "min_dram_bytes": src.nbytes + out.nbytes, "min_write_bytes": out.nbytes})
+        self.layers.append(LayerMeta(f"{op}:{out.name}", out.name, op, label, start, len(self.insns),
+                                     min_dram_bytes=src.nbytes + out.nbytes, min_write_bytes=out.nbytes))
         x = self.rv[src.name]
         if op == "quantize":
             self.rv[out.name] = self.graph.quantize(x, exp)
