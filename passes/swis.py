@@ -48,10 +48,11 @@ count: that costs no extra time (the group runs max-count passes anyway) and
 only improves accuracy, but it means the final average count can exceed the
 target slightly (``SwisResult.mean_count`` vs ``mean_count_scheduled``).
 
-Timing and storage.  A PE group takes one pass per shift on a single-shift PE
-and ``ceil(S/2)`` passes on a double-shift PE, for each of its weight groups
-(``swis_cycles``).  Storage is ``1 + S + 3*S/M`` bits per weight (sign, S mask
-bits, and S 3-bit shift values shared by M weights; ``storage_bits_per_weight``).
+Timing and storage (the machine's side: ``target_dlac.isa.cycles`` costs SACC, and
+``target_dlac.isa.blocks`` packs the groups).  A PE group takes one pass per shift on a
+single-shift PE and ``ceil(S/2)`` passes on a double-shift PE, for each of its weight
+groups.  Storage is about ``1 + S + 3*S/M`` bits per weight (sign, S mask bits, and S
+3-bit shift values shared by M weights).
 """
 
 from __future__ import annotations
@@ -232,43 +233,6 @@ def decompose(groups: np.ndarray, s: int, consecutive: bool = False,
             (best_cost / m).reshape(lead))
 
 
-def mse_plus_plus(q: np.ndarray, snapped: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-    """MSE++ of groups ``[..., M]`` (float64), straight from the formula."""
-    e = np.asarray(q, np.float64) - np.asarray(snapped, np.float64)
-    return (alpha * e.sum(-1) ** 2 + (e * e).sum(-1)) / e.shape[-1]
-
-
-# ----------------------------------------------------------------------------- encoding
-
-def encode_group(values: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sign and mask bits of representable values.
-
-    ``values`` ``[..., M]`` signed ints, ``shifts`` ``[..., S]`` (broadcastable
-    leading dims).  Returns ``(signs [..., M] bool, masks [..., M, S] bool)``:
-    ``signs`` is True for a negative value (False for 0); ``masks[i, j]`` is bit
-    ``shifts[j]`` of ``|values[i]|``.  Raises ``ValueError`` if a magnitude has a
-    bit outside the shifts (not representable).
-    """
-    v = np.asarray(values, dtype=np.int64)
-    sh = np.asarray(shifts, dtype=np.int64)
-    mag = np.abs(v)
-    masks = ((mag[..., :, None] >> sh[..., None, :]) & 1).astype(bool)
-    if not np.array_equal(_sum_bits(masks, sh), mag):
-        raise ValueError("values not representable with these shifts")
-    return v < 0, masks
-
-
-def _sum_bits(masks, sh):
-    return (masks.astype(np.int64) << sh[..., None, :]).sum(axis=-1)
-
-
-def decode_group(signs: np.ndarray, masks: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """``w_i = sign_i * sum_j m_i[j] * 2^(s_j)`` (int16), vectorized like ``encode_group``."""
-    sh = np.asarray(shifts, dtype=np.int64)
-    mag = _sum_bits(np.asarray(masks, bool), sh)
-    return np.where(np.asarray(signs, bool), -mag, mag).astype(np.int16)
-
-
 # ----------------------------------------------------------------------------- scheduling
 
 def _greedy_lower(costs_by_count: dict[int, np.ndarray], target: float) -> np.ndarray:
@@ -393,29 +357,3 @@ def swis_quantize(w: np.ndarray, S_target: float, axis: int = 0, consecutive: bo
                       mse=float(gmse.sum()), target=float(S_target),
                       mean_count=float(counts.mean()) if f else 0.0,
                       mean_count_scheduled=float(scheduled.mean()) if f else 0.0, m=m)
-
-
-# ----------------------------------------------------------------------------- timing, storage
-
-def passes_per_group(s: int, double_shift: bool = False) -> int:
-    """Shift passes for one weight group: S on a single-shift PE, ceil(S/2) on a double-shift PE."""
-    return -(-int(s) // 2) if double_shift else int(s)
-
-
-def swis_cycles(counts_in_pe_order, groups_per_filter: int, pe_cols: int,
-                double_shift: bool = False, passes: int = 1) -> int:
-    """``sum over PE groups of groups_per_filter * passes_per_group(max count in group) * passes``.
-
-    PE groups are ``pe_cols`` consecutive filters of ``counts_in_pe_order`` (the
-    last one may be partial); ``passes`` multiplies everything (e.g. output tiles).
-    """
-    c = np.asarray(counts_in_pe_order, dtype=np.int64)
-    total = 0
-    for start in range(0, c.size, pe_cols):
-        total += groups_per_filter * passes_per_group(int(c[start:start + pe_cols].max()), double_shift)
-    return int(total * passes)
-
-
-def storage_bits_per_weight(S: float, M: int = M) -> float:
-    """``1 + S + 3*S/M``: sign bit, S mask bits, and S 3-bit shifts shared by M weights."""
-    return 1 + S + 3 * S / M

@@ -19,8 +19,10 @@ import struct
 
 
 from target_dlac.binary.container import ENTRY, HEADER, pack_sections
-from target_dlac.isa.encoding import BY_CODE, FORMATS, INSN_BYTES, LAYOUTS
+from target_dlac.isa.encoding import FORMATS, INSN_BYTES, LAYOUTS
 from tests.container_helpers import refix_crcs, table
+
+BY_CODE = {code: name for name, (code, _, _) in FORMATS.items()}     # opcode -> name
 
 
 # ---- raw mutators ---------------------------------------------------------------------------------

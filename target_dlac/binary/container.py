@@ -27,7 +27,6 @@ Nothing in a file is ever executed as code (JSON only, no pickle, no eval).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import zlib
@@ -203,7 +202,3 @@ def _tensors(raw, offset: int) -> list[Tensor]:
                                     offset=offset)
         out.append(Tensor(t["name"], t["role"], shape, t["dtype"], t["addr"]))
     return out
-
-
-def file_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

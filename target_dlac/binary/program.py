@@ -22,7 +22,6 @@ import math
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from target_dlac.isa.encoding import Insn
 from target_dlac.isa.machine import Machine

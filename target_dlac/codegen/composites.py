@@ -126,8 +126,6 @@ def conv_layer(spec: ConvSpec, x_shape: tuple, x_dtype: str, weights: np.ndarray
 def composite_calls(mod):
     """The composite functions ``main`` calls through its dLAC regions, in program order
     (the order the codegen lowers them)."""
-    import tvm
-
     for b in iter_bindings(mod["main"]):
         v = b.value
         if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.GlobalVar)):

@@ -31,6 +31,7 @@ from target_dlac.core.ir import const_np, dtype_of, is_const, iter_bindings, op_
 
 from target_dlac.core.plan import LayerPlan, WeightFormat
 from target_dlac.codegen import composites as C
+from target_dlac.codegen.composites import ConvLayer
 from target_dlac.binary import hostgraph
 from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
 from target_dlac.isa.formats import SWIS_GROUP, facts

@@ -96,24 +96,6 @@ def relax_functions(mod: tvm.IRModule):
             yield gv, func
 
 
-def op_histogram(mod: tvm.IRModule) -> Counter:
-    """Count of Relax op calls over every function of ``mod`` (local functions included)."""
-    counts: Counter = Counter()
-
-    @relax.expr_functor.visitor
-    class _Counter(relax.PyExprVisitor):
-        def visit_call_(self, call):
-            name = op_name(call)
-            if name:
-                counts[name.replace("relax.", "")] += 1
-            super().visit_call_(call)
-
-    visitor = _Counter()
-    for _, func in relax_functions(mod):
-        visitor.visit_expr(func)
-    return counts
-
-
 def rename_var(var: relax.Var, name: str) -> relax.Var:
     """A fresh variable of the same kind and type as ``var`` with a new name."""
     cls = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var

@@ -81,9 +81,6 @@ FORMATS: dict[str, tuple[int, str, tuple]] = {
     "HALT":  (10, "barrier", ()),
     "SACC":  (11, "compute", _CONV),
 }
-BY_CODE = {code: name for name, (code, _, _) in FORMATS.items()}
-
-
 def field_bits(op: str, name: str) -> int:
     """Width in bits of field ``name`` of opcode ``op`` (from :data:`FORMATS`)."""
     for fname, bits in FORMATS[op][2]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 KIB = 1024
 MIB = 1024 * KIB
-GIB = 1024 * MIB
 
 # ---- machine ------------------------------------------------------------------------------
 #: Largest on-chip buffer (INP, WGT, ACC), in bytes: what the 24-bit on-chip address fields

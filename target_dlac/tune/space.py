@@ -79,9 +79,6 @@ class ScheduleSpace:
         self._valid: dict[Schedule, bool] = {}
 
     # ---------------------------------------------------------------- basics
-    def _c_for(self, f_tile: int) -> list[int]:
-        return [min(f_tile, self.shape.c)] if self.c_opts is None else self.c_opts
-
     def _lists(self) -> list[list]:
         return [self.f_opts, self.c_opts or [None], self.h_opts, self.w_opts, self.order_opts,
                 self.db_opts, self.pe_opts, self.px_opts]

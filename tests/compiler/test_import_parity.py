@@ -12,7 +12,7 @@ import torch
 from compiler import QuantConfig, compile_model, run_reference
 from compiler.frontend_onnx import from_onnx
 from compiler.frontend_torch import from_torch
-from target_dlac.core.ir import op_histogram
+from tests.ir_helpers import op_histogram
 from tests.conftest import to_onnxruntime
 
 FP32 = QuantConfig.full_precision()

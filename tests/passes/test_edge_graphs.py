@@ -13,7 +13,7 @@ from torch import nn
 
 from compiler import QuantConfig, compile_model, run_reference
 from compiler.models import randomize_bn
-from target_dlac.core.ir import op_histogram
+from tests.ir_helpers import op_histogram
 from tests.conftest import max_rel_err, to_onnxruntime
 
 

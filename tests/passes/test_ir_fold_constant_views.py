@@ -5,7 +5,6 @@ a constant weight (torch ``linear``), ``reshape`` of a constant bias (ONNX) and
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tvm
 from tvm.script import ir as I
 from tvm.script import relax as R

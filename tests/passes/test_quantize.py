@@ -15,7 +15,7 @@ from compiler import QuantConfig, compile_model, run_reference
 from target_dlac.core.errors import ConfigError, QuantizationError
 from passes.accumulate import check_accumulate_only
 from passes.fold_batchnorm import fold_batchnorm
-from target_dlac.core.ir import op_histogram
+from tests.ir_helpers import op_histogram
 from passes.layers import find_layers
 from tests.conftest import max_rel_err
 from tests.passes.test_twn import twn_reference

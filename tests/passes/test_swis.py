@@ -11,10 +11,10 @@ from itertools import combinations, pairwise, product
 import numpy as np
 import pytest
 
-from passes.swis import (NO_SHIFT, decode_group, decompose, encode_group, groups_view,
-                         quantize_magnitudes, representable, schedule_shift_counts,
-                         shift_sets, snap_magnitude_table, storage_bits_per_weight,
-                         swis_cycles, swis_quantize, ungroup)
+from passes.swis import (NO_SHIFT, decompose, groups_view, quantize_magnitudes, representable,
+                         schedule_shift_counts, shift_sets, snap_magnitude_table, swis_quantize,
+                         ungroup)
+from tests.passes.swis_reference import decode_group, encode_group
 
 
 # ----------------------------------------------------------------------------- references
@@ -277,23 +277,6 @@ def test_swis_quantize_fractional(layer):
     np.testing.assert_array_equal(rt.counts, swis_quantize(w.reshape(64, -1), 2.5, pe_cols=8).counts)
     with pytest.raises(ValueError):
         swis_quantize(w, 9)
-
-
-# ----------------------------------------------------------------------------- timing, storage
-
-def test_swis_cycles_formula():
-    counts = [1, 1, 2, 3, 3, 3, 4, 5, 6]                          # PE groups of 4: max 3, 5, 6
-    assert swis_cycles(counts, 10, 4) == 10 * (3 + 5 + 6)
-    assert swis_cycles(counts, 10, 4, double_shift=True) == 10 * (2 + 3 + 3)
-    assert swis_cycles(counts, 10, 4, passes=3) == 3 * 140
-    assert swis_cycles(counts, 10, 4, double_shift=True, passes=2) == 160
-    assert swis_cycles([7] * 5, 2, 8, double_shift=True) == 2 * 4
-    assert swis_cycles(counts, 1, 1) == sum(counts)
-
-
-def test_storage_bits():
-    assert storage_bits_per_weight(3) == 6.25
-    assert storage_bits_per_weight(2, M=8) == 1 + 2 + 0.75
 
 
 # ----------------------------------------------------------------------------- headline effect

@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from target_dlac.binary.container import from_bytes, to_bytes
-from target_dlac.isa.encoding import BY_CODE, INSN_BYTES, LAYOUTS
+from target_dlac.isa.encoding import INSN_BYTES, LAYOUTS
+from tests.fuzz_mutators import BY_CODE
 from tests.container_helpers import refix_crcs, table
 from tests.fuzz_helpers import RAW, SMART, _sections, exercise, json_bytes, m_section_swap, rebuild, time_limit
 from tests.fuzz_seeds import mnist_blob, small_blobs
