@@ -101,6 +101,7 @@ _HUGE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_2_to_the_40_element_tensor_refused_without_allocating(tmp_path):
     script = tmp_path / "huge.py"
     script.write_text(_HUGE)

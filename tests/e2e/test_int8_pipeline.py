@@ -105,6 +105,7 @@ def mnist_build(mnist, mode: str):
     return mnist["builds"][mode]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MNIST_CONFIGS))
 def test_mnist_int8_exact(mnist, mode):
     _, prog = mnist_build(mnist, mode)
@@ -134,6 +135,7 @@ def test_mnist_calibrated_exponents(mnist):
     assert alu_exps(prog, "quantize") == [want]
 
 
+@pytest.mark.slow
 def test_mnist_int8_agrees_with_fp32_activations(mnist):
     """Predictions of the int8-activation ternary binary vs the fp32-activation ternary
     graph (the `fold` stage on TVM), on 100 images that were not used for calibration."""
@@ -175,6 +177,7 @@ def residual_epis(prog):
     return [i for i in prog.insns if i.op == "EPI" and i.f["has_res"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["small_resnet", "basicblock"])
 def test_resnet_int8_exact(resnets, name):
     prog, tests = resnets[name]
@@ -257,6 +260,7 @@ def mix(mix_result, mix_data):
     return mix_result, build_program(mix_result, activations="int8", calib={"x": mix_data[:32]})
 
 
+@pytest.mark.slow
 def test_every_int8_op_exact(mix, mix_data):
     r, prog = mix
     assert not r.host_ops
@@ -283,6 +287,7 @@ def test_relu6_clip_bounds(mix):
         assert epi.f["hi_bits"] in {intmode.clip_bounds("clip", 0.0, 6.0, f)[1] for f in range(4, 8)}
 
 
+@pytest.mark.slow
 def test_softmax_on_host_exact(mix_data):
     """A softmax at the end runs on the host on the dequantized logits; the REF graph calls
     the same host function, so TVM computes the same float32 softmax on the same inputs:

@@ -44,6 +44,7 @@ def test_float_and_ternary_accuracy_through_tvm(subset):
     assert tern.replaced_share > 0.95
 
 
+@pytest.mark.slow
 def test_demo_command_runs(tmp_path):
     """`make demo` runs `dlac demo`; a small run of the same command stays green and its
     binary is a valid .dlac file whose interpreter predictions match the reference."""

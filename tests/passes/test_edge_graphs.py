@@ -61,6 +61,7 @@ def _check(model, x, configs=(QuantConfig.full_precision(), QuantConfig.all_tern
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frontend", ["torch", "onnx"])
 def test_layer_as_model_output(frontend, tmp_path):
     torch.manual_seed(0)
@@ -80,6 +81,7 @@ def test_layer_as_model_output(frontend, tmp_path):
     assert result.layers[-1].name == "fc"
 
 
+@pytest.mark.slow
 def test_shared_outputs_and_unfoldable_bn():
     torch.manual_seed(1)
     model = randomize_bn(SharedOutput(), seed=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -22,6 +23,7 @@ def _composites(mod):
     return out
 
 
+@pytest.mark.slow
 def test_resnet_runs_wholly_on_dlac(resnet_small, resnet_input):
     result = compile_model(resnet_small, (resnet_input,), config=QuantConfig())
     assert result.host_ops == []

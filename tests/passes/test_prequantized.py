@@ -271,6 +271,7 @@ def ternary_qcdq(per_channel=True, fc_op="Gemm", c2_zero_point=0, seed=0):
     return model, ints
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
 @pytest.mark.parametrize("fc_op", ["Gemm", "MatMul"])
 def test_ternary_qcdq(per_channel, fc_op):

@@ -54,6 +54,7 @@ def fake_quant_torch(model: nn.Module, skip: set[str], per_filter=True) -> nn.Mo
     (QuantConfig(overrides={"layer2.*": "fp32"}),
      {"conv1", "fc", "layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0"}),
 ])
+@pytest.mark.slow
 def test_quantized_graph_matches_fake_quant_torch(resnet_small, resnet_input, config, skip):
     result = compile_model(resnet_small, (resnet_input,), config=config)
     assert {l.name for l in result.layers if l.precision == "fp32"} == skip

@@ -187,6 +187,7 @@ def mnist():
     return mnist_blob()
 
 
+@pytest.mark.slow
 def test_mnist_fuzz(mnist):
     """Smart and raw mutations of the real MNIST binary (a fixed-seed loop, not hypothesis:
     each run of the 63-instruction program takes ~35 ms)."""

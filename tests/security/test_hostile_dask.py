@@ -213,6 +213,7 @@ def test_dask_one_of_two_workers_killed_mid_run_finishes_on_the_other(tiny, tmp_
     assert [r["status"] for r in rows] == ["tuned"] * 4 and len(tuning_log.load(log)) == 4
 
 
+@pytest.mark.slow
 def test_dask_searches_move_to_a_worker_that_joins_after_the_last_one_died(tiny, tmp_path):
     """The searches pinned to the dead worker are submitted again to a new worker (probed
     when it joins), within the timeout: the run finishes."""

@@ -56,6 +56,7 @@ def test_load_unit_far_ahead_is_checked_in_seconds():
     assert rep.instructions == 40_002
 
 
+@pytest.mark.slow
 def test_loads_at_descending_addresses_are_checked_in_seconds():
     """One ALU and one STORE first, so the compute and store units look at the load unit's
     accesses; then 60,000 one-byte LOADs, each below the last: every one lands at the front

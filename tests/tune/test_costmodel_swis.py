@@ -97,6 +97,7 @@ def compiled():
             for name, cfg in CONFIGS.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mname", list(MACHINES))
 def test_mnist_swis_layers_match_interpreter(compiled, mname):
     m = MACHINES[mname]
@@ -237,6 +238,7 @@ def test_swis_weights_must_carry_their_decomposition():
 
 # ------------------------------------------------------------------ tuning SWIS layers
 
+@pytest.mark.slow
 def test_swis_layer_is_tuned_and_the_log_applies(compiled, tmp_path):
     """``tune_layer`` searches a SWIS layer like any other (both PE orders are offered);
     ``tune_model`` tunes every SWIS layer of the model; compiling with the log gives each

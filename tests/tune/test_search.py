@@ -191,6 +191,7 @@ def test_real_layer_exhaustive_vs_anneal(name):
 
 # ------------------------------------------------------------------ (c) pruning by the bound
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["exhaustive", "random", "anneal"])
 def test_pruning_by_the_bound_changes_no_result(strategy):
     """``bound_fn`` (``costmodel.cycles_lower_bound``) is never above the exact cost, and a

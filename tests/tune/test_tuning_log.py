@@ -73,6 +73,7 @@ def mnist():
     return compile_model(mnist_cnn(), (torch.zeros(1, 1, 28, 28),), config=QuantConfig())
 
 
+@pytest.mark.slow
 def test_resume_and_compile_with_log(mnist, tmp_path):
     log = tmp_path / "log.jsonl"
     rows = tune_model(mnist, M, log, trials=60, jobs=2)
