@@ -228,16 +228,30 @@ def _summary_lines(info: dict) -> list[str]:
     return out
 
 
-def report_dict(result) -> dict:
+def report_dict(result, fallbacks=None) -> dict:
+    """The compile report (``compile --report-json``); ``fallbacks``: the codegen's, when a
+    binary was built (layers it left on the host are reported as host layers)."""
+    pl = result.placement(fallbacks)
+    wsq = result.weight_sqnr()
+    layers = []
+    for i in result.layers:
+        d = i.to_dict()
+        where = pl["layers"].get(i.var)
+        d["on"] = where["on"] if where else None
+        d["host_reason"] = where["reason"] if where else None
+        d["weight_sqnr_db"] = wsq.get(i.var)
+        layers.append(d)
     return {
         "source": result.source, "source_hash": result.source_hash,
         "config": result.config.to_dict(),
         "inputs": {k: list(v) for k, v in result.input_shapes.items()},
-        "layers": [i.to_dict() for i in result.layers],
+        "layers": layers,
         "multiplies": [r.to_dict() for r in result.multiplies],
-        "totals": result.totals(),
-        "cluster_counting": (result.cluster_counts()
+        "totals": result.totals(fallbacks),
+        "cluster_counting": (result.cluster_counts(fallbacks=fallbacks)
                              if any(i.precision == "ternary" for i in result.layers) else None),
+        "placement": ({k: pl[k] for k in ("layer_counts", "macs", "other_macs")} if pl["known"] else None),
+        "warnings": result.host_warnings(fallbacks),
         "host_ops": [vars(h) for h in result.host_ops],
         "regions": [{"name": n, "composites": c} for n, c in result.regions],
         "stage_seconds": result.timings,

@@ -45,7 +45,8 @@ _MODEL_OPTIONS = [
     click.option("--keep-first/--quantize-first", default=True, show_default=True,
                  help="Keep the first layer at full precision."),
     click.option("--keep-last/--quantize-last", default=True, show_default=True,
-                 help="Keep the last layer at full precision."),
+                 help="Keep the output heads at full precision: the last layer and every layer "
+                      "whose output reaches a model output with no other conv/dense in between."),
     click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml",
                  help="Per-layer precision, fnmatch on layer names (repeatable; a .toml file holds "
                       "\"pattern\" = \"precision\" pairs)."),

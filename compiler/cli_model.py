@@ -11,7 +11,8 @@ import click
 from compiler.arrays_io import _load_npz
 from compiler.cli_args import (_machine, check_outputs, model_path, parse_input_shapes, report_dict,
                                strict_json)
-from compiler.cli_common import _fail, _quant_config, _say, _say_table, model_options
+from compiler.cli_common import _fail, _quant_config, _say, _say_table, model_options, printable
+from compiler.result import DAMAGE_SQNR_DB
 from target_dlac.core.errors import ConfigError, DlacError
 from target_dlac.tune.search import DEFAULT_TRIALS
 
@@ -30,12 +31,17 @@ from target_dlac.tune.search import DEFAULT_TRIALS
 @click.option("--tuning-log", help="Tuning log to apply.")
 @click.option("--dump-ir", metavar="DIR", help="Write every stage's module as TVMScript to DIR.")
 @click.option("--report-json", metavar="FILE", help="Write the compile report as JSON.")
+@click.option("--damage", is_flag=True,
+              help="Measure the quantization damage: the quantized graph's outputs against the float "
+                   "graph's on a fixed random input, both through TVM's CPU build (two builds: about "
+                   "1 s for a small model, 5 s for ResNet-18); warns below "
+                   f"{DAMAGE_SQNR_DB:g} dB SQNR.")
 @click.option("--no-reference", is_flag=True,
               help="Leave the quantized graph out of the binary (smaller; `run --check` then fails).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
                 keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
-                dump_ir, report_json, no_reference, debug):
+                dump_ir, report_json, damage, no_reference, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it.
 
     With ``-o``, the binary is verified before it is given its name: the bytes are
@@ -71,31 +77,48 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         if calib and activations != "int8":
             raise ConfigError("--calib is only used with --activations int8")
         calib_data = _load_npz(calib, "--calib") if calib else None
-        result = compile_model(model, config=config, input_shapes=parse_input_shapes(input_shapes),
-                               dump_ir=dump_ir, machine=mach,
-                               progress=lambda s, t: click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
-        _say_table(result.layer_table())
-        host = ", ".join(f"{h.op}({h.var})" for h in result.host_ops) or "none"
-        _say(f"dLAC regions: {len(result.regions)}; host ops: {host}")
+        shapes = parse_input_shapes(input_shapes)
+        source, preloaded = model, False
+        if damage and model_path(model) != model:
+            # a factory: import it here to keep its example inputs (the damage runs on them)
+            from compiler.loader import load_model
+
+            t0 = time.perf_counter()
+            source, preloaded = load_model(model, None, shapes), True
+            click.echo(f"  stage {'import':<13} {time.perf_counter() - t0:6.2f} s", err=True)
+        result = compile_model(source, config=config, input_shapes=shapes, dump_ir=dump_ir, machine=mach,
+                               progress=lambda s, t: None if preloaded and s == "import" else
+                               click.echo(f"  stage {s:<13} {t:6.2f} s", err=True))
         if dump_ir:
             click.echo(f"IR of every stage written to {dump_ir}/")
-        report = report_dict(result)
+        prog = None
         if output:
             from target_dlac.binary.container import to_bytes
 
             from compiler.build import build_program
 
-            import time
             t0 = time.perf_counter()
             prog = build_program(result, mach, reference=not no_reference, activations=activations,
                                  calib=calib_data, tuning_log=tuning_log)
+            atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
+            click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
+        # the table after the codegen: a layer it left on the host is shown there
+        fallbacks = prog.meta.get("fallbacks", []) if prog is not None else None
+        _say_table(result.layer_table(fallbacks))
+        host = ", ".join(f"{h.op}({h.var})" for h in result.host_ops) or "none"
+        _say(f"dLAC regions: {len(result.regions)}; host ops: {host}")
+        for line in result.host_warnings(fallbacks):
+            click.echo(f"dlac: warning: {printable(line)}", err=True)
+        report = report_dict(result, fallbacks)
+        if damage:
+            example = source.extra.get("example_inputs") if preloaded else None
+            report["damage"] = _damage(result, example)
+        if prog is not None:
             if tuning_log:
                 t = prog.meta["tuning"]
                 click.echo(f"tuning log {tuning_log}: {t['tuned_layers']} of {t['layers']} conv/dense "
                            f"layers got a tuned schedule"
                            + (f" ({t['skipped_lines']} unreadable line(s) skipped)" if t["skipped_lines"] else ""))
-            atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
-            click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
             from target_dlac.binary.inspect import opcode_counts
             from target_dlac.binary.layer_meta import layer_table
 
@@ -103,7 +126,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
                        f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "
                        f"{len(prog.constants):,} bytes of constants, DRAM {prog.dram_bytes:,} bytes")
-            for fb in prog.meta.get("fallbacks", []):
+            for fb in fallbacks:
                 _say(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
             report["binary"] = {"path": output, "instructions": len(prog.insns),
                                 "schedules": {l.name: l.schedule for l in layer_table(prog.meta)
@@ -112,6 +135,29 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             atomic_write_text(report_json, strict_json(report, indent=2))
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
         _fail(e, debug)
+
+
+def _damage(result, example=None) -> list[dict]:
+    """Print the quantization damage per output on ``example`` (a factory's example inputs;
+    default: a fixed random input), and a warning line for each output below
+    :data:`compiler.result.DAMAGE_SQNR_DB`; return its rows for the JSON report."""
+    t0 = time.perf_counter()
+    rows = result.damage(example)
+    what = "the factory's example input" if example is not None else "fixed random input"
+    secs = time.perf_counter() - t0
+    for r in rows:
+        r["input"] = "example" if example is not None else "random"
+        agree = "" if r["argmax_agrees"] is None else \
+            f", argmax {'agrees' if r['argmax_agrees'] else 'differs'}"
+        _say(f"quantization damage, output {r['output']} {'x'.join(map(str, r['shape']))}: relative "
+             f"error {r['rel_err']:.3g}, SQNR {r['sqnr_db']:.1f} dB{agree} (quantized vs float graph, "
+             f"{what}, {secs:.1f} s)")
+        if r["warn"]:
+            click.echo(f"dlac: warning: quantization damage: output {r['output']} has SQNR "
+                       f"{r['sqnr_db']:.1f} dB (relative error {r['rel_err']:.2f}) against the float "
+                       f"graph, below {DAMAGE_SQNR_DB:g} dB: the quantized model may no longer work "
+                       "(keep more layers at higher precision with --precision, or --quant int8)", err=True)
+    return rows
 
 
 class BinaryVerifyError(DlacError):

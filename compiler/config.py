@@ -7,8 +7,10 @@ order of priority:
 
 1. the first matching entry of ``overrides`` (``fnmatch`` patterns on the
    layer name, e.g. ``{"layer4.*": "fp32", "fc": "ternary"}``);
-2. ``keep_first`` / ``keep_last``: the first and last weighted layer stay at
-   full precision (``fp32``) by default, as in TWN/dLAC practice (papers.md 1, 4);
+2. ``keep_first`` / ``keep_last``: the first weighted layer and the output heads (the
+   last layer, and every layer whose output reaches a graph output with no other
+   weighted layer in between: each head of a multi-head model) stay at full precision
+   (``fp32``) by default, as in TWN/dLAC practice (papers.md 1, 4);
 3. ``weights``, the default precision of every other layer.
 
 Weight precisions: ``fp32`` (float weights), ``ternary`` (TWN), ``int4`` and ``int8``
@@ -83,8 +85,12 @@ class QuantConfig:
         """Filters per shared scale (0 = whole layer)."""
         return 0 if self.granularity == "layer" else self.cluster_size
 
-    def precision_for(self, name: str, index: int, count: int) -> tuple[str, str]:
-        """Precision of layer ``name`` (position ``index`` of ``count``) and why."""
+    def precision_for(self, name: str, index: int, count: int, head: bool | None = None) -> tuple[str, str]:
+        """Precision of layer ``name`` (position ``index`` of ``count``) and why.  ``head``:
+        whether the layer is an output head (its output reaches a graph output with no other
+        weighted layer in between; :func:`passes.plan_layers.output_heads`); ``keep_last``
+        keeps every head, and the last layer, at full precision.  ``None``: only the last
+        layer counts as a head."""
         for pattern, prec in self.overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
                 return prec, f"override '{pattern}'"
@@ -92,6 +98,8 @@ class QuantConfig:
             return "fp32", "first layer"
         if self.keep_last and index == count - 1:
             return "fp32", "last layer"
+        if self.keep_last and head:
+            return "fp32", "output head"
         return self.weights, "default"
 
     def activations_for(self, name: str, default: str) -> str:

@@ -106,7 +106,14 @@ def resolve_shapes(mod: tvm.IRModule, input_shapes: dict | None) -> tvm.IRModule
 
 
 def check_ops(mod: tvm.IRModule) -> None:
-    """Refuse the first op that has neither a dLAC lowering nor a host fallback."""
+    """Refuse the first op that has neither a dLAC lowering nor a host fallback, naming
+    the node and the layer before it.  A host op must also be writable in the binary's
+    host graph: its attributes are checked against the graph format's schema here
+    (``NHWC`` resize, a cubic mode the format does not take, ...), so the refusal names
+    the model's layer rather than an internal host function."""
+    from target_dlac.binary.hostgraph.encode import call_attrs
+    from target_dlac.binary.hostgraph.vocabulary import attr_problem
+
     last_layer = None
     for b in iter_bindings(mod["main"]):
         name = op_name(b.value)
@@ -114,9 +121,14 @@ def check_ops(mod: tvm.IRModule) -> None:
             continue
         if name in ("relax.nn.conv2d", "relax.matmul"):
             last_layer = b.var.name
-        if placement(name) is None:
-            where = b.var.name + (f", after layer '{last_layer}'" if last_layer else "")
+        where = b.var.name + (f", after layer '{last_layer}'" if last_layer else "")
+        place = placement(name)
+        if place is None:
             raise UnsupportedOpError(name, where)
+        if place == "host":
+            problem = attr_problem(name, call_attrs(b.value))
+            if problem:
+                raise UnsupportedOpError(name, where, f"the host graph format refuses it: {problem}")
 
 
 def finalize(mod: tvm.IRModule, param_display: dict[str, str], input_shapes: dict,

@@ -1,9 +1,11 @@
 """ONNX frontend: an ``.onnx`` file or an in-memory ``ModelProto``.
 
 The file is read by :mod:`compiler.onnx_load` (external data from the model's own
-directory), the graph checked by :mod:`compiler.onnx_checks`, then imported by TVM's ONNX
-importer; this module names the weights after their source and rewrites what the
-importer leaves that dlac cannot place."""
+directory), the graph checked by :mod:`compiler.onnx_checks`, its constants folded and the
+ops TVM imports badly rewritten by :mod:`compiler.onnx_rewrite` (initializers listed as
+inputs, ``ConstantOfShape`` / shape arithmetic, ``Dropout``, ``Sum``, ``LRN``), then
+imported by TVM's ONNX importer; this module names the weights after their source and
+rewrites what the importer leaves that dlac cannot place."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from target_dlac.core.errors import ModelLoadError
 from compiler.frontend_common import ImportedModel, finalize, tensor_hash
 from compiler.onnx_checks import _check_dataflow, _check_nodes, _empty_initializers, _input_shapes
 from compiler.onnx_load import ONNX_MAX_BYTES, inline_external_data, load_onnx  # noqa: F401 - re-exported
+from compiler.onnx_rewrite import prepare_graph
 
 
 def _scope_name(node) -> str:
@@ -32,8 +35,9 @@ def _scope_name(node) -> str:
 _WEIGHT_CHAIN_OPS = ("DequantizeLinear", "QuantizeLinear", "Clip")
 
 
-def _param_display(model) -> dict[str, str]:
-    """Source name of each weight initializer, keyed as TVM names the parameter."""
+def _param_display(model) -> dict[str, str | list[str]]:
+    """Source name of each weight initializer, keyed as TVM names the parameter (a list of
+    names, one per use, for a weight several layers share)."""
     inits = {t.name for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     out: dict[str, str] = {}
@@ -53,6 +57,22 @@ def _param_display(model) -> dict[str, str]:
             display = (_scope_name(node) or node.name or w) + ".weight"
         for key in (w, w.split("::")[-1], re.sub(r"[^0-9A-Za-z_]", "_", w)):
             out[key] = display
+    # a weight the exporter shared between layers (b.weight = Identity(a.weight)): one name
+    # per use, in graph order, so each layer keeps its own name (passes/name_layers.py)
+    users: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+            w = own = node.input[1]
+            while w not in inits and w in producer and producer[w].op_type == "Identity":
+                w = producer[w].input[0]
+            if w in inits:
+                if own.startswith("onnx::") or not own.strip():
+                    own = (_scope_name(node) or node.name or w) + ".weight"
+                users.setdefault(w, []).append(own)
+    for w, names in users.items():
+        if len(names) > 1:
+            for key in (w, w.split("::")[-1], re.sub(r"[^0-9A-Za-z_]", "_", w)):
+                out[key] = names
     return out
 
 
@@ -122,6 +142,8 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
         raise ModelLoadError(f"invalid ONNX model: {first}", where=label) from None
+    h = tensor_hash(model.SerializeToString(deterministic=True))
+    model = _empty_initializers(prepare_graph(model, label, shapes), label)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
     try:
         with warnings.catch_warnings():
@@ -132,5 +154,4 @@ def from_onnx(model_or_path, input_shapes: dict | None = None) -> ImportedModel:
         text = str(e).strip().splitlines()
         raise ModelLoadError(f"TVM's ONNX importer failed: {type(e).__name__}: "
                              f"{text[-1] if text else ''}", where=label) from None
-    h = tensor_hash(model.SerializeToString(deterministic=True))
     return finalize(mod, _param_display(model), {}, "onnx", h)

@@ -19,6 +19,7 @@ What runs code, and what does not:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -28,13 +29,37 @@ from compiler.frontend_common import ImportedModel
 
 
 def load_factory(spec: str):
-    """Run ``factory`` from ``file.py:factory``; returns ``(module, example_inputs)``."""
+    """Run ``factory`` from ``file.py:factory``; returns ``(module, example_inputs)``.  The
+    file's folder is on ``sys.path`` while the file is imported and ``factory()`` runs."""
     path, _, name = spec.rpartition(":")
     if not path or not name:
         raise ConfigError(f"expected FILE.py:FACTORY, got {spec!r}")
     if not os.path.isfile(path):
         raise ModelLoadError("no such file", where=path)
     mod_name = f"_dlac_factory_{abs(hash(os.path.abspath(path)))}"
+    with _folder_on_path(os.path.dirname(os.path.abspath(path))):
+        return _run_factory(path, name, mod_name)
+
+
+@contextlib.contextmanager
+def _folder_on_path(folder: str):
+    """``folder`` first on ``sys.path`` while the factory file is imported and its factory
+    runs (so it can import a module next to it, also lazily), removed after; a folder that
+    was already on ``sys.path`` stays where it was."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added:
+            try:
+                sys.path.remove(folder)
+            except ValueError:      # the factory removed it itself
+                pass
+
+
+def _run_factory(path: str, name: str, mod_name: str):
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
@@ -75,6 +100,20 @@ def _raised(e: BaseException, what: str = "a factory") -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+def _keep_example(imported: ImportedModel, example) -> None:
+    """The factory's example inputs as NumPy arrays by input name, in
+    ``imported.extra["example_inputs"]`` (the compile report's damage runs on them), when
+    they are one tensor per input of the imported graph's shapes."""
+    import torch
+
+    example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    if len(example) != len(imported.input_names) or not all(isinstance(t, torch.Tensor) for t in example):
+        return
+    arrays = {n: t.detach().cpu().numpy() for n, t in zip(imported.input_names, example)}
+    if all(tuple(a.shape) == tuple(imported.input_shapes[n]) for n, a in arrays.items()):
+        imported.extra["example_inputs"] = arrays
+
+
 def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> ImportedModel:
     if isinstance(model, ImportedModel):
         return model
@@ -89,7 +128,9 @@ def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> 
         if ".py:" in path:
             module, example = load_factory(path)
             from compiler.frontend_torch import from_torch
-            return from_torch(module, example, input_shapes)
+            imported = from_torch(module, example, input_shapes)
+            _keep_example(imported, example)
+            return imported
         raise ConfigError(f"don't know how to load {path!r}: expected .onnx, .pt2 or FILE.py:FACTORY")
     type_name = f"{type(model).__module__}.{type(model).__name__}"
     if type_name.startswith("onnx") and type(model).__name__ == "ModelProto":

@@ -7,6 +7,8 @@ An op in neither list is refused with :class:`UnsupportedOpError`.
 
 from __future__ import annotations
 
+from target_dlac.binary.hostgraph.vocabulary import OPS as _HOST_GRAPH_OPS
+
 #: Relax ops that dLAC executes (alone or fused with their epilogue).
 DLAC_RELAX_OPS = frozenset({
     "nn.conv2d", "matmul", "add", "multiply", "nn.relu", "clip",
@@ -14,17 +16,11 @@ DLAC_RELAX_OPS = frozenset({
     "nn.batch_norm", "reshape", "flatten", "permute_dims", "astype",
 })
 
-#: Relax ops the host runs through TVM's CPU build (dLAC has no unit for them).
-HOST_RELAX_OPS = frozenset({
-    "subtract", "divide", "nn.softmax", "nn.log_softmax", "sigmoid", "tanh", "exp",
-    "sqrt", "rsqrt", "power", "concat", "split", "strided_slice", "squeeze",
-    "expand_dims", "nn.leakyrelu", "nn.gelu", "nn.silu", "maximum", "minimum",
-    "nn.pad", "zeros_like", "zeros", "ones", "full", "sum", "max", "min",
-    "nn.dropout", "negative", "abs", "round", "floor", "ceil",
-    "quantize", "dequantize", "right_shift", "left_shift", "where",
-    "take", "broadcast_to", "nn.hardswish", "nn.relu6",
-    "isnan",        # ONNX Clip's bounds check; folds away when the bounds are constants
-})
+#: Relax ops the host can run through TVM's CPU build: exactly the closed vocabulary of the
+#: binary's host graphs (target_dlac/binary/hostgraph/vocabulary.py ``OPS``), so "placeable on
+#: the host" and "writable in a binary" cannot drift.  Every dLAC op is in it too: a layer
+#: the lowering cannot take (a grouped conv, ...) falls back to the host.
+HOST_RELAX_OPS = frozenset(op.removeprefix("relax.") for op in _HOST_GRAPH_OPS)
 
 #: ONNX op types accepted by the ONNX frontend (they import into the ops above).
 ONNX_OPS = frozenset({
@@ -36,6 +32,9 @@ ONNX_OPS = frozenset({
     "ReduceSum", "ReduceMax", "Pad", "LeakyRelu", "HardSigmoid", "HardSwish",
     "Slice", "Split", "Max", "Min", "QuantizeLinear", "DequantizeLinear", "Neg",
     "Abs", "Floor", "Ceil", "Round", "Where", "Expand", "ConstantOfShape", "Gelu",
+    # rewritten before import (compiler/onnx_rewrite.py): Sum as a chain of Add, LRN as
+    # Mul / Reshape / AveragePool / Add / Pow / Div (TVM's own LRN needs avg_pool3d)
+    "Sum", "LRN",
 })
 
 

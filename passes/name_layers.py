@@ -46,7 +46,11 @@ def name_layers(mod, param_display: dict[str, str]):
 
     ``param_display`` maps a parameter's Relax name to its source name (for
     torch.export: ``p_conv_weight`` -> ``conv.weight``); parameters not in it
-    use their own name.
+    use their own name.  A parameter that is the weight of several layers (an ONNX
+    exporter merges byte-identical initializers into one) may map to a list of source
+    names, one per layer using it in graph order, so each layer keeps the name of its own
+    place in the graph (``a``, ``b``), not that of the first layer with the same bytes
+    (``a``, ``a_2``).
     """
     main = mod["main"]
     params = {p: p.name for p in main.params}
@@ -54,6 +58,7 @@ def name_layers(mod, param_display: dict[str, str]):
     plan: dict = {}          # binding var -> (var_name, display)
     used: set[str] = set()
     counters: dict[str, int] = {}
+    uses: dict = {}          # param -> weighted ops named from it so far
 
     def unique(base: str) -> str:
         name, k = base, 1
@@ -77,6 +82,10 @@ def name_layers(mod, param_display: dict[str, str]):
             op = "conv2d" if is_call(v, "relax.nn.conv2d") else "dense"
             if w in params:
                 raw = param_display.get(params[w], params[w])
+                if isinstance(raw, (list, tuple)):      # one name per use, in graph order
+                    k = uses.get(w, 0)
+                    uses[w] = k + 1
+                    raw = raw[min(k, len(raw) - 1)] if raw else params[w]
                 display = layer_name_from_param(raw)
             else:
                 counters[op] = counters.get(op, -1) + 1

@@ -94,7 +94,34 @@ def _global_pool(ctx) -> bool:
     return ints(attrs_to_dict(call.attrs).get("output_size") or [1, 1]) == [1, 1]
 
 
+def _contained(ctx) -> bool:
+    """No value computed inside the match but before its result is used outside it (a conv
+    whose pre-ReLU output has a second consumer, ``hardswish(conv(x))``'s ``conv + 3``):
+    such a match would make a composite with several results, which dLAC's lowering has no
+    form for.  Refused, the pattern's smaller variants match instead (the conv alone)."""
+    root = ctx.value_to_bound_var.get(ctx.matched_expr)
+    inside = set(ctx.matched_bindings.keys())
+    for var in inside:
+        if root is not None and var.same_as(root):
+            continue
+        if not isinstance(var, relax.DataflowVar):
+            return False                  # visible outside the dataflow block
+        if any(user not in inside for user in ctx.var_usages.get(var, [])):
+            return False
+    return True
+
+
+def _checked(ok):
+    return (lambda ctx: _contained(ctx) and ok(ctx)) if ok is not None else _contained
+
+
 def patterns() -> list[FusionPattern]:
+    """The patterns, most specific first; each refuses a match that a value escapes
+    (:func:`_contained`)."""
+    return [FusionPattern(p.name, p.pattern, p.annotation_patterns, _checked(p.check)) for p in _patterns()]
+
+
+def _patterns() -> list[FusionPattern]:
     pats = []
     for kind, layer_pat, ok in (
         ("conv2d", is_op("relax.nn.conv2d")(wildcard(), is_const()), _conv_ok),

@@ -302,6 +302,18 @@ _MODE_TEXT = {
 }
 
 
+def _kept_light_zoo(path: str) -> str:
+    """The light-zoo section of ``path`` (written by tools/light_zoo.py), kept when the
+    node-test tables are rewritten."""
+    begin, end = "<!-- light-zoo:begin", "<!-- light-zoo:end -->"
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return ""
+    i, j = text.find(begin), text.find(end)
+    return "\n" + text[i:j + len(end)] + "\n" if 0 <= i < j else ""
+
+
 def to_markdown(results: list[CaseResult]) -> str:
     import onnx
 
@@ -381,7 +393,7 @@ def main(argv=None) -> int:
                    "cases": [asdict(r) for r in results]}
         atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
     if args.markdown:
-        atomic_write_text(args.markdown, to_markdown(results))
+        atomic_write_text(args.markdown, to_markdown(results) + _kept_light_zoo(args.markdown))
     return 1 if any(r.status == "failed" for r in results) else 0
 
 

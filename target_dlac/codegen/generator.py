@@ -31,6 +31,7 @@ from target_dlac.core.ir import const_np, dtype_of, is_const, iter_bindings, op_
 
 from target_dlac.core.plan import LayerPlan, WeightFormat
 from target_dlac.codegen import composites as C
+from target_dlac.codegen import hostops
 from target_dlac.codegen.composites import ConvLayer
 from target_dlac.binary import hostgraph
 from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
@@ -133,10 +134,14 @@ class Codegen:
 
     def ref(self, expr) -> Ref:
         if isinstance(expr, relax.Var):
-            try:
-                return self.env[expr]
-            except KeyError:
-                raise CodegenError(f"variable {expr.name} is used before it is computed") from None
+            got = self.env.get(expr)
+            if got is None:
+                raise CodegenError(f"variable {expr.name} is used before it is computed")
+            if isinstance(got, hostops.Pending):
+                raise CodegenError(f"host {hostops.where(got.op, got.name, self.layers)}: its "
+                                   f"{dtype_of(expr)} result feeds dLAC or an output, which hold "
+                                   f"{', '.join(DTYPE_SIZES)} only")
+            return got
         if is_const(expr):
             value = const_np(expr)
             if value.dtype != np.float32:
@@ -183,8 +188,9 @@ class Codegen:
 
     def _record(self, var, ref: Ref) -> Ref:
         """Remember which Relax variable produced ``ref`` (calibration, exponents)."""
-        self.produced[var] = ref.name
-        self.producer[ref.name] = var
+        if isinstance(ref, Ref):          # not a tuple or a pending host value
+            self.produced[var] = ref.name
+            self.producer[ref.name] = var
         return ref
 
     def _binding(self, var, value):
@@ -362,35 +368,36 @@ class Codegen:
 
     # ---- host ops ---------------------------------------------------------------------
     def _host_call(self, var, call):
-        # tensor arguments, also those inside a tuple argument (concat): each becomes a parameter
-        flat = [f for a in call.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
-        tensors = list(dict.fromkeys(a for a in flat if isinstance(a, relax.Var)))
-        params = [relax.Var(f"in{i}", a.ty) for i, a in enumerate(tensors)]
-        remap = {a: p for a, p in zip(tensors, params)}
-
-        def sub(a):
-            if isinstance(a, relax.Tuple):
-                return relax.Tuple([sub(f) for f in a.fields])
-            return remap.get(a, a) if isinstance(a, relax.Var) else a
-        new_args = [sub(a) for a in call.args]
-        body = relax.Call(call.op, new_args, call.attrs, call.ty_args)
-        bb = relax.BlockBuilder()
-        with bb.function("f", params):
-            outv = bb.emit(body)
-            bb.emit_func_output(outv)
-        fn = bb.get()["f"]
-        return self._host(var.name, fn, [self.ref(a) for a in tensors], shape_of(var), op=op_name(call))
+        """An op binding on the host (:mod:`target_dlac.codegen.hostops`): one host op, one per
+        element of a tuple result, or a :class:`Pending` value for a result dLAC memory cannot
+        hold (inlined into the host ops that consume it)."""
+        op = op_name(call)
+        if isinstance(var.ty, relax.TupleType):
+            out = []
+            for i, field in enumerate(var.ty.fields):
+                if not isinstance(field, relax.TensorType) or field.shape is None:
+                    raise CodegenError(f"host {hostops.where(op, var.name, self.layers)}: item {i} of its "
+                                       "result is not a static tensor")
+                fn, args = hostops.host_function(call, self.env, item=i)
+                out.append(self._host(f"{var.name}_{i}", fn, args, shape_of(fn.body), op=op))
+            return tuple(out)
+        if dtype_of(var) not in DTYPE_SIZES and shape_of(var) is not None:
+            return hostops.Pending(var.name, op, call)
+        fn, args = hostops.host_function(call, self.env)
+        return self._host(var.name, fn, args, shape_of(var), op=op)
 
     def _host(self, name, fn, args, out_shape, op=None):
+        dtype = dtype_of(fn.body)            # e.g. int8 between a host quantize and dequantize
         if out_shape is None:
-            raise CodegenError(f"host op {name}: only single static tensor results are supported")
+            what = "a tuple" if isinstance(fn.body.ty, relax.TupleType) else "not a static tensor"
+            raise CodegenError(f"host {hostops.where(op or 'composite', name, self.layers)}: its result is "
+                               f"{what}; a host op returns one static tensor")
+        if dtype is not None and dtype not in DTYPE_SIZES:
+            raise CodegenError(f"host {hostops.where(op or 'composite', name, self.layers)}: its {dtype} "
+                               f"result cannot be held in dLAC memory ({', '.join(DTYPE_SIZES)} only)")
         idx = len(self.host_ops)
         fname = f"host_{idx}"
         self.host_funcs[fname] = fn.with_attr("global_symbol", fname)
-        dtype = dtype_of(fn.body)            # e.g. int8 between a host quantize and dequantize
-        if dtype is not None and dtype not in DTYPE_SIZES:
-            raise CodegenError(f"host op {name} ({op or 'composite'}): its {dtype} result cannot be "
-                               f"held in dLAC memory (float32, float16 and int8 only)")
         out = self._alloc(name, out_shape, dtype if dtype in DTYPE_SIZES else "float32")
         start = len(self.insns)
         self.insns += [Insn("HOST", {"index": idx}), Insn("SYNC")]

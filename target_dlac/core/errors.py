@@ -29,12 +29,33 @@ class ExportError(ModelLoadError):
     """``torch.export`` could not trace the module."""
 
 
+_QUOTES = "'\"` "
+
+
+def quoted(name) -> str:
+    """``name`` in single quotes, once: quotes it already carries (``'x'``, ``"x"``) are
+    dropped first, so a message never shows ``'"x"'`` or ``''x''``."""
+    return f"'{str(name).strip(_QUOTES)}'"
+
+
+def quoted_list(names) -> str:
+    """A comma-separated list of names (``"'a', 'b'"`` or ``a, b``), each :func:`quoted` once."""
+    return ", ".join(quoted(n) for n in str(names).split(",") if n.strip(_QUOTES))
+
+
+def _quoted_place(where: str) -> str:
+    """``lv3, after layer 'fc'`` -> ``'lv3', after layer 'fc'``: only the leading name is
+    quoted (the rest already quotes its own names)."""
+    head, sep, rest = str(where).partition(", ")
+    return quoted(head) + sep + rest
+
+
 class UnsupportedOpError(DlacError):
     """An op has neither a dLAC lowering nor a host fallback."""
 
     def __init__(self, op: str, node: str, detail: str = ""):
         self.op, self.node = op, node
-        msg = f"op '{op}' at node '{node}' has no dLAC lowering and no host fallback"
+        msg = f"op {quoted_list(op)} at node {_quoted_place(node)} has no dLAC lowering and no host fallback"
         super().__init__(msg + (f" ({detail})" if detail else ""))
 
 
@@ -43,9 +64,10 @@ class DynamicShapeError(DlacError):
 
     def __init__(self, input_name: str, shape, detail: str = ""):
         self.input_name = input_name
-        msg = (f"input '{input_name}' has unresolved dynamic shape {shape}; "
-               f"give it with input_shapes={{'{input_name}': (...)}} "
-               f"(CLI: --input-shape {input_name}=1x3x224x224)")
+        bare = str(input_name).strip(_QUOTES)
+        msg = (f"input {quoted(bare)} has unresolved dynamic shape {shape}; "
+               f"give it with input_shapes={{{quoted(bare)}: (...)}} "
+               f"(CLI: --input-shape {bare}=1x3x224x224)")
         super().__init__(msg + (f" ({detail})" if detail else ""))
 
 

@@ -16,10 +16,14 @@ it also terminates soon, in bounded memory: the DRAM image is at most
 ``limits.MAX_WEIGHT_CACHE_BYTES``, and a run keeps a few numbers per instruction.
 
 Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
-:class:`target_dlac.sim.report.RunReport`.
+:class:`target_dlac.sim.report.RunReport`.  A ``HOST`` instruction's wall time (the host
+runner's call) is recorded apart from the cycles: host ops run on the host CPU, not on
+dLAC, and the report gives their seconds, never dLAC cycles.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -207,6 +211,7 @@ class Interpreter(Kernels):
             self._charge(*insn_budget(ins))     # within budget: validation checked it up front
             op = ins.op
             counts = None
+            host_secs = 0.0             # wall time of a HOST op (TVM's CPU build, not dLAC cycles)
             if op in ("LOAD", "STORE"):
                 self._dma(ins)
             elif op in ("TACC", "MAC", "SACC"):
@@ -221,6 +226,7 @@ class Interpreter(Kernels):
                 if host_runner is None:
                     self._fail("this program has host ops; run it through `dlac run` (which builds "
                                "them with TVM) or pass host_runner")
+                t0 = time.perf_counter()
                 try:
                     host_runner(ins.f["index"], self.mem["DRAM"])
                 except DlacError:
@@ -228,12 +234,13 @@ class Interpreter(Kernels):
                 except Exception as e:          # TVM's error in a host op, named by its pc
                     self._fail(f"host op {ins.f['index']} failed: {type(e).__name__}: "
                                f"{str(e).strip()[:300]}")
+                host_secs = time.perf_counter() - t0
             elif op == "HALT":
                 halted = True
             cyc, slot = real.place(pc, ins, counts, self.acc)
             _, dslot = dense.place(pc, ins, counts)
             stats = conv_stats(ins, self.m, counts) if op in ("TACC", "MAC", "SACC") else None
-            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats))
+            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs))
             if progress and pc % 2000 == 0:
                 progress(pc, n)
             if halted:

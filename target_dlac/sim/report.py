@@ -21,10 +21,19 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
   compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
 * ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
   ``tflops_per_mm2``.
+
+Host ops (layer op ``host``) run on the host CPU through TVM's build, not on dLAC: a row
+of theirs is marked as such and gives ``host_seconds``, the wall time of the host call
+(measured by the interpreter), and ``host_macs``, the MACs of the conv2d / matmul ops in it
+(read from the ``HOST`` section's graph, :func:`host_macs`; ``None`` when a shape there is
+not known).  Their ``HOST`` / ``SYNC`` instructions keep their cycle cost (a hand-off, 1
+cycle each): the dLAC cycle numbers do not depend on the host.  The report's ``extra``
+holds ``host_seconds`` (all host ops), ``dlac_macs`` and ``host_macs``.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
@@ -47,6 +56,8 @@ class InsnRecord:
     #: :func:`conv_stats` of a conv instruction, computed when it ran (the interpreter keeps
     #: these few numbers instead of the per-filter ``counts``: a record's size is bounded)
     stats: tuple | None = None
+    #: wall seconds of a HOST instruction's host call (0 for every other instruction)
+    host_seconds: float = 0.0
 
 
 @dataclass
@@ -69,9 +80,15 @@ class LayerReport:
     pct_of_bound: float = 0.0
     dram_bytes: int = 0
     instructions: int = 0
+    host_seconds: float = 0.0        # host ops: wall time on the host CPU
+    host_macs: int | None = None     # host ops: MACs of their conv2d / matmul (None: unknown)
+
+    @property
+    def on_host(self) -> bool:
+        return self.op == "host"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"on": "host" if self.on_host else "dlac"}
 
 
 @dataclass
@@ -97,6 +114,11 @@ class RunReport:
                 f"{'st stall':>9} {'skip x':>6} {'bal':>5} {'bound':>9} {'%bound':>7}")
         lines = [head]
         for l in self.layers:
+            if l.on_host:
+                macs = "" if not l.host_macs else f", {l.host_macs:,} MACs"
+                lines.append(f"{l.name[:24]:<24} {'HOST':<11} {l.precision[:7]:<7} {l.cycles:>10,}   "
+                             f"on the host CPU: {l.host_seconds * 1e3:.3f} ms wall{macs}")
+                continue
             lines.append(f"{l.name[:24]:<24} {l.op[:11]:<11} {l.precision[:7]:<7} {l.cycles:>10,} "
                          f"{l.compute:>9,} {l.load_stall:>9,} {l.store_stall:>9,} "
                          f"{l.zero_skip_speedup:>6.2f} {l.load_balance:>5.2f} "
@@ -108,7 +130,21 @@ class RunReport:
                      f"{self.tflops_equiv:.3f} dense-equivalent TFLOP/s, "
                      f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2"
                      + (f"; {self.host_ops} host op(s) not in the cycle count" if self.host_ops else ""))
+        if self.host_ops:
+            lines.append(self.host_line())
         return "\n".join(lines)
+
+    def host_line(self) -> str:
+        """``host wall time: ... ms over N host op(s) ...; MACs: ... on dLAC, ... on the host``."""
+        e = self.extra
+        line = (f"host wall time: {e.get('host_seconds', 0.0) * 1e3:.3f} ms over {self.host_ops} host "
+                f"op(s) (TVM's CPU build on this machine; each HOST hand-off counts 1 dLAC cycle)")
+        d, h = e.get("dlac_macs", 0), e.get("host_macs")
+        if h is None:
+            return line + f"; MACs: {d:,} on dLAC, host share not known (a host op's shapes are not)"
+        total = d + h
+        pct = (lambda v: f"{100 * v / total:.1f}%") if total else (lambda v: "-")
+        return line + f"; MACs: {d:,} on dLAC ({pct(d)}), {h:,} on the host ({pct(h)})"
 
 
 def conv_stats(ins: Insn, m, counts) -> tuple:
@@ -214,6 +250,13 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
         prev_end = max(prev_end, end)
         prev_dense = max(prev_dense, dense_end)
+    per_host = host_macs(program)
+    for lr, (a, b) in zip(layers, ranges):
+        if lr.on_host:
+            lr.host_seconds = sum(records[pc].host_seconds for pc in range(a, b))
+            found = [per_host.get(records[pc].ins.f["index"]) for pc in range(a, b)
+                     if records[pc].ins.op == "HOST"]
+            lr.host_macs = None if None in found else sum(found)
     total = max((r.slot.end for r in records), default=0)
     compute = cols["compute"][-1]
     load_stall = sum(r.slot.load_stall for r in records)
@@ -226,4 +269,128 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
                 "store_stall": max(0, total - compute - load_stall)},
         layers=layers, host_ops=sum(1 for r in records if r.ins.op == "HOST"), seconds=secs,
         tflops_equiv=tflops, tflops_per_mm2=tflops / m.area_mm2, instructions=len(records),
-        extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers)})
+        extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers),
+               "host_seconds": sum(r.host_seconds for r in records), "dlac_macs": dense_macs,
+               "host_macs": _total_host_macs(records, per_host)})
+
+
+def _total_host_macs(records, per_host: dict) -> int | None:
+    found = [per_host.get(r.ins.f["index"]) for r in records if r.ins.op == "HOST"]
+    return None if None in found else sum(found)
+
+
+def host_macs(program) -> dict[int, int | None]:
+    """``{host op index: MACs}`` of the conv2d / matmul ops of each host function, from the
+    ``HOST`` section's checked graph (plain Python, no TVM); ``None`` for a function with
+    such an op whose operand shapes cannot be followed.  ``{}`` without host ops."""
+    entries = program.meta.get("host_ops", []) if program.meta else []
+    if not entries or program.host is None:
+        return {}
+    from target_dlac.binary.hostgraph import parse
+
+    doc = parse(program.host, "HOST").doc
+    funcs = doc["functions"]
+    consts = [tuple(c["shape"]) for c in doc["constants"]]
+    memo: dict[int, int | None] = {}
+
+    def func_macs(fi: int) -> int | None:
+        if fi not in memo:
+            memo[fi] = _function_macs(funcs, fi, consts, func_macs)
+        return memo[fi]
+
+    index = {f["name"]: i for i, f in enumerate(funcs)}
+    return {i: (func_macs(index[e["func"]]) if e.get("func") in index else None)
+            for i, e in enumerate(entries)}
+
+
+_ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+                "relax.minimum", "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh",
+                "relax.exp", "relax.negative", "relax.sqrt", "relax.power"}
+
+
+def _function_macs(funcs, fi, consts, func_macs) -> int | None:
+    """MACs of one host function: a shape per operand where it can be followed (parameters,
+    constants, element-wise ops, conv2d, matmul, permute_dims, reshape)."""
+    f = funcs[fi]
+    params = [tuple(p["shape"]) for p in f["params"]]
+    shapes: list = []
+    total = 0
+
+    def shape(a):
+        tag = a[0]
+        if tag == "p":
+            return params[a[1]]
+        if tag == "c":
+            return consts[a[1]]
+        if tag == "v":
+            return shapes[a[1]]
+        return None
+
+    for node in f["nodes"]:
+        out, macs = None, 0
+        if "call" in node:
+            macs = func_macs(node["call"])
+        elif "op" in node:
+            op, args = node["op"], node["args"]
+            fields = (node.get("attrs") or {}).get("fields", {})
+            ins = [_operand_shape(a, shape) for a in args]
+            if op == "relax.nn.conv2d":
+                out = _conv_out(ins, fields)
+                macs = None if out is None else math.prod(out) * math.prod(ins[1][1:])
+            elif op == "relax.matmul":
+                out, macs = _matmul(ins)
+            elif op in _ELEMENTWISE and ins and all(s is not None for s in ins):
+                try:
+                    out = tuple(np.broadcast_shapes(*ins))
+                except ValueError:
+                    out = None
+            elif op == "relax.permute_dims" and ins and ins[0] is not None:
+                axes = fields.get("axes")
+                out = tuple(ins[0][i] for i in axes) if axes else tuple(reversed(ins[0]))
+            elif op == "relax.reshape" and len(args) > 1 and args[1][0] == "shape":
+                out = tuple(args[1][1])
+        if macs is None:
+            return None
+        total += macs
+        shapes.append(out)
+    return total
+
+
+def _operand_shape(a, shape):
+    """A tensor operand's shape (``None`` if unknown); ``()`` for a scalar operand."""
+    if not isinstance(a, list) or not a:
+        return None
+    if a[0] in ("p", "c", "v"):
+        return shape(a)
+    return () if a[0] in ("int", "float") else None
+
+
+def _conv_out(ins, a) -> tuple | None:
+    if len(ins) < 2 or ins[0] is None or ins[1] is None or len(ins[0]) != 4 or len(ins[1]) != 4 \
+            or a.get("data_layout", "NCHW") != "NCHW" or a.get("kernel_layout", "OIHW") != "OIHW":
+        return None
+    n, _, h, w = ins[0]
+    kh, kw = ins[1][2:]
+    st, dil = list(a.get("strides", [1, 1])), list(a.get("dilation", [1, 1]))
+    pad = list(a.get("padding", [0, 0, 0, 0]))
+    pad = pad * 2 if len(pad) == 2 else pad
+    oh = (h + pad[0] + pad[2] - dil[0] * (kh - 1) - 1) // st[0] + 1
+    ow = (w + pad[1] + pad[3] - dil[1] * (kw - 1) - 1) // st[1] + 1
+    return (n, ins[1][0], oh, ow)
+
+
+def _matmul(ins) -> tuple:
+    """``(output shape, MACs)`` of ``matmul(a, b)`` (``(None, None)`` if a shape is unknown)."""
+    if len(ins) < 2 or ins[0] is None or ins[1] is None or not ins[0] or not ins[1]:
+        return None, None
+    a, b = ins[0], ins[1]
+    if len(b) == 1:
+        return a[:-1], math.prod(a)
+    if len(a) == 1:
+        return b[:-2] + b[-1:], math.prod(b)
+    try:
+        batch = tuple(np.broadcast_shapes(a[:-2], b[:-2]))
+    except ValueError:
+        return None, None
+    out = batch + (a[-2], b[-1])
+    return out, math.prod(out) * a[-1]

@@ -16,7 +16,13 @@ which dlac rebuilds itself from a closed vocabulary:
   so a graph is acyclic by construction; tuples and tuple items are the only other
   expressions;
 * shapes are static; sizes, depths and counts are bounded (:data:`LIMITS`), and the
-  estimated work of the whole graph too.
+  estimated work of the whole graph too (per node: its reduction for conv2d, matmul and
+  pooling, otherwise its largest tensor times the op's ``vocabulary.WORK`` factor).
+
+The vocabulary is also what the frontends may place on the host
+(``compiler.oplist.HOST_RELAX_OPS`` is derived from :data:`OPS`, and
+``compiler.frontend_common.check_ops`` checks a host op's attributes with
+:func:`~target_dlac.binary.hostgraph.vocabulary.attr_problem`, the schema's one check).
 
 :func:`check_graph` validates all of that with plain Python (no TVM); :func:`decode`
 then rebuilds the module with ``relax.BlockBuilder`` (TVM infers and checks every
@@ -35,7 +41,8 @@ JSON: ``functions`` is a list of ``{"name", "params": [{"name", "shape", "dtype"
 "num_input"?: int, "nodes": [NODE...], "output": ARG}``; a NODE is
 ``{"op": NAME, "args": [ARG...], "attrs": {...}}``, ``{"call": FUNCTION_INDEX, "args": [...]}``
 or ``{"value": ARG}``; an ARG is ``["p", i]`` (parameter), ``["c", i]`` (constant),
-``["v", i]`` (node), ``["shape", [ints]]``, ``["int", v, dtype]``, ``["float", v, dtype]``,
+``["v", i]`` (node), ``["shape", [ints]]``, ``["int", v, dtype]``, ``["float", v, dtype]``
+(``v`` finite, or the strings ``"inf"`` / ``"-inf"`` for open clip bounds; never NaN),
 ``["tuple", [ARG...]]`` or ``["item", ARG, i]``.  ``constants`` is a list of
 ``{"shape", "dtype", "offset"}``.
 """

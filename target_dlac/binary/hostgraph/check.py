@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from target_dlac.core.errors import BinaryFormatError
 
 from . import vocabulary as V
-from .vocabulary import _NAME, ATTRS, DTYPES, OPS, _shape
+from .vocabulary import _NAME, DTYPES, OPS, _shape
 
 MAGIC = b"DLACGRF1"
+#: the only non-finite scalars (clip's open bounds: ``clip(x, 0, inf)``); JSON has no inf, no NaN
+INFINITIES = {"inf": math.inf, "-inf": -math.inf}
 ALIGN = 16
 
 @dataclass
@@ -178,7 +180,7 @@ def _check_node(node, refs, w) -> None:
     if not isinstance(op, str) or op not in OPS:
         w.fail(f"op {str(op)[:60]!r} is not in the closed vocabulary of host and reference graphs")
     w.at += f" ({op})"
-    patterns, attrs_type = OPS[op]
+    patterns = OPS[op][0]
     args = node["args"]
     if not isinstance(args, list) or len(args) > V.LIMITS.args:
         w.fail(f"args must be a list of at most {V.LIMITS.args}")
@@ -188,21 +190,9 @@ def _check_node(node, refs, w) -> None:
                "(T tensor, L tuple of tensors, S shape, P scalar, I tuple of integer scalars)")
     for a in args:
         _check_arg(a, refs, w, 0)
-    attrs = node["attrs"]
-    if attrs_type is None:
-        if attrs is not None:
-            w.fail(f"{op} takes no attributes")
-        return
-    if not isinstance(attrs, dict) or set(attrs) != {"type", "fields"} or attrs["type"] != attrs_type:
-        w.fail(f"attributes must be {{'type': {attrs_type!r}, 'fields': {{...}}}}")
-    schema, fields = ATTRS[attrs_type], attrs["fields"]
-    if not isinstance(fields, dict) or set(fields) != set(schema):
-        w.fail(f"attributes must have exactly the fields {sorted(schema)}")
-    for k, check in schema.items():
-        try:
-            check(fields[k])
-        except ValueError as e:
-            w.fail(f"attribute {k}={str(fields[k])[:40]} must be {e}")
+    problem = V.attr_problem(op, node["attrs"])
+    if problem:
+        w.fail(problem)
 
 
 def _kind(a) -> str:
@@ -237,13 +227,15 @@ def _check_arg(a, refs, w, depth) -> None:
         except ValueError as e:
             w.fail(str(e))
     elif tag == "int":
-        if (len(a) != 3 or a[2] not in ("int32", "int64") or not isinstance(a[1], int) or isinstance(a[1], bool)
-                or not -2 ** 31 <= a[1] < 2 ** 31):
-            w.fail(f"operand {str(a)[:40]} is not [\"int\", 32-bit value, int32|int64]")
+        bits = {"int32": 31, "int64": 63}.get(a[2]) if len(a) == 3 and isinstance(a[2], str) else None
+        if (bits is None or not isinstance(a[1], int) or isinstance(a[1], bool)
+                or not -2 ** bits <= a[1] < 2 ** bits):     # int64: open slice ends (2^63 - 1)
+            w.fail(f"operand {str(a)[:40]} is not [\"int\", value in range of its dtype, int32|int64]")
     elif tag == "float":
         if (len(a) != 3 or a[2] not in ("float32", "float64") or isinstance(a[1], bool)
-                or not isinstance(a[1], (int, float)) or not math.isfinite(a[1])):
-            w.fail(f"operand {str(a)[:40]} is not [\"float\", finite value, float32|float64]")
+                or not (a[1] in INFINITIES or isinstance(a[1], (int, float)) and math.isfinite(a[1]))):
+            w.fail(f"operand {str(a)[:40]} is not [\"float\", finite value or \"inf\" or \"-inf\", "
+                   "float32|float64]")
     elif tag == "tuple":
         if len(a) != 2 or not isinstance(a[1], list) or len(a[1]) > V.LIMITS.args:
             w.fail(f"tuple operand must hold at most {V.LIMITS.args} operands")

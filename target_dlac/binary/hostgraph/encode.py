@@ -3,6 +3,7 @@ vocabulary, and loaded back before it is returned."""
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -124,8 +125,6 @@ class _Encoder:
         import tvm
         from tvm import relax
 
-        from target_dlac.core.ir import attrs_to_dict
-
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
             return {"call": index[value.op.name_hint], "args": [self.arg(a, env) for a in value.args]}
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
@@ -135,12 +134,7 @@ class _Encoder:
                           "vocabulary of target_dlac/binary/hostgraph.py), so it cannot be a host op")
             if value.ty_args is not None and len(value.ty_args):
                 self.fail(f"{self.at}: op {op} with type arguments")
-            attrs = None
-            if value.attrs is not None:
-                kind = type(value.attrs).__tvm_ffi_type_info__.type_key
-                fields = {k: _jsonable(v) for k, v in attrs_to_dict(value.attrs).items()}
-                attrs = {"type": kind, "fields": fields}
-            return {"op": op, "args": [self.arg(a, env) for a in value.args], "attrs": attrs}
+            return {"op": op, "args": [self.arg(a, env) for a in value.args], "attrs": call_attrs(value)}
         if isinstance(value, relax.Call):
             self.fail(f"{self.at}: a call to {type(value.op).__name__}")
         return {"value": self.arg(value, env)}
@@ -160,7 +154,10 @@ class _Encoder:
         if isinstance(a, IntImm):
             return ["int", int(a.value), str(a.ty.dtype)]
         if isinstance(a, FloatImm):
-            return ["float", float(a.value), str(a.ty.dtype)]
+            v = float(a.value)
+            if math.isnan(v):
+                self.fail(f"{self.at}: a NaN scalar operand")
+            return ["float", v if math.isfinite(v) else ("inf" if v > 0 else "-inf"), str(a.ty.dtype)]
         if isinstance(a, relax.ShapeExpr):
             try:
                 return ["shape", [int(v) for v in a.values]]
@@ -171,6 +168,16 @@ class _Encoder:
         if isinstance(a, relax.TupleGetItem):
             return ["item", self.arg(a.tuple_value, env), int(a.index)]
         self.fail(f"{self.at}: operand of kind {type(a).__name__}")
+
+
+def call_attrs(call) -> dict | None:
+    """A Relax call's attributes in the section's JSON form: ``{"type", "fields"}`` or None."""
+    from target_dlac.core.ir import attrs_to_dict
+
+    if call.attrs is None:
+        return None
+    kind = type(call.attrs).__tvm_ffi_type_info__.type_key
+    return {"type": kind, "fields": {k: _jsonable(v) for k, v in attrs_to_dict(call.attrs).items()}}
 
 
 def _jsonable(v):

@@ -106,8 +106,20 @@ def _expr(node, params, consts, vals, gvs, w):
         _check_take(args, node["attrs"]["fields"], w)
     attrs = None
     if node["attrs"] is not None:
-        attrs = tvm.ir.make_node(node["attrs"]["type"], **node["attrs"]["fields"])
+        attrs = tvm.ir.make_node(node["attrs"]["type"], **_fields(node["attrs"]["type"], node["attrs"]["fields"]))
     return relax.Call(tvm.ir.Op.get(op), args, attrs)
+
+
+def _fields(kind: str, fields: dict) -> dict:
+    """Attribute fields as TVM's node constructor takes them: split indices and the
+    resize region of interest are arrays of typed scalars (plain ints make TVM abort)."""
+    from tvm.ir.prim.expr import FloatImm, IntImm
+
+    if kind == "relax.attrs.SplitAttrs" and isinstance(fields["indices_or_sections"], list):
+        return {**fields, "indices_or_sections": [IntImm("int64", v) for v in fields["indices_or_sections"]]}
+    if kind == "relax.attrs.Resize2DAttrs":
+        return {**fields, "roi": [FloatImm("float32", v) for v in fields["roi"]]}
+    return fields
 
 
 def _check_take(args, fields, w) -> None:
@@ -155,7 +167,8 @@ def _elements(ty) -> int:
 
 def _work(node, v, expr, w) -> int:
     """Estimated operations of a node: output elements times the reduction each needs
-    (conv2d: C/groups x kh x kw; matmul: K; pooling: the window; reductions: the input)."""
+    (conv2d: C/groups x kh x kw; matmul: K; pooling: the window; reductions: the input;
+    multi-pass ops: the input times their ``vocabulary.WORK`` factor)."""
     from tvm import relax
 
     out = _elements(v.ty)
@@ -175,4 +188,4 @@ def _work(node, v, expr, w) -> int:
         return out * max(1, int(expr.args[0].ty.shape.values[-1]))
     if op in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
         return out * fields["pool_size"][0] * fields["pool_size"][1]
-    return max([out] + ins)
+    return max([out] + ins) * V.WORK.get(op, 1)

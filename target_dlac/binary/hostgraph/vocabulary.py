@@ -57,6 +57,22 @@ def _ints(lo, hi, lengths, optional=False):
     return check
 
 
+def _floats(lo, hi, lengths):
+    elem = _float(lo, hi)
+
+    def check(v):
+        if not isinstance(v, list) or len(v) not in lengths:
+            raise ValueError(f"a list of {' or '.join(map(str, lengths))} finite numbers in [{lo}, {hi}]")
+        return [elem(e) for e in v]
+    return check
+
+
+def _optional(check):
+    def opt(v):
+        return None if v is None else check(v)
+    return opt
+
+
 def _bool(v):
     if not isinstance(v, bool):
         raise ValueError("true or false")
@@ -99,6 +115,8 @@ BIG = 1 << 16
 _AXIS = _int(-LIMITS.rank, LIMITS.rank - 1)
 _WINDOW = _ints(1, BIG, (2,))
 _PAD = _ints(0, BIG, (2, 4))
+_AXES = _ints(-LIMITS.rank, LIMITS.rank - 1, range(1, LIMITS.rank + 1))
+_EPS = _float(0.0, 1.0)
 
 #: attribute type -> {field: validator}; a node's attrs must have exactly these fields
 ATTRS = {
@@ -131,6 +149,25 @@ ATTRS = {
     "relax.attrs.ExpandDimsAttrs": {"axis": _ints(-LIMITS.rank, LIMITS.rank - 1, range(1, LIMITS.rank + 1))},
     "relax.attrs.LeakyReluAttrs": {"alpha": _float(-1e6, 1e6)},
     "relax.attrs.DropoutAttrs": {"rate": _float(0.0, 1.0)},
+    "relax.attrs.LayerNormAttrs": {"axes": _AXES, "epsilon": _EPS, "center": _bool, "scale": _bool},
+    "relax.attrs.GroupNormAttrs": {"num_groups": _int(1, BIG), "channel_axis": _AXIS, "axes": _AXES,
+                                   "epsilon": _EPS, "center": _bool, "scale": _bool},
+    "relax.attrs.PReluAttrs": {"axis": _AXIS},
+    "relax.attrs.ScanopAttrs": {"axis": _optional(_AXIS), "dtype": _dtype(optional=True), "exclusive": _bool},
+    "relax.attrs.Resize2DAttrs": {
+        "roi": _floats(-BIG, BIG, (4,)), "layout": _enum("NCHW"),
+        "method": _enum("nearest_neighbor", "linear", "cubic"),
+        "coordinate_transformation_mode": _enum("half_pixel", "align_corners", "asymmetric",
+                                                "pytorch_half_pixel", "tf_half_pixel_for_nn"),
+        "rounding_method": _enum("round", "floor", "ceil", "round_prefer_floor", "round_prefer_ceil", ""),
+        "cubic_alpha": _float(-BIG, BIG), "cubic_exclude": _int(0, 1),
+        "extrapolation_value": _float(-3.4e38, 3.4e38), "out_dtype": _dtype(optional=True)},
+    "relax.attrs.TileAttrs": {"repeats": _ints(1, BIG, range(1, LIMITS.rank + 1))},
+    "relax.attrs.FlipAttrs": {"axis": _AXIS},
+    "relax.attrs.SliceScatterAttrs": {"axis": _AXIS},
+    "relax.attrs.RepeatAttrs": {"repeats": _int(1, BIG), "axis": _optional(_AXIS)},
+    "relax.attrs.SoftplusAttrs": {"beta": _float(1e-6, 1e6), "threshold": _float(0.0, 1e6)},
+    "relax.attrs.ArgmaxArgminAttrs": {"axis": _optional(_AXIS), "keepdims": _bool},
     "relax.attrs.BatchNormAttrs": {"axis": _AXIS, "epsilon": _float(0.0, 1.0), "center": _bool,
                                    "scale": _bool, "momentum": _float(0.0, 1.0), "training": _enum(False)},
 }
@@ -142,10 +179,12 @@ _BINARY = ("TT",)
 OPS = {
     **{f"relax.{n}": (_UNARY, None) for n in (
         "nn.relu", "sigmoid", "tanh", "exp", "sqrt", "rsqrt", "negative", "abs", "round", "floor",
-        "ceil", "isnan", "flatten", "nn.gelu", "nn.silu")},
+        "ceil", "isnan", "flatten", "nn.gelu", "nn.silu",
+        "erf", "log", "sign", "square", "sin", "cos", "trunc", "logical_not", "nn.gelu_tanh", "nn.selu")},
     **{f"relax.{n}": (_BINARY, None) for n in (
         "add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "right_shift",
-        "left_shift")},
+        "left_shift", "equal", "not_equal", "greater", "greater_equal", "less", "less_equal",
+        "logical_and", "logical_or", "floor_divide", "floor_mod", "mod")},
     "relax.where": (("TTT",), None),
     "relax.clip": (("TPP",), None),
     "relax.reshape": (("TS",), None),
@@ -159,7 +198,8 @@ OPS = {
     "relax.split": (_UNARY, "relax.attrs.SplitAttrs"),
     "relax.nn.softmax": (_UNARY, "relax.attrs.SoftmaxAttrs"),
     "relax.nn.log_softmax": (_UNARY, "relax.attrs.SoftmaxAttrs"),
-    **{f"relax.{n}": (_UNARY, "relax.attrs.StatisticalAttrs") for n in ("mean", "sum", "max", "min")},
+    **{f"relax.{n}": (_UNARY, "relax.attrs.StatisticalAttrs") for n in (
+        "mean", "sum", "max", "min", "prod", "variance", "std")},
     "relax.permute_dims": (_UNARY, "relax.attrs.PermuteDimsAttrs"),
     "relax.astype": (_UNARY, "relax.attrs.AstypeAttrs"),
     "relax.matmul": (_BINARY, "relax.attrs.MatmulAttrs"),
@@ -170,12 +210,58 @@ OPS = {
     "relax.ones": (("S",), "relax.attrs.InitAttrs"),
     "relax.full": (("ST",), "relax.attrs.InitAttrs"),
     "relax.zeros_like": (_UNARY, "relax.attrs.InitAttrs"),
+    "relax.ones_like": (_UNARY, "relax.attrs.InitAttrs"),
+    "relax.arange": (("PPP",), "relax.attrs.InitAttrs"),      # start, end, step (swin's masks)
+    "relax.full_like": (_BINARY, "relax.attrs.InitAttrs"),
+    "relax.nn.layer_norm": (("TTT",), "relax.attrs.LayerNormAttrs"),
+    "relax.nn.group_norm": (("TTT",), "relax.attrs.GroupNormAttrs"),
+    "relax.nn.prelu": (_BINARY, "relax.attrs.PReluAttrs"),
+    "relax.cumsum": (_UNARY, "relax.attrs.ScanopAttrs"),
+    "relax.image.resize2d": (("TS",), "relax.attrs.Resize2DAttrs"),
+    "relax.tile": (_UNARY, "relax.attrs.TileAttrs"),
+    "relax.flip": (_UNARY, "relax.attrs.FlipAttrs"),
+    "relax.slice_scatter": (("TTPPP",), "relax.attrs.SliceScatterAttrs"),   # data, src, start, end, step
+    "relax.repeat": (_UNARY, "relax.attrs.RepeatAttrs"),
+    "relax.nn.softplus": (_UNARY, "relax.attrs.SoftplusAttrs"),
+    "relax.argmax": (_UNARY, "relax.attrs.ArgmaxArgminAttrs"),
+    "relax.argmin": (_UNARY, "relax.attrs.ArgmaxArgminAttrs"),
     "relax.take": (_BINARY, "relax.attrs.TakeAttrs"),
     "relax.squeeze": (_UNARY, "relax.attrs.SqueezeAttrs"),
     "relax.expand_dims": (_UNARY, "relax.attrs.ExpandDimsAttrs"),
     "relax.nn.leakyrelu": (_UNARY, "relax.attrs.LeakyReluAttrs"),
     "relax.nn.dropout": (_UNARY, "relax.attrs.DropoutAttrs"),
     "relax.nn.batch_norm": (("TTTTT",), "relax.attrs.BatchNormAttrs"),
+}
+
+def attr_problem(op: str, attrs) -> str | None:
+    """What is wrong with ``attrs`` (JSON: ``None`` or ``{"type", "fields"}``) for ``op`` of
+    :data:`OPS`, or None.  The one check of the schema: graph loading (``check.py``) and the
+    frontends (``compiler.frontend_common.check_ops``, naming the model's layer) use it."""
+    attrs_type = OPS[op][1]
+    if attrs_type is None:
+        return None if attrs is None else f"{op} takes no attributes"
+    if not isinstance(attrs, dict) or set(attrs) != {"type", "fields"} or attrs["type"] != attrs_type:
+        return f"attributes must be {{'type': {attrs_type!r}, 'fields': {{...}}}}"
+    schema, fields = ATTRS[attrs_type], attrs["fields"]
+    if not isinstance(fields, dict) or set(fields) != set(schema):
+        return f"attributes must have exactly the fields {sorted(schema)}"
+    for k, check in schema.items():
+        try:
+            check(fields[k])
+        except ValueError as e:
+            return f"attribute {k}={str(fields[k])[:40]} must be {e}"
+    return None
+
+
+#: estimated operations per element (of the largest operand or result) for ops that make
+#: several passes or read several inputs per output; every other op counts 1 (conv2d,
+#: matmul and pooling are estimated from their reduction, in rebuild._work)
+WORK = {
+    "relax.nn.layer_norm": 8, "relax.nn.group_norm": 8, "relax.nn.batch_norm": 4,
+    "relax.variance": 3, "relax.std": 3, "relax.nn.softmax": 4, "relax.nn.log_softmax": 4,
+    "relax.image.resize2d": 16,            # up to 4 x 4 taps (cubic)
+    "relax.erf": 4, "relax.nn.gelu": 4, "relax.nn.gelu_tanh": 4, "relax.nn.softplus": 4,
+    "relax.cumsum": 2,
 }
 
 
