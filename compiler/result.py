@@ -310,32 +310,8 @@ def _partition_reason(call) -> str:
     return "partitioner: no dLAC pattern matched the dense layer and its epilogue"
 
 
-def _composite_calls(mod):
-    """``(region-local var name, composite kind, composite function)`` of every composite
-    call, in the codegen's order (``main``'s bindings, then each region's)."""
-    import tvm
-    from tvm import relax
-
-    from target_dlac.core.ir import iter_bindings
-
-    for b in iter_bindings(mod["main"]):
-        v = b.value
-        if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.GlobalVar)):
-            continue
-        region = mod[v.op]
-        if region.attrs is None or "Codegen" not in region.attrs:
-            continue
-        comps = {}
-        for rb in iter_bindings(region):
-            rv = rb.value
-            if isinstance(rv, relax.Function) and rv.attrs is not None and "Composite" in rv.attrs:
-                comps[rb.var] = rv
-            elif isinstance(rv, relax.Call) and isinstance(rv.op, relax.Var) and rv.op in comps:
-                fn = comps[rv.op]
-                yield rb.var.name, str(fn.attrs["Composite"]), fn
-
-
 def _placement(result, fallbacks=None) -> dict:
+    from target_dlac.codegen.composites import composite_calls
     from target_dlac.core.ir import iter_bindings, op_name
 
     layer_vars = {p.var for p in result.layers}
@@ -359,7 +335,8 @@ def _placement(result, fallbacks=None) -> dict:
             side = ("host", _partition_reason(b.value))
             count(b.var.name, side, _macs(b.value))
     pending = list(fallbacks or [])
-    for var, kind, fn in _composite_calls(mod):
+    for var, fn in composite_calls(mod):
+        kind = str(fn.attrs["Composite"])
         fell = bool(pending) and pending[0].get("var") == var and pending[0].get("composite") == kind
         side = ("host", f"codegen: {pending.pop(0).get('reason')}") if fell else ("dlac", None)
         for cb in iter_bindings(fn):

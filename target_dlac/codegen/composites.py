@@ -124,8 +124,8 @@ def conv_layer(spec: ConvSpec, x_shape: tuple, x_dtype: str, weights: np.ndarray
 
 
 def composite_calls(mod):
-    """The composite functions ``main`` calls through its dLAC regions, in program order
-    (the order the codegen lowers them)."""
+    """``(region-local variable name, composite function)`` of every composite ``main``
+    calls through its dLAC regions, in program order (the order the codegen lowers them)."""
     for b in iter_bindings(mod["main"]):
         v = b.value
         if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.GlobalVar)):
@@ -139,7 +139,7 @@ def composite_calls(mod):
             if isinstance(rv, relax.Function):
                 comps[rb.var] = rv
             elif isinstance(rv, relax.Call) and isinstance(rv.op, relax.Var) and rv.op in comps:
-                yield comps[rv.op]
+                yield rb.var.name, comps[rv.op]
 
 
 def conv_layers(mod, plans: dict) -> list[ConvLayer]:
@@ -147,7 +147,7 @@ def conv_layers(mod, plans: dict) -> list[ConvLayer]:
     (``plans``: ``{layer var: LayerPlan}``), in program order, without lowering or
     packing anything: what the tuner lists."""
     out = []
-    for fn in composite_calls(mod):
+    for _, fn in composite_calls(mod):
         kind = str(fn.attrs["Composite"]).removeprefix("dlac.")
         if not kind.startswith(("conv2d", "dense")):
             continue

@@ -99,10 +99,11 @@ def test_host_warning_names_layer_and_reason(hostnet):
 
 def test_codegen_fallback_makes_a_layer_host(hostnet):
     """A composite the codegen left on the host (``meta["fallbacks"]``) moves its layer."""
-    from compiler.result import _composite_calls
+    from target_dlac.codegen.composites import composite_calls
 
-    calls = list(_composite_calls(hostnet.stages["partition"]))
-    var, kind, fn = next(c for c in calls if "dlac.layer" in c[2].attrs and str(c[2].attrs["dlac.layer"]) == "k")
+    calls = list(composite_calls(hostnet.stages["partition"]))
+    var, fn = next(c for c in calls if "dlac.layer" in c[1].attrs and str(c[1].attrs["dlac.layer"]) == "k")
+    kind = str(fn.attrs["Composite"])
     fallbacks = [{"composite": kind, "var": var, "reason": "kernel too large"}]
     assert _layers_on(hostnet, fallbacks)["k"] == "host"
     assert any(w.startswith("layer k ") and w.endswith("codegen: kernel too large")

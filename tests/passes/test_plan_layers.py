@@ -55,7 +55,7 @@ def test_plan_per_layer(ternary):
 
 def test_composites_carry_the_plan(ternary):
     seen = {}
-    for fn in composite_calls(ternary.stages["partition"]):
+    for _, fn in composite_calls(ternary.stages["partition"]):
         if "dlac.layer" in fn.attrs:
             seen[str(fn.attrs["dlac.layer"])] = (str(fn.attrs["dlac.precision"]),
                                                  str(fn.attrs["dlac.weight_format"]))
