@@ -110,8 +110,9 @@ class LayerWeights:
 
     def blocks(self, shape: ConvShape, s: Schedule) -> dict:
         """``{(fi, ci): (bytes, steps counts or None)}`` of the blocks packed under ``s``:
-        ternary blocks carry their filters' non-zero counts in PE order (memoized on the
-        tiling and PE order; treat the result as read-only)."""
+        ternary blocks carry their filters' non-zero counts, SWIS blocks their filters'
+        shift counts, in PE order; dense blocks ``None`` (memoized on the tiling and PE
+        order; treat the result as read-only)."""
         key = (shape, s.f_tile, s.c_tile, s.pe_order)
         got = self._blocks.get(key)
         if got is None:
@@ -122,8 +123,11 @@ class LayerWeights:
         out = {}
         for fi, ci, fr, cr in weight_tiles(shape, s):
             counts = None
-            if self.ternary and self.swis is None:
+            if self.swis is not None:          # a SWIS filter's shift count, the same for every c tile
+                counts = np.asarray(self.swis.counts, np.int64)[fr[0]:fr[1]]
+            elif self.ternary:
                 counts = self.tile_counts(fr, cr)
+            if counts is not None:
                 counts = counts[order_by_counts(counts, s.pe_order)]
             out[(fi, ci)] = (self.block_bytes(fr, cr), counts)
         return out

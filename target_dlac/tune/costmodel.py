@@ -34,7 +34,7 @@ import numpy as np
 
 from target_dlac.isa import cycles
 from target_dlac.isa.encoding import DTYPES, Insn, epi_param_layout
-from target_dlac.codegen.layer_weights import LayerWeights, order_by_counts
+from target_dlac.codegen.layer_weights import LayerWeights
 from target_dlac.codegen.lower import Epilogue, conv_op, input_window, lower_conv, tile_dmas
 from target_dlac.isa.formats import facts
 from target_dlac.isa.machine import Machine
@@ -58,21 +58,10 @@ def _as_weights(shape: ConvShape, weights) -> LayerWeights:
 
 def block_counts(shape: ConvShape, sched: Schedule, weights) -> dict:
     """``{(fi, ci): (bytes, counts)}`` of the weight blocks packed under ``sched``:
-    ``counts`` are what the block's conv instruction is costed by, in PE order: the
-    filters' non-zero counts (ternary), their shift counts (SWIS: a filter's count is the
-    same for every input-channel tile), ``None`` (dense)."""
-    info = _as_weights(shape, weights)
-    blocks = info.blocks(shape, sched)
-    if info.swis is None:
-        return blocks
-    ftiles = ranges(shape.f, sched.f_tile)
-    all_counts = np.asarray(info.swis.counts, np.int64)
-    out = {}
-    for (fi, ci), (nbytes, _) in blocks.items():
-        f0, f1 = ftiles[fi]
-        counts = all_counts[f0:f1]
-        out[(fi, ci)] = (nbytes, counts[order_by_counts(counts, sched.pe_order)])
-    return out
+    ``counts`` are what the block's conv instruction is costed by, in PE order
+    (:meth:`LayerWeights.blocks`: non-zero counts for ternary, shift counts for SWIS,
+    ``None`` for dense)."""
+    return _as_weights(shape, weights).blocks(shape, sched)
 
 
 def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
