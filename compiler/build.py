@@ -13,9 +13,17 @@ build the TVM CPU reference of exactly that graph:
   same integer parameters as the instructions (:mod:`target_dlac.codegen.modes.intmath`).  Its
   exponents come from calibration: the float program runs in the interpreter on the
   calibration inputs and every tensor's largest magnitude is recorded.
+
+The ``REF`` graph's layer weights are not stored twice: a weight constant equal (bit for
+bit) to one the codegen packed refers to its blocks in ``CONSTS``
+(:mod:`target_dlac.binary.hostgraph.weights`) and is decoded from them when the binary is
+loaded; scales, biases and the other small constants stay in the section.
 """
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -107,9 +115,62 @@ def _tuning_log_schedules(result, machine, path, schedules, activations):
     return pick, info, counts
 
 
+@dataclass(frozen=True)
+class LayerProgress:
+    """What ``build_program``'s ``progress`` callback gets after each conv / dense layer the
+    codegen lowered: ``index`` of ``total`` (the plan's conv / dense layers; a layer left on
+    the host is not reported), ``dims`` (dense ``KxN``, conv ``FxCxKHxKW@HxW``) and the wall
+    ``seconds`` since the previous report (for the first: since the codegen started).
+    ``stage``: ``codegen``, or ``calibration`` for the float32 pass of an int8 build."""
+    stage: str
+    index: int
+    total: int
+    name: str
+    op: str
+    precision: str
+    dims: str
+    seconds: float
+
+    def line(self) -> str:
+        w = len(str(self.total))
+        tag = "" if self.stage == "codegen" else f" ({self.stage})"
+        return (f"[{self.index:>{w}}/{self.total}] {self.op} {self.name} {self.dims} {self.precision}"
+                f"{tag} ... {self.seconds:.1f} s")
+
+
+def _dims(entry: dict) -> str:
+    s = entry.get("shape") or {}
+    try:
+        if entry.get("op") == "dense":
+            return f"{s['c']}x{s['f']}"
+        cin = 1 if s.get("depthwise") else s["c"] // max(1, s.get("groups", 1))
+        return f"{s['f']}x{cin}x{s['kh']}x{s['kw']}@{s['h']}x{s['w']}"
+    except (KeyError, TypeError):
+        return "?"
+
+
+def _layer_progress(progress, total: int, stage: str):
+    """The codegen's per-layer callback that times the layers and calls ``progress``."""
+    if progress is None:
+        return None
+    state = {"n": 0, "t": time.perf_counter()}
+
+    def step(entry: dict) -> None:
+        now = time.perf_counter()
+        state["n"] += 1
+        progress(LayerProgress(stage, state["n"], max(total, state["n"]), str(entry.get("name")),
+                               str(entry.get("op")), str(entry.get("precision")), _dims(entry),
+                               now - state["t"]))
+        state["t"] = time.perf_counter()
+    return step
+
+
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
                   activations: str = "fp32", calib: dict | None = None, progress=None,
                   tuning_log=None):
+    """The dLAC program of ``result`` (see the module docstring).  ``progress``: called with
+    a :class:`LayerProgress` after each conv / dense layer (``LayerProgress.line()`` is the
+    CLI's line)."""
     from target_dlac.codegen.generator import Codegen
     from target_dlac.isa.machine import Machine
 
@@ -122,9 +183,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
     tuned = None
     if tuning_log is not None:
         schedules, tuned, counts = _tuning_log_schedules(result, machine, tuning_log, schedules, activations)
-    cg = Codegen(mod, machine, **result.codegen_args(schedules, progress))
-    prog = cg.generate()
-    ref_mod = result.stages["fold"]
+    total = len(result.layers)
     if activations == "int8" and result.config.activation_overrides:
         raise ConfigError("per-layer activation overrides mix float16/float32 layers; the int8 "
                           "pipeline is whole-graph (drop the overrides or use fp32/fp16)")
@@ -133,13 +192,19 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         default_half = False
     else:
         default_half = True
+    cg = codegen = None
+    if activations != "fp16":        # fp16: the fp16 codegen below is the whole program
+        stage = "calibration" if activations == "int8" else "codegen"
+        cg = codegen = Codegen(mod, machine, **result.codegen_args(schedules, _layer_progress(progress, total, stage)))
+        prog = cg.generate()
+    ref_mod = result.stages["fold"]
     if activations == "fp16":
         from target_dlac.codegen.modes.fp16 import Fp16Codegen
 
         default = "fp16" if default_half else "fp32"
         half = {p.name: (p.activations or default) == "fp16" for p in result.layers}
-        hcg = Fp16Codegen(mod, machine, half=lambda name: half.get(name, default == "fp16"),
-                          **result.codegen_args(schedules, progress))
+        hcg = codegen = Fp16Codegen(mod, machine, half=lambda name: half.get(name, default == "fp16"),
+                                    **result.codegen_args(schedules, _layer_progress(progress, total, "codegen")))
         prog = hcg.generate()
         ref_mod = hcg.reference_mod
     if activations == "int8":
@@ -150,7 +215,8 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
             raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
         stats = calibrate(cg, prog, calib)
         plan = {p.var: p for p in int8_weights(result.stages["fold"], result.layers)}
-        icg = IntCodegen(mod, machine, stats=stats, **result.codegen_args(schedules, progress, plan))
+        icg = codegen = IntCodegen(mod, machine, stats=stats,
+                                   **result.codegen_args(schedules, _layer_progress(progress, total, "codegen"), plan))
         prog = icg.generate()
         ref_mod = icg.reference_mod
     prog.meta.update({
@@ -166,5 +232,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         from passes.partition import unpartition
         from target_dlac.binary import hostgraph
 
-        prog.reference = hostgraph.encode(unpartition(ref_mod), "reference", level=1)
+        # the layer weights come from the program's CONSTS blocks, not a second copy
+        weights = hostgraph.WeightIndex(codegen.weight_blocks, prog.constants)
+        prog.reference = hostgraph.encode(unpartition(ref_mod), "reference", level=1, weights=weights)
     return prog

@@ -170,7 +170,7 @@ def model_path(spec: str) -> str:
 
 # ------------------------------------------------------------------ run --check
 
-def compare_output(out, ref) -> dict:
+def compare_output(out, ref, step=None) -> dict:
     """Compare an interpreter output with its reference.  A check can never pass on
     non-finite values: a position where either side is NaN or +-Inf counts as a
     *non-finite mismatch* unless the other side holds the same thing there (NaN and NaN,
@@ -179,7 +179,16 @@ def compare_output(out, ref) -> dict:
 
     Returns ``{"shape", "max_abs_err", "max_rel_err", "nonfinite_mismatches",
     "first_mismatch"`` (index list or None)``, "first_values"`` ((out, ref) there)``}``;
-    a shape mismatch gives ``{"shape_mismatch": (out shape, ref shape)}``."""
+    a shape mismatch gives ``{"shape_mismatch": (out shape, ref shape)}``.
+
+    ``step``: for an activation-quantized output (``dequantize(quantize(v), scale, zp)``),
+    its quantization step (the scale, a scalar or an array that broadcasts against the
+    output).  Then also ``"steps"``: ``{"exact", "one_step", "more"}`` (how many finite
+    values are off by 0, exactly 1 and more than 1 steps, ``round(|out - ref| / step)``)
+    and ``"max_steps"``; and ``"top1"``: ``{"rows", "agree", "near_tie"}`` over the rows
+    of the last axis (rank >= 1, more than one class): ``agree`` rows have the same argmax,
+    ``near_tie`` rows do not, but the reference's value at the output's argmax is within
+    one step of the reference's maximum (a tie one step can break either way)."""
     import numpy as np
 
     o, r = np.asarray(out), np.asarray(ref)
@@ -199,9 +208,23 @@ def compare_output(out, ref) -> dict:
     else:
         diff = scale = 0.0
     rel = diff / scale if scale else diff
-    return {"shape": list(o.shape), "max_abs_err": diff, "max_rel_err": rel, "nonfinite_mismatches": n_bad,
-            "first_mismatch": first,
-            "first_values": (float(o[tuple(first)]), float(r[tuple(first)])) if first is not None else None}
+    res = {"shape": list(o.shape), "max_abs_err": diff, "max_rel_err": rel, "nonfinite_mismatches": n_bad,
+           "first_mismatch": first,
+           "first_values": (float(o[tuple(first)]), float(r[tuple(first)])) if first is not None else None}
+    if step is not None:
+        s = np.broadcast_to(np.asarray(step, np.float64), o.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            k = np.rint(np.abs(o - r)[both] / s[both])
+        res["steps"] = {"exact": int((k == 0).sum()), "one_step": int((k == 1).sum()),
+                        "more": int((k > 1).sum())}
+        res["max_steps"] = int(k.max()) if k.size else 0
+        if o.ndim >= 1 and o.shape[-1] > 1 and o.size:
+            o2, r2, s2 = (a.reshape(-1, o.shape[-1]) for a in (o, r, s))
+            io, ir = np.argmax(o2, axis=1), np.argmax(r2, axis=1)
+            rows = np.arange(len(io))
+            tie = (io != ir) & (r2[rows, io] >= r2[rows, ir] - s2[rows, io] * (1 + 1e-6))
+            res["top1"] = {"rows": len(io), "agree": int((io == ir).sum()), "near_tie": int(tie.sum())}
+    return res
 
 
 def _summary_lines(info: dict) -> list[str]:

@@ -16,6 +16,10 @@ from compiler.result import DAMAGE_SQNR_DB
 from target_dlac.core.errors import ConfigError, DlacError
 from target_dlac.tune.search import DEFAULT_TRIALS
 
+#: a codegen progress line is printed for a layer that took this long, and for every layer
+#: once the codegen has run this long (or always with ``-v``)
+PROGRESS_LAYER_S, PROGRESS_AFTER_S = 1.0, 10.0
+
 
 @click.command("compile")
 @click.argument("model")
@@ -38,10 +42,14 @@ from target_dlac.tune.search import DEFAULT_TRIALS
                    f"{DAMAGE_SQNR_DB:g} dB SQNR.")
 @click.option("--no-reference", is_flag=True,
               help="Leave the quantized graph out of the binary (smaller; `run --check` then fails).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="One progress line per conv/dense layer of the codegen (default: only layers that "
+                   f"take {PROGRESS_LAYER_S:g} s or more, and every layer once the codegen has run "
+                   f"{PROGRESS_AFTER_S:g} s).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
                 keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
-                dump_ir, report_json, damage, no_reference, debug):
+                dump_ir, report_json, damage, no_reference, verbose, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it.
 
     With ``-o``, the binary is verified before it is given its name: the bytes are
@@ -99,7 +107,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
 
             t0 = time.perf_counter()
             prog = build_program(result, mach, reference=not no_reference, activations=activations,
-                                 calib=calib_data, tuning_log=tuning_log)
+                                 calib=calib_data, tuning_log=tuning_log, progress=_progress(verbose, t0))
             atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
         # the table after the codegen: a layer it left on the host is shown there
@@ -135,6 +143,15 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             atomic_write_text(report_json, strict_json(report, indent=2))
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
         _fail(e, debug)
+
+
+def _progress(verbose: bool, t0: float):
+    """The codegen's per-layer callback (:class:`compiler.build.LayerProgress`): its line
+    on stderr, quiet for small models (see :data:`PROGRESS_LAYER_S`)."""
+    def show(e) -> None:
+        if verbose or e.seconds >= PROGRESS_LAYER_S or time.perf_counter() - t0 >= PROGRESS_AFTER_S:
+            click.echo(f"  {printable(e.line())}", err=True)
+    return show
 
 
 def _damage(result, example=None) -> list[dict]:

@@ -10,17 +10,31 @@ import re
 from target_dlac.core.errors import ModelLoadError, UnsupportedOpError
 from compiler.frontend_common import match_shapes
 from compiler.oplist import ONNX_OPS
+from compiler.onnx_rewrite import QONNX_DOMAINS, QONNX_OPS
 
 
 #: QOperator-format quantized ops (onnxruntime QuantFormat.QOperator): no TVM converter
 _QOPERATOR = re.compile(r"^(QLinear\w+|QGemm|ConvInteger|MatMulInteger)$")
 _QOPERATOR_HINT = ("a QOperator-format quantized model; quantize it in QDQ format instead "
                    "(onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ))")
+#: onnxruntime quantize_dynamic's activation quantizer: a scale computed at every run
+_DYNAMIC_HINT = ("dynamic quantization (onnxruntime quantize_dynamic) computes each activation "
+                 "scale at run time, and dLAC's fixed-point activations have static exponents: "
+                 "quantize statically in QDQ format (onnxruntime quantize_static(..., "
+                 "quant_format=QuantFormat.QDQ)), or give dlac the float model to quantize")
 
 
 def _check_nodes(model, label: str) -> None:
     for i, node in enumerate(model.graph.node):
         hint = f"; {_QOPERATOR_HINT}" if _QOPERATOR.match(node.op_type) else ""
+        if node.op_type == "DynamicQuantizeLinear" and node.domain in ("", "ai.onnx"):
+            raise UnsupportedOpError(node.op_type, node.name or f"#{i}", f"in {label}; {_DYNAMIC_HINT}")
+        if node.domain in QONNX_DOMAINS:       # rewritten into standard ops (rewrite_qonnx)
+            if node.op_type in QONNX_OPS:
+                continue
+            raise UnsupportedOpError(f"{node.domain}::{node.op_type}", node.name or f"#{i}",
+                                     f"QONNX op that dlac does not rewrite (it rewrites "
+                                     f"{' and '.join(QONNX_OPS)} into standard ONNX ops)")
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(f"{node.domain}::{node.op_type}", node.name or f"#{i}",
                                      "custom op domain" + hint)

@@ -7,8 +7,8 @@ returns its module; the driver keeps every stage's module (it can be dumped as
 TVMScript), times it and reports progress.  Stages, in order:
 
 ``import``        frontend; weights bound as constants, layers named
-``canonicalize``  FoldPrequantized, FoldConstantViews, FoldBatchNorm, CanonicalBias,
-                  RemoveDeadTuples
+``canonicalize``  FoldPrequantized, FoldConstantViews, FlattenDense, FoldBatchNorm,
+                  CanonicalBias, RemoveDeadTuples
 ``quantize``      PlanLayers (the layer plan: precision per layer from
                   :class:`QuantConfig`, weight format; a pre-quantized model's layers keep
                   their own integers), QuantizeWeights (the plan's integers / SWIS
@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from passes.accumulate import check_accumulate_only, multiplies_report, multiply_to_accumulate
+from passes.bounded_take import bounded_take
 from passes.canonical_bias import canonical_bias
 from passes.fold_batchnorm import fold_batchnorm
 from passes.fold_constant_views import fold_constant_views
+from passes.flatten_dense import flatten_dense
 from passes.fold_prequantized import PrequantInfo, fold_prequantized, prequantized_weights
 from passes.fold_scales import fold_scales
 from passes.partition import partition, regions
@@ -86,7 +88,9 @@ def stage_canonicalize(st: PipelineState):
     # a pre-quantized model's weight subgraphs -> float constants + their integers;
     # BN after such a layer is not folded into its weights (it goes to the epilogue)
     mod, st.prequant = fold_prequantized(st.stages["import"])
+    mod = bounded_take(mod)           # computed take indices: clip mode, never out of bounds
     mod = fold_constant_views(mod)
+    mod = flatten_dense(mod)          # linear layers on N-D inputs as 2-D dense layers
     mod = fold_batchnorm(mod, keep=set(st.prequant.layers))
     for p in (canonical_bias, remove_dead_tuples):
         mod = p(mod)

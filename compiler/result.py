@@ -300,9 +300,6 @@ def _partition_reason(call) -> str:
             return f"partitioner: layout {a.get('data_layout')}/{a.get('kernel_layout')} (dLAC takes NCHW/OIHW)"
         if ints(a.get("dilation", [1, 1])) != [1, 1]:
             return f"partitioner: dilation {ints(a['dilation'])} (dLAC convolutions are not dilated)"
-        groups, cin = int(a.get("groups", 1)), (shape_of(call.args[0]) or [0, 0])[1]
-        if groups > 1 and not groups == cin == (shape_of(call) or [0, 0])[1]:
-            return f"partitioner: grouped convolution with {groups} groups (not depthwise)"
         return "partitioner: no dLAC pattern matched the convolution and its epilogue"
     x = shape_of(call.args[0])
     if x is not None and len(x) != 2:

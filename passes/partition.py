@@ -8,19 +8,28 @@ then ``MergeCompositeFunctions``): each match becomes a composite function
 * a layer (conv2d or dense with a constant weight) with its epilogue
   (``acc * scale + bias`` or ``acc + bias``), optionally a residual add, and
   optionally ReLU or clip: ``dlac.conv2d[_residual][_relu|_clip]``,
-  ``dlac.dense[_relu|_clip]``;
+  ``dlac.dense[_relu|_clip]``; or (no residual) one of EPI's other activations in the
+  forms the frontends emit (:func:`_act_patterns`): ``dlac.{conv2d,dense}_<act>`` for
+  ``leaky_relu``, ``prelu``, ``hardswish``, ``hardsigmoid``, ``silu``, ``sigmoid``,
+  ``tanh``, ``gelu``, ``gelu_tanh``;
 * pooling: ``dlac.max_pool2d``, ``dlac.avg_pool2d``, ``dlac.global_avg_pool``
   (mean over H, W or adaptive average pool to 1x1);
-* element-wise: ``dlac.add[_relu]`` of two same-shape tensors, ``dlac.relu``;
+* element-wise: ``dlac.add[_relu]`` of two same-shape tensors, ``dlac.relu``, and the
+  standalone float activations ALU has (``dlac.<act>`` for ``isa.ALU_ACTS``: not leaky
+  ReLU or PReLU, whose slopes ALU cannot hold);
 * views: ``dlac.reshape`` (flatten/reshape are address views on dLAC).
+* ``dlac.matmul``: a matmul of two computed tensors (attention's ``q @ k^T``,
+  ``softmax @ v``) with the same batch dimensions; the left operand is the MAC weight
+  block, read from its DRAM address at run time (``target_dlac/codegen/matmul.py``).
 
 Each composite that holds a layer gets the attribute ``dlac.layer`` (its
 name), so later stages can find per-layer data, and, when the layer plans are given,
 ``dlac.precision`` and ``dlac.weight_format`` (the plan's; the decomposition itself
 travels in the plan, :class:`target_dlac.core.plan.LayerPlan`).  Legal: partitioning moves
 computation into functions without changing it (``unpartition`` undoes it
-for the TVM CPU reference).  Conv2d is placed on dLAC only for NCHW/OIHW,
-dilation 1 and groups 1 or depthwise; anything else stays on the host.
+for the TVM CPU reference).  Conv2d is placed on dLAC only for NCHW/OIHW and
+dilation 1 (any groups: depthwise, or G convolutions on channel slices); anything else
+stays on the host.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, FuseOpsByPattern, MergeCompositeFunctions
 
-from target_dlac.core.ir import carries_errors, mutate, attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
+from target_dlac.isa.encoding import ALU_ACTS
+from target_dlac.core.ir import const_np, is_const as is_constant, carries_errors, mutate, attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
+from target_dlac.core.ir import dtype_of
 from passes.layers import find_layers
 
 
@@ -49,7 +60,7 @@ def _conv_ok(ctx) -> bool:
     groups = int(a["groups"])
     cin = shape_of(conv.args[0])[1]
     cout = shape_of(conv)[1]
-    return groups == 1 or (groups == cin == cout)
+    return groups >= 1 and cin % groups == 0 and cout % groups == 0     # any grouping (incl. depthwise)
 
 
 def _residual_ok(ctx) -> bool:
@@ -78,6 +89,19 @@ def _residual_ok(ctx) -> bool:
 
 def _dense_ok(ctx) -> bool:
     return len(shape_of(ctx.annotated_expr["layer"].args[0])) == 2
+
+
+def _act_matmul_ok(ctx) -> bool:
+    """``dlac.matmul``: both operands computed (not constants), static float32, of equal rank
+    >= 2 and the same batch dimensions (``target_dlac/codegen/matmul.py`` takes no broadcasting)."""
+    mm = ctx.annotated_expr["mm"]
+    a, b = mm.args
+    sa, sb = shape_of(a), shape_of(b)
+    if is_constant(a) or is_constant(b) or sa is None or sb is None or shape_of(mm) is None:
+        return False
+    if any(dtype_of(e) != "float32" for e in (a, b, mm)):
+        return False
+    return len(sa) == len(sb) >= 2 and sa[:-2] == sb[:-2] and sa[-1] == sb[-2]
 
 
 def _same_shape_add(ctx) -> bool:
@@ -115,6 +139,63 @@ def _checked(ok):
     return (lambda ctx: _contained(ctx) and ok(ctx)) if ok is not None else _contained
 
 
+def _scalar_is(ctx, key: str, value: float) -> bool:
+    c = ctx.annotated_expr[key] if key in ctx.annotated_expr else None
+    try:
+        v = const_np(c) if c is not None and is_constant(c) else None
+    except Exception:      # noqa: BLE001 - not a readable constant: not this activation
+        v = None
+    return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == value
+
+
+def _relu6_ok(ctx) -> bool:
+    """The clip (or torch's two clips) of a hardswish / hardsigmoid bound to [0, 6], the
+    constants 3 (when present: a hardsigmoid's ``+ 3`` may be folded into the bias) and 6."""
+    ann = ctx.annotated_expr
+    bounds = []
+    for key in ("lo1", "hi1", "lo2", "hi2"):
+        if key in ann:
+            v = ann[key]
+            while hasattr(v, "value") and not isinstance(v, (int, float)):
+                v = v.value
+            try:
+                bounds.append(float(v))
+            except (TypeError, ValueError):
+                return False
+    lo, hi = max(bounds[0::2]), min(bounds[1::2])
+    return lo == 0.0 and hi == 6.0 and _scalar_is(ctx, "c6", 6.0) and ("c3" not in ann or _scalar_is(ctx, "c3", 3.0))
+
+
+def _act_patterns(x, layer: bool = True):
+    """``(act, pattern, annotations, check)`` of each float activation of dLAC's EPI / ALU
+    applied to ``x``, in the forms the frontends emit (torch.export: hardswish as
+    ``x * clip(x + 3, 0, 6) / 6``, hardsigmoid as ``clip(x + 3, 0, 6) / 6`` with the ``+ 3``
+    folded into a layer's bias, PReLU as ``where(x > 0, x, x * slope)``, SiLU as
+    ``x * sigmoid(x)``); the checks pin the constants (the composite parse checks the rest)."""
+    c3, c6, c0 = is_const(), is_const(), is_const()
+    lo1, hi1, lo2, hi2 = wildcard(), wildcard(), wildcard(), wildcard()
+
+    def relu6(v):
+        inner = is_op("relax.clip")(v, lo1, hi1)
+        return inner | is_op("relax.clip")(inner, lo2, hi2)
+
+    r6 = relu6(is_op("relax.add")(x, c3))
+    ann = {"c3": c3, "c6": c6, "lo1": lo1, "hi1": hi1, "lo2": lo2, "hi2": hi2}
+    yes = lambda ctx: True  # noqa: E731
+    prelu = is_op("relax.nn.prelu")(x, is_const()) | is_op("relax.where")(
+        is_op("relax.greater")(x, c0), x, is_op("relax.multiply")(x, is_const()))
+    return [
+        ("hardswish", is_op("relax.divide")(is_op("relax.multiply")(x, r6), c6)         # torch.export
+         | is_op("relax.multiply")(x, is_op("relax.divide")(r6, c6)), ann, _relu6_ok),  # ONNX
+        ("hardsigmoid", is_op("relax.divide")(r6 | relu6(x) if layer else r6, c6), ann, _relu6_ok),
+        ("silu", is_op("relax.nn.silu")(x) | is_op("relax.multiply")(x, is_op("relax.sigmoid")(x)), {}, yes),
+        ("prelu", prelu, {"c0": c0}, lambda ctx: "c0" not in ctx.annotated_expr or _scalar_is(ctx, "c0", 0.0)),
+        ("leaky_relu", is_op("relax.nn.leakyrelu")(x), {}, yes),
+        *[(act, is_op(f"relax.{op}")(x), {}, yes) for act, op in (
+            ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("gelu", "nn.gelu"), ("gelu_tanh", "nn.gelu_tanh"))],
+    ]
+
+
 def patterns() -> list[FusionPattern]:
     """The patterns, most specific first; each refuses a match that a value escapes
     (:func:`_contained`)."""
@@ -136,9 +217,14 @@ def _patterns() -> list[FusionPattern]:
             pats += [FusionPattern("dlac.conv2d_residual_relu", is_op("relax.nn.relu")(residual),
                                    res_ann, _residual_ok),
                      FusionPattern("dlac.conv2d_residual", residual, res_ann, _residual_ok)]
+        for act, pat, ann, act_ok in _act_patterns(ep):
+            pats.append(FusionPattern(f"dlac.{kind}_{act}", pat, {**annotations, **ann},
+                                      lambda ctx, ok=ok, act_ok=act_ok: ok(ctx) and act_ok(ctx)))
         for suffix, pat in (("_relu", is_op("relax.nn.relu")(ep)),
                             ("_clip", is_op("relax.clip")(ep, wildcard(), wildcard())), ("", ep)):
             pats.append(FusionPattern(f"dlac.{kind}{suffix}", pat, annotations, ok))
+    mm = is_op("relax.matmul")(wildcard(), wildcard())      # activation x activation (attention)
+    pats.append(FusionPattern("dlac.matmul", mm, {"mm": mm}, _act_matmul_ok))
     x, y = wildcard(), wildcard()
     add = is_op("relax.add")(x, y)
     mean = is_op("relax.mean")(wildcard())
@@ -151,6 +237,8 @@ def _patterns() -> list[FusionPattern]:
         FusionPattern("dlac.add_relu", is_op("relax.nn.relu")(add), {"add": add}, _same_shape_add),
         FusionPattern("dlac.add", add, {"add": add}, _same_shape_add),
         FusionPattern("dlac.relu", is_op("relax.nn.relu")(wildcard()), {}),
+        *[FusionPattern(f"dlac.{act}", pat, ann, act_ok) for act, pat, ann, act_ok in _act_patterns(wildcard(), False)
+          if act in ALU_ACTS],
         FusionPattern("dlac.reshape", is_op("relax.reshape")(wildcard(), wildcard()), {}),
     ]
     return pats

@@ -4,7 +4,8 @@ per conv / dense layer.
 Rewrites nothing: reads the layers of ``main`` (in binding order) and decides, per layer,
 its precision (:meth:`compiler.config.QuantConfig.precision_for`'s rules, given here as
 ``precision_for``), the weight format it will be held in
-(:func:`target_dlac.core.plan.format_of`: a depthwise SWIS layer is held as int8) and its
+(:func:`target_dlac.core.plan.format_of`: a depthwise SWIS layer, one input channel per
+filter, is held as int8; a grouped one groups the C / G channels of its conv group) and its
 activation type override.  A pre-quantized model's layers keep the model's own
 quantization (its kind and integers), over the config's default and over keep_first /
 keep_last (which keeps every output head, :func:`output_heads`); only an override
@@ -50,7 +51,9 @@ def output_heads(func, layers) -> set[str]:
 
 
 def _depthwise(layer) -> bool:
-    return layer.op == "conv2d" and int(layer.attrs.get("groups", 1)) > 1
+    """One input channel per filter (depthwise, or grouped with ``C / G = 1``): no SWIS
+    input-channel groups.  Other grouped convolutions have their ``C / G`` channels."""
+    return layer.op == "conv2d" and int(layer.attrs.get("groups", 1)) > 1 and layer.weight.shape[1] == 1
 
 
 def plan_layers(mod, layer_names: dict[str, str], precision_for, prequantized: dict | None = None,

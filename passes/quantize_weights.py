@@ -45,7 +45,9 @@ def quantize_weights(mod, plan: dict[str, WeightSpec], swis: dict | None = None)
     def fake_quant(layer):
         spec = plan[layer.name]
         w = layer.weight
-        depthwise = layer.op == "conv2d" and int(layer.attrs.get("groups", 1)) > 1
+        # one input channel per filter (depthwise): no SWIS groups; a grouped conv's weights
+        # [F, C/G, kh, kw] group the C/G channels of each filter's own conv group
+        depthwise = layer.op == "conv2d" and int(layer.attrs.get("groups", 1)) > 1 and w.shape[1] == 1
         if spec.kind == "swis" and not depthwise:
             r = swis_quantize(w, spec.shifts, axis=layer.out_axis, consecutive=spec.consecutive,
                               pe_cols=spec.pe_cols)

@@ -30,17 +30,16 @@ if a model fails to compile or run, or a ``none`` error is over the tolerance.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
 import time
-import warnings
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+from tools.sweep_common import compile_and_run as _compile_and_run, error_text, fmt, rel_err, write_section  # noqa: E402
 
 MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
           "shufflenet", "squeezenet", "vgg19", "zfnet512")
@@ -126,50 +125,10 @@ def onnxruntime_outputs(model, feed: dict) -> list:
     return sess.run(None, feed)
 
 
-def rel_err(out, ref) -> float:
-    import numpy as np
-
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    if out.shape != ref.shape:
-        return float("inf")
-    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
-
-
 def compile_and_run(model, feed: dict, quant: str) -> dict:
-    """Compile ``model`` (a ModelProto) with ``quant`` (``none`` / ``ternary``), build and run
-    it on ``feed``; the outputs, the dLAC MAC share and the times."""
-    from compiler import QuantConfig, compile_model
-    from compiler.build import build_program
-    from target_dlac.isa.machine import Machine
-    from target_dlac.sim.host import HostRunner
-    from target_dlac.sim.interpreter import run
-
-    config = QuantConfig.full_precision() if quant == "none" else QuantConfig()
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = compile_model(model, config=config)
-        program = build_program(result, Machine(), reference=False)
-        compile_s = time.perf_counter() - t0
-        host = HostRunner(program) if program.host is not None else None
-        t0 = time.perf_counter()
-        outs, report = run(program, {t.name: feed[t.name] for t in program.inputs}, host_runner=host)
-    run_s = time.perf_counter() - t0
-    share = None
-    try:
-        pl = result.placement()
-        total = pl["macs"]["dlac"] + pl["macs"]["host"]
-        share = pl["macs"]["dlac"] / total if total else None
-    except Exception:  # noqa: BLE001 - an older CompileResult without placement()
-        pass
-    return {"outputs": [outs[f"output_{i}"] for i in range(len(outs))], "compile_s": compile_s,
-            "run_s": run_s, "dlac_mac_share": share, "host_ops": len(program.meta.get("host_ops", [])),
-            "cycles": report.cycles.get("total") if isinstance(report.cycles, dict) else None}
-
-
-def _error_text(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+    """Compile an ONNX ``model`` with ``quant`` (``none`` / ``ternary``), build and run it on
+    ``feed``: :func:`tools.sweep_common.compile_and_run`."""
+    return _compile_and_run(model, None, feed, quant)
 
 
 def run_model(name: str, modes=MODES, random: bool = True, seed: int = 0) -> dict:
@@ -196,14 +155,14 @@ def run_model(name: str, modes=MODES, random: bool = True, seed: int = 0) -> dic
                 rr = compile_and_run(rm, rfeed, "none")
                 row["none"]["err_random"] = max(rel_err(o, x) for o, x in zip(rr["outputs"], rref))
         except Exception as e:  # noqa: BLE001 - recorded in the table
-            row["none"] = {"ok": False, "error": _error_text(e), "dlac_error": isinstance(e, DlacError)}
+            row["none"] = {"ok": False, "error": error_text(e), "dlac_error": isinstance(e, DlacError)}
     if "ternary" in modes:
         try:
             r = compile_and_run(model, feed, "ternary")
             row["ternary"] = {"ok": True, **{k: r[k] for k in ("compile_s", "run_s", "dlac_mac_share",
                                                                "host_ops", "cycles")}}
         except Exception as e:  # noqa: BLE001
-            row["ternary"] = {"ok": False, "error": _error_text(e), "dlac_error": isinstance(e, DlacError)}
+            row["ternary"] = {"ok": False, "error": error_text(e), "dlac_error": isinstance(e, DlacError)}
     return row
 
 
@@ -212,16 +171,6 @@ def row_ok(row: dict) -> bool:
     if n is not None and not (n["ok"] and n["err"] <= TOLERANCE and n.get("err_random", 0.0) <= TOLERANCE):
         return False
     return t is None or t["ok"]
-
-
-def _fmt(v, kind):
-    if v is None:
-        return "-"
-    if kind == "e":
-        return f"{v:.1e}"
-    if kind == "%":
-        return f"{100 * v:.1f}%"
-    return f"{v:.1f}"
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -234,14 +183,14 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         elif not n["ok"]:
             cells += ["no: " + n["error"]] + ["-"] * 4
         else:
-            cells += ["yes", _fmt(n["err"], "e"), _fmt(n.get("err_random"), "e"),
-                      _fmt(n["compile_s"], "s"), _fmt(n["run_s"], "s")]
+            cells += ["yes", fmt(n["err"], "e"), fmt(n.get("err_random"), "e"),
+                      fmt(n["compile_s"], "s"), fmt(n["run_s"], "s")]
         if t is None:
             cells += ["skipped"] + ["-"] * 3
         elif not t["ok"]:
             cells += ["no: " + t["error"]] + ["-"] * 3
         else:
-            cells += ["yes", _fmt(t["dlac_mac_share"], "%"), _fmt(t["compile_s"], "s"), _fmt(t["run_s"], "s")]
+            cells += ["yes", fmt(t["dlac_mac_share"], "%"), fmt(t["compile_s"], "s"), fmt(t["run_s"], "s")]
         out.append(cells)
     return out
 
@@ -295,15 +244,7 @@ def to_markdown(rows: list[dict], command: str) -> str:
 
 def write_markdown(path: str, section: str) -> None:
     """Replace the light-zoo section of ``path`` (or append it)."""
-    from target_dlac.core.atomic import atomic_write_text
-
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    atomic_write_text(path, text)
+    write_section(path, BEGIN, END, section)
 
 
 def main(argv=None) -> int:

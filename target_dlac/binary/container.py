@@ -3,7 +3,7 @@
 Layout (little-endian)::
 
     0   8  magic  b"DLAC\\x00BIN"
-    8   2  format major version (1)     10  2  minor version (0)
+    8   2  format major version (1)     10  2  minor version (2)
     12  4  header bytes (64 + 32 * sections)
     16  4  number of sections           20  4  flags (0)
     24 32  SHA-256 of the machine configuration (canonical JSON)
@@ -17,7 +17,10 @@ Sections: ``MACHINE`` (JSON), ``INSTS`` (32-byte instructions), ``CONSTS`` (DRAM
 the constants), ``TENSORS`` (JSON tensor table), ``META`` (JSON), and optionally
 ``HOST`` / ``REF`` (the host functions / the quantized graph for ``--check``, in dlac's
 closed graph format, :mod:`target_dlac.binary.hostgraph`; checked when they are loaded, never
-TVM's own serialization).
+TVM's own serialization).  Since 1.2 a ``REF`` constant may name weight blocks of ``CONSTS``
+instead of holding its bytes (:mod:`target_dlac.binary.hostgraph.weights`): the sections are
+read as :class:`~target_dlac.binary.hostgraph.weights.Section` objects that carry ``CONSTS``.
+Files of 1.0 and 1.1 read as before (their graphs hold all their constants).
 
 :func:`read_program` validates everything before anything runs: sizes, magic,
 version, CRCs, JSON, the machine hash, every instruction's encoding and static
@@ -36,11 +39,12 @@ from target_dlac.core.errors import BinaryFormatError, ConfigError
 
 from target_dlac.isa.encoding import decode, encode
 from target_dlac.isa.machine import Machine
+from target_dlac.binary.hostgraph.weights import Section
 from target_dlac.binary.program import DTYPE_SIZES, Program, Tensor
 from target_dlac.binary.validate import validate_program
 
 MAGIC = b"DLAC\x00BIN"
-VERSION = (1, 1)      # 1.1: int8/fp16 fields, SACC, ALU conversions
+VERSION = (1, 2)      # 1.1: int8/fp16 fields, SACC, ALU conversions; 1.2: REF weights from CONSTS
 HEADER = struct.Struct("<8sHHIII32sII")
 ENTRY = struct.Struct("<8sQQII")
 REQUIRED = ("MACHINE", "INSTS", "CONSTS", "TENSORS", "META")
@@ -178,8 +182,9 @@ def from_bytes(data: bytes) -> Program:
     insns = decode(sections["INSTS"], offsets["INSTS"])
     meta = load_json("META")
     tensors = _tensors(load_json("TENSORS"), offsets["TENSORS"])
-    p = Program(machine, insns, sections["CONSTS"], tensors, meta if isinstance(meta, dict) else {},
-                sections.get("HOST"), sections.get("REF"))
+    graphs = [None if sections.get(t) is None else Section(sections[t], sections["CONSTS"])
+              for t in OPTIONAL]     # their constants may name weight blocks of CONSTS
+    p = Program(machine, insns, sections["CONSTS"], tensors, meta if isinstance(meta, dict) else {}, *graphs)
     validate_program(p, offsets)
     return p
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from target_dlac.core.errors import BinaryFormatError
 
-from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, WFMTS, Insn, alu_bytes, \
-    disassemble, elem_bytes, epi_param_layout
+from target_dlac.isa.encoding import ACTS, ALU_ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, INT_ACTS, WFMTS, \
+    Insn, alu_bytes, disassemble, elem_bytes, epi_param_layout
 from target_dlac.isa.formats import WFMT_BYTES
 from target_dlac.binary.layer_meta import LayerMetaError, layer_table
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_META_ENTRIES, MAX_RUN_WORK, insn_budget, insn_budget_problem
@@ -55,7 +55,7 @@ def ranges_of(ins: Insn) -> list[tuple[str, int, int]]:
     if op == "EPI":
         n = f["f"] * f["p"]
         out = [("ACC", f["acc"], f["acc"] + 4 * n), ("ACC", f["dst"], f["dst"] + eb * n),
-               ("WGT", f["prm"], f["prm"] + epi_param_layout(f["f"], f["has_scale"], f["dtype"])[2])]
+               ("WGT", f["prm"], f["prm"] + epi_param_layout(f["f"], f["has_scale"], f["dtype"], f["act"])[2])]
         if f["has_res"]:
             out.append(("INP", f["res"], f["res"] + eb * n))
         return out
@@ -104,6 +104,10 @@ def check_insn(ins: Insn, sizes: dict, n_host: int, max_pxshift: int = 0) -> str
             return f"activation code {f['act']} is not defined"
         if f["dtype"] >= len(DTYPES):
             return f"activation dtype {f['dtype']} is not defined"
+        act, integer = ACTS[f["act"]], DTYPES[f["dtype"]] == "int8"
+        if (act not in INT_ACTS) if integer else (act == "lut"):
+            return (f"activation {ACTS[f['act']]} is not defined for {DTYPES[f['dtype']]} "
+                    f"(int8 takes {', '.join(INT_ACTS)}; lut is int8 only)")
         if f["rshift"] > MAX_SHIFT or f["shift"] > MAX_SHIFT:
             return f"shifts above {MAX_SHIFT} would overflow the int64 requantization"
     elif op == "POOL":
@@ -118,6 +122,8 @@ def check_insn(ins: Insn, sizes: dict, n_host: int, max_pxshift: int = 0) -> str
             return f"ALU op code {f['op']} is not defined"
         if f["dtype"] >= len(DTYPES):
             return f"activation dtype {f['dtype']} is not defined"
+        if ALU_OPS[f["op"]] in ALU_ACTS and DTYPES[f["dtype"]] == "int8":
+            return f"ALU {ALU_OPS[f['op']]} is not defined for int8 (float32 / float16 only)"
         if max(f["sa"], f["sb"], f["shift"]) > MAX_SHIFT:
             return f"shifts above {MAX_SHIFT} would overflow the int64 sum"
         exp = f["exp"] - EXP_BIAS

@@ -38,6 +38,7 @@ from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
 from target_dlac.isa.formats import SWIS_GROUP, facts
 from target_dlac.codegen.layer_weights import pe_order
 from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
+from target_dlac.codegen.matmul import lower_matmul
 from target_dlac.isa.machine import Machine
 from target_dlac.isa.blocks import pack_swis, pack_ternary
 from target_dlac.binary.layer_meta import LayerMeta
@@ -79,7 +80,7 @@ class Codegen:
             {v: p.name for v, p in self.plan.items()}
         self.schedules = schedules or {}
         self.conv_layers: list[ConvLayer] = []
-        self.progress = progress
+        self.progress, self.weight_blocks = progress, []     # weight_blocks: (w, format, tiles) per layer
         self.consts = bytearray()
         self.tensors: list[Tensor] = []
         self.names: set = set()
@@ -251,6 +252,8 @@ class Codegen:
                 entry = self._conv(spec, env, out)
             elif isinstance(spec, C.PoolSpec):
                 entry = self._pool(spec, env, out)
+            elif isinstance(spec, C.MatmulSpec):      # activation x activation (codegen/matmul.py)
+                entry = lower_matmul(self, spec, env, out)
             else:
                 entry = self._elt(spec, env, out)
         except C.Unlowerable as e:
@@ -259,14 +262,14 @@ class Codegen:
             return self._record(var, self._host(var.name, f, args, shape_of(var)))
         self.layers.append(LayerMeta(**entry, pc_start=start, pc_end=len(self.insns)))
         self._record(var, out)
-        if self.progress:
-            self.progress(entry["name"])
+        if self.progress and isinstance(spec, C.ConvSpec):     # per conv / dense layer (compiler/build.py)
+            self.progress(entry)
         return out
 
     # ---- lowering ---------------------------------------------------------------------
     def _layer_weights(self, spec: C.ConvSpec, x: Ref, out: Ref, res: Ref | None):
         """(weights, per-filter parameter vectors, Epilogue) of a layer in this mode."""
-        prm = ([spec.scale] if spec.scale is not None else []) + [spec.bias]
+        prm = spec.epi_params       # per-channel vectors of the EPI parameter block (docs/isa.md "EPI")
         epi = Epilogue(spec.scale is not None, spec.act, spec.lo, spec.hi,
                        None if res is None else res.addr)
         return spec.weight, prm, epi
@@ -286,7 +289,7 @@ class Codegen:
         if fmt is WeightFormat.SWIS and spec.plan.swis is None:
             raise CodegenError(f"layer {spec.layer}: SWIS weights without their decomposition")
         display = self.layer_names.get(spec.layer, spec.layer)
-        layer = C.conv_layer(spec, x.shape, x.dtype, w, fmt, epi.has_scale, display)
+        layer = C.conv_layer(spec, x.shape, x.dtype, w, fmt, epi.has_scale, display, epi.act)
         shape, sw = layer.shape, layer.weights.swis
         self.conv_layers.append(layer)
         sched = self._schedule_for(layer, spec.layer)
@@ -306,6 +309,7 @@ class Codegen:
                 data = self._param_block(prm, f0, f1)
                 pblock[fi] = (self._const_bytes(data), len(data))
                 wbytes += len(data)
+        self.weight_blocks.append((w, str(fmt), [(*f, *c, *wblock[i, j]) for i, j, f, c in weight_tiles(shape, sched)]))
         self.insns += lower_conv(shape, sched, self.m, x_addr=x.addr, out_addr=out.addr, wblock=wblock,
                                  pblock=pblock, epi=epi, name=display, wfmt=facts(fmt).wfmt)
         return {"name": display, "var": spec.layer, "op": layer.op, "precision": layer.precision,

@@ -8,6 +8,8 @@ channels once, so any tile's counts are a subtraction).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from target_dlac.core.plan import WeightFormat
@@ -45,24 +47,42 @@ def _legacy_format(w: np.ndarray, ternary: bool, swis) -> WeightFormat:
 class LayerWeights:
     """``w``: OIHW weights as the codegen stores them (ternary int8, SWIS int16 with its
     decomposition ``swis``, or dense float32 / int8) in weight format ``fmt`` (the layer
-    plan's; ``ternary`` and ``swis`` must agree with it)."""
+    plan's; ``ternary`` and ``swis`` must agree with it).  ``groups``: a grouped
+    convolution's groups (``w`` is ``[F, C / G, KH, KW]``; filter tiles lie within a group,
+    :func:`schedule.filter_tiles`)."""
 
     def __init__(self, w: np.ndarray, ternary: bool, depthwise: bool, swis=None, *,
-                 fmt: WeightFormat | None = None):
+                 fmt: WeightFormat | None = None, groups: int = 1):
         self.w, self.ternary, self.depthwise, self.swis = w, ternary, depthwise, swis
+        self.groups = int(groups)
+        if self.groups < 1 or w.shape[0] % self.groups:
+            raise ValueError(f"{w.shape[0]} filters do not split into {groups} groups")
         self.fmt = WeightFormat(fmt) if fmt is not None else _legacy_format(w, ternary, swis)
         if (self.fmt is WeightFormat.TERNARY) != bool(ternary) or \
                 (self.fmt is WeightFormat.SWIS) != (swis is not None):
             raise ValueError(f"weight format {self.fmt} disagrees with ternary={ternary}, "
                              f"swis={'given' if swis is not None else None}")
         self.bytes_per_weight = facts(self.fmt).bytes_per_weight      # dense blocks
-        nz = np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2)
-        self._cum = np.zeros((nz.shape[0], nz.shape[1] + 1), np.int64)     # over input channels
-        self._cum[:, 1:] = nz.cumsum(axis=1)
-        self._cum2 = np.zeros((nz.shape[0] + 1, nz.shape[1] + 1), np.int64)  # and over filters
-        self._cum2[1:] = self._cum.cumsum(axis=0)
         self._largest: dict = {}
         self._blocks: dict = {}
+
+    @functools.cached_property
+    def _cum(self) -> np.ndarray:
+        """``[F, C + 1]`` prefix sums over input channels of each filter's non-zero weights
+        (int32 when every count fits: half the memory of a 25088 x 4096 dense layer's)."""
+        w = self.w
+        dt = np.int32 if w.size < 2 ** 31 else np.int64
+        cum = np.zeros((w.shape[0], w.shape[1] + 1), dt)
+        np.cumsum(np.count_nonzero(w.reshape(w.shape[0], w.shape[1], -1), axis=2), axis=1, dtype=dt,
+                  out=cum[:, 1:])
+        return cum
+
+    @functools.cached_property
+    def _cum2(self) -> np.ndarray:
+        """``[F + 1, C + 1]`` prefix sums over filters and input channels."""
+        cum2 = np.zeros((self._cum.shape[0] + 1, self._cum.shape[1]), self._cum.dtype)
+        np.cumsum(self._cum, axis=0, out=cum2[1:])
+        return cum2
 
     def tile_counts(self, f: tuple, c: tuple) -> np.ndarray:
         """Non-zero weights of filters ``f0:f1`` over input channels ``c0:c1``."""
@@ -87,13 +107,22 @@ class LayerWeights:
             got = self._largest[(f_t, c_t)] = self._max_bytes(f_t, c_t)
         return got
 
+    def _filter_bounds(self, f_t: int) -> np.ndarray:
+        """Boundaries of the filter tiles of ``f_t`` filters (grouped: within each group)."""
+        F = self.w.shape[0]
+        fg = F // self.groups
+        one = np.minimum(np.arange(0, fg + f_t, f_t), fg)[:len(ranges(fg, f_t)) + 1]
+        if self.groups == 1:
+            return one
+        return np.concatenate([[0]] + [g * fg + one[1:] for g in range(self.groups)])
+
     def _max_bytes(self, f_t: int, c_t: int) -> int:
         F, C = self.w.shape[:2]
         kh, kw = self.w.shape[2:]
         c_t = C if self.depthwise else min(c_t, C)
         if not self.ternary and self.swis is None:       # dense: a full tile is the largest
-            return min(f_t, F) * c_t * kh * kw * self.bytes_per_weight
-        fb = np.minimum(np.arange(0, F + f_t, f_t), F)[:len(ranges(F, f_t)) + 1]
+            return min(f_t, F // self.groups) * c_t * kh * kw * self.bytes_per_weight
+        fb = self._filter_bounds(f_t)
         cb = np.minimum(np.arange(0, C + c_t, c_t), C)[:len(ranges(C, c_t)) + 1]
         nf = np.diff(fb)[:, None]
         if self.swis is not None:        # per filter tile, the sum of its filters' record bytes
@@ -104,7 +133,8 @@ class LayerWeights:
                 best = max(best, int((_pad4(nf[:, 0]) + _pad4(2 * nf[:, 0]) + cum[fb[1:]] - cum[fb[:-1]]).max()))
             return best
         p = self._cum2           # non-zeros of every (filter tile, channel tile) at once
-        nnz = p[fb[1:]][:, cb[1:]] - p[fb[:-1]][:, cb[1:]] - p[fb[1:]][:, cb[:-1]] + p[fb[:-1]][:, cb[:-1]]
+        nnz = (p[np.ix_(fb[1:], cb[1:])] - p[np.ix_(fb[:-1], cb[1:])] - p[np.ix_(fb[1:], cb[:-1])]
+               + p[np.ix_(fb[:-1], cb[:-1])]).astype(np.int64)      # only the tile corners
         size = 4 * nf + _pad4(2 * nf) + _pad4(2 * nnz) + _pad4((nnz + 3) // 4)     # ternary_block_bytes
         return int(size.max())
 

@@ -2,10 +2,14 @@
 
 * :func:`lower_conv`: conv2d / dense (as 1x1 conv) with its epilogue, tiled over
   batch, output rows x columns, filter tiles and input-channel tiles; inputs and
-  weight blocks stay in their slots while the loop order reuses them.
+  weight blocks stay in their slots while the loop order reuses them.  A grouped
+  convolution is G convolutions on channel slices: each filter tile lies in one group
+  and loads only that group's input channels (:func:`schedule.filter_tiles`,
+  :func:`schedule.channel_tiles`), so its TACC / MAC / SACC are ordinary ones.
 * :func:`lower_pool`: max / average / global-average pooling, tiled over channels and
   output rows.
-* :func:`lower_eltwise`: ``add``, ``add_relu``, ``relu`` over flat chunks.
+* :func:`lower_eltwise`: ``add``, ``add_relu``, ``relu``, the unary float activations and
+  the conversions over flat chunks.
 
 DRAM layout is NCHW float32; on-chip tiles are ``[channels, rows, cols]``.
 """
@@ -21,7 +25,8 @@ from target_dlac.codegen.emitter import Lowered, Segment, SlotSet
 from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, MAX_PAD, MAX_POOL_DIM, POOL_MODES, \
     Insn, alu_bytes, elem_bytes, fbits, field_bits, field_max, s32_bits
 from target_dlac.isa.machine import Machine
-from target_dlac.codegen.schedule import ConvShape, Schedule, align, capacity_problems, footprint, ranges, slot_bytes, slots
+from target_dlac.codegen.schedule import ConvShape, Schedule, align, capacity_problems, channel_tiles, filter_tiles, \
+    footprint, ranges, slot_bytes, slots
 
 
 def tile_dmas(base: int, dims: tuple, c: tuple, h: tuple, w: tuple, sram: int, elem: int = 4) -> list[dict]:
@@ -87,18 +92,33 @@ def _window(o0: int, o1: int, stride: int, k: int, pad: int, size: int) -> tuple
 @dataclass
 class Epilogue:
     has_scale: bool
-    act: str = "none"          # none | relu | clip
-    lo: float = 0.0            # clip bounds (int8 mode: integer bounds of the output)
-    hi: float = 0.0
+    act: str = "none"          # an EPI activation (isa.ACTS): none | relu | clip | leaky_relu | ...
+    lo: float = 0.0            # clip bounds (int8 mode: integer bounds of the output);
+    hi: float = 0.0            # leaky_relu: ``lo`` is the slope
     residual_addr: int | None = None
     shift: int = 0             # int8 mode: right shift of the requantization
     rshift: int = 0            # int8 mode: left shift of the residual
 
 
 def _epi_bounds(epi: Epilogue, integer: bool) -> tuple[int, int]:
+    """EPI's ``lo_bits`` / ``hi_bits``: the clip bounds (float32 bits, int8: signed 32-bit),
+    or leaky_relu's slope in ``lo_bits``."""
     if integer:
         return s32_bits(int(epi.lo)), s32_bits(int(epi.hi))
     return fbits(epi.lo), fbits(epi.hi)
+
+
+def epi_slot(p_slot: int, pblock: dict, base: int, n_sl: int, m: Machine, name: str) -> int:
+    """The parameter slot of a layer: the schedule's (scale and bias, :func:`schedule.slot_bytes`),
+    grown when the activation's parameters make a block longer (PReLU slopes, the int8
+    table); the grown slots must still fit WGT after the weight slots (``base``)."""
+    need = align(max((nb for _, nb in pblock.values()), default=0))
+    if need <= p_slot:
+        return p_slot
+    if base + n_sl * need > m.wgt_bytes:
+        raise CodegenError(f"{name}: {n_sl} epilogue parameter slots of {need} bytes (with the "
+                           f"activation's parameters) do not fit WGT after the weights")
+    return need
 
 
 def conv_op(shape: ConvShape) -> str:
@@ -123,6 +143,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
     if over:
         raise CodegenError(f"{name}: schedule {s} does not fit: " + "; ".join(over))
     in_slot, res_slot, w_slot, p_slot, acc_slot = (sizes[k] for k in ("inp", "res", "wgt", "prm", "acc"))
+    p_slot = epi_slot(p_slot, pblock, n_sl * w_slot, n_sl, m, name)
     ins_ = SlotSet(0, in_slot, n_sl)
     ress = SlotSet(n_sl * in_slot, res_slot, n_sl)
     wts = SlotSet(0, w_slot, n_sl)
@@ -132,8 +153,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
 
     C, H, W = shape.c, shape.h, shape.w
     assert all(nb <= p_slot for _, nb in pblock.values())
-    ftiles = ranges(shape.f, s.f_tile)
-    ctiles = ranges(shape.c, s.c_tile) if not shape.depthwise else None
+    ftiles = filter_tiles(shape, s.f_tile)
     sp = [(hr, wr) for hr in ranges(shape.oh, s.h_tile) for wr in ranges(shape.ow, s.w_tile)]
 
     def loop():
@@ -167,7 +187,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
         if max(tp, bp, lp, rp) > MAX_PAD:
             raise CodegenError(f"{name}: tile padding {max(tp, bp, lp, rp)} exceeds the "
                                f"{field_bits(conv_op(shape), 'pt')}-bit pad field")
-        cts = [(f0, f1)] if shape.depthwise else ctiles
+        cts = channel_tiles(shape, s, (f0, f1))
         acc_slot_i, _ = accs.take((n, si, fi))
         acc_addr = accs.addr(acc_slot_i)
         for ci, (c0, c1) in enumerate(cts):
@@ -296,7 +316,8 @@ def lower_pool(p: PoolShape, m: Machine, *, x_addr: int, out_addr: int, name: st
 
 @dataclass(frozen=True)
 class Elt:
-    """An element-wise op: ``op`` in ALU_OPS; int8 fields as in docs/isa.md (ALU)."""
+    """An element-wise op: ``op`` in ALU_OPS (the unary activations ``isa.ALU_ACTS`` take one
+    float operand); int8 fields as in docs/isa.md (ALU)."""
     op: str
     dtype: str = "float32"      # element type of the operands (quantize: of the output)
     sa: int = 0

@@ -5,7 +5,10 @@ A :class:`ConvShape` describes a conv or dense layer (dense = 1x1 conv on ``[B, 
 A :class:`Schedule` fixes:
 
 * ``f_tile``, ``c_tile``: output / input channels per tile (depthwise: ``c_tile`` is
-  ignored; each filter reads its own channel);
+  ignored; each filter reads its own channel; grouped convolutions, ``groups`` = G > 1:
+  output / input channels *of one group* per tile, at most ``F / G`` and ``C / G``: a
+  filter tile never straddles two groups, and each of its input-channel tiles is a slice
+  of its group's ``C / G`` channels, see :func:`filter_tiles` / :func:`channel_tiles`);
 * ``h_tile``, ``w_tile``: output rows / columns per tile;
 * ``order``: ``spatial_outer`` (for each output tile, all filter tiles: inputs stay,
   weights stream) or ``filter_outer`` (for each filter tile, all output tiles:
@@ -30,7 +33,7 @@ from dataclasses import asdict, dataclass
 from target_dlac.core.errors import CodegenError
 
 from target_dlac.isa.cycles import ceil_div
-from target_dlac.isa.encoding import DTYPES, MAX_DIM, MAX_PIXELS, epi_param_layout
+from target_dlac.isa.encoding import ACTS, DTYPES, MAX_DIM, MAX_PIXELS, epi_param_layout
 from target_dlac.isa.formats import SWIS_GROUP, TERNARY_MAX_WEIGHTS
 from target_dlac.isa.machine import Machine
 from target_dlac.binary.program import DTYPE_SIZES
@@ -67,6 +70,8 @@ class ConvShape:
     ternary: bool = True
     dtype: str = "float32"     # activation type: float32 | int8
     swis: bool = False         # SWIS weights: input-channel tiles in whole groups (SWIS_GROUP)
+    groups: int = 1            # grouped convolution (not depthwise): G groups of C/G -> F/G channels
+    act: str = "none"          # the EPI activation as lowered (isa.ACTS): its cost and parameter bytes
 
     @property
     def elem_bytes(self) -> int:
@@ -88,8 +93,18 @@ class ConvShape:
         return self.n * self.c * rows * cols * self.elem_bytes
 
     @property
+    def cg(self) -> int:
+        """Input channels each filter reads: ``C / groups`` (1 for depthwise)."""
+        return 1 if self.depthwise else self.c // self.groups
+
+    @property
+    def fg(self) -> int:
+        """Filters per group (``F`` unless grouped)."""
+        return self.f // self.groups
+
+    @property
     def k(self) -> int:
-        return (1 if self.depthwise else self.c) * self.kh * self.kw
+        return self.cg * self.kh * self.kw
 
 
 @dataclass(frozen=True)
@@ -155,11 +170,36 @@ def even_splits(n: int, max_k: int | None = None) -> list[int]:
     return sorted({ceil_div(n, k) for k in range(1, (max_k or n) + 1)})
 
 
+def filter_tiles(shape: ConvShape, f_tile: int) -> list[tuple[int, int]]:
+    """The filter tiles ``(f0, f1)`` in order: ``ranges(F, f_tile)``; grouped: the same
+    within each group's ``F / G`` filters, so no tile straddles two groups."""
+    if shape.groups == 1:
+        return ranges(shape.f, f_tile)
+    fg = shape.fg
+    return [(g * fg + a, g * fg + b) for g in range(shape.groups) for a, b in ranges(fg, f_tile)]
+
+
+def channel_tiles(shape: ConvShape, s: Schedule, ftile: tuple) -> list[tuple[int, int]]:
+    """The input channels ``(c0, c1)`` (of the layer's input) of each input-channel tile of
+    the filter tile ``ftile``: ``ranges(C, c_tile)``; depthwise: the filters' own channels;
+    grouped: ``c_tile`` slices of the filters' group's ``C / G`` channels."""
+    if shape.depthwise:
+        return [ftile]
+    base = ftile[0] // shape.fg * shape.cg
+    return [(base + a, base + b) for a, b in ranges(shape.cg, s.c_tile)]
+
+
+def input_tiles(shape: ConvShape, s: Schedule) -> list[tuple[int, int]]:
+    """Every distinct input-channel tile the layer's filter tiles read, in order."""
+    return list(dict.fromkeys(cr for fr in filter_tiles(shape, s.f_tile) for cr in channel_tiles(shape, s, fr)))
+
+
 def weight_tiles(shape: ConvShape, s: Schedule) -> list[tuple[int, int, tuple, tuple]]:
     """``(fi, ci, (f0, f1), (c0, c1))`` of every weight block the codegen packs under ``s``:
-    per filter tile and input-channel tile (depthwise: the weights' single channel)."""
-    ctiles = [(0, 1)] if shape.depthwise else ranges(shape.c, s.c_tile)
-    return [(fi, ci, fr, cr) for fi, fr in enumerate(ranges(shape.f, s.f_tile))
+    per filter tile and input-channel tile; ``(c0, c1)`` indexes the weights' input axis
+    (depthwise: their single channel; grouped: the ``C / G`` channels of the group)."""
+    ctiles = [(0, 1)] if shape.depthwise else ranges(shape.cg, s.c_tile)
+    return [(fi, ci, fr, cr) for fi, fr in enumerate(filter_tiles(shape, s.f_tile))
             for ci, cr in enumerate(ctiles)]
 
 
@@ -176,7 +216,7 @@ def slot_bytes(shape: ConvShape, s: Schedule, wbytes) -> dict:
     return {"inp": align(c_t * shape.in_rows(s.h_tile) * cols * eb),
             "res": align(tile * eb) if shape.residual else 0,
             "wgt": align(wbytes(s.f_tile, c_t)),
-            "prm": align(epi_param_layout(s.f_tile, True, DTYPES.index(shape.dtype))[2]),
+            "prm": align(epi_param_layout(s.f_tile, True, DTYPES.index(shape.dtype), ACTS.index(shape.act))[2]),
             "acc": align(tile * 4)}
 
 
@@ -215,14 +255,18 @@ def schedule_problems(shape: ConvShape, s: Schedule, m: Machine, wbytes) -> tupl
         problems.append(f"pe_order {s.pe_order!r} is not one of {PE_ORDERS}")
     if isinstance(s.pxshift, bool) or not isinstance(s.pxshift, int) or not 0 <= s.pxshift <= m.max_pxshift:
         problems.append(f"pxshift={s.pxshift!r} is outside [0, {m.max_pxshift}]")
-    for name, v, hi in (("f_tile", s.f_tile, shape.f), ("c_tile", s.c_tile, shape.c),
+    if not isinstance(shape.groups, int) or shape.groups < 1 or shape.depthwise and shape.groups != 1 \
+            or shape.c % shape.groups or shape.f % shape.groups:
+        return True, [f"groups={shape.groups!r} does not split {shape.c} input and {shape.f} output channels"]
+    c_hi = shape.c if shape.depthwise else shape.cg
+    for name, v, hi in (("f_tile", s.f_tile, shape.fg), ("c_tile", s.c_tile, c_hi),
                         ("h_tile", s.h_tile, shape.oh), ("w_tile", s.w_tile, shape.ow)):
         if not isinstance(v, int) or not 1 <= v <= min(hi, MAX_DIM):
             problems.append(f"{name}={v} is outside [1, {min(hi, MAX_DIM)}]")
     if problems:
         return True, problems
     c_t = s.f_tile if shape.depthwise else s.c_tile
-    if shape.swis and s.c_tile % SWIS_GROUP and s.c_tile != shape.c:
+    if shape.swis and s.c_tile % SWIS_GROUP and s.c_tile != shape.cg:
         problems.append(f"c_tile={s.c_tile}: SWIS layers tile input channels in groups of {SWIS_GROUP}")
     if shape.in_rows(s.h_tile) > MAX_DIM or shape.in_cols(s.w_tile) > MAX_DIM:
         problems.append(f"input tile exceeds {MAX_DIM} rows/columns")
@@ -263,14 +307,16 @@ def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool =
     For each filter tile (all filters, then halves aligned to ``pe_cols``) and each row
     count the accumulators hold (full output width first), take the most input channels
     that fit; keep the candidate with the fewest compute steps (tiles), ties going to
-    more input channels per tile (fewer input reloads), then to taller tiles."""
+    more input channels per tile (fewer input reloads), then to taller tiles.  A grouped
+    convolution is tiled within a group: filter tiles of at most ``F / G``, channel tiles
+    of at most ``C / G``."""
     n = 2 if double_buffer else 1
     best, best_key = None, None
-    c_opts = even_splits(min(shape.c, MAX_DIM))[::-1]           # largest first
+    c_opts = even_splits(min(shape.c if shape.depthwise else shape.cg, MAX_DIM))[::-1]   # largest first
     if shape.swis:
-        c_opts = [c for c in c_opts if c % SWIS_GROUP == 0 or c == shape.c]
+        c_opts = [c for c in c_opts if c % SWIS_GROUP == 0 or c == shape.cg]
     for w_t in _halvings(min(shape.ow, MAX_DIM)):
-        for f_t in _halvings(min(shape.f, MAX_DIM), m.pe_cols):
+        for f_t in _halvings(min(shape.fg, MAX_DIM), m.pe_cols):
             for h_t in range(min(shape.oh, MAX_DIM), 0, -1):
                 if n * acc_per_pe(f_t, h_t * w_t, m) > m.obuf_bytes_per_pe:
                     continue
@@ -286,8 +332,8 @@ def default_schedule(shape: ConvShape, m: Machine, wbytes, double_buffer: bool =
                 if found is None:
                     continue
                 c_t = min(opts[found], shape.c)
-                steps = (ceil_div(shape.oh, h_t) * ceil_div(shape.ow, w_t) * ceil_div(shape.f, f_t)
-                         * (1 if shape.depthwise else ceil_div(shape.c, c_t)))
+                steps = (ceil_div(shape.oh, h_t) * ceil_div(shape.ow, w_t) * shape.groups
+                         * ceil_div(shape.fg, f_t) * (1 if shape.depthwise else ceil_div(shape.cg, c_t)))
                 key = (steps, -c_t, -h_t)
                 if best_key is None or key < best_key:
                     best, best_key = Schedule(f_t, c_t, h_t, w_t, double_buffer=double_buffer), key

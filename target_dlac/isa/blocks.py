@@ -16,6 +16,10 @@ together on the PE columns, so the codegen's filter order is its load balancing.
 **Dense block** (operand of ``MAC``): float32 (``wfmt`` 0) or int8 (``wfmt`` 1)
 ``[F, C, KH, KW]`` (depthwise: ``[F, 1, KH, KW]``), row-major.
 
+Every block holds one tile: ``F`` filters by ``C`` input channels of the tile (a grouped
+convolution's tile lies in one group, ``C <= C_layer / groups``: the blocks have no group
+field, docs/isa.md "Grouped convolutions").
+
 **Epilogue parameters** (operand of ``EPI``): float32 ``scale[F]`` (if ``has_scale``)
 followed by float32 ``bias[F]``; int8 mode: int32 ``M[F]`` then int64 ``B[F]`` at the
 next 8-byte boundary (:func:`target_dlac.isa.encoding.epi_param_layout`).

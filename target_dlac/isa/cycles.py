@@ -15,9 +15,17 @@ non-zero counts it reads from the weight buffer) and by the analytic cost model.
   ``G = kh * kw * ceil(c / 4)`` weight groups per filter (4 weights per PE per pass),
   ``S_g`` the largest shift count in PE group ``g`` and ``k = swis_shifts_per_pass``
   (1 for a single-shift PE, 2 for a double-shift PE).
-* ``EPI``: ``compute_setup + ceil(f * p / (pes * lanes))``.
+* ``EPI``: ``compute_setup + ceil(f * p / (pes * lanes)) * act_steps(act)``.
 * ``POOL``: ``compute_setup + ceil(c * oh * ow / (pes * lanes)) * kh * kw``.
-* ``ALU``: ``compute_setup + ceil(n / (pes * lanes))``.
+* ``ALU``: ``compute_setup + ceil(n / (pes * lanes)) * act_steps(op)`` (1 for the
+  arithmetic and conversion ops).
+
+``act_steps`` (:data:`ACT_STEPS`) is an assumption of this model, not a published figure:
+each PE's epilogue has one multiply-add, a compare/select and a small table, so
+relu/clip/leaky/PReLU/the int8 table take one step per element; hardsigmoid one (add,
+clamp, multiply by 1/6), hardswish two (one more multiply); sigmoid, tanh, SiLU and GELU
+are a piecewise-polynomial unit (segment select, then 3 pipelined multiply-add steps:
+4 steps per element).
 * ``SYNC``: 1 cycle after every queue has drained; ``HALT``: 0; ``HOST``: 0 on the
   accelerator (host ops are reported separately, not in dLAC cycles).
 """
@@ -26,13 +34,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from target_dlac.isa.encoding import DTYPES, Insn
+from target_dlac.isa.encoding import ACTS, ALU_OPS, DTYPES, Insn
 from target_dlac.isa.machine import Machine
 from target_dlac.isa.blocks import swis_groups
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+#: Steps per element of each EPI activation / ALU op (see the module docstring); anything
+#: not listed takes 1.
+ACT_STEPS = {"hardswish": 2, "sigmoid": 4, "tanh": 4, "silu": 4, "gelu": 4, "gelu_tanh": 4}
+
+
+def act_steps(name: str | None) -> int:
+    return ACT_STEPS.get(name, 1)
 
 
 def lanes(ins: Insn, m: Machine) -> int:
@@ -125,11 +142,12 @@ def cost(ins: Insn, m: Machine, counts: np.ndarray | None = None) -> int:
     if op == "MAC":
         return dense_cycles(ins, m)
     if op == "EPI":
-        return elementwise_cycles(f["f"] * f["p"], m)
+        act = f.get("act", 0)
+        return elementwise_cycles(f["f"] * f["p"], m, act_steps(ACTS[act] if act < len(ACTS) else None))
     if op == "POOL":
         return elementwise_cycles(f["c"] * f["oh"] * f["ow"], m, f["kh"] * f["kw"])
     if op == "ALU":
-        return elementwise_cycles(f["n"], m)
+        return elementwise_cycles(f["n"], m, act_steps(ALU_OPS[f.get("op", 0)] if f.get("op", 0) < len(ALU_OPS) else None))
     if op == "SYNC":
         return 1
     return 0

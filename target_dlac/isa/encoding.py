@@ -37,12 +37,26 @@ DEP_FIELDS = ("pop_prev", "pop_next", "push_prev", "push_next")
 
 #: On-chip buffers (field ``buf``): input feature maps, weights, accumulators/outputs.
 BUFFERS = ("INP", "WGT", "ACC")
-#: Activation functions of EPI (field ``act``).
-ACTS = ("none", "relu", "clip")
+#: Activation functions of EPI (field ``act``, 4 bits): float modes every one but ``lut``
+#: (``leaky_relu``: its slope in ``lo_bits``; ``prelu``: per-channel slopes after the bias
+#: in the parameter block); int8 mode ``none``, ``relu``, ``clip`` and ``lut`` (a 256-entry
+#: int8 table after the biases, applied to the requantized value).  See docs/isa.md "EPI".
+ACTS = ("none", "relu", "clip", "leaky_relu", "prelu", "hardswish", "hardsigmoid", "silu", "sigmoid",
+        "tanh", "gelu", "gelu_tanh", "lut")
+#: The activations of the float modes that are not in the int8 EPI (it has ``lut`` instead).
+FLOAT_ACTS = ACTS[3:12]
+#: The int8 EPI's activations.
+INT_ACTS = ("none", "relu", "clip", "lut")
+#: Entries of the int8 EPI's activation table (``act = lut``): one per int8 value.
+LUT_ENTRIES = 256
 #: Element-wise ops of ALU (field ``op``); quantize / dequantize convert between float32
 #: and int8 with the power-of-two exponent in field ``exp`` (biased by EXP_BIAS); narrow /
 #: widen convert float32 to float16 and back.
-ALU_OPS = ("add", "add_relu", "relu", "quantize", "dequantize", "narrow", "widen")
+#: The unary float activations (codes 7-13) compute as EPI's activation of the same name.
+ALU_OPS = ("add", "add_relu", "relu", "quantize", "dequantize", "narrow", "widen",
+           "hardswish", "hardsigmoid", "silu", "sigmoid", "tanh", "gelu", "gelu_tanh")
+#: ALU ops that apply a float activation (float32 / float16 only; undefined for int8).
+ALU_ACTS = ALU_OPS[7:]
 EXP_BIAS = 128
 #: Activation data types (field ``dtype``): float32, float16 storage (float32 arithmetic
 #: inside an op), int8 (int32 accumulators, integer requantization).
@@ -65,7 +79,7 @@ FORMATS: dict[str, tuple[int, str, tuple]] = {
     "STORE": (2, "store", _DMA),
     "TACC":  (3, "compute", _CONV),
     "MAC":   (4, "compute", _CONV),
-    "EPI":   (5, "compute", (("acc", A), ("dst", A), ("has_scale", 1), ("has_res", 1), ("act", 2),
+    "EPI":   (5, "compute", (("acc", A), ("dst", A), ("has_scale", 1), ("has_res", 1), ("act", 4),
                              ("prm", A), ("res", A), ("f", 12),
                              ("p", 16), ("lo_bits", 32), ("dtype", 3), ("shift", 6), ("rshift", 6),
                              ("hi_bits", 32))),
@@ -171,14 +185,29 @@ def alu_bytes(op: str | None, dtype: int) -> tuple[int, int]:
     return conv.get(op, (elem_bytes(dtype), elem_bytes(dtype)))
 
 
-def epi_param_layout(f: int, has_scale: bool, dtype: int) -> tuple[int, int, int]:
+def epi_param_layout(f: int, has_scale: bool, dtype: int, act: int = 0) -> tuple[int, int, int]:
     """(offset of the scale / multiplier vector, offset of the bias vector, total bytes) of
     EPI's parameter block: float32 scale[f], bias[f]; int8 mode: int32 M[f], then int64
-    B[f] at the next 8-byte boundary."""
+    B[f] at the next 8-byte boundary.  The activation's own parameters follow (``act``:
+    its code; :func:`epi_act_params`), and ``total`` counts them."""
     if dtype == INT8:
         boff = ((4 * f + 7) & ~7) if has_scale else 0
-        return 0, boff, boff + 8 * f
-    return 0, (4 * f if has_scale else 0), (8 if has_scale else 4) * f
+        end = boff + 8 * f
+    else:
+        boff = 4 * f if has_scale else 0
+        end = boff + 4 * f
+    return 0, boff, end + epi_act_params(f, dtype, act)
+
+
+def epi_act_params(f: int, dtype: int, act: int) -> int:
+    """Bytes of the activation's parameters at the end of EPI's parameter block (right
+    after the biases): ``prelu`` float32 slope[f]; int8 ``lut`` the int8 table[256]."""
+    name = ACTS[act] if 0 <= act < len(ACTS) else None
+    if name == "prelu" and dtype != INT8:
+        return 4 * f
+    if name == "lut" and dtype == INT8:
+        return LUT_ENTRIES
+    return 0
 
 
 def s32(b: int) -> int:
@@ -287,6 +316,8 @@ def disassemble(ins: Insn) -> str:
                 + (f" {DTYPES[f['dtype']]}" if f["dtype"] < len(DTYPES) else f" dtype{f['dtype']}"))
     elif op == "EPI":
         act = ACTS[f["act"]] if f["act"] < len(ACTS) else f"act{f['act']}"
+        if act == "leaky_relu" and f["dtype"] != 2:
+            act = f"leaky_relu[{bits_f(f['lo_bits']):g}]"
         if act == "clip":
             act = (f"clip[{s32(f['lo_bits'])},{s32(f['hi_bits'])}]" if f["dtype"] == 2 else
                    f"clip[{bits_f(f['lo_bits']):g},{bits_f(f['hi_bits']):g}]")
@@ -307,7 +338,7 @@ def disassemble(ins: Insn) -> str:
                 + (f" int8 *{f['mult']}>>{f['shift']}" if f["dtype"] == 2 else ""))
     elif op == "ALU":
         aop = ALU_OPS[f["op"]] if f["op"] < len(ALU_OPS) else f"op{f['op']}"
-        if aop in ("narrow", "widen"):
+        if aop in ("narrow", "widen") or aop in ALU_ACTS:
             body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}]) n={f['n']}"
         elif aop in ("quantize", "dequantize"):
             body = f"ACC[{f['dst']:#x}] = {aop}(INP[{f['a']:#x}], exp={f['exp'] - EXP_BIAS}) n={f['n']}"

@@ -90,7 +90,7 @@ def reference_module(program):
     if program.reference is None:
         raise BinaryFormatError("this binary has no REF section (compiled with --no-reference); "
                                 "--check needs it", section="REF")
-    g = hostgraph.parse(program.reference, "REF")
+    g = hostgraph.parse(program.reference, "REF", consts=program.constants)   # shared weights
     if not any(f["name"] == "main" for f in g.doc["functions"]):
         raise BinaryFormatError("the reference graph has no function 'main'", section="REF")
     return hostgraph.build(g)

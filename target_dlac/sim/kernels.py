@@ -13,14 +13,68 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
-from target_dlac.isa.encoding import ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, POOL_MODES, Insn, bits_f, \
-    epi_param_layout, s32
+from target_dlac.isa.encoding import ACTS, ALU_ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, LUT_ENTRIES, POOL_MODES, \
+    Insn, bits_f, epi_param_layout, s32
 
 F32 = np.dtype("<f4")
 F16 = np.dtype("<f2")
 FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
 #: Largest |value| of the int64 requantization sum before its shift (no silent wrap-around).
 INT64_LIMIT = 2 ** 62
+#: Elements per step of the float64 activation evaluation (bounds its temporary memory).
+ACT_CHUNK = 1 << 16
+#: Numerical Recipes' ``erfcc`` (Press et al., Numerical Recipes in C, 2nd ed., section
+#: 6.2): ``erfc(z) ~ t * exp(-z^2 + P(t))``, ``t = 1 / (1 + z/2)`` for ``z >= 0``, with
+#: fractional error below 1.2e-7 everywhere; P's coefficients, constant term first.
+ERFC_P = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
+          1.48851587, -0.82215223, 0.17087277)
+SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def erfc(x: np.ndarray) -> np.ndarray:
+    """``erfc(x)`` in float64 by :data:`ERFC_P` (``erfc(-z) = 2 - erfc(z)``)."""
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = np.full_like(t, ERFC_P[-1])
+    for c in ERFC_P[-2::-1]:
+        poly = poly * t + c
+    r = t * np.exp(-z * z + poly)
+    return np.where(x >= 0, r, 2.0 - r)
+
+
+def float_act(act: str, y: np.ndarray, slope: np.float32 = np.float32(0), slopes=None) -> np.ndarray:
+    """A float activation of the float32 array ``y`` (a new float32 array; docs/isa.md
+    "EPI"): the piecewise-linear ones in float32 arithmetic step by step, the transcendental
+    ones evaluated in float64 from the float32 value and rounded once to float32 (SiLU:
+    ``y * f32(sigmoid(y))``); ``slopes``: PReLU's per-row slopes ``[rows]``."""
+    if act == "relu":
+        return np.maximum(y, 0)
+    if act == "leaky_relu":
+        return np.where(y >= 0, y, y * slope)
+    if act == "prelu":
+        return np.where(y >= 0, y, y * slopes.reshape((-1,) + (1,) * (y.ndim - 1)))
+    if act in ("hardswish", "hardsigmoid"):
+        t = np.clip(y + np.float32(3), np.float32(0), np.float32(6))
+        return (y * t if act == "hardswish" else t) / np.float32(6)
+    flat = y.reshape(-1)
+    out = np.empty_like(flat)
+    with np.errstate(over="ignore"):
+        for i in range(0, flat.size, ACT_CHUNK):
+            x = flat[i:i + ACT_CHUNK].astype(np.float64)
+            if act in ("sigmoid", "silu"):
+                v = 1.0 / (1.0 + np.exp(-x))
+            elif act == "tanh":
+                v = np.tanh(x)
+            elif act == "gelu":
+                v = 0.5 * x * erfc(-x * 0.7071067811865476)
+            elif act == "gelu_tanh":
+                v = 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+            else:
+                raise ValueError(f"no float activation {act!r}")
+            out[i:i + ACT_CHUNK] = v.astype(np.float32)
+    if act == "silu":
+        out *= flat
+    return out.reshape(y.shape)
 
 
 class Kernels:
@@ -107,6 +161,7 @@ class Kernels:
         nf, p = f["f"], f["p"]
         act = ACTS[f["act"]]
         _, boff, nbytes = epi_param_layout(nf, f["has_scale"], f["dtype"])
+        aoff = boff + (8 if f["dtype"] == INT8 else 4) * nf      # the activation's parameters
         if f["dtype"] == INT8:
             t = self._arr("ACC", f["acc"], (nf, p), np.int32, "accumulator tile").astype(np.int64)
             if f["has_scale"]:
@@ -120,7 +175,11 @@ class Kernels:
                 lo = 0
             elif act == "clip":
                 lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
-            self._put("ACC", f["dst"], self._requant(t, f["shift"], lo, hi), "epilogue output")
+            q = self._requant(t, f["shift"], lo, hi)
+            if act == "lut":        # the table of the activation, indexed by the int8 value + 128
+                table = self._arr("WGT", f["prm"] + aoff, (LUT_ENTRIES,), np.int8, "activation table")
+                q = table[q.astype(np.int64) + 128]
+            self._put("ACC", f["dst"], q, "epilogue output")
             return
         fdt = FLOAT_TYPES[f["dtype"]]
         y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
@@ -129,10 +188,11 @@ class Kernels:
         y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[:, None]
         if f["has_res"]:
             y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
-        if act == "relu":
-            np.maximum(y, 0, out=y)
-        elif act == "clip":
+        if act == "clip":
             np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
+        elif act != "none":
+            slopes = self._f32("WGT", f["prm"] + aoff, (nf,), "PReLU slopes") if act == "prelu" else None
+            y = float_act(act, y, np.float32(bits_f(f["lo_bits"])), slopes)
         self._put("ACC", f["dst"], y.astype(fdt), "epilogue output")
 
     def _pool(self, ins: Insn):
@@ -197,6 +257,8 @@ class Kernels:
         a = self._arr("INP", f["a"], (n,), fdt, "ALU operand a").astype(F32)
         if op == "relu":
             out = np.maximum(a, 0)
+        elif op in ALU_ACTS:
+            out = float_act(op, a)
         else:
             out = a + self._arr("INP", f["b"], (n,), fdt, "ALU operand b").astype(F32)
             if op == "add_relu":

@@ -33,12 +33,13 @@ from __future__ import annotations
 import numpy as np
 
 from target_dlac.isa import cycles
-from target_dlac.isa.encoding import DTYPES, Insn, epi_param_layout
+from target_dlac.isa.encoding import ACTS, DTYPES, Insn, epi_param_layout
 from target_dlac.codegen.layer_weights import LayerWeights
 from target_dlac.codegen.lower import Epilogue, conv_op, input_window, lower_conv, tile_dmas
+from target_dlac.codegen.matmul import matmul_schedule, matmul_shape, one_segment
 from target_dlac.isa.formats import facts
 from target_dlac.isa.machine import Machine
-from target_dlac.codegen.schedule import ConvShape, Schedule, align, ranges
+from target_dlac.codegen.schedule import ConvShape, Schedule, align, channel_tiles, filter_tiles, input_tiles, ranges
 from target_dlac.sim.timeline import replay
 
 
@@ -53,7 +54,7 @@ def _as_weights(shape: ConvShape, weights) -> LayerWeights:
     w = np.asarray(weights)
     if w.ndim == 2:
         w = w.reshape(*w.shape, 1, 1)
-    return LayerWeights(w, shape.ternary, shape.depthwise)
+    return LayerWeights(w, shape.ternary, shape.depthwise, groups=shape.groups)
 
 
 def block_counts(shape: ConvShape, sched: Schedule, weights) -> dict:
@@ -76,14 +77,14 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
         wblock[key] = (addr, nbytes)
         addr = align(addr + nbytes)
     pblock = {}
-    for fi, (f0, f1) in enumerate(ranges(shape.f, sched.f_tile)):
-        pbytes = epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
+    for fi, (f0, f1) in enumerate(filter_tiles(shape, sched.f_tile)):
+        pbytes = epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype), ACTS.index(shape.act))[2]
         pblock[fi] = (addr, pbytes)
         addr = align(addr + pbytes)
     x_addr = align(addr)
     out_addr = x_addr + align(shape.n * shape.c * shape.h * shape.w * shape.elem_bytes)
     res_addr = out_addr + align(shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes)
-    epi = Epilogue(has_scale, residual_addr=res_addr if shape.residual else None)
+    epi = Epilogue(has_scale, shape.act, residual_addr=res_addr if shape.residual else None)
     insns = lower_conv(shape, sched, machine, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
                        pblock=pblock, epi=epi, name="costmodel",
                        wfmt=facts(info.fmt).wfmt)
@@ -106,6 +107,22 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
     return replay(steps, machine).totals()
 
 
+def matmul_cycles(a_shape: tuple, b_shape: tuple, machine: Machine) -> dict:
+    """Predicted cycles of an activation x activation matmul ``A @ B``
+    (:mod:`target_dlac.codegen.matmul`): the replay of its single segment when all operands fit
+    on chip (:func:`one_segment`), else per batch a dense float32 layer whose weights are the
+    rows of ``A`` (their values never change a MAC's cost) with a bias-only epilogue, under
+    :func:`matmul_schedule`, the batches one after another (each ends with ``SYNC``).  The
+    same dict as :func:`layer_cycles`."""
+    batches, m, k, n, shape = matmul_shape(tuple(a_shape), tuple(b_shape))
+    fast = one_segment(batches, m, k, n, machine, a_addr=0, b_addr=0, out_addr=0, prm_addr=0)
+    if fast is not None:
+        return replay([(pc, ins, None) for pc, ins in enumerate(fast)], machine).totals()
+    per = layer_cycles(shape, matmul_schedule(shape, machine), machine, np.zeros((m, k), np.float32),
+                       has_scale=False)
+    return {key: batches * v for key, v in per.items()}
+
+
 def layer_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
                       has_scale: bool = True) -> int:
     """The interpreter's ``lower_bound_cycles`` of the layer under ``sched``
@@ -125,8 +142,8 @@ def _const_bytes(shape: ConvShape, sched: Schedule, weights, has_scale: bool) ->
     """Bytes of the layer's packed weight and epilogue parameter blocks under ``sched``."""
     info = _as_weights(shape, weights)
     wb = sum(nb for nb, _ in info.blocks(shape, sched).values())
-    return wb + sum(epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype))[2]
-                    for f0, f1 in ranges(shape.f, sched.f_tile))
+    return wb + sum(epi_param_layout(f1 - f0, has_scale, DTYPES.index(shape.dtype), ACTS.index(shape.act))[2]
+                    for f0, f1 in filter_tiles(shape, sched.f_tile))
 
 
 def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
@@ -145,10 +162,9 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
     It depends on the tiling, PE order and PE mapping only, not on the loop order or
     double buffering.  ``tests/tune/test_costmodel.py`` checks it never exceeds the exact count."""
     info = _as_weights(shape, weights)
-    m, eb, dt = machine, shape.elem_bytes, DTYPES.index(shape.dtype)
+    m, eb, dt, act = machine, shape.elem_bytes, DTYPES.index(shape.dtype), ACTS.index(shape.act)
     sp = [(hr, wr) for hr in ranges(shape.oh, sched.h_tile) for wr in ranges(shape.ow, sched.w_tile)]
-    ftiles = ranges(shape.f, sched.f_tile)
-    ctiles = [(0, shape.c)] if shape.depthwise else ranges(shape.c, sched.c_tile)
+    ftiles = filter_tiles(shape, sched.f_tile)
     op = conv_op(shape)
     tile_shapes: dict = {}                      # (oh, ow) -> spatial tiles of that shape
     for (h0, h1), (w0, w1) in sp:
@@ -156,19 +172,19 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
     compute = 0
     blocks = block_counts(shape, sched, info)
     for (fi, ci), (nbytes, counts) in blocks.items():
+        c0, c1 = channel_tiles(shape, sched, ftiles[fi])[ci]
         f0, f1 = ftiles[fi]
-        c0, c1 = (f0, f1) if shape.depthwise else ctiles[ci]
         for (oh, ow), k in tile_shapes.items():
             ins = Insn(op, dict(f=f1 - f0, c=c1 - c0, kh=shape.kh, kw=shape.kw, oh=oh, ow=ow,
                                 depthwise=int(shape.depthwise), dtype=dt, pxshift=sched.pxshift))
             compute += k * cycles.cost(ins, m, counts)
     for f0, f1 in ftiles:
         for (oh, ow), k in tile_shapes.items():
-            compute += k * cycles.cost(Insn("EPI", dict(f=f1 - f0, p=oh * ow, dtype=dt)), m)
+            compute += k * cycles.cost(Insn("EPI", dict(f=f1 - f0, p=oh * ow, dtype=dt, act=act)), m)
     const_load = sum(cycles.dma_cycles(nb, m) for nb, _ in blocks.values())
-    const_load += sum(cycles.dma_cycles(epi_param_layout(f1 - f0, has_scale, dt)[2], m) for f0, f1 in ftiles)
+    const_load += sum(cycles.dma_cycles(epi_param_layout(f1 - f0, has_scale, dt, act)[2], m) for f0, f1 in ftiles)
     load = store = 0                            # per image
-    in_ctiles = ftiles if shape.depthwise else ctiles
+    in_ctiles = input_tiles(shape, sched)       # depthwise: the filter tiles; grouped: every group's
     for oh_r, ow_r in sp:
         (ih0, ih1, _, _), (iw0, iw1, _, _) = input_window(shape, oh_r, ow_r)
         for cr in in_ctiles:

@@ -13,6 +13,8 @@ The grid (``k`` = number of tiles, ``max_splits`` = 4 by default):
 * ``pxshift`` (PE-array mapping, :meth:`Machine.pe_grid`): 0 (16 pixel rows x 32
   filter columns), and for small output planes (fewer than ``SMALL_PLANE_ROWS *
   pe_rows`` pixels) also the middle and the largest shift (4 x 128, 1 x 512);
+* grouped convolutions (``groups`` = G): the same grid over one group, ``F / G`` filters
+  and ``C / G`` input channels (a tile never straddles two groups);
 * ``pe_order``: ``as_is``, ``sorted`` for ternary and SWIS layers (by non-zero or shift
   count); only ``sorted`` for dense layers, where the filter order changes no cost.  A
   third filter-to-PE assignment, greedy balanced bins (largest filter first onto the
@@ -57,7 +59,7 @@ class ScheduleSpace:
         self.shape, self.machine, self.wbytes = shape, machine, wbytes
         self._default = default_schedule(shape, machine, wbytes)
         d = self._default
-        F, C = min(shape.f, MAX_DIM), min(shape.c, MAX_DIM)
+        F, C = min(shape.fg, MAX_DIM), min(shape.cg, MAX_DIM)        # grouped: of one group
         pc = machine.pe_cols
         mult = [pc * j for j in range(1, F // pc + 1)][-max_splits:]
         self.f_opts = sorted(set(mult) | set(even_splits(F, max_splits)) | {d.f_tile})

@@ -51,6 +51,9 @@ from target_dlac.codegen.schedule import ConvShape, Schedule
 
 KEY_FIELDS = ("op", "shape", "weights_sha256", "precision", "has_scale", "machine")
 _SHAPE_FIELDS = tuple(f.name for f in fields(ConvShape))
+#: activations whose layers' keys carry no ``act`` (the keys of logs written before the
+#: other activations ran on dLAC; they cost the same)
+_OLD_ACTS = ("none", "relu", "clip")
 
 
 def weights_sha256(w: np.ndarray) -> str:
@@ -65,6 +68,10 @@ def layer_key(op: str, shape: ConvShape, weights: np.ndarray, precision: str, ha
               machine_hash: str) -> dict:
     sh = {k: getattr(shape, k) for k in _SHAPE_FIELDS}
     sh["pads"] = [int(p) for p in sh["pads"]]
+    if sh.get("groups") == 1:           # ungrouped: the key of logs written before groups existed
+        del sh["groups"]
+    if sh.get("act") in _OLD_ACTS:      # an epilogue that existed before activations were costed
+        del sh["act"]
     return {"op": op, "shape": sh, "weights_sha256": weights_sha256(weights),
             "precision": precision, "has_scale": bool(has_scale), "machine": machine_hash}
 

@@ -231,7 +231,10 @@ BAD_INSNS = {
     "LOAD buffer code 3": (Insn("LOAD", fields("LOAD", buf=3, x=4, y=1)), "names no buffer"),
     "MAC bad geometry": (Insn("MAC", fields("MAC", c=1, h=4, w=4, f=1, kh=3, kw=3, oh=4, ow=4, sh=1,
                                             sw=1)), "does not match"),
-    "EPI act 3": (Insn("EPI", fields("EPI", act=3, f=1, p=1)), "activation code 3"),
+    "EPI act 13": (Insn("EPI", fields("EPI", act=13, f=1, p=1)), "activation code 13"),
+    "EPI float lut": (Insn("EPI", fields("EPI", act=12, f=1, p=1)), "lut is int8 only"),
+    "EPI int8 sigmoid": (Insn("EPI", fields("EPI", act=8, f=1, p=1, dtype=2)), "not defined for int8"),
+    "ALU int8 gelu": (Insn("ALU", fields("ALU", op=12, n=1, dtype=2)), "not defined for int8"),
     "HOST without table": (Insn("HOST", {"index": 0}), "host op #0"),
 }
 

@@ -287,7 +287,8 @@ def test_round_trip_keeps_the_computation(blob):
     ref = reference_outputs(p, {"x": x})[0]
     assert np.isfinite(ref).all()
     assert np.abs(outs["output_0"] - ref).max() <= 1e-5 * np.abs(ref).max()
-    again = hostgraph.encode(reference_module(p), "reference", level=1)
+    again = hostgraph.encode(reference_module(p), "reference", level=1,
+                             weights=hostgraph.weight_index(p.reference))   # weights from CONSTS
     assert _graph(rebuild(blob, {"REF": again}), "REF")[0] == _graph(blob, "REF")[0]
     assert to_bytes(from_bytes(rebuild(blob, {"REF": again}))) == rebuild(blob, {"REF": again})
 

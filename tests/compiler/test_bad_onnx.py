@@ -98,6 +98,21 @@ def test_custom_domain_op():
     assert "custom op domain" in str(e)
 
 
+def test_dynamic_quantization_gets_a_static_qdq_hint():
+    """onnxruntime quantize_dynamic's DynamicQuantizeLinear: refused with what to do instead."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="x_dq"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="x_deq")]
+    g = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(UnsupportedOpError) as ei:
+        from_onnx(m)
+    assert ei.value.op == "DynamicQuantizeLinear" and ei.value.node == "x_dq"
+    assert "quantize_static" in str(ei.value) and "QDQ" in str(ei.value)
+
+
 @pytest.mark.parametrize("cls, op, node", [
     (Conv1d, "relax.nn.conv1d", None),                  # imports, but no placement
     (NonZero, "nonzero", "module NonZero"),             # TVM's torch importer has no converter

@@ -120,7 +120,8 @@ def test_run_missing_input_file(work, tmp_path):
 def test_inspect_text_and_json(work):
     res = ok(cli(["inspect", work["bin"]]))
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("dlac ") and "binary, format 1.1" in lines[0]
+    from target_dlac.binary.container import VERSION
+    assert lines[0].startswith("dlac ") and f"binary, format {VERSION[0]}.{VERSION[1]}" in lines[0]
     assert any(ln.startswith("instructions:") for ln in lines)
     assert any(ln.startswith("layers (6):") for ln in lines)
     listing = [ln.split() for ln in lines if ln.strip() and ln.split()[0].isdigit()]

@@ -1,6 +1,6 @@
 """Host fallbacks of issue 13 against PyTorch (``--quant none``, within 1e-5 relative):
-normalizations, a ShuffleNetV2 block (chunk + channel shuffle: a tuple result), Hardswish
-after a conv, PReLU (a bool intermediate), a conv whose pre-ReLU output has two consumers,
+normalizations, a ShuffleNetV2 block (chunk + channel shuffle: a tuple result), ELU
+after a conv, a ``where`` (a bool intermediate), a conv whose pre-ReLU output has two consumers,
 and upsampling.  Each binary also agrees with its own REF graph, and the conv of each block
 stays on dLAC."""
 
@@ -74,6 +74,11 @@ def _upsample(mode):
     return lambda y: F.interpolate(y, scale_factor=2, mode=mode, **extra)
 
 
+def _where_square(y):
+    """A ``where`` on ``y > 0`` (a bool intermediate) that is no dLAC activation."""
+    return torch.where(y > 0, y, 0.5 * y * y)
+
+
 class Lambda(nn.Module):
     def __init__(self, f):
         super().__init__()
@@ -88,11 +93,15 @@ CASES = {
     "layer_norm_nchw": (lambda: ConvThen(nn.LayerNorm([8, 8, 8])), (1, 3, 8, 8), "conv"),
     "group_norm": (lambda: ConvThen(nn.GroupNorm(2, 8)), (1, 3, 8, 8), "conv"),
     "shuffle_block": (ShuffleBlock, (1, 8, 8, 8), "conv"),
-    "hardswish": (lambda: ConvThen(nn.Hardswish()), (1, 3, 8, 8), "conv"),
-    "prelu": (lambda: ConvThen(nn.PReLU(8)), (1, 3, 8, 8), "conv"),
+    # (hardswish and PReLU after a conv run on dLAC now: tests/e2e/test_activations.py)
+    "elu": (lambda: ConvThen(nn.ELU()), (1, 3, 8, 8), "conv"),
+    "bool_where": (lambda: ConvThen(Lambda(_where_square)), (1, 3, 8, 8), "conv"),
     "two_consumers": (TwoConsumers, (1, 3, 8, 8), "conv"),
     "upsample_nearest": (lambda: ConvThen(Lambda(_upsample("nearest"))), (1, 3, 8, 8), "conv"),
     "upsample_bilinear": (lambda: ConvThen(Lambda(_upsample("bilinear"))), (1, 3, 8, 8), "conv"),
+    # Swin's shifted windows: take of computed indices (passes/bounded_take.py)
+    "roll": (lambda: ConvThen(Lambda(lambda y: torch.roll(y, shifts=(1, -2), dims=(2, 3)))), (1, 3, 8, 8),
+             "conv"),
 }
 
 
@@ -102,7 +111,7 @@ def _build(model, x):
 
 
 #: in the fast inner loop; the others are marked slow (each builds TVM host and reference VMs)
-FAST = ("shuffle_block", "prelu")
+FAST = ("shuffle_block", "bool_where", "roll")
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CASES])
@@ -138,10 +147,10 @@ def test_tuple_results_become_one_host_op_per_element():
 
 
 def test_bool_intermediate_is_inlined_into_its_consumer():
-    """PReLU's ``x > 0`` is not stored (dLAC memory holds no bool): it is computed inside the
-    ``where`` host op."""
+    """A ``where``'s ``x > 0`` is not stored (dLAC memory holds no bool): it is computed inside
+    the ``where`` host op."""
     torch.manual_seed(0)
-    prog = _build(ConvThen(nn.PReLU(8)), torch.randn(1, 3, 8, 8))
+    prog = _build(ConvThen(Lambda(_where_square)), torch.randn(1, 3, 8, 8))
     ops = [h["op"] for h in prog.meta["host_ops"]]
     assert "greater" not in ops and "where" in ops
 

@@ -32,9 +32,10 @@ def _load_tool():
 light_zoo = _load_tool()
 
 #: FLOORS, measured: these models pass; the MAC shares on dLAC (ternary) are at least these.
-#: Raise them when dlac gets better (ShuffleNet: its grouped 1x1 convs run on the host);
+#: Raise them when dlac gets better (ShuffleNet's grouped 1x1 convs: 13.5% before grouped
+#: convolutions ran on dLAC);
 #: never lower them to make a test pass.
-MIN_DLAC_SHARE = {"squeezenet": 0.999, "inception_v1": 0.999, "resnet50": 0.999, "shufflenet": 0.13}
+MIN_DLAC_SHARE = {"squeezenet": 0.999, "inception_v1": 0.999, "resnet50": 0.999, "shufflenet": 0.999}
 #: what each model covers: initializers as inputs + ConstantOfShape weights (all), Dropout
 #: (squeezenet, inception_v1), LRN (inception_v1), Sum (resnet50, shufflenet)
 SMALL = tuple(MIN_DLAC_SHARE)

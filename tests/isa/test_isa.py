@@ -350,3 +350,42 @@ def test_decode_reports_the_first_bad_instruction(first):
 def test_encode_refuses_non_integral_field(value):
     with pytest.raises(BinaryFormatError, match=r"pc 0: ALU\.n"):
         encode([Insn("ALU", _full("ALU", n=value))])
+
+
+# ---- activations (EPI act, ALU ops) -------------------------------------------------------
+
+def test_every_activation_code_round_trips():
+    """The 4-bit EPI ``act`` (codes 0-12; 13-15 decode but validation refuses them), leaky's
+    slope in ``lo_bits``, and the ALU activation ops: encode -> decode is exact and the
+    disassembly names the activation."""
+    from target_dlac.isa.encoding import ACTS, ALU_ACTS, ALU_OPS
+
+    assert len(ACTS) == 13 and ACTS[:3] == ("none", "relu", "clip")       # old codes unchanged
+    insns = [Insn("EPI", _full("EPI", act=code, f=3, p=5, lo_bits=fbits(0.125), dtype=2 if a == "lut" else 0))
+             for code, a in enumerate(ACTS)]
+    insns += [Insn("EPI", _full("EPI", act=15, f=1, p=1))]
+    insns += [Insn("ALU", dict(_full("ALU", n=7), op=ALU_OPS.index(a))) for a in ALU_ACTS]
+    back = decode(encode(insns))
+    assert [(i.op, i.f) for i in back] == [(i.op, i.f) for i in insns]
+    for ins, a in zip(back, ACTS):
+        assert a in disassemble(ins)
+    assert "leaky_relu[0.125]" in disassemble(back[ACTS.index("leaky_relu")])
+    assert "act15" in disassemble(back[len(ACTS)])
+    for ins, a in zip(back[len(ACTS) + 1:], ALU_ACTS):
+        assert f"{a}(INP" in disassemble(ins)
+
+
+def test_activation_cycle_steps():
+    """EPI / ALU cost ``S + ceil(n / PEs) * steps``: 1 step for relu-like, 2 hardswish, 4 for
+    the transcendental activations (docs/isa.md "EPI")."""
+    from target_dlac.isa.encoding import ACTS, ALU_OPS
+
+    steps = {"none": 1, "relu": 1, "clip": 1, "leaky_relu": 1, "prelu": 1, "hardsigmoid": 1, "lut": 1,
+             "hardswish": 2, "silu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "gelu_tanh": 4}
+    for a, k in steps.items():
+        assert cycles.cost(Insn("EPI", _full("EPI", f=5, p=7, act=ACTS.index(a))), SMALL) == 8 + 5 * k, a
+        if a in ALU_OPS:
+            assert cycles.cost(Insn("ALU", dict(_full("ALU", n=17), op=ALU_OPS.index(a))), SMALL) == 8 + 3 * k, a
+    m = Machine()
+    assert cycles.cost(Insn("EPI", _full("EPI", f=64, p=196, act=ACTS.index("silu"))), m) == 108   # docs
+    assert cycles.cost(Insn("ALU", dict(_full("ALU", n=50176), op=ALU_OPS.index("sigmoid"))), m) == 400

@@ -177,7 +177,7 @@ def epi_ref(acc, mult, bias, res, rshift, shift, act, lo, hi):
     return out
 
 
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", ["none", "relu", "clip"])         # lut: test_epi_int8_table
 @pytest.mark.parametrize("has_res", [0, 1])
 @pytest.mark.parametrize("has_scale", [0, 1])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -228,6 +228,37 @@ def test_epi_int8(act, has_res, has_scale, inplace):
         assert list(out["y"][0, :2]) == [min(127, hi if act == "clip" else 127),
                                           {"none": -128, "relu": 0, "clip": lo}[act]]
     assert ((out["y"] > -128) & (out["y"] < 127)).any()     # not everything saturated
+
+
+@pytest.mark.parametrize("has_scale", [0, 1])
+def test_epi_int8_table(has_scale):
+    """act = lut: the requantized int8 value q (bounds -128..127) indexes the 256-entry int8
+    table after the biases: out = table[q + 128]."""
+    rng = np.random.default_rng(17)
+    F, P, shift = 3, 16, 10
+    acc = rng.integers(-2 ** 15, 2 ** 15, size=(F, P)).astype(np.int32)
+    mult = rng.integers(1, 4, size=F).astype(np.int32) if has_scale else None
+    bias = rng.integers(-2 ** 10, 2 ** 10, size=F).astype(np.int64)
+    table = rng.integers(-128, 128, size=256).astype(np.int8)
+    _, boff, total = epi_param_layout(F, bool(has_scale), INT8, ACTS.index("lut"))
+    assert total == boff + 8 * F + 256
+    block = bytearray(total)
+    if has_scale:
+        block[:4 * F] = mult.astype("<i4").tobytes()
+    block[boff:boff + 8 * F] = bias.astype("<i8").tobytes()
+    block[boff + 8 * F:] = table.tobytes()
+    d = Dram()
+    pa = d.const(bytes(block))
+    at = d.tensor("acc", "input", (F, P), "int32")
+    yt = d.tensor("y", "output", (F, P))
+    epi = Insn("EPI", fields("EPI", acc=0, dst=0, has_scale=has_scale, act=ACTS.index("lut"), prm=64,
+                             f=F, p=P, dtype=INT8, shift=shift))
+    insns = [load("ACC", 0, at.addr, acc.nbytes), load("WGT", 64, pa, len(block)), SYNC, epi, SYNC,
+             store("ACC", 0, yt.addr, F * P), SYNC, HALT]
+    out, _ = run(d.program(insns), {"acc": acc})
+    q = epi_ref(acc, mult, bias, None, 0, shift, "none", -128, 127)
+    assert len(np.unique(q)) > 10          # the table is read at many places
+    np.testing.assert_array_equal(out["y"], table[q.astype(np.int64) + 128])
 
 
 @pytest.mark.parametrize("bounds", [(-1000, 1000), (5, 5), (-128, -100)])

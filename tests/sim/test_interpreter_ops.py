@@ -177,7 +177,18 @@ def test_mac_dense(depthwise):
 
 # ---- EPI ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("act", ACTS)
+def _act64(act, y, slope, slopes):
+    """The float activations in float64 from the float32 values (an oracle independent of the
+    interpreter's: math.erfc, math.tanh)."""
+    v = y.astype(np.float64)
+    erfc = np.vectorize(math.erfc)
+    sig = 1 / (1 + np.exp(-v))
+    return {"leaky_relu": np.where(v >= 0, v, v * slope), "prelu": np.where(v >= 0, v, v * slopes[:, None]),
+            "silu": v * sig, "sigmoid": sig, "tanh": np.tanh(v), "gelu": 0.5 * v * erfc(-v / math.sqrt(2)),
+            "gelu_tanh": 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))}[act]
+
+
+@pytest.mark.parametrize("act", [a for a in ACTS if a != "lut"])      # lut: int8 only
 @pytest.mark.parametrize("has_res", [0, 1])
 @pytest.mark.parametrize("has_scale", [0, 1])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -189,7 +200,10 @@ def test_epi(act, has_res, has_scale, inplace):
     scale = rng.standard_normal(F).astype(np.float32)
     bias = rng.standard_normal(F).astype(np.float32)
     res = rng.standard_normal((F, P)).astype(np.float32)
+    slopes = rng.uniform(0.05, 0.5, F).astype(np.float32)
     prm = np.concatenate([scale, bias]) if has_scale else bias
+    if act == "prelu":              # the slopes follow the biases (isa.epi_param_layout)
+        prm = np.concatenate([prm, slopes])
     d = Dram()
     at, pt_, rt = (d.tensor("acc", "input", (F, P)), d.tensor("prm", "input", prm.shape),
                    d.tensor("res", "input", (F, P)))
@@ -212,6 +226,13 @@ def test_epi(act, has_res, has_scale, inplace):
         y = np.maximum(y, np.float32(0))
     elif act == "clip":
         y = np.minimum(np.maximum(y, np.float32(lo)), np.float32(hi))
+    elif act in ("hardswish", "hardsigmoid"):       # float32, step by step (as TVM's graph)
+        t = np.minimum(np.maximum(y + np.float32(3), np.float32(0)), np.float32(6))
+        y = (y * t if act == "hardswish" else t) / np.float32(6)
+    elif act != "none":             # within 2 float32 ulps of float64 (leaky / PReLU: exact)
+        want = _act64(act, y, np.float32(lo), slopes)
+        np.testing.assert_allclose(out["y"], want, rtol=6e-8 if "relu" in act else 2.4e-7, atol=1e-37)
+        return
     assert y.dtype == np.float32
     np.testing.assert_array_equal(out["y"], y)
 

@@ -342,3 +342,55 @@ def test_pe_mapping_changes_cycles_not_values():
     assert cycles[2] < cycles[0], cycles         # 4 pixel rows x 128 filters: 13 passes, 1 group
     with pytest.raises(Exception, match="pxshift"):
         check_schedule(shape, replace(base, pxshift=M.max_pxshift + 1), M, LayerWeights(w, True, False).max_bytes)
+
+
+# ------------------------------------------------------------------ epilogue activations
+
+class _ActNet(torch.nn.Module):
+    """Convs whose epilogues cost more than a ReLU (hardswish: 2 steps, sigmoid / GELU: 4)
+    or carry parameters (PReLU's per-channel slopes after the biases)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(16, 40, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(40, 24, 1)
+        self.c4 = torch.nn.Conv2d(24, 8, 3, padding=1)
+        self.acts = torch.nn.ModuleList([torch.nn.Hardswish(), torch.nn.PReLU(40), torch.nn.Sigmoid(),
+                                         torch.nn.GELU()])
+
+    def forward(self, x):
+        for conv, act in zip((self.c1, self.c2, self.c3, self.c4), self.acts):
+            x = act(conv(x))
+        return x
+
+
+@pytest.mark.slow
+def test_activation_epilogues_match_interpreter():
+    torch.manual_seed(0)
+    net = _ActNet().eval()
+    with torch.no_grad():
+        net.acts[1].weight.uniform_(0.05, 0.4)
+    result = compile_model(net, (torch.zeros(1, 3, 12, 12),), config=QuantConfig())
+    rec = _Recorder(result.mod, M, **result.codegen_args())
+    rec.generate()
+    acts = {}
+    layers = {}
+    for entry in rec.layers:
+        if entry.shape is None:
+            continue
+        w, has_scale, res, ternary, dw = rec.seen[entry.var]
+        shape = ConvShape(**{**entry.shape, "pads": tuple(entry.shape["pads"])})
+        acts[entry.name] = shape.act
+        layers[entry.name] = (shape, w, has_scale, variants(shape, LayerWeights(w, ternary, dw).max_bytes))
+    assert sorted(acts.values()) == ["gelu", "hardswish", "prelu", "sigmoid"], acts
+    x = np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    for kind in ("default", "f_small", "h_small"):
+        scheds = {n: v[3][kind] for n, v in layers.items() if kind in v[3]}
+        prog = build_program(result, M, schedules=scheds, reference=False)
+        _, rep = run(prog, {"x": x})
+        by_name = {layer.name: layer for layer in rep.layers}
+        for name, sched in scheds.items():
+            shape, w, has_scale, _ = layers[name]
+            _check(layer_cycles(shape, sched, M, w, has_scale=has_scale), by_name[name], f"{name} {kind}",
+                   layer_lower_bound(shape, sched, M, w, has_scale=has_scale))

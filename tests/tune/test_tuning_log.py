@@ -36,6 +36,18 @@ def _record(i: int, cycles: int = 100) -> dict:
             "default_cycles": 120, "trials": 7, "strategy": "anneal", "time": 1.0}
 
 
+def test_ungrouped_key_is_the_key_of_older_logs_and_groups_change_it():
+    """Logs written before grouped convolutions ran on dLAC keep matching their layers."""
+    import dataclasses
+
+    w = np.zeros((16, 8, 3, 3), np.int8)
+    key = tuning_log.layer_key("conv2d", SHAPE, w, "ternary", True, M.hash())
+    assert "groups" not in key["shape"]
+    grouped = dataclasses.replace(SHAPE, groups=2)
+    gkey = tuning_log.layer_key("conv2d", grouped, np.zeros((16, 4, 3, 3), np.int8), "ternary", True, M.hash())
+    assert gkey["shape"]["groups"] == 2
+
+
 def test_round_trip_and_best(tmp_path):
     log = tmp_path / "log.jsonl"
     recs = [_record(0, 100), _record(1, 90), _record(0, 80), _record(0, 95)]

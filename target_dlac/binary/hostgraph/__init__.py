@@ -44,15 +44,23 @@ or ``{"value": ARG}``; an ARG is ``["p", i]`` (parameter), ``["c", i]`` (constan
 ``["v", i]`` (node), ``["shape", [ints]]``, ``["int", v, dtype]``, ``["float", v, dtype]``
 (``v`` finite, or the strings ``"inf"`` / ``"-inf"`` for open clip bounds; never NaN),
 ``["tuple", [ARG...]]`` or ``["item", ARG, i]``.  ``constants`` is a list of
-``{"shape", "dtype", "offset"}``.
+``{"shape", "dtype", "offset"}`` (the constant's bytes in the section's data) or
+``{"shape", "dtype", "consts": {...}}``: a layer weight rebuilt from the weight blocks of
+the binary's ``CONSTS`` section (format, layout, kernel and tiles with their offsets;
+:mod:`target_dlac.binary.hostgraph.weights`), so a ``REF`` graph does not hold a second
+copy of the weights.  A section that uses them is read with the ``CONSTS`` bytes
+(:class:`Section` carries them; :func:`parse` takes them too); every offset and size is
+checked against that section and every block's contents as it is decoded.
 """
 
 from __future__ import annotations
 
 from .check import ALIGN, MAGIC, Graph, check_graph, inflate, pack, parse
 from .encode import encode
-from .rebuild import build, decode
+from .rebuild import build, constant_arrays, decode, weight_index
 from .vocabulary import ATTRS, DTYPES, LIMITS, OPS, Limits
+from .weights import Section, WeightIndex
 
-__all__ = ["ALIGN", "ATTRS", "DTYPES", "LIMITS", "MAGIC", "OPS", "Graph", "Limits", "build",
-           "check_graph", "decode", "encode", "inflate", "pack", "parse"]
+__all__ = ["ALIGN", "ATTRS", "DTYPES", "LIMITS", "MAGIC", "OPS", "Graph", "Limits", "Section",
+           "WeightIndex", "build", "check_graph", "constant_arrays", "decode", "encode", "inflate",
+           "pack", "parse", "weight_index"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from target_dlac.core.errors import BinaryFormatError
 
 from . import vocabulary as V
+from . import weights as W
 from .vocabulary import _NAME, DTYPES, OPS, _shape
 
 MAGIC = b"DLACGRF1"
@@ -21,10 +22,12 @@ ALIGN = 16
 
 @dataclass
 class Graph:
-    """A checked section: the JSON description and the constant data (a view, no copy)."""
+    """A checked section: the JSON description, the constant data (a view, no copy) and the
+    ``CONSTS`` image that constants described by their weight blocks come from."""
     doc: dict
     data: memoryview
     section: str
+    consts: bytes | None = None
 
 
 def inflate(blob: bytes, section: str) -> bytes:
@@ -52,8 +55,12 @@ def inflate(blob: bytes, section: str) -> bytes:
     return b"".join(parts)
 
 
-def parse(blob: bytes, section: str) -> Graph:
-    """Decompress and check a section (see the module docstring); no TVM needed."""
+def parse(blob: bytes, section: str, consts: bytes | None = None) -> Graph:
+    """Decompress and check a section (see the module docstring); no TVM needed.
+    ``consts``: the binary's ``CONSTS`` section, which constants may refer to (default: the
+    one a :class:`~target_dlac.binary.hostgraph.weights.Section` carries)."""
+    if consts is None:
+        consts = getattr(blob, "consts", None)
     raw = inflate(blob, section)
     if len(raw) < 12 or raw[:8] != MAGIC:
         raise BinaryFormatError("not a dlac graph (bad magic; binaries from dlac before the closed "
@@ -67,7 +74,7 @@ def parse(blob: bytes, section: str) -> Graph:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BinaryFormatError(f"graph description is not valid JSON: {str(e)[:120]}", section=section) from None
     data_at = (12 + jlen + ALIGN - 1) // ALIGN * ALIGN
-    g = Graph(doc, memoryview(raw)[data_at:], section)
+    g = Graph(doc, memoryview(raw)[data_at:], section, consts)
     check_graph(g)
     return g
 
@@ -96,18 +103,34 @@ def check_graph(g: Graph) -> None:
         w.fail("'functions' and 'constants' must be lists")
     if not 1 <= len(funcs) <= V.LIMITS.functions:
         w.fail(f"{len(funcs)} functions (1 to {V.LIMITS.functions} allowed)")
+    decoded = tiles = records = 0
     for i, c in enumerate(consts):
         w.at = f"constant {i}"
-        if not isinstance(c, dict) or set(c) != {"shape", "dtype", "offset"}:
-            w.fail("must be {shape, dtype, offset}")
+        if not isinstance(c, dict) or set(c) not in ({"shape", "dtype", "offset"}, {"shape", "dtype", "consts"}):
+            w.fail("must be {shape, dtype, offset} or {shape, dtype, consts}")
         try:
             shape = _shape(c["shape"], "shape")
         except ValueError as e:
             w.fail(str(e))
         if not isinstance(c["dtype"], str) or c["dtype"] not in DTYPES:
             w.fail(f"dtype {str(c['dtype'])[:20]!r} is not one of {tuple(DTYPES)}")
-        off = c["offset"]
         nbytes = math.prod(shape) * DTYPES[c["dtype"]]
+        decoded += nbytes
+        if decoded > V.LIMITS.constants:
+            w.fail(f"the section's constants exceed {V.LIMITS.constants} bytes (the limit)")
+        if "consts" in c:
+            try:         # without CONSTS (parse(blob) of a bare section): all but the offsets
+                t, r = W.check_ref(c["consts"], shape, c["dtype"], None if g.consts is None else len(g.consts),
+                                   V.LIMITS.tiles - tiles)
+            except ValueError as e:
+                w.at = f"constant {i} ({_user(funcs, i)})"
+                w.fail(str(e))
+            tiles, records = tiles + t, records + r
+            if tiles > V.LIMITS.tiles or records > V.LIMITS.swis_filters:
+                w.fail(f"more than {V.LIMITS.tiles} weight blocks or {V.LIMITS.swis_filters} SWIS filter "
+                       "records in the section (the limit)")
+            continue
+        off = c["offset"]
         if (not isinstance(off, int) or isinstance(off, bool) or off < 0 or off % ALIGN
                 or off + nbytes > len(g.data)):
             w.fail(f"data [{off}, +{nbytes}) is not an aligned range inside the {len(g.data)} bytes of data")
@@ -153,6 +176,21 @@ def check_graph(g: Graph) -> None:
         if _kind(f["output"]) not in ("T", "L") or f["output"] == ["tuple", []]:
             w.fail("a function returns a tensor or a non-empty tuple of tensors")
         _check_arg(f["output"], refs, w, 0)
+
+
+def _user(funcs, i: int) -> str:
+    """Where constant ``i`` is first used (for error messages): ``function F node N (op)``."""
+    def uses(a, depth=0):
+        return isinstance(a, list) and depth <= V.LIMITS.depth and (
+            a == ["c", i] or any(uses(e, depth + 1) for e in a if isinstance(e, list)))
+    for f in funcs if isinstance(funcs, list) else ():
+        nodes = f.get("nodes") if isinstance(f, dict) else None
+        for ni, node in enumerate(nodes if isinstance(nodes, list) else ()):
+            args = node.get("args") if isinstance(node, dict) else None
+            if isinstance(node, dict) and uses((args if isinstance(args, list) else []) + [node.get("value")]):
+                op = f" ({node['op']})" if isinstance(node.get("op"), str) else ""
+                return f"used by function {str(f.get('name'))[:40]} node {ni}{op}"
+    return "not used by any node"
 
 
 def _check_node(node, refs, w) -> None:

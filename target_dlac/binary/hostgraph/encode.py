@@ -12,38 +12,54 @@ from target_dlac.core.errors import BinaryFormatError, CodegenError
 
 from . import vocabulary as V
 from .check import ALIGN, pack, parse
-from .rebuild import build
+from .rebuild import build, constant_arrays
+from .weights import Section, WeightIndex, digest
 from .vocabulary import _NAME, DTYPES, OPS
 
 
-def encode(mod, what: str = "graph", level: int = 6) -> bytes:
+def encode(mod, what: str = "graph", level: int = 6, weights: WeightIndex | None = None) -> bytes:
     """``mod`` as a section; :class:`CodegenError` naming the function and op if it uses
     anything outside the vocabulary.  The section is loaded back (checked and rebuilt, as
     ``dlac run`` will) before it is returned, so a binary never holds a graph that its
-    own loader refuses (a limit, ``take`` indices out of range, ...)."""
-    doc, data = _Encoder(what).module(mod)
+    own loader refuses (a limit, ``take`` indices out of range, ...).
+
+    ``weights``: the program's packed layer weights; a constant equal to one of them bit
+    for bit is written as a reference to its blocks in ``CONSTS`` (:mod:`.weights`), and
+    the result is a :class:`Section` carrying that ``CONSTS`` image.  Loading back decodes
+    those constants and checks them against the originals (their SHA-256)."""
+    enc = _Encoder(what, weights)
+    doc, data = enc.module(mod)
     raw = pack(doc, data)
     if len(raw) > V.LIMITS.decompressed:
         raise CodegenError(f"the {what} graph needs {len(raw)} bytes, more than the section limit of "
                            f"{V.LIMITS.decompressed}" + (" (compile with --no-reference to leave it out)"
                                                        if what == "reference" else ""))
     blob = zlib.compress(raw, level)
+    consts = weights.consts if weights is not None else None
     try:
-        build(parse(blob, what.upper()))
+        g = parse(blob, what.upper(), consts)
+        arrays = constant_arrays(g)
+        for i, want in enc.shared.items():
+            if digest(arrays[i]) != want:
+                raise CodegenError(f"the {what} graph's constant {i} does not decode from its CONSTS "
+                                   "blocks to the same array (a dlac bug: please report it)")
+        build(g, arrays)
     except BinaryFormatError as e:
         raise CodegenError(f"the {what} graph cannot be loaded back: {e}"
                            + (" (compile with --no-reference to leave it out)" if what == "reference" else "")
                            ) from None
-    return blob
+    return Section(blob, consts) if consts is not None else blob
 
 
 
 
 class _Encoder:
-    def __init__(self, what):
+    def __init__(self, what, weights=None):
         self.what = what
+        self.weights = weights
         self.consts: list[dict] = []
         self.const_ids: dict = {}
+        self.shared: dict = {}           # constant index -> SHA-256 of a constant taken from CONSTS
         self.data = bytearray()
 
     def fail(self, msg):
@@ -81,10 +97,16 @@ class _Encoder:
         dtype = str(value.dtype)
         if dtype not in DTYPES:
             self.fail(f"a constant of dtype {dtype} (allowed: {tuple(DTYPES)})")
+        i = len(self.consts)
+        ref = self.weights.lookup(value) if self.weights is not None and value.ndim in (2, 4) else None
+        if ref is not None:
+            self.consts.append({"shape": [int(d) for d in value.shape], "dtype": dtype, "consts": ref})
+            self.shared[i] = digest(value)
+            self.const_ids[c] = i
+            return ["c", i]
         off = len(self.data)
         self.data.extend(np.ascontiguousarray(value, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
         self.data.extend(b"\0" * (-len(self.data) % ALIGN))
-        i = len(self.consts)
         self.consts.append({"shape": [int(d) for d in value.shape], "dtype": dtype, "offset": off})
         self.const_ids[c] = i
         return ["c", i]

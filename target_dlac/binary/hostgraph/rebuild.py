@@ -10,7 +10,8 @@ import numpy as np
 from target_dlac.core.errors import BinaryFormatError, tvm_error_line
 
 from . import vocabulary as V
-from .check import Graph, _Where, parse
+from . import weights as W
+from .check import Graph, _user, _Where, parse
 
 
 def decode(blob: bytes, section: str):
@@ -18,16 +19,46 @@ def decode(blob: bytes, section: str):
     return build(parse(blob, section))
 
 
-def build(g: Graph):
-    from tvm import relax
-
+def constant_arrays(g: Graph) -> list[np.ndarray]:
+    """The section's constants as NumPy arrays (fresh, C order): its own data, or the weight
+    blocks of ``CONSTS`` they name, decoded and checked (:mod:`.weights`)."""
     w = _Where(g.section)
-    consts = []
-    for c in g.doc["constants"]:
+    out = []
+    for i, c in enumerate(g.doc["constants"]):
+        if "consts" in c:
+            try:
+                if g.consts is None:
+                    raise ValueError("its weights are in the CONSTS section, which was not given")
+                W.check_ref(c["consts"], c["shape"], c["dtype"], len(g.consts))
+                out.append(W.decode(c["consts"], c["dtype"], g.consts).reshape(c["shape"]))
+            except ValueError as e:
+                w.at = f"constant {i} ({_user(g.doc['functions'], i)})"
+                w.fail(str(e))
+            continue
         n = math.prod(c["shape"])
         arr = np.frombuffer(g.data, dtype=np.dtype(c["dtype"]).newbyteorder("<"), count=n,
                             offset=c["offset"]).reshape(c["shape"])
-        consts.append(relax.const(np.array(arr, dtype=c["dtype"], order="C"), c["dtype"]))   # keeps 0-d
+        out.append(np.array(arr, dtype=c["dtype"], order="C"))        # keeps 0-d
+    return out
+
+
+def weight_index(blob: bytes, section: str = "REF") -> W.WeightIndex:
+    """The CONSTS weights of a section (a :class:`~.weights.Section`), to encode its graph again."""
+    g = parse(blob, section)
+    return W.WeightIndex.of_graph(g, constant_arrays(g))
+
+
+def build(g: Graph, arrays: list | None = None):
+    """The checked graph ``g`` as a Relax module (``arrays``: its constants, if already
+    decoded by :func:`constant_arrays`; the list is emptied as TVM takes them)."""
+    from tvm import relax
+
+    w = _Where(g.section)
+    arrays = constant_arrays(g) if arrays is None else arrays
+    consts = []
+    for i, c in enumerate(g.doc["constants"]):
+        consts.append(relax.const(arrays[i], c["dtype"]))
+        arrays[i] = None                # TVM holds its own copy: keep one at a time
     bb = relax.BlockBuilder()
     gvs, work = [], 0
     for f in g.doc["functions"]:

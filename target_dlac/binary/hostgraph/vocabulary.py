@@ -24,8 +24,11 @@ class Limits:
     depth: int = 4                         # nesting of tuple / item operands
     rank: int = 8
     elements: int = 1 << 28                # of any one tensor (1 GiB of float32)
-    work: int = 1 << 33                    # estimated operations of a whole graph (~10 s untuned)
+    work: int = 1 << 35                    # estimated operations of a whole graph (VGG19 224: 2.0e10)
     name: int = 128                        # characters of a function or parameter name
+    constants: int = 1 << 30               # bytes of all constants once decoded (CONSTS weights too)
+    tiles: int = 1 << 20                   # weight blocks the constants name in CONSTS
+    swis_filters: int = 1 << 20            # SWIS filter records decoded (a Python loop, ~25 us each)
 
 
 LIMITS = Limits()

@@ -23,7 +23,10 @@ from target_dlac.codegen import composites as C
 from target_dlac.codegen.modes import intmath as Q
 from target_dlac.codegen.generator import Ref
 from target_dlac.codegen.modes.ref import RefCodegen
-from target_dlac.isa.encoding import INT8, epi_param_layout
+from tvm import relax
+
+from target_dlac.core.ir import make_const
+from target_dlac.isa.encoding import ALU_ACTS, INT8, epi_param_layout
 from target_dlac.codegen.lower import Elt, Epilogue
 
 
@@ -75,15 +78,33 @@ class IntCodegen(RefCodegen):
             scale = s.astype(np.float64) if scale is None else s * scale
         if scale is None:
             scale = np.ones(w.shape[0])
-        m, b, shift, rshift = Q.conv_params(scale, spec.bias, x.exp, out.exp,
+        table = self._act_table(spec, out)
+        fy = out.exp if table is None else Q.table_input_exp(spec.act, out.exp)
+        m, b, shift, rshift = Q.conv_params(scale, spec.bias, x.exp, fy,
                                             None if res is None else res.exp, f"layer {spec.layer}")
         lo, hi = Q.clip_bounds(spec.act, spec.lo, spec.hi, out.exp)
-        epi = Epilogue(True, spec.act, lo, hi, None if res is None else res.addr, shift, rshift)
-        groups = w.shape[0] if spec.depthwise else 1
-        self.rv[out.name] = self.graph.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
-                                           m, b, shift, None if res is None else self.rv[res.name],
-                                           rshift, lo, hi)
-        return w, [m, b], epi
+        act = spec.act if table is None else "lut"
+        epi = Epilogue(True, act, lo, hi, None if res is None else res.addr, shift, rshift)
+        groups = w.shape[0] if spec.depthwise else spec.groups
+        y = self.graph.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
+                             m, b, shift, None if res is None else self.rv[res.name], rshift, lo, hi)
+        if table is not None:       # the EPI's table lookup: table[q + 128]
+            idx = relax.op.add(relax.op.astype(y, "int32"), make_const(128, "int32"))
+            y = self.graph.emit(relax.op.take(make_const(table, "int8"), idx, axis=0, mode="clip"))
+        self.rv[out.name] = y
+        return w, [m, b] + ([] if table is None else [table]), epi
+
+    def _act_table(self, spec: C.ConvSpec, out: Ref) -> np.ndarray | None:
+        """The int8 table of a layer's activation other than relu / clip (``None`` for those)."""
+        if spec.act in ("none", "relu", "clip"):
+            return None
+        slope = spec.lo
+        if spec.act == "prelu":
+            if np.unique(spec.slopes).size != 1:
+                raise C.Unlowerable(f"PReLU with per-channel slopes has no int8 lowering (one "
+                                    f"activation table per EPI); layer {spec.plan.name} runs on the host")
+            slope = float(spec.slopes[0])
+        return Q.act_table(spec.act, Q.table_input_exp(spec.act, out.exp), out.exp, slope)
 
     def _conv(self, spec: C.ConvSpec, env, out: Ref) -> dict:
         entry = super()._conv(spec, env, out)
@@ -93,10 +114,11 @@ class IntCodegen(RefCodegen):
 
     def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
         """int32 multipliers, then int64 biases at the offset of :func:`isa.epi_param_layout`."""
-        m, b = prm
+        m, b = prm[:2]
         _, boff, _ = epi_param_layout(f1 - f0, True, INT8)
         head = m[f0:f1].astype("<i4").tobytes()
-        return head.ljust(boff, b"\0") + b[f0:f1].astype("<i8").tobytes()
+        table = prm[2].astype("<i1").tobytes() if len(prm) > 2 else b""      # act = lut: after the biases
+        return head.ljust(boff, b"\0") + b[f0:f1].astype("<i8").tobytes() + table
 
     def _pool_requant(self, spec: C.PoolSpec, x: Ref, out: Ref) -> tuple[int, int]:
         if spec.mode == "max":
@@ -118,6 +140,9 @@ class IntCodegen(RefCodegen):
         return entry
 
     def _elt_op(self, spec: C.EltSpec, refs: list, out: Ref) -> Elt:
+        if spec.op in ALU_ACTS:
+            raise C.Unlowerable(f"standalone {spec.op} has no int8 ALU op (the int8 table is in the "
+                                "EPI of a conv / dense layer); it runs on the host")
         if spec.op == "relu":
             return Elt("relu", "int8")
         return Elt(spec.op, "int8", *Q.add_params(refs[0].exp, refs[1].exp, out.exp))

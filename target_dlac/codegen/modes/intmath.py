@@ -18,7 +18,10 @@ graph built by :class:`target_dlac.codegen.refgraph.RefGraph` both implement exa
   ``mult = round(2^(fy - fx + s) / count)`` (windows of constant count only);
 * add: ``clip(((a << sa) + (b << sb) + 2^(s-1)) >> s)``, ``sa = fy - fa + s``,
   ``sb = fy - fb + s``, ``s = max(1, fa - fy, fb - fy)``;
-* dequantize (graph output, host op inputs): ``x = q * 2^-f`` (exact in float32).
+* dequantize (graph output, host op inputs): ``x = q * 2^-f`` (exact in float32);
+* other activations of a layer (sigmoid, SiLU, GELU, ...): the layer requantizes to an int8
+  of exponent ``table_input_exp`` and a 256-entry table (``act_table``) maps it to the
+  output's exponent.
 """
 
 from __future__ import annotations
@@ -78,6 +81,40 @@ def avg_params(count: int, fx: int, fy: int) -> tuple[int, int]:
 def add_params(fa: int, fb: int, fy: int) -> tuple[int, int, int]:
     s = max(1, fa - fy, fb - fy)
     return fy - fa + s, fy - fb + s, s
+
+
+#: Exponent of the int8 value a table activation reads (docs/isa.md "Integer mode"): the
+#: bounded ones a fixed range that reaches their saturation (sigmoid [-8, 8), tanh and
+#: hardsigmoid [-4, 4)); the ones that grow like ``x`` for large ``x`` the output's exponent,
+#: at most 4 (at least [-8, 8), where their negative side has flattened out).
+TABLE_INPUT_EXP = {"sigmoid": 4, "tanh": 5, "hardsigmoid": 5}
+
+
+def table_input_exp(act: str, fy: int) -> int:
+    """Exponent of the requantized value the activation table of ``act`` is indexed by."""
+    if act in TABLE_INPUT_EXP:
+        return TABLE_INPUT_EXP[act]
+    return fy if act in ("leaky_relu", "prelu") else min(fy, 4)
+
+
+def _act64(act: str, v: float, slope: float) -> float:
+    """``act`` at ``v`` in float64 (Python's math: the exact function, not the interpreter's)."""
+    if act in ("leaky_relu", "prelu"):
+        return v if v >= 0 else v * slope
+    if act in ("hardswish", "hardsigmoid"):
+        t = min(max(v + 3.0, 0.0), 6.0) / 6.0
+        return v * t if act == "hardswish" else t
+    sig = 0.5 * (1.0 + math.tanh(v / 2))
+    return {"sigmoid": sig, "silu": v * sig, "tanh": math.tanh(v),
+            "gelu": 0.5 * v * math.erfc(-v / math.sqrt(2.0)),
+            "gelu_tanh": 0.5 * v * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)))}[act]
+
+
+def act_table(act: str, fx: int, fy: int, slope: float = 0.0) -> np.ndarray:
+    """The int8 EPI's table (``act = lut``): entry ``q + 128`` is ``act(q·2^-fx)`` as an int8
+    of exponent ``fy``, ``clip(round(act(q·2^-fx)·2^fy), -128, 127)``."""
+    out = [_act64(act, q * 2.0 ** -fx, slope) * 2.0 ** fy for q in range(-128, 128)]
+    return np.clip(np.rint(out), -128, 127).astype(np.int8)
 
 
 def clip_bounds(act: str, lo: float, hi: float, fy: int) -> tuple[int, int]:
