@@ -260,6 +260,9 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
                           patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask,
                           dask_timeout=dask_timeout)
         _say_table(format_table(rows))
+        from compiler.tune import untuned_layers
+        for line in untuned_layers(result):
+            _say(f"not tuned: {line}")
         n_new = sum(r["status"] == "tuned" for r in rows)
         click.echo(f"{n_new} layer(s) tuned, {sum(r['status'] == 'from log' for r in rows)} from the log; "
                    f"log: {log}")

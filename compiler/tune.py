@@ -74,6 +74,26 @@ def collect_layers(result, machine) -> list[TuneLayer]:
             for layer in conv_layers(result.stages["partition"], result.plan)]
 
 
+def untuned_layers(result) -> list[str]:
+    """One line per dLAC composite with multiplies that the tuner does not search (it has no
+    schedule space for them; the codegen uses its default schedule): activation x activation
+    matmuls, and conv / dense composites the lowering refuses (they run on the host)."""
+    from target_dlac.codegen.composites import Unlowerable, composite_calls, parse
+
+    out = []
+    for var, fn in composite_calls(result.stages["partition"]):
+        kind = str(fn.attrs["Composite"]).removeprefix("dlac.")
+        if kind == "matmul":
+            out.append(f"{printable(var)}: activation x activation matmul (default schedule; "
+                       "not in the tuner's schedule space)")
+        elif kind.startswith(("conv2d", "dense")):
+            try:
+                parse(fn, result.plan)
+            except Unlowerable as e:
+                out.append(f"{printable(var)}: {kind} runs on the host ({e})")
+    return out
+
+
 def _row(t: TuneLayer, status, rec=None, note=""):
     row = {"layer": t.name, "op": t.layer.op, "precision": t.layer.precision, "status": status,
            "default_cycles": None, "tuned_cycles": None, "trials": 0, "lower_bound": None,

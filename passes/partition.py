@@ -18,6 +18,8 @@ then ``MergeCompositeFunctions``): each match becomes a composite function
   standalone float activations ALU has (``dlac.<act>`` for ``isa.ALU_ACTS``: not leaky
   ReLU or PReLU, whose slopes ALU cannot hold);
 * views: ``dlac.reshape`` (flatten/reshape are address views on dLAC).
+* ``dlac.concat``: a concat along axis 1 (channels) of static float32 rank-4 or rank-2
+  tensors (:func:`_concat_ok`; copies through INP/ACC, ``target_dlac/codegen/concat.py``).
 * ``dlac.matmul``: a matmul of two computed tensors (attention's ``q @ k^T``,
   ``softmax @ v``) with the same batch dimensions; the left operand is the MAC weight
   block, read from its DRAM address at run time (``target_dlac/codegen/matmul.py``).
@@ -44,6 +46,7 @@ from tvm.relax.transform import FusionPattern, FuseOpsByPattern, MergeCompositeF
 from target_dlac.isa.encoding import ALU_ACTS
 from target_dlac.core.ir import const_np, is_const as is_constant, carries_errors, mutate, attrs_to_dict, ints, iter_bindings, module_pass, op_name, relax_functions, shape_of
 from target_dlac.core.ir import dtype_of
+from target_dlac.core.errors import CodegenError
 from passes.layers import find_layers
 
 
@@ -108,6 +111,19 @@ def _same_shape_add(ctx) -> bool:
     add = ctx.annotated_expr["add"]
     a, b = add.args
     return shape_of(a) is not None and shape_of(a) == shape_of(b)
+
+
+def _concat_ok(ctx) -> bool:
+    """``dlac.concat``: a concat along axis 1 of static float32 tensors of rank 4 (NCHW
+    channels) or 2, given as a tuple (``target_dlac/codegen/concat.py`` copies each input
+    into its slice of the output)."""
+    call = ctx.annotated_expr["cat"]
+    tup, out = call.args[0], shape_of(call)
+    if not isinstance(tup, relax.Tuple) or out is None or len(out) not in (2, 4) or dtype_of(call) != "float32":
+        return False
+    axis = attrs_to_dict(call.attrs).get("axis")
+    return axis is not None and int(axis) % len(out) == 1 and all(
+        shape_of(f) is not None and len(shape_of(f)) == len(out) and dtype_of(f) == "float32" for f in tup.fields)
 
 
 def _global_pool(ctx) -> bool:
@@ -229,6 +245,7 @@ def _patterns() -> list[FusionPattern]:
     add = is_op("relax.add")(x, y)
     mean = is_op("relax.mean")(wildcard())
     adaptive = is_op("relax.nn.adaptive_avg_pool2d")(wildcard())
+    cat = is_op("relax.concat")(wildcard())
     pats += [
         FusionPattern("dlac.max_pool2d", is_op("relax.nn.max_pool2d")(wildcard()), {}),
         FusionPattern("dlac.avg_pool2d", is_op("relax.nn.avg_pool2d")(wildcard()), {}),
@@ -240,6 +257,7 @@ def _patterns() -> list[FusionPattern]:
         *[FusionPattern(f"dlac.{act}", pat, ann, act_ok) for act, pat, ann, act_ok in _act_patterns(wildcard(), False)
           if act in ALU_ACTS],
         FusionPattern("dlac.reshape", is_op("relax.reshape")(wildcard(), wildcard()), {}),
+        FusionPattern("dlac.concat", cat, {"cat": cat}, _concat_ok),
     ]
     return pats
 
@@ -286,10 +304,25 @@ def partition(mod: tvm.IRModule, plans: dict | None = None) -> tuple[tvm.IRModul
     for _, func in relax_functions(mod):
         for layer in find_layers(func):
             owners[layer.call.args[1]] = layer.name
-    part = FuseOpsByPattern(patterns(), bind_constants=True)(mod)
-    part = MergeCompositeFunctions()(part)
+    part = _fuse_and_merge(mod, patterns())
+    if _undefined(part):
+        # TVM 0.27's MergeCompositeFunctions can drop a TupleGetItem of a multi-output region
+        # when concat composites sit between recurrent steps (ONNX GRU): leave concats on the host
+        part = _fuse_and_merge(mod, [p for p in patterns() if p.name != "dlac.concat"])
+    if _undefined(part):
+        raise CodegenError(f"partitioning left variables undefined in main: {', '.join(_undefined(part)[:5])} "
+                         "(TVM MergeCompositeFunctions)")
     part = _rename_regions(_tag_layers(part, owners, plans or {}))
     return part, host_ops(part)
+
+
+def _undefined(mod: tvm.IRModule) -> list[str]:
+    """Names of the variables ``main`` uses but never defines (empty for a sound module)."""
+    return [v.name for v in relax.analysis.free_vars(mod["main"])]
+
+
+def _fuse_and_merge(mod: tvm.IRModule, pats) -> tvm.IRModule:
+    return MergeCompositeFunctions()(FuseOpsByPattern(pats, bind_constants=True)(mod))
 
 
 def _rename_regions(mod: tvm.IRModule) -> tvm.IRModule:

@@ -1,7 +1,7 @@
 """Read a partitioned module's composite functions into plain specs for the lowering.
 
-Each ``dlac.*`` composite (see ``docs/ir-conventions.md``) becomes a :class:`ConvSpec`,
-:class:`PoolSpec`, :class:`EltSpec`, :class:`ViewSpec` or :class:`MatmulSpec`.  Anything the dLAC lowering
+Each ``dlac.*`` composite (see ``docs/ir-conventions.md``) becomes a :class:`ConvSpec`, :class:`PoolSpec`,
+:class:`EltSpec`, :class:`ViewSpec`, :class:`MatmulSpec` or :class:`ConcatSpec`.  Anything the dLAC lowering
 cannot take (an attribute outside the encoding's fields, an unusual epilogue) raises
 :class:`Unlowerable` with the reason; the codegen then runs that composite on the host.
 
@@ -98,6 +98,14 @@ class MatmulSpec:
     """``a @ b`` of two computed tensors (``dlac.matmul``; lowered by ``codegen/matmul.py``)."""
     a: relax.Expr
     b: relax.Expr
+    out_shape: tuple
+
+
+@dataclass
+class ConcatSpec:
+    """``concat(args, axis)`` (``dlac.concat``; lowered by ``codegen/concat.py``)."""
+    args: list
+    axis: int
     out_shape: tuple
 
 
@@ -247,6 +255,9 @@ def parse(fn: relax.Function, plans: dict | None = None) -> ConvSpec | PoolSpec 
         return ViewSpec(binds[0].value.args[0], out_shape)
     if kind == "matmul":
         return MatmulSpec(*binds[0].value.args[:2], out_shape)
+    if kind == "concat":
+        return ConcatSpec(list(binds[0].value.args[0].fields), int(attrs_to_dict(binds[0].value.attrs)["axis"]),
+                          tuple(out_shape))
     raise Unlowerable(f"composite {kind} has no dLAC lowering")
 
 

@@ -38,6 +38,7 @@ from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
 from target_dlac.isa.formats import SWIS_GROUP, facts
 from target_dlac.codegen.layer_weights import pe_order
 from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
+from target_dlac.codegen.concat import lower_concat
 from target_dlac.codegen.matmul import lower_matmul
 from target_dlac.isa.machine import Machine
 from target_dlac.isa.blocks import pack_swis, pack_ternary
@@ -254,6 +255,8 @@ class Codegen:
                 entry = self._pool(spec, env, out)
             elif isinstance(spec, C.MatmulSpec):      # activation x activation (codegen/matmul.py)
                 entry = lower_matmul(self, spec, env, out)
+            elif isinstance(spec, C.ConcatSpec):      # channel concat: copies (codegen/concat.py)
+                entry = lower_concat(self, spec, env, out)
             else:
                 entry = self._elt(spec, env, out)
         except C.Unlowerable as e:

@@ -233,6 +233,16 @@ def test_activation_matmul_on_dlac_matches_numpy_and_cost_model(shape):
     assert not prog.meta["fallbacks"]
 
 
+def test_tuner_says_it_skips_activation_matmuls():
+    from compiler.tune import collect_layers, untuned_layers
+
+    x = torch.randn(3, 5, 7)
+    result = compile_model(_Gram().eval(), (x,), config=QuantConfig.full_precision())
+    lines = untuned_layers(result)
+    assert len(lines) == 1 and "activation x activation matmul" in lines[0], lines
+    assert collect_layers(result, Machine()) == []
+
+
 def test_broadcast_batch_matmul_stays_on_host():
     """ONNX ``MatMul`` of ``(1, 5, 7)`` and ``(3, 7, 5)`` (both computed): a broadcast batch,
     which ``dlac.matmul`` does not take; the host computes it."""

@@ -3,7 +3,8 @@
 The same walk as :class:`target_dlac.codegen.generator.Codegen`; every op result becomes an int8
 tensor whose exponent comes from calibration (``stats``: Relax var -> largest |value|
 seen, see :func:`compiler.build.calibrate`), except ReLU and max-pool, which keep
-their input's exponent, and reshapes (views).  Graph inputs are quantized on dLAC
+their input's exponent, and reshapes (views); a channel concat's inputs are requantized to
+its exponent in the copy (:mod:`target_dlac.codegen.concat`).  Graph inputs are quantized on dLAC
 (ALU ``quantize``), outputs and host-op inputs dequantized (ALU ``dequantize``).
 Layers with float weights (first and last, by default) get int8 weights with one
 scale per filter: the integers their layer plan carries (``LayerPlan.int8``, filled by
@@ -28,6 +29,7 @@ from tvm import relax
 from target_dlac.core.ir import make_const
 from target_dlac.isa.encoding import ALU_ACTS, INT8, epi_param_layout
 from target_dlac.codegen.lower import Elt, Epilogue
+from target_dlac.codegen.concat import requant
 
 
 class IntCodegen(RefCodegen):
@@ -46,7 +48,21 @@ class IntCodegen(RefCodegen):
     # ---- hooks of the walk ------------------------------------------------------------
     def _composite(self, fn, args, var):
         args = [self._as_int(a, self.producer.get(a.name)) for a in args]
-        return super()._composite(fn, args, var)
+        out = super()._composite(fn, args, var)
+        if str(fn.attrs["Composite"]) == "dlac.concat" and out.name not in self.rv:     # on dLAC
+            self._concat_ref(C.parse(fn), dict(zip(fn.params, args)), out)
+        return out
+
+    def _concat_ref(self, spec: C.ConcatSpec, env: dict, out: Ref) -> None:
+        """The reference of a dLAC concat (``codegen/concat.py``): each input requantized to
+        the output's exponent as ALU's ``add(a, a)`` with the same shifts, then concatenated."""
+        parts = []
+        for a in spec.args:
+            r = env[a]
+            sa, sb, shift = requant(r.exp, out.exp)
+            x = self.rv[r.name]
+            parts.append(x if r.exp == out.exp else self.graph.add(x, x, sa, sb, shift, False))
+        self.rv[out.name] = self.graph.emit(relax.op.concat(parts, axis=spec.axis))
 
     def _out(self, var, spec, env) -> Ref:
         """The int8 result: exponent from calibration, or the input's for max-pool and ReLU."""
