@@ -22,25 +22,7 @@ from compiler import QuantConfig, compile_model  # noqa: E402
 from compiler.build import build_program  # noqa: E402
 from target_dlac.sim.host import HostRunner  # noqa: E402
 from target_dlac.sim.interpreter import run  # noqa: E402
-
-
-class ConvThen(nn.Module):
-    def __init__(self, tail):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.tail = tail
-
-    def forward(self, x):
-        return self.tail(self.conv(x))
-
-
-class Fn(nn.Module):
-    def __init__(self, f):
-        super().__init__()
-        self.f = f
-
-    def forward(self, x):
-        return self.f(x)
+from tests.e2e.test_host_ops import ConvThen, Lambda as Fn  # noqa: E402
 
 
 #: name -> (tail module, ONNX op types the export must contain, opset)

@@ -10,26 +10,13 @@ placed on dLAC in ternary mode does not drop below the measured floor.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.tool_helpers import load_tool
 
 pytest.importorskip("onnxruntime")
 
-_TOOL = Path(__file__).resolve().parents[2] / "tools" / "light_zoo.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("dlac_light_zoo_tool", _TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-light_zoo = _load_tool()
+light_zoo = load_tool("light_zoo")
 
 #: FLOORS, measured: these models pass; the MAC shares on dLAC (ternary) are at least these.
 #: Raise them when dlac gets better (ShuffleNet's grouped 1x1 convs: 13.5% before grouped

@@ -4,11 +4,9 @@ of minutes) runs only in the tool, and its table is in docs/conformance.md."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.tool_helpers import load_tool
 
 pytest.importorskip("torch")
 try:
@@ -18,18 +16,7 @@ try:
 except Exception:  # noqa: BLE001 - torchvision is installed by the Makefile
     pytest.skip("torchvision is not installed", allow_module_level=True)
 
-_TOOL = Path(__file__).resolve().parents[2] / "tools" / "torchvision_sweep.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("dlac_torchvision_sweep_tool", _TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sweep = _load_tool()
+sweep = load_tool("torchvision_sweep")
 
 
 @pytest.mark.slow
