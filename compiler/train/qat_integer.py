@@ -1,0 +1,149 @@
+"""The exact integer forward of a fake-quantized model with int8 activations.
+
+The float fake-quantization of :mod:`compiler.train.qat_modules` rounds a layer's output
+``acc * scale + bias`` in float; dlac's integer pipeline computes ``(acc * M + B + 2^(s-1)) >>
+s`` with ``M = round(scale * 2^(fy - fx + s))`` (:func:`target_dlac.codegen.modes.intmath.
+conv_params`), so a value within about 2^-30 of a rounding boundary can land one step
+apart.  This walk of the model's graph computes what the binary computes, from the same
+integers and parameters:
+
+* the graph input and every :class:`~compiler.train.qat_modules.ActQuant`:
+  ``clip(floor(x * 2^f + 0.5), -128, 127)`` on the exact value (an add of two quantized
+  tensors is exact in float64, and this is the integer add's round half up);
+* a :class:`~compiler.train.qat_modules.QLayer`: the accumulator of the integer input and
+  weights (exact in float64), then the requantization with ``conv_params`` and the clip of
+  the fused activation and the layer's ``act_bits``;
+* an average pool then its quantizer: the integer window sum and :func:`intmath.avg_params`;
+* max-pool, ReLU, reshapes, concats: the op itself on the exact values.
+
+Values are carried as float64 tensors holding exact multiples of ``2^-f``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from compiler.train.qat_modules import ActQuant, QLayer
+from target_dlac.codegen.modes import intmath as Q
+from target_dlac.core.errors import ConfigError
+
+
+class _AvgSum:
+    """An average pool's integer window sums, waiting for the quantizer after it."""
+
+    def __init__(self, sums: torch.Tensor, count: int, exp: int):
+        self.sums, self.count, self.exp = sums, count, exp
+
+
+def _round_shift(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``(t + 2^(s-1)) >> s`` on int64 (arithmetic shift: round half up)."""
+    return torch.bitwise_right_shift(t + (1 << (s - 1)), s)
+
+
+def _layer_bounds(m: QLayer, fy: int) -> tuple[int, int]:
+    lo, hi = Q.act_range(m.bits, m.signed)
+    if m.act == "relu":
+        lo = max(lo, 0)
+    elif m.act == "clip":
+        lo = max(lo, int(np.clip(round(m.lo * 2.0 ** fy), -128, 127)))
+        hi = min(hi, int(np.clip(round(m.hi * 2.0 ** fy), -128, 127)))
+    return lo, hi
+
+
+def _layer(m: QLayer, x: torch.Tensor, fx_: int | None) -> torch.Tensor:
+    if fx_ is None:
+        raise ConfigError(f"exact integer evaluation: the input of layer {m.name} is not quantized")
+    ints = m.integers()
+    q, scale = ints
+    xi = x * 2.0 ** fx_                                   # exact integers
+    w = torch.from_numpy(q.astype(np.float64))
+    inner = m.inner
+    if isinstance(inner, nn.Conv2d):
+        acc = F.conv2d(xi, w, None, inner.stride, inner.padding, inner.dilation, inner.groups)
+    else:
+        acc = F.linear(xi, w)
+    fy = int(m.exp)
+    bias = inner.bias.detach().numpy() if inner.bias is not None else np.zeros(q.shape[0], np.float32)
+    mult, b, s, _ = Q.conv_params(np.asarray(scale, np.float64), bias, fx_, fy, None, f"layer {m.name}")
+    shape = (1, -1) + (1,) * (acc.dim() - 2)
+    t = acc.round().to(torch.int64) * torch.from_numpy(mult.astype(np.int64)).reshape(shape) \
+        + torch.from_numpy(b).reshape(shape)
+    lo, hi = _layer_bounds(m, fy)
+    return torch.clamp(_round_shift(t, s), lo, hi).to(torch.float64) * 2.0 ** -fy
+
+
+def _avg_count(m, node: fx.Node, x: torch.Tensor) -> int:
+    if isinstance(m, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
+        size = m.output_size if m is not None else node.args[1]
+        if size not in (1, (1, 1)):
+            raise ConfigError(f"exact integer evaluation covers global adaptive average pools only ({node.name})")
+        return int(x.shape[-1] * x.shape[-2])
+    k = m.kernel_size if m is not None else node.args[1]
+    pad = m.padding if m is not None else node.kwargs.get("padding", 0)
+    if pad not in (0, (0, 0)):
+        raise ConfigError(f"exact integer evaluation: padded average pool {node.name}")
+    k = (k, k) if isinstance(k, int) else tuple(k)
+    return int(k[0] * k[1])
+
+
+def _is_avg(m, node) -> bool:
+    return isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) or \
+        (node.op == "call_function" and node.target in (F.avg_pool2d, F.adaptive_avg_pool2d))
+
+
+def _quantize(val, f: int) -> torch.Tensor:
+    if isinstance(val, _AvgSum):
+        mult, s = Q.avg_params(val.count, val.exp, f)
+        y = _round_shift(val.sums.to(torch.int64) * mult, s)
+    else:
+        y = torch.floor(val * 2.0 ** f + 0.5)
+    return torch.clamp(y, -128, 127).to(torch.float64) * 2.0 ** -f
+
+
+@torch.no_grad()
+def integer_forward(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
+    """``gm``'s output computed as dlac's integer pipeline computes it (see the docstring)."""
+    env: dict = {}
+    exps: dict = {}
+
+    def load(a):
+        return fx.node.map_arg(a, lambda n: env[n])
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node], exps[node] = x.to(torch.float64), None
+            continue
+        if node.op == "output":
+            out = load(node.args[0])
+            return out.to(torch.float32) if isinstance(out, torch.Tensor) else out
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        args, kwargs = load(node.args), load(node.kwargs)
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if isinstance(m, QLayer):
+            env[node], exps[node] = _layer(m, args[0], exps.get(src)), int(m.exp)
+        elif isinstance(m, ActQuant):
+            env[node], exps[node] = _quantize(args[0], int(m.exp)), int(m.exp)
+        elif _is_avg(m, node):
+            if exps.get(src) is None:
+                raise ConfigError(f"exact integer evaluation: the input of {node.name} is not quantized")
+            avg = m(args[0]) if m is not None else node.target(*args, **kwargs)
+            count = _avg_count(m, node, args[0])
+            env[node], exps[node] = _AvgSum(torch.round(avg * count * 2.0 ** exps[src]), count, exps[src]), None
+        elif node.op == "get_attr":
+            env[node], exps[node] = getattr(gm, node.target), None
+        else:
+            if any(isinstance(a, _AvgSum) for a in args):
+                raise ConfigError(f"exact integer evaluation: average pool feeds {node.name}, not a quantizer")
+            if node.op == "call_module":
+                env[node] = m(*args, **kwargs)
+            elif node.op == "call_method":
+                env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                env[node] = node.target(*args, **kwargs)
+            passthrough = not (node.op == "call_function" and node.target in (torch.cat, torch.concat)) \
+                and not (node.op == "call_function" and "add" in getattr(node.target, "__name__", ""))
+            exps[node] = exps.get(src) if passthrough else None
+    raise ConfigError("the model's graph has no output")

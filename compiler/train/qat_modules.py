@@ -1,0 +1,140 @@
+"""The modules a fake-quantized model is built of: :class:`QLayer` (a conv / linear layer with
+its quantized weights, its fused activation and its output quantizer) and :class:`ActQuant`
+(the quantizer of any other tensor dlac's integer pipeline quantizes: the graph input, adds,
+average pools, concats).
+
+Each module is in one of three modes, set by :class:`compiler.train.qat.QatModel`:
+
+* ``run``: the fake-quantized forward.  Weights: the layer's quantizer (straight-through).
+  Activations (int8 builds): in training each batch's own exponent, in evaluation the
+  calibrated one;
+* ``calib``: weights quantized, activations in float, every quantization point records the
+  largest magnitude it sees, as ``dlac compile --calib`` does (its calibration runs the float
+  program with the quantized weights); :meth:`finish_calibration` turns them into exponents;
+* ``float`` activations (fp32 builds): weights quantized, activations untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler.train.quant import WeightQuantizer, batch_exponent, fake_act
+from target_dlac.codegen.modes.intmath import exponent
+from target_dlac.core.errors import ConfigError
+
+
+class _Point(nn.Module):
+    """A quantization point: bits, signedness, calibration maximum and exponent (buffers, so
+    a checkpoint holds them)."""
+
+    def __init__(self, bits: int, signed: bool, quantize: bool, hi_real: float | None = None):
+        super().__init__()
+        self.bits, self.signed, self.quantize, self.hi_real = bits, signed, quantize, hi_real
+        self.mode = "run"
+        self.register_buffer("maxabs", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("exp", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.l1 = None
+
+    def start_calibration(self) -> None:
+        self.maxabs.zero_()
+        self.calibrated.fill_(False)
+
+    def finish_calibration(self) -> None:
+        self.exp.fill_(exponent(float(self.maxabs), self.bits, self.signed))
+        self.calibrated.fill_(True)
+
+    def out(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            return y
+        if self.mode == "calib":
+            self.maxabs.fill_(max(float(self.maxabs), float(y.detach().abs().max())))
+            return y
+        if self.training:
+            exp = batch_exponent(y, self.bits, self.signed)
+        elif bool(self.calibrated):
+            exp = int(self.exp)
+        else:
+            raise ConfigError("the fake-quantized model has int8 activations and was not "
+                              "calibrated: call QatModel.calibrate(batches) before evaluating it")
+        return fake_act(y, exp, self.bits, self.signed, self.hi_real)
+
+
+class ActQuant(_Point):
+    """Signed 8-bit quantizer of a tensor that is not a layer's output."""
+
+    def __init__(self, quantize: bool):
+        super().__init__(8, True, quantize)
+
+    def forward(self, x):
+        return self.out(x)
+
+
+#: A layer's fused activation: ``(name, lower, upper)`` as dlac's epilogue holds it.
+ACTS = ("none", "relu", "clip")
+
+
+class QLayer(_Point):
+    """A conv2d / linear layer of precision ``precision`` with its fused activation ``act``
+    (``relu``, ``clip`` with bounds ``lo``/``hi``, or ``none``) and its output quantizer
+    (``bits``-bit, unsigned after a ReLU when ``bits < 8``)."""
+
+    def __init__(self, inner: nn.Module, name: str, precision: str, quantizer: WeightQuantizer | None,
+                 act: str, lo: float, hi: float, bits: int, signed: bool, quantize: bool,
+                 mask: np.ndarray | None):
+        super().__init__(bits, signed, quantize, hi if act == "clip" else None)
+        self.inner, self.name, self.precision, self.quantizer = inner, name, precision, quantizer
+        self.act, self.lo, self.hi = act, lo, hi
+        if mask is None:
+            self.mask = None
+        else:
+            self.register_buffer("mask", torch.from_numpy(np.ascontiguousarray(mask)))
+
+    def _mask(self) -> np.ndarray | None:
+        return None if self.mask is None else self.mask.numpy()
+
+    def weight(self) -> torch.Tensor:
+        """The weights the forward uses (fake-quantized unless the layer stays float)."""
+        w = self.inner.weight
+        return w if self.quantizer is None else self.quantizer.fake(w, self._mask())
+
+    def integers(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(q, scale)`` of the current weights, or ``None`` for float weights."""
+        if self.quantizer is None:
+            return None
+        return self.quantizer.integers(self.inner.weight.detach().numpy(), self._mask())
+
+    def export_weight(self) -> torch.Tensor:
+        """The weights to hand ``dlac compile``: the latent ones (dlac's quantizer derives the
+        same integers from them), or ``scale * t`` under a static mask."""
+        w = self.inner.weight.detach()
+        if self.mask is None or self.quantizer is None:
+            return w.clone()
+        return self.quantizer.fake(w, self._mask()).detach().clone()
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        m = self.inner
+        if isinstance(m, nn.Conv2d):
+            return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        return F.linear(x, w, m.bias)
+
+    def activate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.act == "relu":
+            return torch.relu(y)
+        if self.act == "clip":
+            return torch.clamp(y, self.lo, self.hi)
+        return y
+
+    def forward(self, x):
+        y = self.activate(self.linear(x, self.weight()))
+        self.l1 = y.abs().mean()
+        return self.out(y)
+
+    def zero_fraction(self) -> float:
+        ints = self.integers()
+        if ints is None:
+            return float((self.inner.weight == 0).float().mean())
+        return float((ints[0] == 0).mean())
