@@ -37,6 +37,8 @@ def quantize_weight(w: np.ndarray, axis: int = 0, kind: str = "ternary", cluster
     cid = _clusters(flat.shape[0], cluster)
     ncl = int(cid.max()) + 1
     a = np.abs(flat)
+    if flat.shape[0] % ncl == 0:        # equal clusters (the usual case): one vectorized pass
+        return _equal_clusters(flat, a, ncl, cid, kind, factor, w64.shape, axis)
     q = np.zeros(flat.shape, np.int8)
     scale_cl = np.zeros(ncl)
     for c in range(ncl):
@@ -55,6 +57,25 @@ def quantize_weight(w: np.ndarray, axis: int = 0, kind: str = "ternary", cluster
             q[rows] = np.clip(np.rint(flat[rows] / s), -qmax, qmax).astype(np.int8)
     scale = scale_cl[cid].astype(np.float32)
     return np.moveaxis(q.reshape(w64.shape), 0, axis), scale
+
+
+def _equal_clusters(flat, a, ncl, cid, kind, factor, shape, axis):
+    """:func:`quantize_weight` when every cluster has the same number of filters: the same
+    formulas, each reduction over a cluster's weights as one row of ``(ncl, -1)``."""
+    rows = a.reshape(ncl, -1)
+    if kind == "ternary":
+        delta = factor * rows.mean(axis=1)
+        mask = rows > delta[:, None]
+        count = mask.sum(axis=1)
+        scale_cl = np.where(count > 0, (rows * mask).sum(axis=1) / np.maximum(count, 1), 0.0)
+        q = (np.sign(flat) * mask.reshape(flat.shape)).astype(np.int8)
+    else:
+        qmax = QMAX[kind]
+        top = rows.max(axis=1)
+        scale_cl = np.where(top > 0, top / qmax, 1.0)
+        q = np.clip(np.rint(flat / scale_cl[cid][:, None]), -qmax, qmax).astype(np.int8)
+    scale = scale_cl[cid].astype(np.float32)
+    return np.moveaxis(q.reshape(shape), 0, axis), scale
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:

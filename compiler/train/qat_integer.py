@@ -16,7 +16,8 @@ integers and parameters:
 * an average pool then its quantizer: the integer window sum and :func:`intmath.avg_params`;
 * max-pool, ReLU, reshapes, concats: the op itself on the exact values.
 
-Values are carried as float64 tensors holding exact multiples of ``2^-f``.
+Values are carried as float32 tensors holding exact multiples of ``2^-f`` (8-bit integers
+times a power of two); adds and concats run in float64.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def _layer(m: QLayer, x: torch.Tensor, fx_: int | None) -> torch.Tensor:
         raise ConfigError(f"exact integer evaluation: the input of layer {m.name} is not quantized")
     ints = m.integers()
     q, scale = ints
-    xi = x * 2.0 ** fx_                                   # exact integers
-    w = torch.from_numpy(q.astype(np.float64))
+    xi = x.to(torch.float64) * 2.0 ** fx_                  # exact integers
+    # float32 sums are exact while every partial sum stays under 2^24; else float64 (2^53)
+    bound = float(np.abs(q).reshape(q.shape[0], -1).sum(axis=1).max(initial=0)) * float(xi.abs().max())
+    dt = torch.float32 if bound < 2.0 ** 24 else torch.float64
+    xi, w = xi.to(dt), torch.from_numpy(q.astype(np.float64)).to(dt)
     inner = m.inner
     if isinstance(inner, nn.Conv2d):
         acc = F.conv2d(xi, w, None, inner.stride, inner.padding, inner.dilation, inner.groups)
@@ -69,10 +73,12 @@ def _layer(m: QLayer, x: torch.Tensor, fx_: int | None) -> torch.Tensor:
     bias = inner.bias.detach().numpy() if inner.bias is not None else np.zeros(q.shape[0], np.float32)
     mult, b, s, _ = Q.conv_params(np.asarray(scale, np.float64), bias, fx_, fy, None, f"layer {m.name}")
     shape = (1, -1) + (1,) * (acc.dim() - 2)
-    t = acc.round().to(torch.int64) * torch.from_numpy(mult.astype(np.int64)).reshape(shape) \
-        + torch.from_numpy(b).reshape(shape)
+    t = acc.to(torch.int64)                                # exact: acc holds integers
+    t.mul_(torch.from_numpy(mult.astype(np.int64)).reshape(shape))
+    t.add_(torch.from_numpy(b + (1 << (s - 1))).reshape(shape))
+    t.bitwise_right_shift_(s)                              # arithmetic: round half up
     lo, hi = _layer_bounds(m, fy)
-    return torch.clamp(_round_shift(t, s), lo, hi).to(torch.float64) * 2.0 ** -fy
+    return t.clamp_(lo, hi).to(torch.float32).mul_(2.0 ** -fy)     # exact: b-bit ints * 2^-fy
 
 
 def _avg_count(m, node: fx.Node, x: torch.Tensor) -> int:
@@ -100,7 +106,15 @@ def _quantize(val, f: int) -> torch.Tensor:
         y = _round_shift(val.sums.to(torch.int64) * mult, s)
     else:
         y = torch.floor(val * 2.0 ** f + 0.5)
-    return torch.clamp(y, -128, 127).to(torch.float64) * 2.0 ** -f
+    return torch.clamp(y, -128, 127).to(torch.float32) * 2.0 ** -f      # exact: int8 * 2^-f
+
+
+def passthrough_of(node: fx.Node) -> bool:
+    """Whether ``node`` keeps its input's exponent (max-pool, ReLU, reshapes) rather than
+    making a value for a quantizer (adds, concats)."""
+    if node.op != "call_function":
+        return True
+    return node.target not in (torch.cat, torch.concat) and "add" not in getattr(node.target, "__name__", "")
 
 
 @torch.no_grad()
@@ -114,7 +128,7 @@ def integer_forward(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            env[node], exps[node] = x.to(torch.float64), None
+            env[node], exps[node] = x.to(torch.float64), None     # quantized by the ActQuant after it
             continue
         if node.op == "output":
             out = load(node.args[0])
@@ -137,13 +151,13 @@ def integer_forward(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
         else:
             if any(isinstance(a, _AvgSum) for a in args):
                 raise ConfigError(f"exact integer evaluation: average pool feeds {node.name}, not a quantizer")
+            if not passthrough_of(node):     # adds, concats: in float64, exact for these operands
+                args = tuple(a.to(torch.float64) if isinstance(a, torch.Tensor) else a for a in args)
             if node.op == "call_module":
                 env[node] = m(*args, **kwargs)
             elif node.op == "call_method":
                 env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
             else:
                 env[node] = node.target(*args, **kwargs)
-            passthrough = not (node.op == "call_function" and node.target in (torch.cat, torch.concat)) \
-                and not (node.op == "call_function" and "add" in getattr(node.target, "__name__", ""))
-            exps[node] = exps.get(src) if passthrough else None
+            exps[node] = exps.get(src) if passthrough_of(node) else None
     raise ConfigError("the model's graph has no output")
