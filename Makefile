@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dlac-installed
 
-.PHONY: demo test install accuracy results zoo bench clean
+.PHONY: demo test install accuracy results zoo bench clean train-demo
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -24,6 +24,20 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/dlac demo
+
+# Fine-tune the bundled MNIST CNN for one epoch (ternary weights on all layers, int8
+# activations), compile the trained model with the arguments the training log gives, and
+# check one test image in the interpreter against the TVM reference (a few minutes).
+TRAIN_OUT ?= train_out
+train-demo: $(STAMP)
+	mkdir -p $(TRAIN_OUT)
+	$(VENV)/bin/dlac train mnist-cnn --data mnist --epochs 1 --quant ternary --quantize-first \
+		--quantize-last --activations int8 -o $(TRAIN_OUT)/mnist_ternary.pt2
+	$(VENV)/bin/dlac compile $(TRAIN_OUT)/mnist_ternary.pt2 -o $(TRAIN_OUT)/mnist_ternary.dlac \
+		$$($(PY) -c "import json, shlex; print(shlex.join(json.load(open('$(TRAIN_OUT)/mnist_ternary.json'))['compile_args']))") \
+		--calib $(TRAIN_OUT)/mnist_ternary.calib.npz
+	$(PY) -c "import numpy as np; from compiler.datasets import mnist_test; np.save('$(TRAIN_OUT)/input0.npy', mnist_test(1)[0])"
+	$(VENV)/bin/dlac run $(TRAIN_OUT)/mnist_ternary.dlac --input $(TRAIN_OUT)/input0.npy --check
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

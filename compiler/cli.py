@@ -4,6 +4,7 @@
     dlac run out.dlac --input x.npy [--check]    execute a binary in the ISA interpreter
     dlac inspect out.dlac [--json]               summarize and disassemble a binary
     dlac tune MODEL -o log.jsonl [options]       tune per-layer schedules (cost model)
+    dlac train MODEL --data D -o out.pt2 [opts]  quantization-aware training (compiler.cli_train)
     dlac demo                                    the MNIST demo (see README)
 
 ``inspect`` and ``run`` (without ``--check``, on a binary with no host ops) import
@@ -31,6 +32,7 @@ from compiler.cli_args import parse_precisions  # noqa: F401 - re-exported
 from compiler.cli_binary import CheckFailed, inspect_cmd, run_cmd  # noqa: F401 - CheckFailed re-exported
 from compiler.cli_common import QUANT_CHOICES, QUANT_WEIGHTS, _fail  # noqa: F401 - re-exported
 from compiler.cli_model import BinaryVerifyError, compile_cmd, tune_cmd  # noqa: F401 - re-exported
+from compiler.cli_train import train_cmd
 from target_dlac.core.errors import ConfigError
 
 
@@ -39,7 +41,7 @@ def main():
     """dlac: compile PyTorch/ONNX models for the dLAC accelerator."""
 
 
-for _cmd in (compile_cmd, tune_cmd, run_cmd, inspect_cmd):
+for _cmd in (compile_cmd, tune_cmd, train_cmd, run_cmd, inspect_cmd):
     main.add_command(_cmd)
 
 
