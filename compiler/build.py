@@ -12,7 +12,11 @@ build the TVM CPU reference of exactly that graph:
 * ``activations="int8"``: the all-integer graph, built by the int8 codegen with the
   same integer parameters as the instructions (:mod:`target_dlac.codegen.modes.intmath`).  Its
   exponents come from calibration: the float program runs in the interpreter on the
-  calibration inputs and every tensor's largest magnitude is recorded.
+  calibration inputs and every tensor's largest magnitude is recorded.  ``act_bits`` 4 or 2
+  (int8 only): the outputs of ReLU-like conv / dense layers without a residual are unsigned
+  4- / 2-bit tensors (:func:`target_dlac.codegen.modes.intmath.unsigned_output`; held one per
+  byte, docs/isa.md "Integer mode"); the metadata then records ``act_bits`` and
+  ``low_bit_tensors`` (their names).  ``act_bits=8`` builds exactly the int8 binary.
 
 The ``REF`` graph's layer weights are not stored twice: a weight constant equal (bit for
 bit) to one the codegen packed refers to its blocks in ``CONSTS``
@@ -29,8 +33,23 @@ import numpy as np
 
 from compiler import __version__
 from target_dlac.core.errors import ConfigError
+from target_dlac.core.text import printable
 
 ACTIVATIONS = ("fp32", "fp16", "int8")
+#: activation widths of an integer build: 8 (int8 everywhere), 4 or 2 (after ReLU)
+ACT_BITS = (8, 4, 2)
+
+
+def check_act_bits(act_bits, activations: str, flag: str = "act_bits") -> int:
+    """``act_bits`` as an int: one of :data:`ACT_BITS`, and other than 8 only for int8
+    activations (``flag``: how the caller names the option in the message)."""
+    if (isinstance(act_bits, bool) or not isinstance(act_bits, (int, np.integer))
+            or int(act_bits) not in ACT_BITS):
+        raise ConfigError(f"{flag} {printable(str(act_bits)[:20])}: integer activations are 8, 4 or 2 bits wide")
+    if act_bits != 8 and activations != "int8":
+        raise ConfigError(f"{flag} {act_bits} needs int8 activations (--activations int8); this "
+                          f"build has {activations}")
+    return int(act_bits)
 
 
 def calibrate(codegen, program, calib: dict) -> dict:
@@ -167,10 +186,10 @@ def _layer_progress(progress, total: int, stage: str):
 
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
                   activations: str = "fp32", calib: dict | None = None, progress=None,
-                  tuning_log=None):
+                  tuning_log=None, act_bits: int = 8):
     """The dLAC program of ``result`` (see the module docstring).  ``progress``: called with
     a :class:`LayerProgress` after each conv / dense layer (``LayerProgress.line()`` is the
-    CLI's line)."""
+    CLI's line).  ``act_bits``: 8, or 4 / 2 with ``activations="int8"``."""
     from target_dlac.codegen.generator import Codegen
     from target_dlac.isa.machine import Machine
 
@@ -178,6 +197,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         raise ConfigError("build_program needs a result compiled through the partition stage")
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations={activations!r}: this version builds {ACTIVATIONS}")
+    act_bits = check_act_bits(act_bits, activations)
     machine = machine or result.machine or Machine()
     mod = result.stages["partition"]
     tuned = None
@@ -215,7 +235,7 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
             raise ConfigError("int8 activations need calibration data (--calib FILE.npz)")
         stats = calibrate(cg, prog, calib)
         plan = {p.var: p for p in int8_weights(result.stages["fold"], result.layers)}
-        icg = codegen = IntCodegen(mod, machine, stats=stats,
+        icg = codegen = IntCodegen(mod, machine, stats=stats, act_bits=act_bits,
                                    **result.codegen_args(schedules, _layer_progress(progress, total, "codegen"), plan))
         prog = icg.generate()
         ref_mod = icg.reference_mod
@@ -226,6 +246,8 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         "input_names": list(result.input_names),
         "machine_hash": machine.hash(),
     })
+    if act_bits != 8:       # only then: an 8-bit build stays byte for byte the int8 one
+        prog.meta.update({"act_bits": act_bits, "low_bit_tensors": list(icg.low_bit)})
     if tuned is not None:
         prog.meta["tuning"] = {**tuned, **counts}
     if reference:

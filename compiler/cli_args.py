@@ -227,6 +227,16 @@ def compare_output(out, ref, step=None) -> dict:
     return res
 
 
+def _low_bit_note(info: dict) -> str:
+    """``, act_bits 4: N ReLU output tensor(s) uint4`` for a low-bit integer binary (the
+    metadata is untrusted: anything but a list of names counts as none)."""
+    bits, names = info.get("act_bits", 8), info.get("low_bit_tensors")
+    if bits == 8:
+        return ""
+    n = len(names) if isinstance(names, list) else 0
+    return f", act_bits {bits}: {n} ReLU output tensor(s) uint{bits} (one per byte)"
+
+
 def _summary_lines(info: dict) -> list[str]:
     out = [f"{info['file']['compiler']} binary, format {info['file']['format']}, "
            f"machine {info['machine']['hash'][:16]}",
@@ -234,6 +244,7 @@ def _summary_lines(info: dict) -> list[str]:
            f"instructions: {info['instructions_total']:,} "
            f"({', '.join(f'{k} {v:,}' for k, v in info['opcodes'].items())})",
            f"constants: {info['constants_bytes']:,} bytes; DRAM image: {info['dram_bytes']:,} bytes",
+           f"activations: {info.get('activations') or '?'}" + _low_bit_note(info),
            "tensors:"]
     for t in info["tensors"]:
         if t["role"] in ("input", "output"):

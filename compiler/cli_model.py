@@ -30,6 +30,11 @@ PROGRESS_LAYER_S, PROGRESS_AFTER_S = 1.0, 10.0
 @click.option("--calib", metavar="FILE.npz",
               help="Calibration inputs for --activations int8: arrays keyed by input name, samples "
                    "stacked on the batch axis.")
+@click.option("--act-bits", type=int, default=8, show_default=True, metavar="8|4|2",
+              help="With --activations int8: 4 or 2 makes the outputs of conv/dense layers with a "
+                   "ReLU (or ReLU6) and no residual unsigned 4- / 2-bit tensors (WRPN); every other "
+                   "tensor stays int8. Held one per byte at int8's cycles: this models accuracy, "
+                   "not a speed-up (docs/isa.md \"Integer mode\").")
 @click.option("--activation-precision", "act_precisions", multiple=True, metavar="PATTERN=fp16|fp32",
               help="Per-layer activation type (mixed fp16/fp32), fnmatch on layer names (repeatable).")
 @click.option("--tuning-log", help="Tuning log to apply.")
@@ -47,7 +52,7 @@ PROGRESS_LAYER_S, PROGRESS_AFTER_S = 1.0, 10.0
                    f"take {PROGRESS_LAYER_S:g} s or more, and every layer once the codegen has run "
                    f"{PROGRESS_AFTER_S:g} s).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, keep_first,
+def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, act_bits, keep_first,
                 keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
                 dump_ir, report_json, damage, no_reference, verbose, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it.
@@ -84,6 +89,9 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             raise ConfigError("--activations int8 needs calibration inputs: --calib FILE.npz")
         if calib and activations != "int8":
             raise ConfigError("--calib is only used with --activations int8")
+        from compiler.build import check_act_bits
+
+        check_act_bits(act_bits, activations, "--act-bits")
         calib_data = _load_npz(calib, "--calib") if calib else None
         shapes = parse_input_shapes(input_shapes)
         source, preloaded = model, False
@@ -107,7 +115,8 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
 
             t0 = time.perf_counter()
             prog = build_program(result, mach, reference=not no_reference, activations=activations,
-                                 calib=calib_data, tuning_log=tuning_log, progress=_progress(verbose, t0))
+                                 calib=calib_data, tuning_log=tuning_log, progress=_progress(verbose, t0),
+                                 act_bits=act_bits)
             atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
         # the table after the codegen: a layer it left on the host is shown there
@@ -134,9 +143,13 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             click.echo(f"wrote {output}: {len(prog.insns):,} instructions "
                        f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}), "
                        f"{len(prog.constants):,} bytes of constants, DRAM {prog.dram_bytes:,} bytes")
+            if act_bits != 8:
+                _say(f"  activations int8, {len(prog.meta['low_bit_tensors'])} ReLU output tensor(s) "
+                     f"uint{act_bits} (held one per byte)")
             for fb in fallbacks:
                 _say(f"  note: {fb['composite']} at {fb['var']} runs on the host: {fb['reason']}")
             report["binary"] = {"path": output, "instructions": len(prog.insns),
+                                "activations": activations, "act_bits": act_bits,
                                 "schedules": {l.name: l.schedule for l in layer_table(prog.meta)
                                               if l.schedule}}
         if report_json:

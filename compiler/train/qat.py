@@ -37,6 +37,7 @@ from compiler.config import QuantConfig
 from compiler.train.qat_integer import integer_forward
 from compiler.train.qat_modules import ActQuant, QLayer, _Point
 from compiler.train.quant import QUANTIZED, WeightQuantizer, ternary_mask
+from target_dlac.codegen.modes.intmath import unsigned_output
 from target_dlac.core.errors import ConfigError
 
 ACTIVATIONS = ("fp32", "int8")
@@ -201,7 +202,7 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
                               "covers zero padding only")
         precision, _ = spec.quant.precision_for(node.target, i, len(layers), node.target in heads)
         act, lo, hi, act_node = _fused_act(gm, node)
-        low = spec.act_bits < 8 and act in ("relu", "clip")
+        low = unsigned_output(act, lo, False, spec.act_bits)     # the codegen's rule
         mask = None
         if spec.sparsity == "static" and precision in QUANTIZED:
             if precision != "ternary":
@@ -252,7 +253,6 @@ class QatModel(nn.Module):
         self.net = gm
         self.spec = spec
         self._float = [float_gm]         # not a submodule: no duplicate parameters
-        self.act_l1 = torch.zeros(())
         #: evaluation with int8 activations runs :func:`integer_forward` (set False for the
         #: float fake-quantization, e.g. to measure what the rounding difference is)
         self.exact = True
@@ -269,10 +269,14 @@ class QatModel(nn.Module):
                 raise ConfigError("the fake-quantized model has int8 activations and was not "
                                   "calibrated: call QatModel.calibrate(batches) before evaluating it")
             return integer_forward(self.net, x)        # what the binary computes, bit for bit
-        y = self.net(x)
-        l1 = [m.l1 for m in self.qlayers() if m.l1 is not None]
-        self.act_l1 = torch.stack(l1).sum() if l1 else torch.zeros(())
-        return y
+        return self.net(x)
+
+    @property
+    def act_l1(self) -> torch.Tensor:
+        """The activation L1 term of the last training forward: the sum over the layers of
+        the mean |output| (after the fused activation, before quantization)."""
+        l1 = [m.last.abs().mean() for m in self.qlayers() if m.last is not None]
+        return torch.stack(l1).sum() if l1 else torch.zeros(())
 
     def refresh(self) -> None:
         """Start of an epoch.  The quantizers re-derive everything at every step (SWIS included:

@@ -45,13 +45,8 @@ def _round_shift(t: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _layer_bounds(m: QLayer, fy: int) -> tuple[int, int]:
-    lo, hi = Q.act_range(m.bits, m.signed)
-    if m.act == "relu":
-        lo = max(lo, 0)
-    elif m.act == "clip":
-        lo = max(lo, int(np.clip(round(m.lo * 2.0 ** fy), -128, 127)))
-        hi = min(hi, int(np.clip(round(m.hi * 2.0 ** fy), -128, 127)))
-    return lo, hi
+    """The EPI's clip of the layer (the codegen's own function)."""
+    return Q.clip_bounds(m.act, m.lo, m.hi, fy, Q.act_range(m.bits, m.signed))
 
 
 def _layer(m: QLayer, x: torch.Tensor, fx_: int | None) -> torch.Tensor:

@@ -37,7 +37,7 @@ class _Point(nn.Module):
         self.register_buffer("maxabs", torch.zeros((), dtype=torch.float64))
         self.register_buffer("exp", torch.zeros((), dtype=torch.int64))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
-        self.l1 = None
+        self.last = None
 
     def start_calibration(self) -> None:
         self.maxabs.zero_()
@@ -53,14 +53,15 @@ class _Point(nn.Module):
         if self.mode == "calib":
             self.maxabs.fill_(max(float(self.maxabs), float(y.detach().abs().max())))
             return y
+        extremes = None
         if self.training:
-            exp = batch_exponent(y, self.bits, self.signed)
+            exp, extremes = batch_exponent(y, self.bits, self.signed)
         elif bool(self.calibrated):
             exp = int(self.exp)
         else:
             raise ConfigError("the fake-quantized model has int8 activations and was not "
                               "calibrated: call QatModel.calibrate(batches) before evaluating it")
-        return fake_act(y, exp, self.bits, self.signed, self.hi_real)
+        return fake_act(y, exp, self.bits, self.signed, self.hi_real, extremes)
 
 
 class ActQuant(_Point):
@@ -130,7 +131,7 @@ class QLayer(_Point):
 
     def forward(self, x):
         y = self.activate(self.linear(x, self.weight()))
-        self.l1 = y.abs().mean()
+        self.last = y if self.training else None      # for QatModel.act_l1 (computed on demand)
         return self.out(y)
 
     def zero_fraction(self) -> float:

@@ -20,6 +20,8 @@ layer is then exported as ``alpha * t`` (TWN of those values returns the same ``
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -99,33 +101,48 @@ def ternary_mask(w: np.ndarray, cluster: int, factor: float = 0.7) -> np.ndarray
 
 class _ActQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, exp: int, lo: int, hi: int):
+    def forward(ctx, x, exp: int, lo: int, hi: int, lo_hit: bool, hi_hit: bool):
         s = 2.0 ** exp
-        q = torch.floor_(x * s + 0.5)       # two passes; the rest in place (big tensors)
-        inside = q <= hi
-        if bool((q < lo).any()):
-            inside &= q >= lo
+        q = x.mul(s).add_(0.5).floor_()      # one new tensor; the rest in place (big tensors)
+        inside = None
+        if hi_hit:
+            inside = q <= hi
+        if lo_hit:
+            inside = (q >= lo) if inside is None else inside.logical_and_(q >= lo)
         ctx.save_for_backward(inside)
-        return q.clamp_(lo, hi).mul_(1.0 / s)
+        if lo_hit or hi_hit:
+            q.clamp_(lo, hi)
+        return q.mul_(1.0 / s)
 
     @staticmethod
     def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None
+        return (grad if inside is None else grad * inside), None, None, None, None, None
 
 
 def fake_act(x: torch.Tensor, exp: int, bits: int = 8, signed: bool = True,
-             hi_real: float | None = None) -> torch.Tensor:
+             hi_real: float | None = None, extremes: tuple[float, float] | None = None) -> torch.Tensor:
     """``x`` as a ``bits``-bit dynamic fixed-point tensor of exponent ``exp`` (the integer
     pipeline's quantize: ``clip(floor(x * 2^exp + 0.5), lo, hi) * 2^-exp``); ``hi_real``: a
-    clip activation's upper bound (the integer clip ``round(hi_real * 2^exp)``)."""
+    clip activation's upper bound (the integer clip ``round(hi_real * 2^exp)``).
+    ``extremes``: ``(min, max)`` of ``x`` if known (the clip work is skipped when neither
+    bound is reached)."""
     lo, hi = act_range(bits, signed)
     if hi_real is not None:
         hi = min(hi, int(np.clip(round(hi_real * 2.0 ** exp), -128, 127)))
-    return _ActQuant.apply(x, int(exp), lo, hi)
+    mn, mx = extremes if extremes is not None else _extremes(x)
+    s = 2.0 ** exp
+    return _ActQuant.apply(x, int(exp), lo, hi, math.floor(mn * s + 0.5) < lo, math.floor(mx * s + 0.5) > hi)
 
 
-def batch_exponent(x: torch.Tensor, bits: int = 8, signed: bool = True) -> int:
+def _extremes(x: torch.Tensor) -> tuple[float, float]:
+    mn, mx = torch.aminmax(x.detach())
+    return float(mn), float(mx)
+
+
+def batch_exponent(x: torch.Tensor, bits: int = 8, signed: bool = True) -> tuple[int, tuple[float, float]]:
     """The exponent dlac's calibration would give a tensor whose largest magnitude is this
-    batch's (training uses each batch's own; evaluation the calibrated one)."""
-    return exponent(float(x.detach().abs().max()), bits, signed)
+    batch's (training uses each batch's own; evaluation the calibrated one), and the batch's
+    ``(min, max)``."""
+    mn, mx = _extremes(x)
+    return exponent(max(-mn, mx), bits, signed), (mn, mx)

@@ -22,6 +22,8 @@ def describe(p) -> dict:
         "file": {"format": f"{VERSION[0]}.{VERSION[1]}", "compiler": meta.get("compiler", "dlac")},
         "source": meta.get("source"), "source_hash": meta.get("source_hash"),
         "quant_config": meta.get("quant_config"),
+        "activations": meta.get("activations"), "act_bits": meta.get("act_bits", 8),
+        "low_bit_tensors": meta.get("low_bit_tensors", []),
         "machine": p.machine.to_dict() | {"hash": p.machine.hash()},
         "instructions_total": len(p.insns),
         "opcodes": opcode_counts(p),

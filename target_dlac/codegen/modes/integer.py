@@ -6,6 +6,11 @@ seen, see :func:`compiler.build.calibrate`), except ReLU and max-pool, which kee
 their input's exponent, and reshapes (views); a channel concat's inputs are requantized to
 its exponent in the copy (:mod:`target_dlac.codegen.concat`).  Graph inputs are quantized on dLAC
 (ALU ``quantize``), outputs and host-op inputs dequantized (ALU ``dequantize``).
+With ``act_bits`` 4 or 2, the output of a ReLU-like conv / dense layer without a residual
+(:func:`intmath.unsigned_output`) is an unsigned ``act_bits``-bit tensor in an int8
+container: its exponent from :func:`intmath.exponent` unsigned, its EPI clips to
+``[0, 2^b - 1]`` (``relu`` becomes ``clip``: the interpreter's int8 ``relu`` clips to 127);
+max-pool, standalone ReLU and reshapes of it stay low-bit (``low_bit``: their tensor names).
 Layers with float weights (first and last, by default) get int8 weights with one
 scale per filter: the integers their layer plan carries (``LayerPlan.int8``, filled by
 :func:`passes.int8_weights.int8_weights` before this codegen runs).  Every op is also emitted into the reference graph
@@ -33,14 +38,27 @@ from target_dlac.codegen.concat import requant
 
 
 class IntCodegen(RefCodegen):
-    def __init__(self, mod, machine, *, stats: dict, **kw):
+    def __init__(self, mod, machine, *, stats: dict, act_bits: int = 8, **kw):
         super().__init__(mod, machine, **kw)
         self.stats = stats
+        self.act_bits = act_bits
+        self.low_bit: list[str] = []        # names of the unsigned act_bits-bit tensors
 
-    def _exp_of(self, var) -> int:
+    def _unsigned(self, spec) -> bool:
+        return isinstance(spec, C.ConvSpec) and Q.unsigned_output(
+            spec.act, spec.lo, spec.residual is not None, self.act_bits)
+
+    def _keeps_low_bit(self, src: Ref, out: Ref, entry: dict | None = None) -> None:
+        """``out`` (a max-pool, ReLU or view of ``src``) is low-bit when ``src`` is."""
+        if src.name in self.low_bit:
+            self.low_bit.append(out.name)
+            if entry is not None:
+                entry["precision"] = f"uint{self.act_bits}"
+
+    def _exp_of(self, var, bits: int = 8, signed: bool = True) -> int:
         if var is None or var not in self.stats:
             raise CodegenError(f"no calibration statistics for {getattr(var, 'name', var)}")
-        return Q.exponent(self.stats[var])
+        return Q.exponent(self.stats[var], bits, signed)
 
     def _as_int(self, ref: Ref, var) -> Ref:
         return ref if ref.dtype == "int8" else self._convert(ref, "quantize", self._exp_of(var))
@@ -70,6 +88,8 @@ class IntCodegen(RefCodegen):
             exp = env[spec.data].exp
         elif isinstance(spec, C.EltSpec) and spec.op == "relu":
             exp = env[spec.args[0]].exp
+        elif self._unsigned(spec):
+            exp = self._exp_of(var, self.act_bits, signed=False)
         else:
             exp = self._exp_of(var)
         return self._alloc(var.name, spec.out_shape, "int8", exp=exp)
@@ -98,8 +118,12 @@ class IntCodegen(RefCodegen):
         fy = out.exp if table is None else Q.table_input_exp(spec.act, out.exp)
         m, b, shift, rshift = Q.conv_params(scale, spec.bias, x.exp, fy,
                                             None if res is None else res.exp, f"layer {spec.layer}")
-        lo, hi = Q.clip_bounds(spec.act, spec.lo, spec.hi, out.exp)
+        unsigned = self._unsigned(spec)
+        rng = Q.act_range(self.act_bits, signed=False) if unsigned else Q.act_range()
+        lo, hi = Q.clip_bounds(spec.act, spec.lo, spec.hi, out.exp, rng)
         act = spec.act if table is None else "lut"
+        if unsigned:
+            act = "clip"        # the int8 EPI's relu clips to [0, 127]; clip takes the bounds
         epi = Epilogue(True, act, lo, hi, None if res is None else res.addr, shift, rshift)
         groups = w.shape[0] if spec.depthwise else spec.groups
         y = self.graph.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
@@ -126,7 +150,14 @@ class IntCodegen(RefCodegen):
         entry = super()._conv(spec, env, out)
         if spec.weight_format is WeightFormat.FLOAT32:
             entry["precision"] = "int8w"      # full-precision weights held as int8 (per filter)
+        if self._unsigned(spec):
+            self.low_bit.append(out.name)
         return entry
+
+    def _view(self, src: Ref, shape: tuple, var) -> Ref:
+        out = super()._view(src, shape, var)
+        self._keeps_low_bit(src, out)
+        return out
 
     def _param_block(self, prm: list, f0: int, f1: int) -> bytes:
         """int32 multipliers, then int64 biases at the offset of :func:`isa.epi_param_layout`."""
@@ -149,6 +180,7 @@ class IntCodegen(RefCodegen):
         x = env[spec.data]
         if spec.mode == "max":
             self.rv[out.name] = self.graph.max_pool(self.rv[x.name], spec.kernel, spec.strides, spec.pads)
+            self._keeps_low_bit(x, out, entry)
         else:
             mult, shift = self._pool_requant(spec, x, out)
             self.rv[out.name] = self.graph.avg_pool(self.rv[x.name], x.shape[1], spec.kernel, spec.strides,
@@ -172,4 +204,6 @@ class IntCodegen(RefCodegen):
         e = self._elt_op(spec, [env[arg] for arg in spec.args], out)
         self.rv[out.name] = (self.graph.relu(a[0]) if spec.op == "relu"
                              else self.graph.add(a[0], a[1], e.sa, e.sb, e.shift, spec.op == "add_relu"))
+        if spec.op == "relu":
+            self._keeps_low_bit(env[spec.args[0]], out, entry)
         return entry

@@ -1,8 +1,13 @@
-"""The all-integer pipeline: 8-bit dynamic fixed-point activations (papers.md section 2).
+"""The all-integer pipeline: 8-bit dynamic fixed-point activations (papers.md section 2),
+and 4- / 2-bit activations after ReLU (WRPN, issue 14).
 
 Every int8 tensor carries one power-of-two exponent ``f``: its real value is
 ``q * 2^-f``.  From calibration, ``f = 7 - ceil(log2(max|x|))`` (clamped to
 [-MAX_EXP, MAX_EXP]).  ReLU, max-pool and reshape keep their input's exponent.
+With ``act_bits`` b < 8, a conv / dense layer whose epilogue is ReLU-like and has no
+residual (:func:`unsigned_output`) instead gets ``f = b - ceil(log2(max|x|))`` and the range
+``[0, 2^b - 1]`` (:func:`exponent` / :func:`act_range` unsigned, enforced by the clip
+bounds of :func:`clip_bounds`); it is still held in an int8 container.
 
 Integer ops, each with its exact definition (the interpreter and the Relax reference
 graph built by :class:`target_dlac.codegen.refgraph.RefGraph` both implement exactly these):
@@ -38,11 +43,21 @@ MAX_EXP = 30
 MAX_SHIFT = 40      # the largest requantization shift chosen
 
 
-def exponent(maxabs: float) -> int:
-    """Dynamic fixed-point exponent of a tensor whose largest magnitude is ``maxabs``."""
+def exponent(maxabs: float, bits: int = 8, signed: bool = True) -> int:
+    """Dynamic fixed-point exponent of a tensor whose largest magnitude is ``maxabs``:
+    ``f = (bits - 1 if signed else bits) - ceil(log2(maxabs))``, so ``maxabs * 2^f`` is at
+    most ``2^(bits-1)`` (signed) or ``2^bits`` (unsigned) and the clip of
+    :func:`act_range` loses at most one step at the top."""
     if not maxabs > 0 or not math.isfinite(maxabs):
         return 0 if not maxabs > 0 else -MAX_EXP
-    return int(np.clip(7 - math.ceil(math.log2(maxabs)), -MAX_EXP, MAX_EXP))
+    top = bits - 1 if signed else bits
+    return int(np.clip(top - math.ceil(math.log2(maxabs)), -MAX_EXP, MAX_EXP))
+
+
+def act_range(bits: int = 8, signed: bool = True) -> tuple[int, int]:
+    """Integer range ``(lo, hi)`` of a ``bits``-bit activation: signed ``[-2^(b-1), 2^(b-1)-1]``,
+    unsigned (after ReLU) ``[0, 2^b - 1]``."""
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 def _shift_for(largest: float) -> int:
@@ -117,10 +132,23 @@ def act_table(act: str, fx: int, fy: int, slope: float = 0.0) -> np.ndarray:
     return np.clip(np.rint(out), -128, 127).astype(np.int8)
 
 
-def clip_bounds(act: str, lo: float, hi: float, fy: int) -> tuple[int, int]:
+def unsigned_output(act: str, lo: float, residual: bool, act_bits: int) -> bool:
+    """Whether a conv / dense layer's output is an unsigned ``act_bits``-bit tensor (the rule
+    of the low-bit pipeline, mirrored by the training side): ``act_bits < 8``, no fused
+    residual (a residual add, also add + ReLU, stays int8) and a ReLU-like epilogue
+    activation: ``relu``, or ``clip`` with a lower bound ``>= 0`` (ReLU6)."""
+    return act_bits < 8 and not residual and (act == "relu" or (act == "clip" and lo >= 0))
+
+
+def clip_bounds(act: str, lo: float, hi: float, fy: int,
+                out: tuple[int, int] = (-128, 127)) -> tuple[int, int]:
+    """The EPI's integer clip bounds of a layer of output exponent ``fy`` whose values lie in
+    ``out`` (default: int8; a low-bit output: :func:`act_range` unsigned): relu clips to
+    ``[max(0, out_lo), out_hi]``, clip to ``round(bound * 2^fy)`` limited to ``out``."""
+    qlo, qhi = out
     if act == "relu":
-        return 0, 127
+        return max(0, qlo), qhi
     if act == "clip":
-        return (int(np.clip(round(lo * 2.0 ** fy), -128, 127)),
-                int(np.clip(round(hi * 2.0 ** fy), -128, 127)))
-    return -128, 127
+        return (int(np.clip(round(lo * 2.0 ** fy), qlo, qhi)),
+                int(np.clip(round(hi * 2.0 ** fy), qlo, qhi)))
+    return qlo, qhi
