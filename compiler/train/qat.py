@@ -7,8 +7,9 @@ before it (so the weights trained are the weights dlac quantizes), and replaces 
 * the layer's precision comes from the same :class:`compiler.config.QuantConfig` rules as in
   ``dlac compile`` (overrides, then first layer / output heads in fp32 unless quantized,
   then the default), by the layer's module path (``conv_layers.0``);
-* a ReLU (or ReLU6 / ``hardtanh`` with a lower bound >= 0) that is the layer's only consumer
-  is fused into it, as dlac fuses it into the layer's epilogue;
+* a residual add that is a conv's only consumer (``conv(x) + r``; of two convs the first
+  operand's) and a ReLU (or ReLU6 / ``hardtanh`` with a lower bound >= 0) that is the layer's
+  (or that add's) only consumer are fused into it, as dlac fuses them into the epilogue;
 * with int8 activations the layer's output is quantized after the activation (``act_bits`` <
   8: unsigned ``act_bits`` after a fused ReLU/clip, else signed 8-bit, the rule of
   :mod:`target_dlac.codegen.modes.integer`); the graph input and the results of adds, average
@@ -97,6 +98,26 @@ def _fused_act(gm, node: fx.Node) -> tuple[str, float, float, fx.Node | None]:
     if isinstance(m, nn.Hardtanh) and m.min_val >= 0:          # ReLU6 is a Hardtanh(0, 6)
         return "clip", float(m.min_val), float(m.max_val), user
     return "none", 0.0, 0.0, None
+
+
+def _residual_add(gm, node: fx.Node, layer_nodes: set) -> fx.Node | None:
+    """The add dlac fuses into conv ``node``'s epilogue as a residual (``conv2d_residual``):
+    ``node``'s only consumer, an add of two computed tensors; when both are conv outputs the
+    first operand's layer takes it (as dlac's partition does)."""
+    if not isinstance(_module(gm, node), nn.Conv2d) or len(node.users) != 1:
+        return None
+    add = next(iter(node.users))
+    if add.op != "call_function" or add.target not in _ADD_FNS or len(add.args) != 2 or add.kwargs:
+        return None
+    a, b = add.args
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or a is b:
+        return None
+    other = b if a is node else a
+    if other.op == "get_attr":
+        return None
+    if b is node and a in layer_nodes and isinstance(_module(gm, a), nn.Conv2d) and len(a.users) == 1:
+        return None                     # the first operand's conv takes the residual
+    return add
 
 
 def _fold_bn(gm: fx.GraphModule) -> None:
@@ -201,8 +222,9 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
             raise ConfigError(f"layer {node.target}: padding_mode={inner.padding_mode!r}; training "
                               "covers zero padding only")
         precision, _ = spec.quant.precision_for(node.target, i, len(layers), node.target in heads)
-        act, lo, hi, act_node = _fused_act(gm, node)
-        low = unsigned_output(act, lo, False, spec.act_bits)     # the codegen's rule
+        res_add = _residual_add(gm, node, set(layers))
+        act, lo, hi, act_node = _fused_act(gm, res_add or node)
+        low = unsigned_output(act, lo, res_add is not None, spec.act_bits)     # the codegen's rule
         mask = None
         if spec.sparsity == "static" and precision in QUANTIZED:
             if precision != "ternary":
@@ -212,6 +234,14 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
         q = QLayer(inner, node.target, precision, _quantizer(spec, precision), act, lo, hi,
                    spec.act_bits if low else 8, not low, int8, mask)
         gm.add_submodule(node.target, q)
+        if res_add is not None:         # the layer takes (input, residual) and replaces the add
+            other = res_add.args[1] if res_add.args[0] is node else res_add.args[0]
+            with gm.graph.inserting_before(res_add):
+                fused = gm.graph.call_module(node.target, (node.args[0], other))
+            res_add.replace_all_uses_with(fused)
+            gm.graph.erase_node(res_add)
+            gm.graph.erase_node(node)
+            node = fused
         if act_node is not None:
             act_node.replace_all_uses_with(node)
             gm.graph.erase_node(act_node)

@@ -11,8 +11,8 @@ integers and parameters:
   ``clip(floor(x * 2^f + 0.5), -128, 127)`` on the exact value (an add of two quantized
   tensors is exact in float64, and this is the integer add's round half up);
 * a :class:`~compiler.train.qat_modules.QLayer`: the accumulator of the integer input and
-  weights (exact in float64), then the requantization with ``conv_params`` and the clip of
-  the fused activation and the layer's ``act_bits``;
+  weights (exact), then the requantization with ``conv_params`` (plus a fused residual
+  ``res_q << R``) and the clip of the fused activation and the layer's ``act_bits``;
 * an average pool then its quantizer: the integer window sum and :func:`intmath.avg_params`;
 * max-pool, ReLU, reshapes, concats: the op itself on the exact values.
 
@@ -29,7 +29,7 @@ from torch import fx, nn
 
 from compiler.train.qat_modules import ActQuant, QLayer
 from target_dlac.codegen.modes import intmath as Q
-from target_dlac.core.errors import ConfigError
+from target_dlac.core.errors import CodegenError, ConfigError
 
 
 class _AvgSum:
@@ -49,7 +49,8 @@ def _layer_bounds(m: QLayer, fy: int) -> tuple[int, int]:
     return Q.clip_bounds(m.act, m.lo, m.hi, fy, Q.act_range(m.bits, m.signed))
 
 
-def _layer(m: QLayer, x: torch.Tensor, fx_: int | None) -> torch.Tensor:
+def _layer(m: QLayer, x: torch.Tensor, fx_: int | None, res: torch.Tensor | None = None,
+           fr: int | None = None) -> torch.Tensor:
     if fx_ is None:
         raise ConfigError(f"exact integer evaluation: the input of layer {m.name} is not quantized")
     ints = m.integers()
@@ -66,11 +67,18 @@ def _layer(m: QLayer, x: torch.Tensor, fx_: int | None) -> torch.Tensor:
         acc = F.linear(xi, w)
     fy = int(m.exp)
     bias = inner.bias.detach().numpy() if inner.bias is not None else np.zeros(q.shape[0], np.float32)
-    mult, b, s, _ = Q.conv_params(np.asarray(scale, np.float64), bias, fx_, fy, None, f"layer {m.name}")
+    if res is not None and fr is None:
+        raise ConfigError(f"exact integer evaluation: the residual of layer {m.name} is not quantized")
+    try:
+        mult, b, s, rshift = Q.conv_params(np.asarray(scale, np.float64), bias, fx_, fy, fr, f"layer {m.name}")
+    except CodegenError as e:
+        raise ConfigError(str(e)) from None
     shape = (1, -1) + (1,) * (acc.dim() - 2)
     t = acc.to(torch.int64)                                # exact: acc holds integers
     t.mul_(torch.from_numpy(mult.astype(np.int64)).reshape(shape))
     t.add_(torch.from_numpy(b + (1 << (s - 1))).reshape(shape))
+    if res is not None:                                    # + (res_q << R), R = fy - fr + s
+        t.add_(torch.bitwise_left_shift((res.to(torch.float64) * 2.0 ** fr).to(torch.int64), rshift))
     t.bitwise_right_shift_(s)                              # arithmetic: round half up
     lo, hi = _layer_bounds(m, fy)
     return t.clamp_(lo, hi).to(torch.float32).mul_(2.0 ** -fy)     # exact: b-bit ints * 2^-fy
@@ -132,7 +140,8 @@ def integer_forward(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
         args, kwargs = load(node.args), load(node.kwargs)
         src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         if isinstance(m, QLayer):
-            env[node], exps[node] = _layer(m, args[0], exps.get(src)), int(m.exp)
+            res, fr = (args[1], exps.get(node.args[1])) if len(args) > 1 else (None, None)
+            env[node], exps[node] = _layer(m, args[0], exps.get(src), res, fr), int(m.exp)
         elif isinstance(m, ActQuant):
             env[node], exps[node] = _quantize(args[0], int(m.exp)), int(m.exp)
         elif _is_avg(m, node):

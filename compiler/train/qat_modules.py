@@ -129,8 +129,9 @@ class QLayer(_Point):
             return torch.clamp(y, self.lo, self.hi)
         return y
 
-    def forward(self, x):
-        y = self.activate(self.linear(x, self.weight()))
+    def forward(self, x, residual=None):
+        y = self.linear(x, self.weight())
+        y = self.activate(y if residual is None else y + residual)
         self.last = y if self.training else None      # for QatModel.act_l1 (computed on demand)
         return self.out(y)
 

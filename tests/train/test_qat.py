@@ -223,3 +223,53 @@ def test_compile_args_rebuild_the_config():
     back = _quant_config(args[1], args[3], int(args[5]), (), (), q.swis_shifts, False,
                          "--quantize-first" not in args, "--quantize-last" not in args)
     assert back == q
+
+
+class TwoConvAdd(nn.Module):
+    """relu(b(x) + a(x)): the first operand's conv (b) takes the residual, as in dlac."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.b(x) + self.a(x))
+        return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def _residual_nets():
+    from compiler.models import randomize_bn, small_resnet
+
+    torch.manual_seed(3)
+    return {"small_resnet": (randomize_bn(small_resnet(in_ch=1)), (1, 1, 16, 16)),
+            "two_conv_add": (TwoConvAdd().eval(), (1, 1, 12, 12))}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("net", ["small_resnet", "two_conv_add"])
+def test_residual_nets_exact(net, bits):
+    """Residual adds fused into the conv's epilogue (as dlac fuses them), average pools,
+    BatchNorm folded: the int8 binary equals the model's exact forward bit for bit."""
+    model, shape = _residual_nets()[net]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(10, *shape[1:], generator=g)
+    cfg = QuantConfig(weights="ternary")
+    qm = prepare(model, x[:1], QatSpec(quant=cfg, activations="int8", act_bits=bits)).eval()
+    qm.calibrate([x[:6]])
+    fused = [q.name for q in qm.qlayers() if any(len(n.args) == 2 for n in qm.net.graph.nodes
+                                                if n.op == "call_module" and n.target == q.name)]
+    assert fused == (["layer1.0.conv2", "layer2.0.conv2"] if net == "small_resnet" else ["b"])
+    with torch.no_grad():
+        want = qm(x[6:]).numpy()
+    r = compile_model(qm.export(), (x[:1],), config=cfg)
+    prog = build_program(r, activations="int8", calib={"x": x[:6].numpy()}, act_bits=bits)
+    ref, interp = Reference(reference_module(prog)), Interpreter(prog)
+    for i in range(4):
+        xi = x[6 + i:7 + i].numpy()
+        got = interp.run({"x": xi})[0]["output_0"]
+        assert np.array_equal(got, ref(xi)[0])
+        assert np.array_equal(got[0], want[i]), f"image {i}: max diff {np.abs(got[0] - want[i]).max()}"
