@@ -176,11 +176,13 @@ def markdown(rows: list[dict]) -> str:
         post = r.get("post_training")
         secs = [h["seconds"] for h in r["history"]] or [0]
         eq = "all outputs equal" if t["outputs_equal_interp_fake_quant"] else f"{100 * t['agree_interp_fake_quant']:.2f}% predictions"
+        post_acc = "-" if post is None else f"{100 * post['test_acc']:.2f}%"
+        post_cyc = "-" if post is None else f"{post['cycles']:,}"
         lines.append(
-            f"| {r['description']} | {'-' if post is None else f'{100 * post['test_acc']:.2f}%'} | "
+            f"| {r['description']} | {post_acc} | "
             f"{100 * t['test_acc_fake_quant']:.2f}% / {100 * t['test_acc_interpreter']:.2f}% / "
             f"{100 * t['test_acc_reference']:.2f}% | {eq} | {r['epochs']}, {np.mean(secs):.0f} | "
-            f"{'-' if post is None else f'{post['cycles']:,}'} -> {t['cycles']:,} |")
+            f"{post_cyc} -> {t['cycles']:,} |")
     lines += ["", "Per-layer weight zero fraction and zero-skip speedup (interpreter), post-training -> trained:", "",
               "| experiment | " + " | ".join(l["name"] for l in rows[0]["trained"]["binary_layers"]) + " |",
               "|---|" + "---|" * len(rows[0]["trained"]["binary_layers"])]

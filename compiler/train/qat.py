@@ -193,8 +193,11 @@ def _op_name(node: fx.Node) -> str:
 
 # ----------------------------------------------------------------------------- prepare
 
-def _quantizer(spec: QatSpec, precision: str) -> WeightQuantizer | None:
+def _quantizer(spec: QatSpec, precision: str, inner: nn.Module) -> WeightQuantizer | None:
     q = spec.quant
+    depthwise = isinstance(inner, nn.Conv2d) and inner.groups > 1 and inner.weight.shape[1] == 1
+    if precision == "swis" and depthwise:       # no input-channel groups: int8, as the compiler does
+        return WeightQuantizer("int8", q.cluster, q.threshold_factor)
     if precision in QUANTIZED:
         return WeightQuantizer(precision, q.cluster, q.threshold_factor, q.swis_shifts, q.swis_consecutive)
     if precision == "fp32" and spec.activations == "int8":
@@ -231,7 +234,7 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
                 raise ConfigError(f"layer {node.target}: a static sparsity mask is for ternary "
                                   f"weights; this layer is {precision}")
             mask = ternary_mask(inner.weight.detach().numpy(), spec.quant.cluster, spec.quant.threshold_factor)
-        q = QLayer(inner, node.target, precision, _quantizer(spec, precision), act, lo, hi,
+        q = QLayer(inner, node.target, precision, _quantizer(spec, precision, inner), act, lo, hi,
                    spec.act_bits if low else 8, not low, int8, mask)
         gm.add_submodule(node.target, q)
         if res_add is not None:         # the layer takes (input, residual) and replaces the add

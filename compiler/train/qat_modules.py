@@ -100,7 +100,9 @@ class QLayer(_Point):
     def weight(self) -> torch.Tensor:
         """The weights the forward uses (fake-quantized unless the layer stays float)."""
         w = self.inner.weight
-        return w if self.quantizer is None else self.quantizer.fake(w, self._mask())
+        if self.quantizer is None or (self.mode == "calib" and self.precision == "fp32"):
+            return w        # dlac calibrates the float program: fp32 layers keep float weights
+        return self.quantizer.fake(w, self._mask())
 
     def integers(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(q, scale)`` of the current weights, or ``None`` for float weights."""

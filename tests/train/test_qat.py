@@ -273,3 +273,16 @@ def test_residual_nets_exact(net, bits):
         got = interp.run({"x": xi})[0]["output_0"]
         assert np.array_equal(got, ref(xi)[0])
         assert np.array_equal(got[0], want[i]), f"image {i}: max diff {np.abs(got[0] - want[i]).max()}"
+
+
+def test_calibration_measures_the_float_program():
+    """dlac calibrates the float program (fp32 layers with their float weights, quantized
+    layers with their quantized weights, float activations): so does QatModel.calibrate."""
+    net, x = _net(), _images(6)
+    qm = prepare(net, x[:1], QatSpec(quant=QuantConfig(), activations="int8"))
+    qm.calibrate([x])
+    first = qm.qlayers()[0]
+    assert first.precision == "fp32" and first.quantizer is not None      # int8-held when run
+    with torch.no_grad():
+        want = torch.relu(net.c1(x)).abs().max()
+    assert float(first.maxabs) == float(want)
