@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/import_passes.py
 	$(PY) tools/bench/interpreter_resnet18.py
 	$(PY) tools/bench/tune_resnet18.py
+	$(PY) tools/bench/train_epoch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
