@@ -102,8 +102,9 @@ def _fused_act(gm, node: fx.Node) -> tuple[str, float, float, fx.Node | None]:
 
 def _residual_add(gm, node: fx.Node, layer_nodes: set) -> fx.Node | None:
     """The add dlac fuses into conv ``node``'s epilogue as a residual (``conv2d_residual``):
-    ``node``'s only consumer, an add of two computed tensors; when both are conv outputs the
-    first operand's layer takes it (as dlac's partition does)."""
+    ``node``'s only consumer, an add of two computed tensors.  dlac's pattern tries the first
+    operand as the layer when it is a conv output (then that conv takes the add, or, when
+    its output has other users, no conv does) and the second operand only otherwise."""
     if not isinstance(_module(gm, node), nn.Conv2d) or len(node.users) != 1:
         return None
     add = next(iter(node.users))
@@ -115,8 +116,10 @@ def _residual_add(gm, node: fx.Node, layer_nodes: set) -> fx.Node | None:
     other = b if a is node else a
     if other.op == "get_attr":
         return None
-    if b is node and a in layer_nodes and isinstance(_module(gm, a), nn.Conv2d) and len(a.users) == 1:
-        return None                     # the first operand's conv takes the residual
+    first = _module(gm, a)
+    first = first.inner if isinstance(first, QLayer) else first        # already replaced
+    if b is node and a in layer_nodes and isinstance(first, nn.Conv2d):
+        return None                     # the first operand's conv takes it, or none does
     return add
 
 

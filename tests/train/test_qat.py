@@ -241,16 +241,36 @@ class TwoConvAdd(nn.Module):
         return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
 
 
+class SharedConvAdd(nn.Module):
+    """MobileNetV2's block: ``a + proj(relu(expand(a)))`` where ``a`` is a conv output with
+    two users: dlac fuses neither conv with the add (the first operand's conv is tried and
+    its output escapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.expand = nn.Conv2d(8, 16, 1)
+        self.proj = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        a = self.a(x)
+        y = a + self.proj(torch.relu(self.expand(a)))
+        return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
 def _residual_nets():
     from compiler.models import randomize_bn, small_resnet
 
     torch.manual_seed(3)
     return {"small_resnet": (randomize_bn(small_resnet(in_ch=1)), (1, 1, 16, 16)),
-            "two_conv_add": (TwoConvAdd().eval(), (1, 1, 12, 12))}
+            "two_conv_add": (TwoConvAdd().eval(), (1, 1, 12, 12)),
+            "shared_conv_add": (SharedConvAdd().eval(), (1, 1, 12, 12))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("net", ["small_resnet", "two_conv_add"])
+@pytest.mark.parametrize("net", ["small_resnet", "two_conv_add", "shared_conv_add"])
 def test_residual_nets_exact(net, bits):
     """Residual adds fused into the conv's epilogue (as dlac fuses them), average pools,
     BatchNorm folded: the int8 binary equals the model's exact forward bit for bit."""
@@ -262,7 +282,11 @@ def test_residual_nets_exact(net, bits):
     qm.calibrate([x[:6]])
     fused = [q.name for q in qm.qlayers() if any(len(n.args) == 2 for n in qm.net.graph.nodes
                                                 if n.op == "call_module" and n.target == q.name)]
-    assert fused == (["layer1.0.conv2", "layer2.0.conv2"] if net == "small_resnet" else ["b"])
+    assert fused == {"small_resnet": ["layer1.0.conv2", "layer2.0.conv2"], "two_conv_add": ["b"],
+                     "shared_conv_add": []}[net]
+    flags = {l["name"]: l["shape"]["residual"] for l in build_program(
+        compile_model(model, (x[:1],), config=cfg), reference=False).meta["layers"] if l["op"] == "conv2d"}
+    assert sorted(k for k, v in flags.items() if v) == fused            # what dlac itself fuses
     with torch.no_grad():
         want = qm(x[6:]).numpy()
     r = compile_model(qm.export(), (x[:1],), config=cfg)
