@@ -76,8 +76,10 @@ _MAXPOOL_FNS = {F.max_pool2d, torch.max_pool2d}
 _AVGPOOL_FNS = {F.avg_pool2d, F.adaptive_avg_pool2d, torch.nn.functional.adaptive_avg_pool2d}
 _ADD_FNS = {operator.add, operator.iadd, torch.add}
 _CAT_FNS = {torch.cat, torch.concat}
-_VIEW_FNS = {torch.flatten, torch.reshape, getattr, operator.getitem}
-_VIEW_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "relu", "relu_"}
+_VIEW_FNS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.chunk, torch.split,
+             torch.squeeze, torch.unsqueeze, getattr, operator.getitem}
+_VIEW_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "relu", "relu_", "transpose",
+                 "permute", "chunk", "split", "squeeze", "unsqueeze"}
 _PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Unflatten)
 _QUANT_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
@@ -252,16 +254,22 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
             act_node.replace_all_uses_with(node)
             gm.graph.erase_node(act_node)
     if int8:
-        _insert_act_quants(gm)
+        _insert_act_quants(gm, example)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return QatModel(gm, float_gm, spec)
 
 
-def _insert_act_quants(gm: fx.GraphModule) -> None:
+def _insert_act_quants(gm: fx.GraphModule, example: torch.Tensor) -> None:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)        # which nodes hold tensors (sizes do not)
     count = 0
     for node in list(gm.graph.nodes):
+        if node.op != "output" and "tensor_meta" not in node.meta:
+            continue                            # a size, a tuple of chunks, ...: nothing to quantize
         need = _needs_quant(gm, node) if node.op != "placeholder" else True
         if need is None:
             raise ConfigError(f"training with int8 activations does not cover {_op_name(node)}; "
