@@ -6,12 +6,17 @@ and the exact integer forward of :mod:`~compiler.train.qat_integer`), WRPN widen
 
     from compiler.train import QatSpec, TrainOptions, mnist_split, prepare, train
 
-Importing this package imports torch.
+Importing this package imports nothing heavy; the names above import their modules on use.
 """
 
-from compiler.train.data import load_split, mnist_split
-from compiler.train.loop import TrainOptions, train
-from compiler.train.qat import QatSpec, prepare
-from compiler.train.widen import widen
+_EXPORTS = {"load_split": "data", "mnist_split": "data", "TrainOptions": "loop", "train": "loop",
+            "QatSpec": "qat", "prepare": "qat", "widen": "widen"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["QatSpec", "TrainOptions", "load_split", "mnist_split", "prepare", "train", "widen"]
+
+def __getattr__(name):          # lazy: ``dlac inspect`` / ``run`` must not import torch
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"compiler.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'compiler.train' has no attribute {name!r}")
