@@ -68,6 +68,20 @@ def _images(n, seed=1):
     return torch.relu(torch.randn(n, 1, 28, 28, generator=g)) * 2.0 - 0.4
 
 
+def assert_binary_equals(qm, calib, xs, want):
+    """``dlac compile`` of ``qm``'s export (its config, int8 activations of its width,
+    calibrated on ``calib``): on each input of ``xs`` the interpreter equals the binary's TVM
+    reference and ``want`` (``qm``'s exact forward), bit for bit."""
+    r = compile_model(qm.export(), (xs[:1],), config=qm.spec.quant)
+    prog = build_program(r, activations="int8", calib={"x": calib.numpy()}, act_bits=qm.spec.act_bits)
+    ref, interp = Reference(reference_module(prog)), Interpreter(prog)
+    for i in range(len(xs)):
+        xi = xs[i:i + 1].numpy()
+        got = interp.run({"x": xi})[0]["output_0"]
+        assert np.array_equal(got, ref(xi)[0])
+        assert np.array_equal(got[0], want[i]), f"input {i}: max diff {np.abs(got[0] - want[i]).max()}"
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_integers_equal_the_compilers(mode):
     cfg = MODES[mode]
@@ -112,15 +126,7 @@ def test_int8_binary_equals_the_exact_forward(bits):
     assert low["c1"] == ((bits, bits == 8)) and low["f2"] == (8, True)     # logits stay signed
     with torch.no_grad():
         want = qm(x[8:]).numpy()
-    r = compile_model(qm.export(), (x[:1],), config=cfg)
-    prog = build_program(r, activations="int8", calib={"x": x[:8].numpy()},
-                         **({} if bits == 8 else {"act_bits": bits}))
-    ref, interp = Reference(reference_module(prog)), Interpreter(prog)
-    for i in range(4):
-        xi = x[8 + i:9 + i].numpy()
-        got = interp.run({"x": xi})[0]["output_0"]
-        assert np.array_equal(got, ref(xi)[0])
-        assert np.array_equal(got[0], want[i]), f"image {i}: {got[0]} vs {want[i]}"
+    assert_binary_equals(qm, x[:8], x[8:], want)
     assert len({float(v) for v in want.ravel()}) > 4
 
 
@@ -289,14 +295,7 @@ def test_residual_nets_exact(net, bits):
     assert sorted(k for k, v in flags.items() if v) == fused            # what dlac itself fuses
     with torch.no_grad():
         want = qm(x[6:]).numpy()
-    r = compile_model(qm.export(), (x[:1],), config=cfg)
-    prog = build_program(r, activations="int8", calib={"x": x[:6].numpy()}, act_bits=bits)
-    ref, interp = Reference(reference_module(prog)), Interpreter(prog)
-    for i in range(4):
-        xi = x[6 + i:7 + i].numpy()
-        got = interp.run({"x": xi})[0]["output_0"]
-        assert np.array_equal(got, ref(xi)[0])
-        assert np.array_equal(got[0], want[i]), f"image {i}: max diff {np.abs(got[0] - want[i]).max()}"
+    assert_binary_equals(qm, x[:6], x[6:], want)
 
 
 def test_calibration_measures_the_float_program():
