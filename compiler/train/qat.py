@@ -118,9 +118,7 @@ def _residual_add(gm, node: fx.Node, layer_nodes: set) -> fx.Node | None:
     other = b if a is node else a
     if other.op == "get_attr":
         return None
-    first = _module(gm, a)
-    first = first.inner if isinstance(first, QLayer) else first        # already replaced
-    if b is node and a in layer_nodes and isinstance(first, nn.Conv2d):
+    if b is node and a in layer_nodes and isinstance(_module(gm, a), nn.Conv2d):
         return None                     # the first operand's conv takes it, or none does
     return add
 
@@ -224,13 +222,15 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
         raise ConfigError("the model has no nn.Conv2d / nn.Linear layer to train")
     heads = _heads(layers)
     int8 = spec.activations == "int8"
+    # decided on the traced graph, before any layer is replaced
+    residual = {n: _residual_add(gm, n, set(layers)) for n in layers}
     for i, node in enumerate(layers):
         inner = _module(gm, node)
         if isinstance(inner, nn.Conv2d) and inner.padding_mode != "zeros":
             raise ConfigError(f"layer {node.target}: padding_mode={inner.padding_mode!r}; training "
                               "covers zero padding only")
         precision, _ = spec.quant.precision_for(node.target, i, len(layers), node.target in heads)
-        res_add = _residual_add(gm, node, set(layers))
+        res_add = residual[node]
         act, lo, hi, act_node = _fused_act(gm, res_add or node)
         low = unsigned_output(act, lo, res_add is not None, spec.act_bits)     # the codegen's rule
         mask = None
