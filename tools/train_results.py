@@ -107,9 +107,10 @@ def run_one(name: str, split, epochs: int, limit_test: int | None, progress: boo
 
     from compiler.config import QuantConfig
     from compiler.datasets import mnist_cnn
-    from compiler.train.loop import TrainOptions, evaluate, train
+    from compiler.train.loop import TrainOptions, calibrate, evaluate, train
     from compiler.train.qat import QatSpec, prepare
     from compiler.train.widen import widen
+    from target_dlac.sim.interpreter import Interpreter
 
     desc, qkw, skw, okw, k = experiments()[name]
     x1 = split.x_train[:1]
@@ -123,14 +124,11 @@ def run_one(name: str, split, epochs: int, limit_test: int | None, progress: boo
     row = {"name": name, "description": desc, "epochs": epochs, "options": opts.to_dict(),
            "compile_args": qm.compile_args()}
     # post-training: calibrate, evaluate, compile for the speedups
-    from compiler.train.loop import calibrate
-
     if not opts.from_scratch:
         calibrate(qm, calib)
         row["post_training"] = {"test_acc": evaluate(qm, xt, yt)["acc"],
                                 "layers": qm.layers()}
         prog = _binary(qm, x1, calib)
-        from target_dlac.sim.interpreter import Interpreter
         _, rep = Interpreter(prog).run({"x": x1})
         row["post_training"]["binary_layers"] = _layers(rep)
         row["post_training"]["cycles"] = int(rep.cycles["total"])
