@@ -34,35 +34,23 @@ def quantize_weight(w: np.ndarray, axis: int = 0, kind: str = "ternary", cluster
         raise ValueError(f"weight kind {kind!r}; expected one of {KINDS}")
     w64 = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
     flat = w64.reshape(w64.shape[0], -1)
-    cid = _clusters(flat.shape[0], cluster)
-    ncl = int(cid.max()) + 1
-    a = np.abs(flat)
-    if flat.shape[0] % ncl == 0:        # equal clusters (the usual case): one vectorized pass
-        return _equal_clusters(flat, a, ncl, cid, kind, factor, w64.shape, axis)
-    q = np.zeros(flat.shape, np.int8)
-    scale_cl = np.zeros(ncl)
-    for c in range(ncl):
-        rows = cid == c
-        ac = a[rows]
-        if kind == "ternary":
-            delta = factor * ac.mean()
-            mask = ac > delta
-            scale_cl[c] = ac[mask].mean() if mask.any() else 0.0
-            q[rows] = (np.sign(flat[rows]) * mask).astype(np.int8)
-        else:
-            qmax = QMAX[kind]
-            top = ac.max()
-            s = top / qmax if top > 0 else 1.0
-            scale_cl[c] = s
-            q[rows] = np.clip(np.rint(flat[rows] / s), -qmax, qmax).astype(np.int8)
-    scale = scale_cl[cid].astype(np.float32)
+    nch = flat.shape[0]
+    if cluster < 0:
+        raise ValueError(f"cluster size {cluster} must be >= 0")
+    n = max(1, nch if cluster == 0 else min(cluster, nch))          # filters per cluster
+    full = nch - nch % n                     # the clusters of n filters; then a shorter last one
+    parts = [_quantize_clusters(flat[lo:hi], n if lo == 0 else hi - lo, kind, factor)
+             for lo, hi in ((0, full), (full, nch)) if hi > lo]
+    q = np.concatenate([p[0] for p in parts])
+    scale = np.concatenate([p[1] for p in parts]).astype(np.float32)
     return np.moveaxis(q.reshape(w64.shape), 0, axis), scale
 
 
-def _equal_clusters(flat, a, ncl, cid, kind, factor, shape, axis):
-    """:func:`quantize_weight` when every cluster has the same number of filters: the same
-    formulas, each reduction over a cluster's weights as one row of ``(ncl, -1)``."""
-    rows = a.reshape(ncl, -1)
+def _quantize_clusters(flat: np.ndarray, n: int, kind: str, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, scale per filter)`` of ``flat`` ``[F, K]`` (float64) in clusters of ``n``
+    consecutive filters (``F`` a multiple of ``n``): each cluster's reductions run over one
+    row of ``(F / n, n * K)``, so its weights are summed in their own order."""
+    rows = np.abs(flat).reshape(flat.shape[0] // n, -1)
     if kind == "ternary":
         delta = factor * rows.mean(axis=1)
         mask = rows > delta[:, None]
@@ -73,9 +61,8 @@ def _equal_clusters(flat, a, ncl, cid, kind, factor, shape, axis):
         qmax = QMAX[kind]
         top = rows.max(axis=1)
         scale_cl = np.where(top > 0, top / qmax, 1.0)
-        q = np.clip(np.rint(flat / scale_cl[cid][:, None]), -qmax, qmax).astype(np.int8)
-    scale = scale_cl[cid].astype(np.float32)
-    return np.moveaxis(q.reshape(shape), 0, axis), scale
+        q = np.clip(np.rint(flat / np.repeat(scale_cl, n)[:, None]), -qmax, qmax).astype(np.int8)
+    return q, np.repeat(scale_cl, n)
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
