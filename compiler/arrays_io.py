@@ -93,15 +93,30 @@ def _load_npz(path: str, what: str) -> dict:
     return data
 
 
-def _load_inputs(path: str, prog) -> dict:
+class Stackable(tuple):
+    """An input shape that may also come as a stack of inputs on a new leading axis."""
+
+
+def _load_inputs(path: str, prog, stacks: bool = False):
     """The inputs of ``prog`` from ``path``: a .npy (a program with one input) or a .npz
     keyed by input name.  Names, shapes and dtypes are checked against the program
-    from the headers, before any array data is read."""
-    expect = {t.name: tuple(t.shape) for t in prog.inputs}
+    from the headers, before any array data is read.  ``stacks``: each array may also be
+    ``N`` inputs stacked on a new leading axis (the same ``N`` for every input); then a
+    list of ``N`` input dicts is returned (one dict when nothing is stacked)."""
+    expect = {t.name: (Stackable if stacks else tuple)(t.shape) for t in prog.inputs}
     data = _read_arrays(path, "input", expect)
-    if isinstance(data, dict):
+    if not isinstance(data, dict):
+        data = {next(iter(expect)): data}
+    if not stacks:
         return data
-    return {next(iter(expect)): data}
+    counts = {name: (len(a) if a.ndim == len(expect[name]) + 1 else None) for name, a in data.items()}
+    if set(counts.values()) == {None}:
+        return [data]
+    if None in counts.values() or len(set(counts.values())) != 1:
+        raise ConfigError(f"input file {path!r}: stacked inputs need the same number of samples on a new "
+                          f"leading axis for every input; got {counts}")
+    n = next(iter(counts.values()))
+    return [{name: a[i] for name, a in data.items()} for i in range(n)]
 
 
 def _read_arrays(path: str, what: str, expect: dict | None = None):
@@ -230,9 +245,12 @@ def _read_npy(f, size: int | None, where: str, name, magic: bytes, expect: tuple
     if dtype.kind not in "biuf":
         raise ConfigError(f"{where}: dtype {dtype} is not numeric (expected bool, int, uint or float)")
     shape = tuple(int(d) for d in shape)
-    if expect is not None and shape != tuple(expect):
+    stacked = isinstance(expect, Stackable) and len(shape) == len(expect) + 1 and shape[1:] == tuple(expect) \
+        and shape[0] >= 1
+    if expect is not None and shape != tuple(expect) and not stacked:
+        more = f" (or N of them stacked: (N, {', '.join(map(str, expect))}))" if isinstance(expect, Stackable) else ""
         raise ConfigError(f"input {name!r} in {where} has shape {shape}; the program was compiled "
-                          f"for {tuple(expect)}")
+                          f"for {tuple(expect)}{more}")
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
     left = None if size is None else size - len(raw) - hlen

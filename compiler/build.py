@@ -59,6 +59,28 @@ def calibrate(codegen, program, calib: dict) -> dict:
     input's shape stacked on a new leading axis."""
     from target_dlac.sim.interpreter import Interpreter
 
+    samples = calib_samples(program, calib)
+    interp = Interpreter(program, check_races=False)
+    host = None
+    if program.host is not None:
+        from target_dlac.sim.host import HostRunner
+        host = HostRunner(program)
+    where = {var: program.tensor(name) for var, name in codegen.produced.items()}
+    stats: dict = {}
+    for inputs in samples:
+        interp.run(inputs, host_runner=host)
+        dram = interp.mem["DRAM"]
+        for var, t in where.items():
+            raw = dram[t.addr:t.addr + t.nbytes].view(t.dtype)
+            top = float(np.abs(raw).max()) if raw.size else 0.0
+            stats[var] = max(stats.get(var, 0.0), top)
+    return stats
+
+
+def calib_samples(program, calib: dict, limit: int | None = None) -> list[dict]:
+    """The samples of ``calib`` (input name -> an array of the input's shape with any number
+    of rows on the batch axis, split into batches of the program's size, or samples of the
+    input's shape stacked on a new leading axis) as input dicts, the first ``limit``."""
     inputs = {t.name: t for t in program.inputs}
     missing = sorted(set(inputs) - set(calib))
     if missing:
@@ -76,21 +98,9 @@ def calibrate(codegen, program, calib: dict) -> dict:
     count = min(len(a) for a in samples.values())
     if count == 0:
         raise ConfigError("calibration data holds no samples")
-    interp = Interpreter(program, check_races=False)
-    host = None
-    if program.host is not None:
-        from target_dlac.sim.host import HostRunner
-        host = HostRunner(program)
-    where = {var: program.tensor(name) for var, name in codegen.produced.items()}
-    stats: dict = {}
-    for i in range(count):
-        interp.run({k: v[i] for k, v in samples.items()}, host_runner=host)
-        dram = interp.mem["DRAM"]
-        for var, t in where.items():
-            raw = dram[t.addr:t.addr + t.nbytes].view(t.dtype)
-            top = float(np.abs(raw).max()) if raw.size else 0.0
-            stats[var] = max(stats.get(var, 0.0), top)
-    return stats
+    if limit is not None:
+        count = min(count, limit)
+    return [{k: v[i] for k, v in samples.items()} for i in range(count)]
 
 
 def check_tuning_log(path, activations: str) -> None:

@@ -34,7 +34,9 @@ def parse_precisions(specs, acts: dict | None = None) -> dict:
     out = {}
     for spec in specs:
         if spec.endswith(".toml"):
-            weights, act = _precision_file(spec)
+            from compiler.config import precision_file
+
+            weights, act, _ = precision_file(spec)
             out.update(weights)
             if acts is not None:
                 acts.update(act)
@@ -44,21 +46,6 @@ def parse_precisions(specs, acts: dict | None = None) -> dict:
             raise ConfigError(f"--precision {spec!r}: expected PATTERN=PRECISION (e.g. 'layer4.*=fp32')")
         out[pattern] = prec
     return out
-
-
-def _precision_file(path: str) -> dict:
-    from target_dlac.core.tomlfile import read_toml
-
-    data = read_toml(path, "precision file")
-    acts = data.get("activations", {})
-    table = data.get("precision", {k: v for k, v in data.items() if k != "activations"})
-    for what, t in (("precision", table), ("activations", acts)):
-        bad = [k for k, v in (t.items() if isinstance(t, dict) else [("", None)]) if not isinstance(v, str)]
-        if bad:
-            raise ConfigError(f"precision file {path!r}: [{what}] entry {bad[0]!r} must map a layer "
-                              "pattern to a string (weights: fp32, ternary, int4, int8, swis; "
-                              "activations: fp32, fp16)")
-    return dict(table), dict(acts)
 
 
 def _machine(path):

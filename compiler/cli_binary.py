@@ -17,7 +17,9 @@ from target_dlac.core.errors import ConfigError, DlacError
 @click.command("run")
 @click.argument("binary")
 @click.option("--input", "input_path", required=True, metavar="x.npy|x.npz",
-              help="Input array (.npy for a single input, .npz keyed by input name).")
+              help="Input array (.npy for a single input, .npz keyed by input name); N inputs stacked "
+                   "on a new leading axis run one after another, and the report gives the spread of "
+                   "their cycles (zero activations make them differ).")
 @click.option("--check", is_flag=True,
               help="Also run the TVM CPU reference of the same quantized graph; print max errors.")
 @click.option("--tolerance", type=float, default=None,
@@ -56,8 +58,11 @@ def run_cmd(binary, input_path, check, tolerance, max_steps, report_json, output
         if max_steps < 0:
             raise ConfigError(f"--max-steps {max_steps}: expected an integer >= 0")
 
+        import numpy as np
+
         from target_dlac.binary.container import read_program
-        from target_dlac.sim.interpreter import run
+        from target_dlac.sim.interpreter import Interpreter
+        from target_dlac.sim.report import input_spread
 
         from target_dlac.core.atomic import atomic_write_bytes, atomic_write_text
 
@@ -71,23 +76,37 @@ def run_cmd(binary, input_path, check, tolerance, max_steps, report_json, output
             if dup:
                 raise ConfigError(f"--output: the binary's tensor table names two outputs "
                                   f"{printable(repr(dup[0]))[:200]}; an .npz cannot hold both")
-        inputs = _load_inputs(input_path, prog)
+        samples = _load_inputs(input_path, prog, stacks=True)
         host = None
         if prog.host is not None:
             from target_dlac.sim.host import HostRunner
             host = HostRunner(prog)
+        interp = Interpreter(prog)
         t0 = time.perf_counter()
-        outs, report = run(prog, inputs, host_runner=host)
+        runs = []
+        for inputs in samples:
+            runs.append(interp.run(inputs, host_runner=host))
         wall = time.perf_counter() - t0
+        outs, report = runs[0]
         click.echo(_escaped_report(report).table())
-        click.echo(f"interpreter: {len(prog.insns):,} instructions in {wall:.3f} s "
-                   f"({report.cycles['total'] / max(wall, 1e-9):,.0f} simulated cycles per second)")
+        click.echo(f"interpreter: {len(prog.insns):,} instructions in {wall / len(runs):.3f} s per input "
+                   f"({sum(r.cycles['total'] for _, r in runs) / max(wall, 1e-9):,.0f} simulated cycles per second)")
         rep = report.to_dict()
+        if len(runs) > 1:
+            rep["inputs"] = input_spread([r for _, r in runs])
+            s = rep["inputs"]["cycles"]
+            click.echo(f"{len(runs)} inputs (the table is the first's): cycles min {s['min']:,} / median "
+                       f"{s['median']:,.0f} / max {s['max']:,}; dense-equivalent TFLOP/s median "
+                       f"{rep['inputs']['tflops_equiv']['median']:.3f}")
+            outs = {name: np.stack([o[name] for o, _ in runs]) for name in outs}
         for name, value in outs.items():
             _say(f"{name}: shape {tuple(value.shape)} {value.dtype}")
         problem = None
         if check:
-            problem, rep["check"] = _check(prog, inputs, outs, tolerance, max_steps)
+            checks = [_check(prog, inputs, o, tolerance, max_steps) for inputs, (o, _) in zip(samples, runs)]
+            bad = [(i, p) for i, (p, _) in enumerate(checks) if p]
+            problem = None if not bad else (bad[0][1] if len(runs) == 1 else f"input {bad[0][0]}: {bad[0][1]}")
+            rep["check"] = checks[0][1] if len(runs) == 1 else [c for _, c in checks]
         if output_path:
             atomic_write_bytes(output_path, npz_bytes(outs))
         if report_json:

@@ -10,7 +10,7 @@ import sys
 import click
 
 from compiler.cli_args import parse_precisions, printable, printable_lines
-from compiler.config import QuantConfig
+from compiler.config import QuantConfig, check_relu_threshold, precision_file
 from target_dlac.core.errors import ConfigError, DlacError
 
 QUANT_CHOICES = ("none", "ternary", "cluster", "int4", "int8", "swis")
@@ -49,7 +49,12 @@ _MODEL_OPTIONS = [
                       "whose output reaches a model output with no other conv/dense in between."),
     click.option("--precision", "precisions", multiple=True, metavar="PATTERN=PREC|FILE.toml",
                  help="Per-layer precision, fnmatch on layer names (repeatable; a .toml file holds "
-                      "\"pattern\" = \"precision\" pairs)."),
+                      "\"pattern\" = \"precision\" pairs, [activations] types, [relu_threshold] "
+                      "\"pattern\" = T numbers)."),
+    click.option("--relu-threshold", "relu_thresholds", multiple=True, metavar="PATTERN=T",
+                 help="The fused ReLU of the matched layers outputs x if x > T else 0 (T >= 0; 0 = "
+                      "plain ReLU), fnmatch on layer names (repeatable; first match wins; matched layers "
+                      "without a fused ReLU are skipped, a pattern must match one with it)."),
     click.option("--swis-shifts", type=float, default=3.0, show_default=True, metavar="S",
                  help="SWIS: average shifts per group of 4 weights (may be fractional)."),
     click.option("--swis-consecutive", is_flag=True, help="SWIS-C: the shifts of a group are consecutive."),
@@ -88,14 +93,43 @@ def model_options(f):
     return f
 
 
+def parse_relu_thresholds(specs) -> dict:
+    """``PATTERN=T`` strings of ``--relu-threshold`` -> ``{pattern: T}`` (T a finite float
+    >= 0); a malformed one is a one-line :class:`ConfigError` naming it."""
+    out: dict = {}
+    for spec in specs:
+        pattern, sep, value = str(spec).rpartition("=")
+        what = f"--relu-threshold {spec!r}"
+        if not sep or not pattern:
+            raise ConfigError(f"{what}: expected PATTERN=T (e.g. 'conv_layers.3=0.5')")
+        try:
+            t = float(value)
+        except ValueError:
+            raise ConfigError(f"{what}: threshold {value!r} is not a number") from None
+        out[pattern] = check_relu_threshold(pattern, t, "--relu-threshold")
+    return out
+
+
 def _quant_config(quant, granularity, cluster_size, precisions, act_precisions, swis_shifts,
-                  swis_consecutive, keep_first, keep_last) -> QuantConfig:
+                  swis_consecutive, keep_first, keep_last, relu_thresholds=()) -> QuantConfig:
+    """The :class:`QuantConfig` of the shared options (``precisions``: ``PATTERN=PREC`` or
+    precision files, whose ``[relu_threshold]`` tables come before ``relu_thresholds``)."""
     weights, default_n = QUANT_WEIGHTS[quant]
     acts: dict = {}
-    overrides = parse_precisions(precisions, acts)
+    overrides: dict = {}
+    relus: dict = {}
+    for spec in precisions:
+        if spec.endswith(".toml"):
+            w, a, r = precision_file(spec)
+            overrides.update(w)
+            acts.update(a)
+            relus.update(r)
+        else:
+            overrides.update(parse_precisions([spec]))
     acts.update(parse_precisions(act_precisions))
+    relus.update(parse_relu_thresholds(relu_thresholds))
     return QuantConfig(weights=weights, granularity=granularity,
                        cluster_size=default_n if cluster_size is None else cluster_size,
                        swis_shifts=swis_shifts, swis_consecutive=swis_consecutive,
                        keep_first=keep_first, keep_last=keep_last,
-                       overrides=overrides, activation_overrides=acts)
+                       overrides=overrides, activation_overrides=acts, relu_thresholds=relus)

@@ -53,7 +53,7 @@ PROGRESS_LAYER_S, PROGRESS_AFTER_S = 1.0, 10.0
                    f"{PROGRESS_AFTER_S:g} s).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compile_cmd(model, output, quant, granularity, cluster_size, activations, calib, act_bits, keep_first,
-                keep_last, precisions, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
+                keep_last, precisions, relu_thresholds, act_precisions, swis_shifts, swis_consecutive, input_shapes, machine, tuning_log,
                 dump_ir, report_json, damage, no_reference, verbose, debug):
     """Import MODEL (.onnx, .pt2 or FILE.py:FACTORY), quantize and partition it.
 
@@ -69,7 +69,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
                        ("--machine", machine)]
                       + [("--precision", p) for p in precisions if p.endswith(".toml")])
         config = _quant_config(quant, granularity, cluster_size, precisions, act_precisions,
-                               swis_shifts, swis_consecutive, keep_first, keep_last)
+                               swis_shifts, swis_consecutive, keep_first, keep_last, relu_thresholds)
         if tuning_log:
             from compiler.build import check_tuning_log
 
@@ -227,11 +227,18 @@ def _verify_binary(tmp_path: str) -> None:
 @click.option("--dask-timeout", type=float, default=60.0, show_default=True, metavar="S",
               help="Seconds to wait for a first Dask worker, for each worker's dlac import probe, "
                    "and for a usable worker after all were lost.")
+@click.option("--calib", metavar="FILE.npz",
+              help="Sample inputs (as dlac compile --calib takes them) whose zero activations the "
+                   "machine's act_skip skips: the search minimizes the expected cycles on them "
+                   "instead of the cycles with dense activations.")
+@click.option("--calib-limit", type=int, default=64, show_default=True, metavar="N",
+              help="Samples of --calib measured (each runs once in the interpreter).")
 @model_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, dask_timeout, quant,
+def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, dask, dask_timeout, calib,
+             calib_limit, quant,
              granularity,
-             cluster_size, keep_first, keep_last, precisions, swis_shifts, swis_consecutive,
+             cluster_size, keep_first, keep_last, precisions, relu_thresholds, swis_shifts, swis_consecutive,
              input_shapes, machine, debug):
     """Search per-layer tiling schedules of MODEL with the cost model; append them to LOG."""
     try:
@@ -242,10 +249,12 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
             raise ConfigError("--time-budget must be positive")
         if not dask_timeout > 0:
             raise ConfigError("--dask-timeout must be positive")
+        if calib_limit < 1:
+            raise ConfigError("--calib-limit must be at least 1")
         if trials is None and strategy in ("random", "anneal"):
             trials = DEFAULT_TRIALS
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
-                               swis_consecutive, keep_first, keep_last)
+                               swis_consecutive, keep_first, keep_last, relu_thresholds)
         from compiler.pipeline import compile_model
         from compiler.tune import format_table, tune_model
 
@@ -267,11 +276,25 @@ def tune_cmd(model, log, trials, time_budget, strategy, patience, jobs, seed, da
                      f"{r['tuned_cycles']:,} cycles, {r['trials']} trials"
                      + (f" ({r['note']})" if r["note"] else ""))
 
+        ratios = None
+        if calib and mach.act_skip == "none":
+            click.echo("  --calib: the machine does not skip zero activations (act_skip = none); "
+                       "the samples are not needed", err=True)
+        elif calib:
+            from compiler.tune import act_ratios
+
+            ratios = act_ratios(result, mach, _load_npz(calib, "--calib"), calib_limit,
+                                lambda i, n: click.echo(f"  activation zeros: sample {i}/{n}", err=True))
+            click.echo("  expected cycles with zero activations skipped (act_skip = "
+                       f"{mach.act_skip}), measured on {calib}", err=True)
+        else:
+            click.echo(f"  cycles with dense activations (no --calib: the zeros act_skip = "
+                       f"{mach.act_skip} skips are not known)", err=True)
         if dask:
             click.echo(f"  layers fan out to the Dask cluster at {dask}", err=True)
         rows = tune_model(result, mach, log, strategy=strategy, trials=trials, time_budget=time_budget,
                           patience=patience, jobs=jobs, progress=progress, seed=seed, dask=dask,
-                          dask_timeout=dask_timeout)
+                          dask_timeout=dask_timeout, act_ratios=ratios)
         _say_table(format_table(rows))
         from compiler.tune import untuned_layers
         for line in untuned_layers(result):

@@ -18,8 +18,9 @@ same names, same :class:`~compiler.config.QuantConfig`); the model is fake-quant
   ``dlac compile`` takes directly (checked by reading it back with dlac's own loader
   before it takes its name);
 * ``OUT.json``: the training log (arguments, spec, data, per-epoch history, per-layer zero
-  fractions, validation and test accuracy of the fake-quantized model, and the
-  ``dlac compile`` command that reproduces it);
+  fractions and ReLU thresholds, validation and test accuracy of the fake-quantized model,
+  with ``--act-density`` each ReLU layer's fraction of non-zero activations on the
+  validation images (``act_density``), and the ``dlac compile`` command that reproduces it);
 * ``OUT.calib.npz``: the calibration images, keyed by the model's input name, for
   ``dlac compile --calib`` (the images the activation exponents were calibrated on);
 * ``OUT.ckpt``: the checkpoint of the last finished epoch (``--resume`` continues from it).
@@ -45,8 +46,8 @@ from target_dlac.core.errors import ConfigError, ModelLoadError
 
 #: the options of ``dlac compile`` that ``train`` shares (the others pick the machine or
 #: the input shapes of a compiled graph)
-_SHARED = ("quant", "granularity", "cluster_size", "keep_first", "precisions", "swis_shifts",
-           "swis_consecutive", "keep_last")
+_SHARED = ("quant", "granularity", "cluster_size", "keep_first", "precisions", "relu_thresholds",
+           "swis_shifts", "swis_consecutive", "keep_last")
 #: a progress line within an epoch at most this often (seconds, on stderr)
 PROGRESS_EVERY_S = 5.0
 #: learning rates by default: fine-tuning, from scratch
@@ -93,6 +94,9 @@ def _shared_options(f):
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--act-l1", type=float, default=0.0, show_default=True,
               help="Weight of the activation L1 regularizer.")
+@click.option("--act-density", is_flag=True,
+              help="After training, report each ReLU layer's fraction of non-zero activations on the "
+                   "validation images (also in OUT.json, key act_density).")
 @click.option("--plateau-patience", type=int, default=1, show_default=True,
               help="Epochs without a better validation loss before the learning rate drops.")
 @click.option("--plateau-factor", type=float, default=10.0, show_default=True,
@@ -113,10 +117,10 @@ def _shared_options(f):
 @click.option("--resume", is_flag=True, help="Continue from OUT.ckpt (same arguments; --epochs may grow).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def train_cmd(model, data, output, limit, test_limit, val_size, quant, granularity, cluster_size, keep_first,
-              keep_last, precisions, swis_shifts, swis_consecutive, activations, act_bits, sparsity,
-              widen_items, epochs, lr, optimizer, batch_size, act_l1, plateau_patience, plateau_factor,
-              from_scratch, distill, distill_scheme, distill_alpha, distill_temperature, seed, calib_size,
-              threads, resume, debug):
+              keep_last, precisions, relu_thresholds, swis_shifts, swis_consecutive, activations, act_bits,
+              sparsity, widen_items, epochs, lr, optimizer, batch_size, act_l1, act_density, plateau_patience,
+              plateau_factor, from_scratch, distill, distill_scheme, distill_alpha, distill_temperature, seed,
+              calib_size, threads, resume, debug):
     """Fine-tune MODEL (mnist-cnn or FILE.py:FACTORY) with dlac's quantization in the loop."""
     args = dict(locals())
     args.pop("debug")
@@ -138,7 +142,7 @@ def train_cmd(model, data, output, limit, test_limit, val_size, quant, granulari
                               "model; it cannot be combined with --from-scratch")
         args.update(distill_scheme=scheme, from_scratch=from_scratch)
         config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
-                               swis_consecutive, keep_first, keep_last)
+                               swis_consecutive, keep_first, keep_last, relu_thresholds)
         from compiler.train.loop import TrainOptions, reinitialize, train
         from compiler.train.qat import QatSpec, prepare
 
@@ -155,6 +159,9 @@ def train_cmd(model, data, output, limit, test_limit, val_size, quant, granulari
 
         split = load_split(data, tuple(example.shape), classes, limit, val_size, seed,
                            test_limit=test_limit)
+        if act_density and len(split.y_val) == 0:
+            raise ConfigError("--act-density measures on the validation images, and there are none "
+                              "(--val-size 0 or an empty x_val)")
         click.echo(f"data: {split.describe()['train']:,} training, {len(split.y_val):,} validation"
                    + (f", {len(split.y_test):,} test" if split.y_test is not None else "")
                    + f" images ({split.source}); preprocessing: {split.preprocessing}")
@@ -180,7 +187,8 @@ def train_cmd(model, data, output, limit, test_limit, val_size, quant, granulari
             sys.exit(130)
         if result.resumed_from is not None:
             click.echo(f"resumed after epoch {result.resumed_from} from {paths['checkpoint']}")
-        _write(output, paths, student, example, split, options, spec, args, result, t_start)
+        density = _act_density(student, split, options) if act_density else None
+        _write(output, paths, student, example, split, options, spec, args, result, t_start, density)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
         _fail(e, debug)
 
@@ -265,7 +273,23 @@ def _verify_pt2(tmp_path: str) -> None:
     load_pt2(tmp_path)
 
 
-def _write(output, paths, student, example, split, options, spec, args, result, t_start) -> None:
+def _act_density(student, split, options) -> dict:
+    """Each ReLU layer's fraction of non-zero outputs on the validation images, printed."""
+    import numpy as np
+    import torch
+
+    n = options.eval_batch_size
+    density = student.act_density(torch.from_numpy(np.ascontiguousarray(split.x_val[i:i + n]))
+                                  for i in range(0, len(split.y_val), n))
+    kind = "exact int8" if student.spec.activations == "int8" else "float"
+    _say(f"activation density ({kind} forward, {len(split.y_val):,} validation images, non-zero fraction):")
+    for name, d in density.items():
+        _say(f"  {name}: {d:.4f}")
+    return density
+
+
+def _write(output, paths, student, example, split, options, spec, args, result, t_start,
+           density=None) -> None:
     import dataclasses
     import io
 
@@ -297,6 +321,7 @@ def _write(output, paths, student, example, split, options, spec, args, result, 
                      "test_images": None if split.y_test is None else len(split.y_test)},
            "resumed_from": result.resumed_from, "outputs": {"model": output, **paths},
            "compile_command": shlex.join(compile_cmd), "compile_args": student.compile_args(),
+           "act_density": density,
            "seconds": time.perf_counter() - t_start, "torch": torch.__version__,
            "threads": options.threads}
     atomic_write_text(paths["log"], strict_json(log, indent=2))

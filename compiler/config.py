@@ -19,11 +19,19 @@ filters (1 = per filter, the default; 0 = the whole layer, the same as
 ``granularity="layer"``); ``swis`` (shared weight bit sparsity: ``swis_shifts`` bit
 positions per group of 4 weights on average, consecutive ones with
 ``swis_consecutive``; one scale per filter; depthwise layers fall back to int8).
+
+ReLU thresholds (``relu_thresholds``, ``{pattern: T}``, ``fnmatch`` patterns as
+``overrides``, the first matching pattern wins): the fused ReLU of each matched layer
+computes ``x if x > T else 0`` instead of ``max(x, 0)`` (:func:`passes.relu_threshold`;
+docs/isa.md "EPI").  T is a finite float >= 0; T == 0 is today's ReLU, the same graph
+and binary as no entry.  A pattern skips the matched layers without a fused ReLU (``*``
+thresholds every ReLU layer), but must match at least one layer that has one.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field, asdict
 
 from target_dlac.core.errors import ConfigError
@@ -46,6 +54,7 @@ class QuantConfig:
     keep_first: bool = True
     keep_last: bool = True
     overrides: dict = field(default_factory=dict)
+    relu_thresholds: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.weights not in WEIGHT_PRECISIONS:
@@ -69,6 +78,11 @@ class QuantConfig:
         for pattern, prec in self.overrides.items():
             if prec not in WEIGHT_PRECISIONS:
                 raise ConfigError(f"override {pattern!r} -> {prec!r}; expected one of {WEIGHT_PRECISIONS}")
+        if not isinstance(self.relu_thresholds, dict):
+            raise ConfigError(f"relu_thresholds={self.relu_thresholds!r}; expected a table of "
+                              "layer pattern -> threshold")
+        for pattern, t in self.relu_thresholds.items():
+            check_relu_threshold(pattern, t, "relu threshold")
 
     @classmethod
     def full_precision(cls) -> "QuantConfig":
@@ -109,5 +123,56 @@ class QuantConfig:
                 return act
         return default
 
+    def relu_threshold_for(self, name: str) -> float:
+        """Layer ``name``'s ReLU threshold: that of the first ``relu_thresholds`` pattern
+        matching it, else 0.0 (today's ReLU)."""
+        pattern = self.relu_pattern_for(name)
+        return 0.0 if pattern is None else float(self.relu_thresholds[pattern])
+
+    def relu_pattern_for(self, name: str) -> str | None:
+        """The first ``relu_thresholds`` pattern matching layer ``name`` (``None``: none)."""
+        return next((p for p in self.relu_thresholds if fnmatch.fnmatchcase(name, p)), None)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a plain table; ``relu_thresholds`` only with a threshold above 0
+        (so a config without one, or with zeros only, reads as before the field existed)."""
+        d = asdict(self)
+        nonzero = {p: float(t) for p, t in self.relu_thresholds.items() if t > 0}
+        if nonzero:
+            d["relu_thresholds"] = nonzero
+        else:
+            del d["relu_thresholds"]
+        return d
+
+
+def check_relu_threshold(pattern, t, what: str = "relu threshold") -> float:
+    """``t`` as a float if it is a finite number >= 0 (ints allowed, not bools); else a
+    :class:`ConfigError` naming ``what`` and ``pattern``."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{what} pattern {pattern!r}: expected a non-empty layer-name pattern")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise ConfigError(f"{what} {pattern!r} = {t!r}: expected a finite number >= 0 "
+                          "(the ReLU outputs x if x > T else 0)")
+    return float(t)
+
+
+def precision_file(path: str) -> tuple[dict, dict, dict]:
+    """``(weights, activations, relu thresholds)`` of a precision file: ``"pattern" =
+    "precision"`` pairs at the top level or under ``[precision]``, activation types under
+    ``[activations]``, ReLU thresholds (numbers) under ``[relu_threshold]``."""
+    from target_dlac.core.tomlfile import read_toml
+
+    data = read_toml(path, "precision file")
+    acts, relu = data.get("activations", {}), data.get("relu_threshold", {})
+    table = data.get("precision", {k: v for k, v in data.items() if k not in ("activations", "relu_threshold")})
+    for what, t in (("precision", table), ("activations", acts)):
+        bad = [k for k, v in (t.items() if isinstance(t, dict) else [("", None)]) if not isinstance(v, str)]
+        if bad:
+            raise ConfigError(f"precision file {path!r}: [{what}] entry {bad[0]!r} must map a layer "
+                              "pattern to a string (weights: fp32, ternary, int4, int8, swis; "
+                              "activations: fp32, fp16)")
+    if not isinstance(relu, dict):
+        raise ConfigError(f"precision file {path!r}: relu_threshold must be a table of "
+                          "\"pattern\" = T entries")
+    where = f"precision file {path!r}: [relu_threshold]"
+    return dict(table), dict(acts), {p: check_relu_threshold(p, t, where) for p, t in relu.items()}

@@ -13,9 +13,11 @@ TVMScript), times it and reports progress.  Stages, in order:
                   :class:`QuantConfig`, weight format; a pre-quantized model's layers keep
                   their own integers), QuantizeWeights (the plan's integers / SWIS
                   decompositions, SWIS groups on the machine's PE columns)
-``fold``          FoldScales, MultiplyToAccumulate (+ the accumulate-only check)
+``fold``          FoldScales, MultiplyToAccumulate (+ the accumulate-only check),
+                  ReluThreshold (the fused ReLU of the layers :attr:`QuantConfig.relu_thresholds`
+                  names becomes ``x if x > T else 0``; also in the reference built from here)
 ``partition``     PartitionForDlac (dLAC regions vs host ops; the plan's facts on the
-                  layers' composites)
+                  layers' composites; a thresholded ReLU must be fused into its layer's EPI)
 
 Entry point: :func:`compile_model`; it returns a :class:`compiler.result.CompileResult`.
 """
@@ -38,6 +40,7 @@ from passes.fold_prequantized import PrequantInfo, fold_prequantized, prequantiz
 from passes.fold_scales import fold_scales
 from passes.partition import partition, regions
 from passes.plan_layers import plan_layers
+from passes.relu_threshold import check_fused, relu_threshold, resolve as resolve_relu_thresholds
 from passes.remove_dead_tuples import remove_dead_tuples
 from passes.quantize_weights import WeightSpec, quantize_layers
 
@@ -66,6 +69,7 @@ class PipelineState:
     imported: object = None                          # compiler.loader's imported model
     prequant: PrequantInfo | None = None             # FoldPrequantized's records
     plans: list[LayerPlan] | None = None             # the layer plan (quantize stage on)
+    relu_thresholds: dict = field(default_factory=dict)  # layer var -> ReLU threshold T > 0 (fold)
     host: list = field(default_factory=list)         # passes.partition.HostOp
 
     @property
@@ -127,11 +131,16 @@ def stage_fold(st: PipelineState):
     mod = multiply_to_accumulate(fold_scales(st.stages["quantize"], decomp), quantized)
     mod = remove_dead_tuples(mod)
     check_accumulate_only(mod, ternary)
+    if st.config.relu_thresholds:       # patterns checked even when every T is 0 (graph unchanged)
+        st.relu_thresholds = resolve_relu_thresholds(mod, st.imported.layer_names, st.config.relu_thresholds,
+                                                     st.config.relu_pattern_for)
+        mod = relu_threshold(mod, st.relu_thresholds)
     return mod
 
 
 def stage_partition(st: PipelineState):
     mod, st.host = partition(st.stages["fold"], st.plan)
+    check_fused(mod, st.relu_thresholds, st.imported.layer_names)
     return mod
 
 

@@ -109,7 +109,8 @@ def _row(t: TuneLayer, status, rec=None, note=""):
 def tune_model(result, machine, log_path, strategy: str = "best_first", trials: int | None = None,
                time_budget: float | None = None, patience: int | None = None,
                jobs: int | None = None, progress=None, seed: int = 0,
-               dask: str | None = None, dask_timeout: float | None = None) -> list[dict]:
+               dask: str | None = None, dask_timeout: float | None = None,
+               act_ratios: dict | None = None) -> list[dict]:
     """Tune every conv / dense layer of ``result`` (a :class:`CompileResult` through the
     partition stage) on ``machine``, appending one record per newly tuned layer to
     ``log_path``.  ``time_budget`` is per layer (seconds).  ``progress(row, done, total)`` is
@@ -125,7 +126,9 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
     else :class:`tuning_log.TuningLogError` before anything is tuned.  Returns one row per
     layer, in program order: ``layer, op, precision, status ("tuned" | "from log"),
     default_cycles, tuned_cycles, trials, lower_bound (None: not in the
-    record), note``."""
+    record), note``.  ``act_ratios``: ``{layer name: {pxshift: ratio}}`` measured on sample
+    inputs (:func:`act_ratios`); with it the search minimizes the expected cycles with zero
+    activations skipped, else the cycles with dense activations."""
     from target_dlac.tune import tuning_log
     from target_dlac.tune.search import STRATEGIES
 
@@ -163,14 +166,18 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
                          note=f"stopped: {out['stopped']}, {out['seconds']:.1f} s"))
 
     args = (machine, strategy, trials, time_budget, patience, seed)
+
+    def job(i: int) -> LayerJob:
+        return LayerJob.of(layers[i].layer, (act_ratios or {}).get(layers[i].name))
+
     jobs = jobs or os.cpu_count() or 1
     if dask is None and (jobs <= 1 or len(todo) <= 1):
         for k, idx in todo.items():
-            finish(k, tune_layer(layers[idx[0]].layer, *args))
+            finish(k, tune_layer(job(idx[0]), *args))
         return rows
     if not todo:
         return rows
-    calls = {k: (LayerJob.of(layers[idx[0]].layer), *args) for k, idx in todo.items()}
+    calls = {k: (job(idx[0]), *args) for k, idx in todo.items()}
     if dask is not None:
         from compiler.tune_dask import DASK_WORKER_TIMEOUT, dask_results
 
@@ -182,6 +189,22 @@ def tune_model(result, machine, log_path, strategy: str = "best_first", trials: 
     for k, out in _pool_results(calls, jobs):
         finish(k, out)
     return rows
+
+
+def act_ratios(result, machine, calib: dict, limit: int | None = None, progress=None) -> dict:
+    """``{layer name: {pxshift: ratio}}``: the conv steps each layer keeps with the machine's
+    zero-activation skipping, measured on the samples of ``calib`` (as ``dlac compile
+    --calib`` takes them; the first ``limit``) in the interpreter on the default schedules
+    (:func:`target_dlac.tune.act_stats.live_ratios`)."""
+    from compiler.build import build_program, calib_samples
+    from target_dlac.tune.act_stats import live_ratios
+
+    prog = build_program(result, machine, reference=False)
+    host = None
+    if prog.host is not None:
+        from target_dlac.sim.host import HostRunner
+        host = HostRunner(prog)
+    return live_ratios(prog, calib_samples(prog, calib, limit), host, progress)
 
 
 # ------------------------------------------------------------------ local pool workers

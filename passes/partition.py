@@ -7,7 +7,8 @@ then ``MergeCompositeFunctions``): each match becomes a composite function
 
 * a layer (conv2d or dense with a constant weight) with its epilogue
   (``acc * scale + bias`` or ``acc + bias``), optionally a residual add, and
-  optionally ReLU or clip: ``dlac.conv2d[_residual][_relu|_clip]``,
+  optionally ReLU (``nn.relu``, or a thresholded ReLU ``where(x > T, x, 0)`` with a scalar
+  ``T > 0``, :mod:`passes.relu_threshold`) or clip: ``dlac.conv2d[_residual][_relu|_clip]``,
   ``dlac.dense[_relu|_clip]``; or (no residual) one of EPI's other activations in the
   forms the frontends emit (:func:`_act_patterns`): ``dlac.{conv2d,dense}_<act>`` for
   ``leaky_relu``, ``prelu``, ``hardswish``, ``hardsigmoid``, ``silu``, ``sigmoid``,
@@ -164,6 +165,27 @@ def _scalar_is(ctx, key: str, value: float) -> bool:
     return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == value
 
 
+def _relu(v):
+    """``(pattern, annotations)`` of a ReLU of ``v``: ``nn.relu(v)`` or the thresholded form
+    ``where(greater(v, T), v, 0)`` (:func:`_threshold_ok` checks the constants)."""
+    thr, zero = is_const(), is_const()
+    pat = is_op("relax.nn.relu")(v) | is_op("relax.where")(is_op("relax.greater")(v, thr), v, zero)
+    return pat, {"thr": thr, "zero": zero}
+
+
+def _threshold_ok(ctx) -> bool:
+    """A thresholded ReLU's ``T`` is one float32 value above 0 and its ``else`` value is 0
+    (``T == 0`` is never emitted: the graph keeps ``nn.relu``)."""
+    ann = ctx.annotated_expr
+    if "thr" not in ann:
+        return True
+    try:
+        t = const_np(ann["thr"])
+    except Exception:      # noqa: BLE001 - not a readable constant: not this form
+        return False
+    return t.size == 1 and t.dtype == "float32" and float(t.reshape(-1)[0]) > 0 and _scalar_is(ctx, "zero", 0.0)
+
+
 def _relu6_ok(ctx) -> bool:
     """The clip (or torch's two clips) of a hardswish / hardsigmoid bound to [0, 6], the
     constants 3 (when present: a hardsigmoid's ``+ 3`` may be folded into the bias) and 6."""
@@ -230,14 +252,17 @@ def _patterns() -> list[FusionPattern]:
         annotations = {"layer": layer_pat}
         if kind == "conv2d":
             res_ann = {"layer": layer_pat, "epilogue": ep, "residual": other, "add": residual}
-            pats += [FusionPattern("dlac.conv2d_residual_relu", is_op("relax.nn.relu")(residual),
-                                   res_ann, _residual_ok),
+            relu, relu_ann = _relu(residual)
+            pats += [FusionPattern("dlac.conv2d_residual_relu", relu, {**res_ann, **relu_ann},
+                                   lambda ctx: _residual_ok(ctx) and _threshold_ok(ctx)),
                      FusionPattern("dlac.conv2d_residual", residual, res_ann, _residual_ok)]
         for act, pat, ann, act_ok in _act_patterns(ep):
             pats.append(FusionPattern(f"dlac.{kind}_{act}", pat, {**annotations, **ann},
                                       lambda ctx, ok=ok, act_ok=act_ok: ok(ctx) and act_ok(ctx)))
-        for suffix, pat in (("_relu", is_op("relax.nn.relu")(ep)),
-                            ("_clip", is_op("relax.clip")(ep, wildcard(), wildcard())), ("", ep)):
+        relu, relu_ann = _relu(ep)
+        pats.append(FusionPattern(f"dlac.{kind}_relu", relu, {**annotations, **relu_ann},
+                                  lambda ctx, ok=ok: ok(ctx) and _threshold_ok(ctx)))
+        for suffix, pat in (("_clip", is_op("relax.clip")(ep, wildcard(), wildcard())), ("", ep)):
             pats.append(FusionPattern(f"dlac.{kind}{suffix}", pat, annotations, ok))
     mm = is_op("relax.matmul")(wildcard(), wildcard())      # activation x activation (attention)
     pats.append(FusionPattern("dlac.matmul", mm, {"mm": mm}, _act_matmul_ok))

@@ -10,8 +10,9 @@ from target_dlac.isa.encoding import BUFFERS, FORMATS, Insn
 from target_dlac.isa.machine import Machine
 from target_dlac.binary.program import Program, Tensor
 
-M = Machine()
-SMALL = Machine(pe_rows=2, pe_cols=4)          # groups of 4 filters: the PE order matters
+# the cycle formulas of weights alone: zero activations are not skipped here (tests/sim/test_act_skip.py)
+M = Machine(act_skip="none")
+SMALL = Machine(pe_rows=2, pe_cols=4, act_skip="none")          # groups of 4 filters: the PE order matters
 
 
 # ---- instructions ---------------------------------------------------------------------------

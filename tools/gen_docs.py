@@ -178,6 +178,9 @@ MACHINE_MEANINGS = {
     "compute_setup": "fixed cycles per compute instruction",
     "dram_mib": "largest DRAM image a binary may declare",
     "swis_shifts_per_pass": "shifts a SWIS PE applies per pass (SACC cost): 1 = single-shift, 2 = double-shift",
+    "act_skip": "zero-activation skipping (TACC / MAC / SACC cost): `none`; `column`: a PE column skips a step "
+                "when every pixel of its pass reads zero at it; `pe`: each PE skips its own zero steps and the "
+                "array waits for the slowest PE (\"Activation zero-skip\")",
 }
 
 #: what each memory holds (prose), in table order

@@ -10,6 +10,9 @@ before it (so the weights trained are the weights dlac quantizes), and replaces 
 * a residual add that is a conv's only consumer (``conv(x) + r``; of two convs the first
   operand's) and a ReLU (or ReLU6 / ``hardtanh`` with a lower bound >= 0) that is the layer's
   (or that add's) only consumer are fused into it, as dlac fuses them into the epilogue;
+* a fused ReLU takes its threshold from ``QuantConfig.relu_thresholds`` (``fnmatch``
+  patterns on the layer name, the first match wins, resolved as ``dlac compile`` resolves
+  them; see :mod:`compiler.train.qat_modules`);
 * with int8 activations the layer's output is quantized after the activation (``act_bits`` <
   8: unsigned ``act_bits`` after a fused ReLU/clip, else signed 8-bit, the rule of
   :mod:`target_dlac.codegen.modes.integer`); the graph input and the results of adds, average
@@ -36,7 +39,7 @@ from torch import fx, nn
 
 from compiler.config import QuantConfig
 from compiler.train.qat_integer import integer_forward
-from compiler.train.qat_modules import ActQuant, QLayer, _Point
+from compiler.train.qat_modules import ActQuant, QLayer, _Point, resolve_relu_thresholds
 from compiler.train.quant import QUANTIZED, WeightQuantizer, ternary_mask
 from target_dlac.codegen.modes.intmath import unsigned_output
 from target_dlac.core.errors import ConfigError
@@ -224,6 +227,8 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
     int8 = spec.activations == "int8"
     # decided on the traced graph, before any layer is replaced
     residual = {n: _residual_add(gm, n, set(layers)) for n in layers}
+    epilogue = {n: _fused_act(gm, residual[n] or n) for n in layers}
+    thresholds = resolve_relu_thresholds(spec.quant, {n.target: epilogue[n][0] for n in layers})
     for i, node in enumerate(layers):
         inner = _module(gm, node)
         if isinstance(inner, nn.Conv2d) and inner.padding_mode != "zeros":
@@ -231,7 +236,7 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
                               "covers zero padding only")
         precision, _ = spec.quant.precision_for(node.target, i, len(layers), node.target in heads)
         res_add = residual[node]
-        act, lo, hi, act_node = _fused_act(gm, res_add or node)
+        act, lo, hi, act_node = epilogue[node]
         low = unsigned_output(act, lo, res_add is not None, spec.act_bits)     # the codegen's rule
         mask = None
         if spec.sparsity == "static" and precision in QUANTIZED:
@@ -240,7 +245,7 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
                                   f"weights; this layer is {precision}")
             mask = ternary_mask(inner.weight.detach().numpy(), spec.quant.cluster, spec.quant.threshold_factor)
         q = QLayer(inner, node.target, precision, _quantizer(spec, precision, inner), act, lo, hi,
-                   spec.act_bits if low else 8, not low, int8, mask)
+                   spec.act_bits if low else 8, not low, int8, mask, thresholds.get(node.target, 0.0))
         gm.add_submodule(node.target, q)
         if res_add is not None:         # the layer takes (input, residual) and replaces the add
             other = res_add.args[1] if res_add.args[0] is node else res_add.args[0]
@@ -264,8 +269,15 @@ def prepare(model: nn.Module, example: torch.Tensor, spec: QatSpec | None = None
 def _insert_act_quants(gm: fx.GraphModule, example: torch.Tensor) -> None:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)        # which nodes hold tensors (sizes do not)
+    layers = [m for m in gm.modules() if isinstance(m, QLayer)]
+    for m in layers:                            # float activations: the shapes, no exponents yet
+        m.quantize = False
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)    # which nodes hold tensors (sizes do not)
+    finally:
+        for m in layers:
+            m.quantize = True
     count = 0
     for node in list(gm.graph.nodes):
         if node.op != "output" and "tensor_meta" not in node.meta:
@@ -307,19 +319,22 @@ class QatModel(nn.Module):
     def points(self) -> list[_Point]:
         return [m for m in self.net.modules() if isinstance(m, _Point)]
 
-    def forward(self, x):
+    def forward(self, x, observe=None):
+        """The model's output; ``observe(layer, output)``: see :func:`integer_forward`
+        (called by the exact integer forward only)."""
         if self.exact and not self.training and self.spec.activations == "int8":
             if not all(bool(p.calibrated) for p in self.points() if p.quantize):
                 raise ConfigError("the fake-quantized model has int8 activations and was not "
                                   "calibrated: call QatModel.calibrate(batches) before evaluating it")
-            return integer_forward(self.net, x)        # what the binary computes, bit for bit
+            return integer_forward(self.net, x, observe)      # what the binary computes, bit for bit
         return self.net(x)
 
     @property
     def act_l1(self) -> torch.Tensor:
         """The activation L1 term of the last training forward: the sum over the layers of
-        the mean |output| (after the fused activation, before quantization)."""
-        l1 = [m.last.abs().mean() for m in self.qlayers() if m.last is not None]
+        the mean |output| (after the fused activation and a float ReLU threshold, before
+        quantization)."""
+        l1 = [m.l1_activation().abs().mean() for m in self.qlayers() if m.last is not None]
         return torch.stack(l1).sum() if l1 else torch.zeros(())
 
     def refresh(self) -> None:
@@ -355,7 +370,31 @@ class QatModel(nn.Module):
     def layers(self) -> list[dict]:
         return [{"name": m.name, "precision": m.precision, "shape": list(m.inner.weight.shape),
                  "zero_fraction": m.zero_fraction(), "act_bits": m.bits if m.quantize else None,
-                 "sparsity": "static" if m.mask is not None else "dynamic"} for m in self.qlayers()]
+                 "sparsity": "static" if m.mask is not None else "dynamic",
+                 "relu_threshold": m.threshold} for m in self.qlayers()]
+
+    @torch.no_grad()
+    def act_density(self, batches) -> dict[str, float]:
+        """Per ReLU layer, the fraction of non-zero outputs over ``batches`` (eval mode, as
+        :meth:`forward` computes them: the exact integer forward with int8 activations)."""
+        relu = [m for m in self.qlayers() if m.act == "relu"]
+        nonzero, total = {m.name: 0 for m in relu}, {m.name: 0 for m in relu}
+
+        def count(m, y):
+            if m.act == "relu":
+                nonzero[m.name] += int(torch.count_nonzero(y))
+                total[m.name] += y.numel()
+        was = self.training
+        self.eval()
+        hooks = [m.register_forward_hook(lambda m, _, y: count(m, y)) for m in relu]   # float forward
+        try:
+            for x in batches:
+                self(x, observe=count)                                             # exact forward
+        finally:
+            for h in hooks:
+                h.remove()
+            self.train(was)
+        return {k: nonzero[k] / total[k] if total[k] else float("nan") for k in nonzero}
 
     def export(self) -> nn.Module:
         """A plain float module (the BN-folded model) with the weights dlac must compile."""
@@ -380,6 +419,9 @@ class QatModel(nn.Module):
             args.append("--quantize-last")
         for pattern, prec in q.overrides.items():
             args += ["--precision", f"{pattern}={prec}"]
+        for m in self.qlayers():
+            if m.threshold > 0:
+                args += ["--relu-threshold", f"{m.name}={m.threshold!r}"]
         if self.spec.activations == "int8":
             args += ["--activations", "int8"]
             if self.spec.act_bits != 8:

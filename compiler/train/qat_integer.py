@@ -12,7 +12,8 @@ integers and parameters:
   tensors is exact in float64, and this is the integer add's round half up);
 * a :class:`~compiler.train.qat_modules.QLayer`: the accumulator of the integer input and
   weights (exact), then the requantization with ``conv_params`` (plus a fused residual
-  ``res_q << R``) and the clip of the fused activation and the layer's ``act_bits``;
+  ``res_q << R``), the clip of the fused activation and the layer's ``act_bits``, and a
+  ReLU threshold: ``q if q > Tq else 0``, ``Tq = floor(T * 2^fy)``;
 * an average pool then its quantizer: the integer window sum and :func:`intmath.avg_params`;
 * max-pool, ReLU, reshapes, concats: the op itself on the exact values.
 
@@ -81,7 +82,10 @@ def _layer(m: QLayer, x: torch.Tensor, fx_: int | None, res: torch.Tensor | None
         t.add_(torch.bitwise_left_shift((res.to(torch.float64) * 2.0 ** fr).to(torch.int64), rshift))
     t.bitwise_right_shift_(s)                              # arithmetic: round half up
     lo, hi = _layer_bounds(m, fy)
-    return t.clamp_(lo, hi).to(torch.float32).mul_(2.0 ** -fy)     # exact: b-bit ints * 2^-fy
+    t.clamp_(lo, hi)
+    if m.threshold > 0:                                    # the ReLU threshold, on the integers
+        t = torch.where(t > Q.relu_threshold_q(m.threshold, fy, hi, f"layer {m.name}"), t, 0)
+    return t.to(torch.float32).mul_(2.0 ** -fy)            # exact: b-bit ints * 2^-fy
 
 
 def _avg_count(m, node: fx.Node, x: torch.Tensor) -> int:
@@ -121,8 +125,9 @@ def passthrough_of(node: fx.Node) -> bool:
 
 
 @torch.no_grad()
-def integer_forward(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
-    """``gm``'s output computed as dlac's integer pipeline computes it (see the docstring)."""
+def integer_forward(gm: fx.GraphModule, x: torch.Tensor, observe=None) -> torch.Tensor:
+    """``gm``'s output computed as dlac's integer pipeline computes it (see the docstring);
+    ``observe(layer, output)``, if given, is called with each QLayer's output."""
     env: dict = {}
     exps: dict = {}
 
@@ -142,6 +147,8 @@ def integer_forward(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
         if isinstance(m, QLayer):
             res, fr = (args[1], exps.get(node.args[1])) if len(args) > 1 else (None, None)
             env[node], exps[node] = _layer(m, args[0], exps.get(src), res, fr), int(m.exp)
+            if observe is not None:
+                observe(m, env[node])
         elif isinstance(m, ActQuant):
             env[node], exps[node] = _quantize(args[0], int(m.exp)), int(m.exp)
         elif _is_avg(m, node):

@@ -12,9 +12,17 @@ Each module is in one of three modes, set by :class:`compiler.train.qat.QatModel
   largest magnitude it sees, as ``dlac compile --calib`` does (its calibration runs the float
   program with the quantized weights); :meth:`finish_calibration` turns them into exponents;
 * ``float`` activations (fp32 builds): weights quantized, activations untouched.
+
+A fused ReLU may have a threshold ``T >= 0`` (``x if x > T else 0``; ``T = 0`` is the plain
+ReLU): on float activations (fp32 builds, calibration) it applies to the float value; with
+int8 activations to the quantized output, ``q if q > Tq else 0`` with ``Tq = floor(T * 2^e)``
+at the output exponent ``e`` (:func:`intmath.relu_threshold_q`, the codegen's), as dlac's EPI
+applies it.  The gradient passes where the value is kept and is zero elsewhere, like a ReLU's.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -22,22 +30,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler.train.quant import WeightQuantizer, batch_exponent, fake_act
-from target_dlac.codegen.modes.intmath import exponent
+from target_dlac.codegen.modes.intmath import act_range, exponent, relu_threshold_q
 from target_dlac.core.errors import ConfigError
+
+
+def keep_above(y: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``y if y > threshold else 0`` (gradient: passed where kept, zero elsewhere)."""
+    return torch.where(y > threshold, y, torch.zeros((), dtype=y.dtype))
+
+
+def resolve_relu_thresholds(quant, acts: dict[str, str]) -> dict[str, float]:
+    """``{layer: T}`` from ``quant.relu_thresholds`` as ``dlac compile`` resolves them
+    (:func:`passes.relu_threshold.resolve`; ``acts``: each layer's fused activation): the
+    first matching pattern gives a layer its threshold, a layer without a fused ReLU keeps 0;
+    a pattern that matches no layer, or only layers without a fused ReLU, is refused."""
+    out, matched = {}, {p: [] for p in quant.relu_thresholds}
+    for name, act in acts.items():
+        pattern = quant.relu_pattern_for(name)
+        if pattern is not None:
+            matched[pattern].append(name)
+            out[name] = float(quant.relu_thresholds[pattern]) if act == "relu" else 0.0
+    for pattern, names in matched.items():
+        if not names:
+            raise ConfigError(f"relu threshold {pattern!r}: the pattern matches no layer "
+                              f"(layers: {', '.join(acts)})")
+        if all(acts[n] != "relu" for n in names):
+            what = "; ".join(f"layer {n}: activation {acts[n]}" for n in names[:4])
+            raise ConfigError(f"relu threshold {pattern!r}: no matched layer ends in a fused ReLU ({what})")
+    return out
 
 
 class _Point(nn.Module):
     """A quantization point: bits, signedness, calibration maximum and exponent (buffers, so
-    a checkpoint holds them)."""
+    a checkpoint holds them); ``threshold``: a fused ReLU's threshold (0: none)."""
 
     def __init__(self, bits: int, signed: bool, quantize: bool, hi_real: float | None = None):
         super().__init__()
         self.bits, self.signed, self.quantize, self.hi_real = bits, signed, quantize, hi_real
+        self.threshold, self.name = 0.0, "input"
         self.mode = "run"
         self.register_buffer("maxabs", torch.zeros((), dtype=torch.float64))
         self.register_buffer("exp", torch.zeros((), dtype=torch.int64))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
-        self.last = None
+        self.last = self._pre = None
 
     def start_calibration(self) -> None:
         self.maxabs.zero_()
@@ -61,7 +96,11 @@ class _Point(nn.Module):
         else:
             raise ConfigError("the fake-quantized model has int8 activations and was not "
                               "calibrated: call QatModel.calibrate(batches) before evaluating it")
-        return fake_act(y, exp, self.bits, self.signed, self.hi_real, extremes)
+        y = fake_act(y, exp, self.bits, self.signed, self.hi_real, extremes)
+        if self.threshold > 0:      # on the integers: q > Tq, i.e. y > Tq * 2^-exp (exact in float32)
+            tq = relu_threshold_q(self.threshold, exp, act_range(self.bits, self.signed)[1], f"layer {self.name}")
+            y = keep_above(y, tq * 2.0 ** -exp)
+        return y
 
 
 class ActQuant(_Point):
@@ -69,6 +108,7 @@ class ActQuant(_Point):
 
     def __init__(self, quantize: bool):
         super().__init__(8, True, quantize)
+        self.name = "activation quantizer"
 
     def forward(self, x):
         return self.out(x)
@@ -80,15 +120,22 @@ ACTS = ("none", "relu", "clip")
 
 class QLayer(_Point):
     """A conv2d / linear layer of precision ``precision`` with its fused activation ``act``
-    (``relu``, ``clip`` with bounds ``lo``/``hi``, or ``none``) and its output quantizer
-    (``bits``-bit, unsigned after a ReLU when ``bits < 8``)."""
+    (``relu``, ``clip`` with bounds ``lo``/``hi``, or ``none``; ``threshold``: a ReLU's
+    threshold, 0 for none) and its output quantizer (``bits``-bit, unsigned after a ReLU when
+    ``bits < 8``)."""
 
     def __init__(self, inner: nn.Module, name: str, precision: str, quantizer: WeightQuantizer | None,
                  act: str, lo: float, hi: float, bits: int, signed: bool, quantize: bool,
-                 mask: np.ndarray | None):
+                 mask: np.ndarray | None, threshold: float = 0.0):
         super().__init__(bits, signed, quantize, hi if act == "clip" else None)
         self.inner, self.name, self.precision, self.quantizer = inner, name, precision, quantizer
         self.act, self.lo, self.hi = act, lo, hi
+        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+            raise ConfigError(f"layer {name}: ReLU threshold {threshold!r}; expected a finite number >= 0")
+        if threshold > 0 and act != "relu":
+            raise ConfigError(f"layer {name}: a ReLU threshold ({threshold:g}) needs a fused ReLU; this "
+                              f"layer's activation is {act}" + (" (ReLU6 / clip)" if act == "clip" else ""))
+        self.threshold = float(threshold)
         if mask is None:
             self.mask = None
         else:
@@ -124,18 +171,28 @@ class QLayer(_Point):
             return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
         return F.linear(x, w, m.bias)
 
-    def activate(self, y: torch.Tensor) -> torch.Tensor:
+    def activate(self, y: torch.Tensor, threshold: bool = True) -> torch.Tensor:
+        """The fused activation; a ReLU's threshold applied in float unless ``threshold`` is
+        False (int8 activations apply it to the quantized output)."""
         if self.act == "relu":
-            return torch.relu(y)
+            return keep_above(y, self.threshold) if threshold and self.threshold > 0 else torch.relu(y)
         if self.act == "clip":
             return torch.clamp(y, self.lo, self.hi)
         return y
 
     def forward(self, x, residual=None):
         y = self.linear(x, self.weight())
-        y = self.activate(y if residual is None else y + residual)
-        self.last = y if self.training else None      # for QatModel.act_l1 (computed on demand)
-        return self.out(y)
+        y = y if residual is None else y + residual
+        on_ints = self.quantize and self.mode == "run" and self.threshold > 0     # then out() applies it
+        a = self.activate(y, not on_ints)
+        # for QatModel.act_l1 (computed on demand, see l1_activation)
+        self.last, self._pre = (a, y if on_ints else None) if self.training else (None, None)
+        return self.out(a)
+
+    def l1_activation(self) -> torch.Tensor | None:
+        """What the activation L1 term sees of the last training forward: the output after the
+        fused activation (its ReLU threshold applied in float), before quantization."""
+        return self.activate(self._pre) if self._pre is not None else self.last
 
     def zero_fraction(self) -> float:
         ints = self.integers()

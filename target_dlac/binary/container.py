@@ -38,7 +38,7 @@ from target_dlac.core.atomic import atomic_write_bytes
 from target_dlac.core.errors import BinaryFormatError, ConfigError
 
 from target_dlac.isa.encoding import decode, encode
-from target_dlac.isa.machine import Machine
+from target_dlac.isa.machine import LEGACY_ACT_SKIP, Machine
 from target_dlac.binary.hostgraph.weights import Section
 from target_dlac.binary.program import DTYPE_SIZES, Program, Tensor
 from target_dlac.binary.validate import validate_program
@@ -173,7 +173,10 @@ def from_bytes(data: bytes) -> Program:
             raise BinaryFormatError("JSON nested too deeply", section=tag, offset=offsets[tag]) from None
 
     try:
-        machine = Machine.from_dict(load_json("MACHINE"), where="MACHINE section")
+        mdict = load_json("MACHINE")
+        if isinstance(mdict, dict):         # written before act_skip existed: costed without it
+            mdict.setdefault("act_skip", LEGACY_ACT_SKIP)
+        machine = Machine.from_dict(mdict, where="MACHINE section")
     except ConfigError as e:
         raise BinaryFormatError(str(e), section="MACHINE", offset=offsets["MACHINE"]) from None
     if bytes.fromhex(machine.hash()) != mhash:

@@ -17,11 +17,15 @@ Fields:
 - ``min_dram_bytes``, ``min_write_bytes``: the least DRAM traffic any schedule needs
   (the report's lower bound);
 - ``schedule``: the tiling a conv / dense layer was lowered with (``Schedule.to_dict``);
-  ``shape``: its ``ConvShape`` fields.  Both ``None`` for other layers.
+  ``shape``: its ``ConvShape`` fields.  Both ``None`` for other layers;
+- ``relu_threshold``: a conv / dense layer whose fused ReLU has a threshold ``T > 0``
+  (``--relu-threshold``, ``QuantConfig.relu_thresholds``; the ReLU outputs ``x if x > T
+  else 0``, docs/isa.md "EPI"): the user's ``T`` as a float; absent (``None``) otherwise.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 #: bounds on what a layer record may hold (a binary is untrusted input)
@@ -60,6 +64,15 @@ def _flat_dict(d: dict, key: str) -> dict | None:
     return v
 
 
+def _threshold(d: dict) -> float | None:
+    v = d.get("relu_threshold")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise LayerMetaError(f"relu_threshold is {str(v)[:40]!r}, not a finite number > 0")
+    return float(v)
+
+
 @dataclass(frozen=True)
 class LayerMeta:
     name: str
@@ -72,6 +85,7 @@ class LayerMeta:
     min_write_bytes: int = 0
     schedule: dict | None = None
     shape: dict | None = None
+    relu_threshold: float | None = None
 
     def to_dict(self) -> dict:
         """The JSON form (``schedule`` / ``shape`` only when set)."""
@@ -82,6 +96,8 @@ class LayerMeta:
             d["schedule"] = self.schedule
         if self.shape is not None:
             d["shape"] = self.shape
+        if self.relu_threshold is not None:
+            d["relu_threshold"] = self.relu_threshold
         return d
 
     @classmethod
@@ -94,7 +110,8 @@ class LayerMeta:
                 precision=_str(d, "precision", "-"), pc_start=_int(d, "pc_start"),
                 pc_end=_int(d, "pc_end"), min_dram_bytes=_int(d, "min_dram_bytes", 0),
                 min_write_bytes=_int(d, "min_write_bytes", 0),
-                schedule=_flat_dict(d, "schedule"), shape=_flat_dict(d, "shape"))
+                schedule=_flat_dict(d, "schedule"), shape=_flat_dict(d, "shape"),
+                relu_threshold=_threshold(d))
         if m.pc_start > m.pc_end:
             raise LayerMetaError(f"pc range {m.pc_start}-{m.pc_end} ends before it starts")
         if n_insns is not None and m.pc_end > n_insns:

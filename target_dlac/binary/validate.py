@@ -17,7 +17,7 @@ from __future__ import annotations
 from target_dlac.core.errors import BinaryFormatError
 
 from target_dlac.isa.encoding import ACTS, ALU_ACTS, ALU_OPS, BUFFERS, DTYPES, EXP_BIAS, INSN_BYTES, INT_ACTS, WFMTS, \
-    Insn, alu_bytes, disassemble, elem_bytes, epi_param_layout
+    Insn, alu_bytes, disassemble, elem_bytes, epi_param_layout, s32
 from target_dlac.isa.formats import WFMT_BYTES
 from target_dlac.binary.layer_meta import LayerMetaError, layer_table
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_META_ENTRIES, MAX_RUN_WORK, insn_budget, insn_budget_problem
@@ -110,6 +110,8 @@ def check_insn(ins: Insn, sizes: dict, n_host: int, max_pxshift: int = 0) -> str
                     f"(int8 takes {', '.join(INT_ACTS)}; lut is int8 only)")
         if f["rshift"] > MAX_SHIFT or f["shift"] > MAX_SHIFT:
             return f"shifts above {MAX_SHIFT} would overflow the int64 requantization"
+        if act == "relu" and integer and 0 < s32(f["lo_bits"]) and not s32(f["lo_bits"]) < s32(f["hi_bits"]):
+            return "int8 relu threshold (lo_bits) must be below its upper bound (hi_bits)"
     elif op == "POOL":
         if f["dtype"] >= len(DTYPES):
             return f"activation dtype {f['dtype']} is not defined"

@@ -48,7 +48,7 @@ class ConvSpec:
     bias: np.ndarray
     residual: relax.Expr | None
     act: str = "none"          # an EPI activation (isa.ACTS, float names)
-    lo: float = 0.0            # clip bounds; leaky_relu: lo is the slope
+    lo: float = 0.0            # clip bounds; leaky_relu: the slope; relu: its threshold T
     hi: float = 0.0
     out_shape: tuple = ()
     slopes: np.ndarray | None = None    # prelu: one slope per output channel
@@ -303,7 +303,7 @@ def _conv(kind: str, binds, out_shape, fn, plans: dict) -> ConvSpec:
     if plan.weight_format is WeightFormat.SWIS and depthwise:
         raise Unlowerable("SWIS weights of a depthwise layer (it has no input-channel groups)")
     act = kind.split("_", 1)[1] if "_" in kind else ""
-    prev, seen_bias = layer.var, False
+    prev, seen_bias, gt = layer.var, False, None
     for i, b in enumerate(binds[1:], 1):
         v, name = b.value, op_name(b.value)
         args = list(v.args) if isinstance(v, relax.Call) else []
@@ -321,6 +321,12 @@ def _conv(kind: str, binds, out_shape, fn, plans: dict) -> ConvSpec:
                 raise Unlowerable("residual operand does not match the output shape")
             spec.residual = other
         elif name == "relax.nn.relu":
+            spec.act = "relu"
+        elif name == "relax.greater" and args[0].same_as(prev) and is_const(args[1]) and gt is None:
+            spec.lo, gt = float(const_np(args[1]).reshape(-1)[0]), b.var     # where(x > T, x, 0): relu, lo = T
+            continue
+        elif name == "relax.where" and gt is not None and args[0].same_as(gt) and args[1].same_as(prev) \
+                and is_const(args[2]) and not const_np(args[2]).any():
             spec.act = "relu"
         elif name == "relax.clip":
             spec.act, spec.lo, spec.hi = "clip", _prim(args[1]), _prim(args[2])

@@ -37,7 +37,7 @@ from target_dlac.binary import hostgraph
 from target_dlac.isa.encoding import MAX_POOL_KERNEL, MAX_POOL_STRIDE, Insn
 from target_dlac.isa.formats import SWIS_GROUP, facts
 from target_dlac.codegen.layer_weights import pe_order
-from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool
+from target_dlac.codegen.lower import Elt, Epilogue, PoolShape, lower_conv, lower_eltwise, lower_pool, threshold_meta
 from target_dlac.codegen.concat import lower_concat
 from target_dlac.codegen.matmul import lower_matmul
 from target_dlac.isa.machine import Machine
@@ -318,7 +318,7 @@ class Codegen:
         return {"name": display, "var": spec.layer, "op": layer.op, "precision": layer.precision,
                 "schedule": sched.to_dict(), "shape": {k: v for k, v in vars(shape).items()},
                 "min_dram_bytes": shape.min_input_bytes() + wbytes + out.nbytes + (res.nbytes if res else 0),
-                "min_write_bytes": out.nbytes}
+                "min_write_bytes": out.nbytes, **threshold_meta(spec.act, spec.lo)}
 
     def _schedule_for(self, layer: ConvLayer, var: str):
         """The layer's schedule: given (checked against the buffers), else the default."""

@@ -149,6 +149,19 @@ class LayerWeights:
             got = self._blocks[key] = self._make_blocks(shape, s)
         return got
 
+    def block_masks(self, shape: ConvShape, s: Schedule) -> dict:
+        """``{(fi, ci): (order, mask)}`` of each ternary block under ``s``: ``order[j]`` the
+        tile filter on PE column ``j``, ``mask`` ``[F_t, K]`` its non-zero weights in PE
+        order, ``K`` = the tile's channels x kernel positions (depthwise: the kernel
+        positions) in the order a conv instruction reads them (for the cost of skipping zero
+        activations, :func:`target_dlac.isa.actskip.step_matrix`)."""
+        out = {}
+        for fi, ci, fr, cr in weight_tiles(shape, s):
+            tile = self.w[fr[0]:fr[1]] if self.depthwise else self.w[fr[0]:fr[1], cr[0]:cr[1]]
+            order = order_by_counts(self.tile_counts(fr, cr), s.pe_order)
+            out[(fi, ci)] = (order, (tile.reshape(tile.shape[0], -1) != 0)[order])
+        return out
+
     def _make_blocks(self, shape: ConvShape, s: Schedule) -> dict:
         out = {}
         for fi, ci, fr, cr in weight_tiles(shape, s):

@@ -17,6 +17,7 @@ DRAM layout is NCHW float32; on-chip tiles are ``[channels, rows, cols]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from target_dlac.core.errors import CodegenError
 
@@ -89,6 +90,18 @@ def _window(o0: int, o1: int, stride: int, k: int, pad: int, size: int) -> tuple
     return i0, i1, i0 - a, b - i1
 
 
+class ConvTag(NamedTuple):
+    """The tag of a conv instruction (:class:`emitter.Lowered`): the weight block it reads
+    (``(fi, ci)`` of ``wblock``) and where its input tile starts in the layer's input
+    (image ``n``, channel ``c0``, row ``ih0``, column ``iw0``; the instruction has the
+    tile's size and padding)."""
+    block: tuple
+    n: int
+    c0: int
+    ih0: int
+    iw0: int
+
+
 @dataclass
 class Epilogue:
     has_scale: bool
@@ -98,6 +111,17 @@ class Epilogue:
     residual_addr: int | None = None
     shift: int = 0             # int8 mode: right shift of the requantization
     rshift: int = 0            # int8 mode: left shift of the residual
+
+
+def threshold_meta(act: str, lo: float) -> dict:
+    """The layer-table field of a thresholded ReLU (``relu`` with ``lo = T > 0``):
+    ``{"relu_threshold": T}`` with T written as its shortest float32 decimal (the value the
+    user gave, e.g. 0.3, not 0.30000001192...); ``{}`` for any other activation."""
+    if act != "relu" or not lo > 0:
+        return {}
+    import numpy as np
+
+    return {"relu_threshold": float(str(np.float32(lo)))}
 
 
 def _epi_bounds(epi: Epilogue, integer: bool) -> tuple[int, int]:
@@ -205,7 +229,7 @@ def lower_conv(shape: ConvShape, s: Schedule, m: Machine, *, x_addr: int, out_ad
                 sh=shape.sh, sw=shape.sw, pt=tp, pb=bp, pl=lp, pr=rp, dtype=DTYPES.index(shape.dtype),
                 wfmt=0 if shape.ternary or shape.swis else wfmt, pxshift=s.pxshift))
             j = seg.compute(insn, max(ins_.filled_by[islot], wts.filled_by[wslot]),
-                            acc_stored[acc_slot_i] if ci == 0 else -1, tag=wkey)
+                            acc_stored[acc_slot_i] if ci == 0 else -1, tag=ConvTag(wkey, n, c0, ih0, iw0))
             ins_.use(islot, j)
             wts.use(wslot, j)
         # epilogue: parameters and the residual tile, then the stores

@@ -4,7 +4,8 @@ The fp16 and int8 codegens (:mod:`target_dlac.codegen.modes.ref`) build it op by
 the instructions.  The int8 ops use the same integer parameters as the instructions
 (multipliers, biases, shifts, exponents; see :mod:`target_dlac.codegen.modes.intmath`) and only
 standard Relax ops (``conv2d`` with ``out_dtype="int32"``, ``astype``, ``multiply``,
-``add``, ``left_shift``, ``right_shift``, ``clip``, ``max_pool2d``, ``floor``).
+``add``, ``left_shift``, ``right_shift``, ``clip``, ``max_pool2d``, ``floor``; ``greater`` and
+``where`` for a ReLU threshold).
 ``tvm.compile(..., "llvm")`` of it is the oracle the interpreter must match (exactly for
 int8: ``dlac run --check``, the tests).
 """
@@ -61,8 +62,9 @@ class RefGraph:
         return self.emit(relax.op.astype(relax.op.clip(t, lo, hi), "int8"))
 
     def layer(self, x, w: np.ndarray, kind: str, strides, pads, groups: int, m, b, shift: int,
-              res=None, rshift: int = 0, lo: int = -128, hi: int = 127):
-        """conv2d (OIHW ``w``) or dense (``w`` [N, K, 1, 1]) with the integer epilogue."""
+              res=None, rshift: int = 0, lo: int = -128, hi: int = 127, tq: int = 0):
+        """conv2d (OIHW ``w``) or dense (``w`` [N, K, 1, 1]) with the integer epilogue;
+        ``tq > 0``: a ReLU threshold after the clip, ``y > tq ? y : 0``."""
         if kind == "dense":
             wt = make_const(np.ascontiguousarray(w.reshape(w.shape[0], -1).T), str(w.dtype))
             acc = self.emit(relax.op.matmul(x, wt, out_dtype="int32"))
@@ -76,7 +78,11 @@ class RefGraph:
                          _chan(b, rank, "int64"))
         if res is not None:
             t = relax.op.add(t, relax.op.left_shift(relax.op.astype(res, "int64"), _i64(rshift)))
-        return self._requant(t, shift, lo, hi)
+        y = self._requant(t, shift, lo, hi)
+        if tq > 0:
+            y = self.emit(relax.op.where(relax.op.greater(y, make_const(np.int8(tq), "int8")), y,
+                                         make_const(np.int8(0), "int8")))
+        return y
 
     def max_pool(self, x, kernel, strides, pads):
         return self.emit(relax.op.nn.max_pool2d(x, pool_size=list(kernel), strides=list(strides),

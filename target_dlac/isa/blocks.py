@@ -84,6 +84,13 @@ def ternary_counts(buf: np.ndarray, addr: int, nfilters: int) -> np.ndarray:
     return buf[addr:end].view("<u4").astype(np.int64)
 
 
+def ternary_order(buf: np.ndarray, addr: int, nfilters: int) -> np.ndarray:
+    """The PE order of a ternary block at ``addr``: ``order[j]`` the filter (accumulator
+    row) on PE column ``j`` (read as stored; :func:`unpack_ternary` checks it)."""
+    o = addr + 4 * nfilters
+    return buf[o:o + 2 * nfilters].view("<u2").astype(np.int64)
+
+
 def unpack_ternary(buf: np.ndarray, addr: int, nfilters: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Read a ternary block from ``buf`` at ``addr``; returns (dense float32 matrix
     ``[F, k]`` indexed by accumulator row, counts in PE order).  Every entry is

@@ -20,6 +20,11 @@ non-zero counts it reads from the weight buffer) and by the analytic cost model.
 * ``ALU``: ``compute_setup + ceil(n / (pes * lanes)) * act_steps(op)`` (1 for the
   arithmetic and conversion ops).
 
+With the machine's ``act_skip`` on, a conv instruction's cycles also depend on its
+activations: :func:`steps_cycles` of the per-pass step counts of
+:func:`target_dlac.isa.actskip.step_matrix` (``docs/isa.md`` "Activation zero-skip"), which
+are the formulas above when no activation is zero.
+
 ``act_steps`` (:data:`ACT_STEPS`) is an assumption of this model, not a published figure:
 each PE's epilogue has one multiply-add, a compare/select and a small table, so
 relu/clip/leaky/PReLU/the int8 table take one step per element; hardsigmoid one (add,
@@ -101,6 +106,22 @@ def dma_cycles(nbytes: int, m: Machine) -> int:
 def sparse_cycles(ins: Insn, m: Machine, counts: np.ndarray) -> int:
     """TACC / SACC: ``compute_setup + passes * sum over PE groups of the largest step count``."""
     return m.compute_setup + passes(ins, m) * group_max_sum(filter_steps(ins, m, counts), grid(ins, m)[1])
+
+
+def steps_cycles(ins: Insn, m: Machine, steps: np.ndarray) -> int:
+    """A conv instruction's cycles from ``steps[f, i]``, the steps filter ``f`` takes in pass
+    ``i`` (:func:`actskip.step_matrix`): ``compute_setup + sum_i sum_g max_{f in g}
+    steps[f, i]`` over consecutive groups ``g`` of ``pe_cols << pxshift`` filters.  With the
+    same count in every pass this is :func:`sparse_cycles` / :func:`dense_cycles`."""
+    steps = np.asarray(steps, np.int64)
+    ncols = grid(ins, m)[1]
+    nf, npass = steps.shape
+    if not nf:
+        return m.compute_setup
+    pad = (-nf) % ncols
+    if pad:
+        steps = np.concatenate([steps, np.zeros((pad, npass), np.int64)])
+    return m.compute_setup + int(steps.reshape(-1, ncols, npass).max(axis=1).sum())
 
 
 def dense_cycles(ins: Insn, m: Machine) -> int:

@@ -38,7 +38,8 @@ DEP_FIELDS = ("pop_prev", "pop_next", "push_prev", "push_next")
 #: On-chip buffers (field ``buf``): input feature maps, weights, accumulators/outputs.
 BUFFERS = ("INP", "WGT", "ACC")
 #: Activation functions of EPI (field ``act``, 4 bits): float modes every one but ``lut``
-#: (``leaky_relu``: its slope in ``lo_bits``; ``prelu``: per-channel slopes after the bias
+#: (``relu``: a threshold ``T > 0`` in ``lo_bits`` makes it ``y > T ? y : 0``, int8 then also
+#: clipping to ``hi_bits``; ``leaky_relu``: its slope in ``lo_bits``; ``prelu``: per-channel slopes after the bias
 #: in the parameter block); int8 mode ``none``, ``relu``, ``clip`` and ``lut`` (a 256-entry
 #: int8 table after the biases, applied to the requantized value).  See docs/isa.md "EPI".
 ACTS = ("none", "relu", "clip", "leaky_relu", "prelu", "hardswish", "hardsigmoid", "silu", "sigmoid",
@@ -318,6 +319,9 @@ def disassemble(ins: Insn) -> str:
         act = ACTS[f["act"]] if f["act"] < len(ACTS) else f"act{f['act']}"
         if act == "leaky_relu" and f["dtype"] != 2:
             act = f"leaky_relu[{bits_f(f['lo_bits']):g}]"
+        thr = s32(f["lo_bits"]) if f["dtype"] == 2 else bits_f(f["lo_bits"])
+        if act == "relu" and thr > 0:        # a ReLU threshold
+            act = f"relu[>{thr:g}" + (f",<={s32(f['hi_bits'])}]" if f["dtype"] == 2 else "]")
         if act == "clip":
             act = (f"clip[{s32(f['lo_bits'])},{s32(f['hi_bits'])}]" if f["dtype"] == 2 else
                    f"clip[{bits_f(f['lo_bits']):g},{bits_f(f['hi_bits']):g}]")

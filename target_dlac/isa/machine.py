@@ -23,6 +23,11 @@ parameter              default     meaning
 ``dram_mib``           1024        largest DRAM image a binary may declare (at most
                                    ``limits.MAX_DRAM_MIB``)
 ``swis_shifts_per_pass`` 1         SWIS bit-serial PE: 1 = single-shift, 2 = double-shift
+``act_skip``           ``column``  zero-activation skipping (:data:`ACT_SKIP`): ``none``;
+                                   ``column``: a PE column skips a step when every pixel
+                                   of its pass reads a zero activation; ``pe``: each PE
+                                   skips its own zero steps, the array waits for the
+                                   slowest PE (``docs/isa.md`` "Activation zero-skip")
 =====================  ==========  ================================================
 
 Derived sizes (buffer bytes, address widths, PE count, peak rates) are properties,
@@ -49,6 +54,11 @@ KIB = 1024
 
 
 MAX_PARAM = 2 ** 40       # no machine parameter is larger (keeps huge JSON numbers out of float math)
+#: The zero-activation skipping granularities (``act_skip``; docs/isa.md "Activation zero-skip").
+ACT_SKIP = ("none", "column", "pe")
+#: ``act_skip`` of a MACHINE section that does not name it: binaries written before the
+#: parameter existed were costed without activation skipping.
+LEGACY_ACT_SKIP = "none"
 
 
 @dataclass(frozen=True)
@@ -68,9 +78,15 @@ class Machine:
     compute_setup: int = 8
     dram_mib: int = 1024
     swis_shifts_per_pass: int = 1
+    act_skip: str = "column"
 
     def __post_init__(self):
+        if self.act_skip not in ACT_SKIP:
+            raise ConfigError(f"machine parameter act_skip={str(self.act_skip)[:40]!r}: expected one of "
+                              f"{', '.join(ACT_SKIP)}")
         for f in fields(self):
+            if f.type == "str":
+                continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or abs(v) > MAX_PARAM \
                     or not math.isfinite(v) or v <= 0:
@@ -154,7 +170,12 @@ class Machine:
         return asdict(self)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The JSON the hash is taken of; ``act_skip = "none"`` is left out, so a binary
+        written before the parameter existed keeps its hash (:data:`LEGACY_ACT_SKIP`)."""
+        d = self.to_dict()
+        if d["act_skip"] == LEGACY_ACT_SKIP:
+            del d["act_skip"]
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

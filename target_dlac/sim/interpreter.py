@@ -31,6 +31,7 @@ from target_dlac.core.errors import ConfigError, DlacError, ExecutionError
 
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
     MAX_WEIGHT_CACHE_BYTES, block_decode_budget, block_key_budget, insn_budget
+from target_dlac.isa import cycles
 from target_dlac.isa.encoding import Insn, disassemble
 from target_dlac.isa.blocks import BlockError, swis_block_bytes, swis_counts, swis_groups, ternary_block_bytes, \
     ternary_counts, unpack_swis, unpack_ternary
@@ -47,8 +48,12 @@ class Interpreter(Kernels):
     """Runs one program (any number of times: :meth:`run`); the instruction families' arithmetic
     is in :class:`target_dlac.sim.kernels.Kernels`."""
 
-    def __init__(self, program: Program, *, check_races: bool = True):
+    def __init__(self, program: Program, *, check_races: bool = True, probe: bool = False):
+        """``probe``: also count, for every conv instruction and every PE mapping, its steps
+        with zero activations skipped and with dense ones (:attr:`probe`, summed over runs;
+        :mod:`target_dlac.tune.act_stats`)."""
         self.p = program
+        self.probe: dict | None = {} if probe else None
         self.m = program.machine
         self.check_races = check_races
         self._race_signature = None      # Timeline.signature() of the last race-checked run
@@ -201,6 +206,11 @@ class Interpreter(Kernels):
         deferred = self.check_races and self._race_signature is not None
         real = Replay(self.m, check_races=self.check_races and not deferred, record=self.check_races)
         dense = Replay(self.m, dense_cost)        # the same program with every weight issued
+        skipping = self.m.act_skip != "none"
+        # with activation skipping: the weights' part alone (real's cost without it) and the
+        # activations' part alone (every weight issued, zero activations skipped)
+        wonly = Replay(self.m) if skipping else None
+        aonly = Replay(self.m) if skipping else None
         records: list[InsnRecord] = []
         n = len(p.insns)
         halted = False
@@ -210,12 +220,12 @@ class Interpreter(Kernels):
             self.insn_work = self.insn_temp = 0
             self._charge(*insn_budget(ins))     # within budget: validation checked it up front
             op = ins.op
-            counts = None
+            counts = skip = None
             host_secs = 0.0             # wall time of a HOST op (TVM's CPU build, not dLAC cycles)
             if op in ("LOAD", "STORE"):
                 self._dma(ins)
             elif op in ("TACC", "MAC", "SACC"):
-                counts = self._conv(ins)
+                counts, skip = self._conv(ins)
             elif op == "EPI":
                 self._epi(ins)
             elif op == "POOL":
@@ -237,10 +247,23 @@ class Interpreter(Kernels):
                 host_secs = time.perf_counter() - t0
             elif op == "HALT":
                 halted = True
-            cyc, slot = real.place(pc, ins, counts, self.acc)
+            conv = skip is not None
+            acts_cost = None
+            if skipping:
+                wcyc, wslot = wonly.place(pc, ins, counts)
+                acts_cost = cycles.steps_cycles(ins, self.m, skip.acts) if conv else None
+                _, aslot = aonly.place(pc, ins, counts, cost=acts_cost)
+            cyc, slot = real.place(pc, ins, counts, self.acc,
+                                   cost=cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None)
             _, dslot = dense.place(pc, ins, counts)
-            stats = conv_stats(ins, self.m, counts) if op in ("TACC", "MAC", "SACC") else None
-            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs))
+            stats = None
+            if conv:
+                stats = conv_stats(ins, self.m, counts) + (skip.nonzero, skip.values)
+                if skip.work is not None:       # the bound's compute term: what no input skips
+                    stats = stats[:2] + (skip.work,) + stats[3:]
+            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
+                                      wslot.end if skipping else slot.end,
+                                      aslot.end if skipping else dslot.end))
             if progress and pc % 2000 == 0:
                 progress(pc, n)
             if halted:

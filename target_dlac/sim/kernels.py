@@ -10,9 +10,13 @@ which stay with the interpreter along with the budgets they are charged to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
+from target_dlac.isa import actskip, cycles
+from target_dlac.isa.blocks import ternary_order
 from target_dlac.isa.encoding import ACTS, ALU_ACTS, ALU_OPS, BUFFERS, EXP_BIAS, INT8, LUT_ENTRIES, POOL_MODES, \
     Insn, bits_f, epi_param_layout, s32
 
@@ -77,6 +81,21 @@ def float_act(act: str, y: np.ndarray, slope: np.float32 = np.float32(0), slopes
     return out.reshape(y.shape)
 
 
+@dataclass
+class ActSteps:
+    """A conv instruction's activations as the cycle model sees them: ``nonzero`` of the
+    ``values`` in its input tile, and with ``act_skip`` on the ``[F, passes]`` step counts
+    with zero activations skipped (``total``: weights as issued; ``acts``: every weight
+    issued), :func:`actskip.step_matrix`, and the useful ``work``."""
+    nonzero: int
+    values: int
+    total: np.ndarray | None = None
+    acts: np.ndarray | None = None
+    #: useful PE-cycles with zero activations skipped (:func:`actskip.useful_steps` over the
+    #: lane ratio), the compute term of the layer's lower bound
+    work: float | None = None
+
+
 class Kernels:
     """What each instruction family computes (see the module docstring)."""
 
@@ -112,13 +131,7 @@ class Kernels:
 
     def _cols(self, x: np.ndarray, f) -> np.ndarray:
         """[c, kh*kw, oh*ow] windows of the padded tile."""
-        kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
-        c = x.shape[0]
-        if kh == 1 and kw == 1:
-            return x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(c, 1, oh * ow)
-        win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-        return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
-
+        return actskip.windows(x, f)
 
     def _conv(self, ins: Insn):
         f = ins.f
@@ -128,6 +141,7 @@ class Kernels:
         kk = f["kh"] * f["kw"]
         k = kk if f["depthwise"] else f["c"] * kk
         w, counts = self._weights(ins, k)
+        skip = self._act_steps(ins, x, cols, w, counts)
         if integer:       # exact: |partial sums| <= 127 * 127 * 65536 < 2^53
             cols, w = cols.astype(np.float64), w.astype(np.float64)
         if f["depthwise"]:
@@ -142,11 +156,47 @@ class Kernels:
             if out.size and (out.max() > 2 ** 31 - 1 or out.min() < -2 ** 31):
                 self._fail("int32 accumulator overflow")
             self._put("ACC", f["acc"], out.astype(np.int32), "accumulator tile")
-            return counts
+            return counts, skip
         if f["accumulate"]:
             out = self._f32("ACC", f["acc"], shape, "accumulator tile") + out
         self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
-        return counts
+        return counts, skip
+
+    def _act_steps(self, ins: Insn, x: np.ndarray, cols: np.ndarray, w: np.ndarray, counts) -> ActSteps:
+        """What the instruction's activations give the cycle model (:class:`ActSteps`): the
+        non-zero activations of its (padded) input tile, and with ``act_skip`` on the step
+        counts :func:`actskip.step_matrix` derives from the windows each pixel reads."""
+        f = ins.f
+        nonzero = int(np.count_nonzero(x))
+        values = f["c"] * f["h"] * f["w"]
+        gran = self.m.act_skip
+        if gran == "none":
+            return ActSteps(nonzero, values)
+        rows, _ = cycles.grid(ins, self.m)
+        lanes = cycles.lanes(ins, self.m)
+        wnz = order = None
+        if ins.op == "TACC":        # the decoded matrix is in accumulator rows: put it in PE order
+            order = ternary_order(self.mem["WGT"], f["wgt"], f["f"])
+            wnz = (w != 0)[order]
+        shifts = -(-np.asarray(counts, np.int64) // self.m.swis_shifts_per_pass) if ins.op == "SACC" else None
+        nz = cols != 0
+        total, acts = actskip.step_matrix(ins, nz, rows, lanes, gran, wnz, shifts, order)
+        if self.probe is not None:          # the same data under every PE mapping (act_stats)
+            self._probe(ins, nz, lanes, gran, wnz, shifts, counts, order)
+        work = actskip.useful_steps(ins, nz, wnz, shifts, order) * self.m.lanes / lanes
+        return ActSteps(nonzero, values, total, acts, work)
+
+    def _probe(self, ins: Insn, nz, lanes: int, gran: str, wnz, shifts, counts, order):
+        """Add to ``probe[pc][pxshift]`` the instruction's compute steps with zero activations
+        skipped and with dense ones (``compute_setup`` left out) under each PE mapping."""
+        m = self.m
+        got = self.probe.setdefault(self.pc, {})
+        for px in range(m.max_pxshift + 1):
+            alt = Insn(ins.op, dict(ins.f, pxshift=px))
+            total, _ = actskip.step_matrix(alt, nz, m.pe_grid(px)[0], lanes, gran, wnz, shifts, order)
+            live, dense = got.get(px, (0, 0))
+            got[px] = (live + cycles.steps_cycles(alt, m, total) - m.compute_setup,
+                       dense + cycles.cost(alt, m, counts) - m.compute_setup)
 
     def _requant(self, t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
         """``clip((t + 2^(shift-1)) >> shift, lo, hi)`` in int64 (round half up), as int8."""
@@ -170,12 +220,14 @@ class Kernels:
             if f["has_res"]:
                 res = self._arr("INP", f["res"], (nf, p), np.int8, "residual tile").astype(np.int64)
                 t += res << f["rshift"]
-            lo, hi = -128, 127
-            if act == "relu":
-                lo = 0
+            lo, hi, tq = -128, 127, s32(f["lo_bits"])
+            if act == "relu":       # a threshold tq > 0 also clips to hi_bits (a low-bit output)
+                lo, hi = 0, min(hi, s32(f["hi_bits"])) if tq > 0 else hi
             elif act == "clip":
                 lo, hi = max(lo, s32(f["lo_bits"])), min(hi, s32(f["hi_bits"]))
             q = self._requant(t, f["shift"], lo, hi)
+            if act == "relu" and tq > 0:        # ReLU threshold: q > tq ? q : 0
+                q = np.where(q > tq, q, np.int8(0))
             if act == "lut":        # the table of the activation, indexed by the int8 value + 128
                 table = self._arr("WGT", f["prm"] + aoff, (LUT_ENTRIES,), np.int8, "activation table")
                 q = table[q.astype(np.int64) + 128]
@@ -190,6 +242,8 @@ class Kernels:
             y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
         if act == "clip":
             np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
+        elif act == "relu" and bits_f(f["lo_bits"]) > 0:   # ReLU threshold T = f32(lo_bits) > 0: y > T ? y : 0
+            y = np.where(y > np.float32(bits_f(f["lo_bits"])), y, np.float32(0))
         elif act != "none":
             slopes = self._f32("WGT", f["prm"] + aoff, (nf,), "PReLU slopes") if act == "prelu" else None
             y = float_act(act, y, np.float32(bits_f(f["lo_bits"])), slopes)

@@ -9,8 +9,13 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
   an accumulator slot, plus draining the last stores);
 * ``dense_macs``: multiply-accumulates of the layer with every weight present;
   ``issued_macs``: those issued (non-zero weights only for ternary layers);
-* ``zero_skip_speedup``: cycles of the same program with every weight issued (the
-  same timeline with ``TACC`` costed as ``MAC``) divided by ``cycles``;
+* ``zero_skip_speedup``: cycles of the same program with every weight issued and every
+  activation read (the same timeline with ``TACC`` / ``SACC`` costed as ``MAC``, no zero
+  activation skipped) divided by ``cycles``; ``speedup_weights``, ``speedup_acts`` and
+  ``speedup_total`` split it: the same ratio with only zero weights skipped, with only
+  zero activations skipped (machine parameter ``act_skip``; 1.0 when it is ``none``), and
+  with both (``= zero_skip_speedup``); ``act_density``: the fraction of non-zero values in
+  the input tiles the layer's conv instructions read (``None`` for a layer without one);
 * ``load_balance``: work done over work paid for in ternary (SWIS) steps: the sum of
   the filters' non-zero (shift) counts over the sum of (filters x the largest count)
   of every group of filters that ran together (1.0 = perfectly balanced);
@@ -20,7 +25,7 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
   the input it touches, its weights and its residual) and ``pct_of_bound`` = 100 * cycles / lower bound (for SWIS layers the
   compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
 * ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
-  ``tflops_per_mm2``.
+  ``tflops_per_mm2``, per layer and per run.
 
 Host ops (layer op ``host``) run on the host CPU through TVM's build, not on dLAC: a row
 of theirs is marked as such and gives ``host_seconds``, the wall time of the host call
@@ -58,6 +63,10 @@ class InsnRecord:
     stats: tuple | None = None
     #: wall seconds of a HOST instruction's host call (0 for every other instruction)
     host_seconds: float = 0.0
+    #: end cycle on the timeline with only zero weights skipped / only zero activations
+    #: skipped (``None``: the same as ``slot.end`` / ``dense_end``, no activation skipping)
+    wgt_end: int | None = None
+    act_end: int | None = None
 
 
 @dataclass
@@ -75,6 +84,10 @@ class LayerReport:
     issued_macs: int = 0
     dense_cycles: int = 0
     zero_skip_speedup: float = 1.0
+    speedup_weights: float = 1.0
+    speedup_acts: float = 1.0
+    speedup_total: float = 1.0
+    act_density: float | None = None
     load_balance: float = 1.0
     lower_bound_cycles: int = 0
     pct_of_bound: float = 0.0
@@ -82,6 +95,8 @@ class LayerReport:
     instructions: int = 0
     host_seconds: float = 0.0        # host ops: wall time on the host CPU
     host_macs: int | None = None     # host ops: MACs of their conv2d / matmul (None: unknown)
+    tflops_equiv: float = 0.0        # 2 * dense MACs / the layer's time
+    tflops_per_mm2: float = 0.0
 
     @property
     def on_host(self) -> bool:
@@ -111,7 +126,8 @@ class RunReport:
 
     def table(self) -> str:
         head = (f"{'layer':<24} {'op':<11} {'prec':<7} {'cycles':>10} {'compute':>9} {'ld stall':>9} "
-                f"{'st stall':>9} {'skip x':>6} {'bal':>5} {'bound':>9} {'%bound':>7}")
+                f"{'st stall':>9} {'dens':>5} {'w x':>5} {'a x':>5} {'skip x':>6} {'bal':>5} {'bound':>9} "
+                f"{'%bound':>7}")
         lines = [head]
         for l in self.layers:
             if l.on_host:
@@ -121,11 +137,16 @@ class RunReport:
                 continue
             lines.append(f"{l.name[:24]:<24} {l.op[:11]:<11} {l.precision[:7]:<7} {l.cycles:>10,} "
                          f"{l.compute:>9,} {l.load_stall:>9,} {l.store_stall:>9,} "
+                         f"{'' if l.act_density is None else format(l.act_density, '.2f'):>5} "
+                         f"{l.speedup_weights:>5.2f} {l.speedup_acts:>5.2f} "
                          f"{l.zero_skip_speedup:>6.2f} {l.load_balance:>5.2f} "
                          f"{l.lower_bound_cycles:>9,} {l.pct_of_bound:>6.0f}%")
         c = self.cycles
         lines.append(f"{'total':<24} {'':<11} {'':<7} {c['total']:>10,} {c['compute']:>9,} "
                      f"{c['load_stall']:>9,} {c['store_stall']:>9,}")
+        lines.append("dens: non-zero fraction of the activations the layer's convs read; w x / a x / skip x: "
+                     "speed-up from skipping zero weights / zero activations (act_skip = "
+                     f"{self.machine.get('act_skip', 'none')}) / both")
         lines.append(f"{self.seconds * 1e6:.1f} us at {self.machine['clock_mhz']:g} MHz; "
                      f"{self.tflops_equiv:.3f} dense-equivalent TFLOP/s, "
                      f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2"
@@ -145,6 +166,21 @@ class RunReport:
         total = d + h
         pct = (lambda v: f"{100 * v / total:.1f}%") if total else (lambda v: "-")
         return line + f"; MACs: {d:,} on dLAC ({pct(d)}), {h:,} on the host ({pct(h)})"
+
+
+def input_spread(reports: list[RunReport]) -> dict:
+    """The spread of several runs of one program (one input each): ``count``; ``cycles`` and
+    ``tflops_equiv`` as ``{min, median, max}``; ``per_input_cycles``; and per layer
+    ``{name: {min, median, max}}`` of its cycles (``layer_cycles``)."""
+    def mmm(values) -> dict:
+        return {"min": min(values), "median": float(np.median(values)), "max": max(values)}
+
+    totals = [r.cycles["total"] for r in reports]
+    layers = {}
+    for i, l in enumerate(reports[0].layers):
+        layers.setdefault(l.name, mmm([r.layers[i].cycles for r in reports]))
+    return {"count": len(reports), "cycles": mmm(totals), "per_input_cycles": totals,
+            "tflops_equiv": mmm([r.tflops_equiv for r in reports]), "layer_cycles": layers}
 
 
 def conv_stats(ins: Insn, m, counts) -> tuple:
@@ -169,7 +205,7 @@ def conv_stats(ins: Insn, m, counts) -> tuple:
             npass * int((sizes * groups.max(axis=1)).sum()))
 
 
-_STATS = ("dense_macs", "issued_macs", "work", "done", "paid")
+_STATS = ("dense_macs", "issued_macs", "work", "done", "paid", "act_nonzero", "act_values")
 
 
 def _per_insn(records: list[InsnRecord], m) -> dict[str, list]:
@@ -183,7 +219,7 @@ def _per_insn(records: list[InsnRecord], m) -> dict[str, list]:
             cols["load_stall"][pc] = r.slot.load_stall
         if ins.op not in ("TACC", "MAC", "SACC"):
             continue
-        stats = r.stats if r.stats is not None else conv_stats(ins, m, r.counts)
+        stats = r.stats if r.stats is not None else conv_stats(ins, m, r.counts) + (0, 0)
         for k, v in zip(_STATS, stats):
             cols[k][pc] = v
     return cols
@@ -228,9 +264,12 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
     cols = {k: _prefix(v) for k, v in _per_insn(records, m).items()}
     ends = _range_max([r.slot.end for r in records], ranges)
     dense_ends = _range_max([r.dense_end for r in records], ranges)
+    wgt_ends = _range_max([r.slot.end if r.wgt_end is None else r.wgt_end for r in records], ranges)
+    act_ends = _range_max([r.dense_end if r.act_end is None else r.act_end for r in records], ranges)
     layers = []
-    prev_end = prev_dense = 0
-    for meta, (a, b), end, dense_end in zip(metas, ranges, ends, dense_ends):
+    prev_end = prev_dense = prev_wgt = prev_act = 0
+    for meta, (a, b), end, dense_end, wgt_end, act_end in zip(metas, ranges, ends, dense_ends, wgt_ends,
+                                                              act_ends):
         lr = LayerReport(meta.name, meta.op, meta.precision, meta.pc_start, meta.pc_end)
         layers.append(lr)
         if a == b:
@@ -242,7 +281,14 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         lr.compute, lr.load_stall = s["compute"], s["load_stall"]
         lr.dense_macs, lr.issued_macs = s["dense_macs"], s["issued_macs"]
         lr.store_stall = max(0, lr.cycles - lr.compute - lr.load_stall)
-        lr.zero_skip_speedup = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
+        lr.zero_skip_speedup = lr.speedup_total = lr.dense_cycles / lr.cycles if lr.cycles else 1.0
+        wgt, act = max(0, wgt_end - prev_wgt), max(0, act_end - prev_act)
+        lr.speedup_weights = lr.dense_cycles / wgt if wgt else 1.0
+        lr.speedup_acts = lr.dense_cycles / act if act else 1.0
+        lr.act_density = s["act_nonzero"] / s["act_values"] if s["act_values"] else None
+        secs = m.seconds(lr.cycles)
+        lr.tflops_equiv = 2 * lr.dense_macs / secs / 1e12 if secs else 0.0
+        lr.tflops_per_mm2 = lr.tflops_equiv / m.area_mm2
         lr.load_balance = s["done"] / s["paid"] if s["paid"] else 1.0
         lr.dram_bytes = meta.min_dram_bytes
         written = meta.min_write_bytes
@@ -250,6 +296,7 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
         prev_end = max(prev_end, end)
         prev_dense = max(prev_dense, dense_end)
+        prev_wgt, prev_act = max(prev_wgt, wgt_end), max(prev_act, act_end)
     per_host = host_macs(program)
     for lr, (a, b) in zip(layers, ranges):
         if lr.on_host:

@@ -228,11 +228,12 @@ class Replay:
         self.timeline = Timeline(check_races, record)
         self.compute = self.load_stall = 0
 
-    def place(self, pc: int, ins: Insn, counts=None, accesses=()) -> tuple[int, Slot]:
+    def place(self, pc: int, ins: Insn, counts=None, accesses=(), cost: int | None = None) -> tuple[int, Slot]:
         """Cost ``ins`` (``counts``: its weight block's per-filter counts, for ``TACC`` /
-        ``SACC``) and place it; ``accesses`` as :meth:`Timeline.step`.  Returns
+        ``SACC``; ``cost``: its cycles when the caller has them, e.g. from the activations
+        it read) and place it; ``accesses`` as :meth:`Timeline.step`.  Returns
         ``(cycles, slot)``."""
-        cyc = self.cost_fn(ins, self.m, counts)
+        cyc = self.cost_fn(ins, self.m, counts) if cost is None else cost
         slot = self.timeline.step(pc, ins.unit, (ins.pop_prev, ins.pop_next, ins.push_prev, ins.push_next),
                                   cyc, accesses, ins)
         if ins.unit == "compute":

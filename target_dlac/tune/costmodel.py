@@ -40,7 +40,8 @@ from target_dlac.codegen.matmul import matmul_schedule, matmul_shape, one_segmen
 from target_dlac.isa.formats import facts
 from target_dlac.isa.machine import Machine
 from target_dlac.codegen.schedule import ConvShape, Schedule, align, channel_tiles, filter_tiles, input_tiles, ranges
-from target_dlac.sim.timeline import replay
+from target_dlac.isa import actskip
+from target_dlac.sim.timeline import Replay, replay
 
 
 def _as_weights(shape: ConvShape, weights) -> LayerWeights:
@@ -72,6 +73,14 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
     (:func:`block_counts`; ``None`` for the others)."""
     info = _as_weights(shape, weights)
     blocks = block_counts(shape, sched, info)
+    return [(pc, ins, None if tag is None else blocks[tag.block][1])
+            for pc, (ins, tag) in enumerate(_lowered(shape, sched, machine, info, has_scale))]
+
+
+def _lowered(shape: ConvShape, sched: Schedule, machine: Machine, info: LayerWeights, has_scale: bool):
+    """The layer's instructions from :func:`lower_conv` (dummy addresses), each with its tag
+    (:class:`ConvTag` for a conv instruction, ``None`` for the others)."""
+    blocks = block_counts(shape, sched, info)
     wblock, addr = {}, 0
     for key, (nbytes, _) in blocks.items():
         wblock[key] = (addr, nbytes)
@@ -88,12 +97,12 @@ def layer_instructions(shape: ConvShape, sched: Schedule, machine: Machine, weig
     insns = lower_conv(shape, sched, machine, x_addr=x_addr, out_addr=out_addr, wblock=wblock,
                        pblock=pblock, epi=epi, name="costmodel",
                        wfmt=facts(info.fmt).wfmt)
-    return [(pc, ins, None if key is None else blocks[key][1])
-            for pc, (ins, key) in enumerate(zip(insns, insns.tags))]
+    return list(zip(insns, insns.tags))
 
 
 def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
-                 has_scale: bool = True) -> dict:
+                 has_scale: bool = True, acts: np.ndarray | None = None,
+                 live_ratio: dict | None = None) -> dict:
     """Predicted cycles of one conv / dense layer under ``sched`` on ``machine``.
 
     ``weights``: a :class:`LayerWeights` (build it once per layer when costing many
@@ -102,9 +111,60 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
     the dense float32 / int8 weights the codegen stores.  ``has_scale``: the epilogue has
     a per-filter scale (ternary and SWIS layers do; int8 mode always).  Returns
     ``{"total", "compute", "load_stall", "store_stall"}`` as the interpreter's per-layer
-    report (``cycles`` and its split)."""
-    steps = layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
-    return replay(steps, machine).totals()
+    report (``cycles`` and its split).
+
+    With the machine's ``act_skip`` on, the conv instructions' cycles depend on the
+    activations (:mod:`target_dlac.isa.actskip`): ``acts``, the layer's input ``[n, C, H, W]``
+    of one run (as stored: any dtype, only its zeros matter), gives the interpreter's
+    cycles for that input exactly; ``live_ratio`` (``{pxshift: ratio}``,
+    :func:`target_dlac.tune.act_stats.live_ratios`) gives the expected cycles, each conv
+    instruction costing ``compute_setup + round(ratio * (its cycles with dense activations -
+    compute_setup))`` with the ratio measured on sample inputs for the schedule's PE mapping
+    (1.0 for a mapping without one); with neither, the cycles of an input without zeros
+    (the most any input costs)."""
+    info = _as_weights(shape, weights)
+    blocks = block_counts(shape, sched, info)
+    lowered = _lowered(shape, sched, machine, info, has_scale)
+    costs = [None] * len(lowered)
+    if machine.act_skip != "none" and (acts is not None or live_ratio is not None):
+        masks = info.block_masks(shape, sched) if shape.ternary else {}
+        for pc, (ins, tag) in enumerate(lowered):
+            if tag is None:
+                continue
+            counts = blocks[tag.block][1]
+            if acts is not None:
+                total, _ = conv_steps(ins, machine, tile_nonzero(acts, ins, tag), masks.get(tag.block), counts)
+                costs[pc] = cycles.steps_cycles(ins, machine, total)
+            else:
+                static = cycles.cost(ins, machine, counts) - machine.compute_setup
+                costs[pc] = machine.compute_setup + int(round(live_ratio.get(sched.pxshift, 1.0) * static))
+    r = Replay(machine)
+    for pc, ((ins, tag), cost) in enumerate(zip(lowered, costs)):
+        r.place(pc, ins, None if tag is None else blocks[tag.block][1], cost=cost)
+    return r.totals()
+
+
+def tile_nonzero(x: np.ndarray, ins: Insn, tag) -> np.ndarray:
+    """``[c, kh*kw, oh*ow]`` non-zero flags of what each output pixel of conv instruction
+    ``ins`` reads, from the layer's input ``x`` ``[n, C, H, W]`` and the instruction's tag
+    (:class:`ConvTag`: where its tile starts)."""
+    f = ins.f
+    if x.ndim == 2:                         # a dense layer's [n, K]
+        x = x.reshape(x.shape[0], x.shape[1], 1, 1)
+    tile = x[tag.n, tag.c0:tag.c0 + f["c"], tag.ih0:tag.ih0 + f["h"], tag.iw0:tag.iw0 + f["w"]] != 0
+    tile = np.pad(tile, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
+    return actskip.windows(tile, f)
+
+
+def conv_steps(ins: Insn, m: Machine, nz: np.ndarray, mask, counts) -> tuple:
+    """:func:`actskip.step_matrix` of a conv instruction on machine ``m`` (its mapping's
+    pixel rows and lanes, ``m.act_skip``), from the non-zero flags ``nz`` of what its pixels
+    read, its ternary block's ``(order, mask)`` (:meth:`LayerWeights.block_masks`) and its
+    block's counts."""
+    shifts = -(-np.asarray(counts, np.int64) // m.swis_shifts_per_pass) if ins.op == "SACC" else None
+    order, wnz = mask if ins.op == "TACC" else (None, None)
+    return actskip.step_matrix(ins, nz, cycles.grid(ins, m)[0], cycles.lanes(ins, m), m.act_skip,
+                               wnz, shifts, order)
 
 
 def matmul_cycles(a_shape: tuple, b_shape: tuple, machine: Machine) -> dict:
@@ -124,14 +184,17 @@ def matmul_cycles(a_shape: tuple, b_shape: tuple, machine: Machine) -> dict:
 
 
 def layer_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
-                      has_scale: bool = True) -> int:
-    """The interpreter's ``lower_bound_cycles`` of the layer under ``sched``
-    (:func:`cycles.lower_bound` of the useful PE work and the minimum DRAM traffic: the
-    input the conv touches, the packed constants, the residual; the output).  Not on the
-    search's path: the tuner asks it once per layer, for the table."""
-    work = sum(cycles.pe_work(ins, machine, counts)
-               for _, ins, counts in layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
-               if ins.op in ("TACC", "MAC", "SACC"))
+                      has_scale: bool = True, skipped_acts: bool = False) -> int:
+    """The interpreter's ``lower_bound_cycles`` of the layer under ``sched`` for an input
+    without zeros (:func:`cycles.lower_bound` of the useful PE work and the minimum DRAM
+    traffic: the input the conv touches, the packed constants, the residual; the output).
+    ``skipped_acts``: a bound for every input with the machine's ``act_skip`` (an all-zero
+    input skips every step: the DRAM terms alone).  Not on the search's path: the tuner
+    asks it once per layer, for the table."""
+    work = 0 if skipped_acts and machine.act_skip != "none" else sum(
+        cycles.pe_work(ins, machine, counts)
+        for _, ins, counts in layer_instructions(shape, sched, machine, weights, has_scale=has_scale)
+        if ins.op in ("TACC", "MAC", "SACC"))
     out_bytes = shape.n * shape.f * shape.oh * shape.ow * shape.elem_bytes
     read = shape.min_input_bytes() + _const_bytes(shape, sched, weights, has_scale) + \
         (out_bytes if shape.residual else 0)
@@ -147,7 +210,7 @@ def _const_bytes(shape: ConvShape, sched: Schedule, weights, has_scale: bool) ->
 
 
 def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weights, *,
-                       has_scale: bool = True) -> int:
+                       has_scale: bool = True, live_ratio: dict | None = None) -> int:
     """A cheap lower bound on ``layer_cycles(...)["total"]`` (no instruction stream, no
     timeline), for pruning a search: each unit runs its instructions in order, so the
     layer takes at least as long as the busiest unit's own work:
@@ -160,7 +223,9 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
     * store: every output tile once (exact).
 
     It depends on the tiling, PE order and PE mapping only, not on the loop order or
-    double buffering.  ``tests/tune/test_costmodel.py`` checks it never exceeds the exact count."""
+    double buffering.  ``tests/tune/test_costmodel.py`` checks it never exceeds the exact count.
+    ``live_ratio``: as :func:`layer_cycles` (a bound on its expected cycles: each conv
+    instruction costed as there)."""
     info = _as_weights(shape, weights)
     m, eb, dt, act = machine, shape.elem_bytes, DTYPES.index(shape.dtype), ACTS.index(shape.act)
     sp = [(hr, wr) for hr in ranges(shape.oh, sched.h_tile) for wr in ranges(shape.ow, sched.w_tile)]
@@ -177,7 +242,10 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
         for (oh, ow), k in tile_shapes.items():
             ins = Insn(op, dict(f=f1 - f0, c=c1 - c0, kh=shape.kh, kw=shape.kw, oh=oh, ow=ow,
                                 depthwise=int(shape.depthwise), dtype=dt, pxshift=sched.pxshift))
-            compute += k * cycles.cost(ins, m, counts)
+            cost = cycles.cost(ins, m, counts)
+            if live_ratio is not None and m.act_skip != "none":
+                cost = m.compute_setup + int(round(live_ratio.get(sched.pxshift, 1.0) * (cost - m.compute_setup)))
+            compute += k * cost
     for f0, f1 in ftiles:
         for (oh, ow), k in tile_shapes.items():
             compute += k * cycles.cost(Insn("EPI", dict(f=f1 - f0, p=oh * ow, dtype=dt, act=act)), m)

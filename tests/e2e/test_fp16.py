@@ -15,6 +15,7 @@ from compiler import QuantConfig, compile_model  # noqa: E402
 from compiler.build import build_program  # noqa: E402
 from compiler.datasets import mnist_cnn, mnist_test  # noqa: E402
 from compiler.reference import run_reference  # noqa: E402
+from target_dlac.isa.machine import Machine  # noqa: E402
 from target_dlac.sim.interpreter import Interpreter  # noqa: E402
 
 
@@ -22,7 +23,8 @@ from target_dlac.sim.interpreter import Interpreter  # noqa: E402
 def case():
     x, _ = mnist_test(8)
     result = compile_model(mnist_cnn(), (torch.from_numpy(x[:1]),), config=QuantConfig())
-    return x, result, build_program(result, activations="fp16"), build_program(result)
+    dense_acts = Machine(act_skip="none")     # the lane rate on its own (zero activations skip per pass)
+    return x, result, build_program(result, dense_acts, activations="fp16"), build_program(result, dense_acts)
 
 
 @pytest.mark.slow

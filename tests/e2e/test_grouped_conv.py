@@ -42,7 +42,7 @@ from target_dlac.isa.blocks import pack_ternary  # noqa: E402
 from target_dlac.isa.encoding import Insn  # noqa: E402
 from tests.conftest import max_rel_err  # noqa: E402
 
-M = Machine()
+M = Machine(act_skip="none")     # the cost model of weights alone (zero activations: test_act_skip)
 #: layer -> groups of the grouped (not depthwise) convs of GroupNet
 GROUPED = {"g1": 4, "g2": 5, "g3": 20, "g4": 2}
 

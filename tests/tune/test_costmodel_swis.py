@@ -40,9 +40,9 @@ from target_dlac.tune.costmodel import block_counts, cycles_lower_bound, layer_c
 from target_dlac.tune.layer_search import tune_layer
 
 MACHINES = {
-    "default": Machine(),
-    "double_shift": Machine(swis_shifts_per_pass=2),
-    "small": Machine(pe_rows=8, pe_cols=16, wgt_buf_kib=64, inp_buf_kib=64),
+    "default": Machine(act_skip="none"),        # weights alone (zero activations: test_costmodel_acts)
+    "double_shift": Machine(swis_shifts_per_pass=2, act_skip="none"),
+    "small": Machine(pe_rows=8, pe_cols=16, wgt_buf_kib=64, inp_buf_kib=64, act_skip="none"),
 }
 KINDS = ("default", "f_small", "c_small", "h_small", "w_small", "filter_outer", "single_buffer",
          "as_is", "pe_map")

@@ -11,6 +11,8 @@ With ``act_bits`` 4 or 2, the output of a ReLU-like conv / dense layer without a
 container: its exponent from :func:`intmath.exponent` unsigned, its EPI clips to
 ``[0, 2^b - 1]`` (``relu`` becomes ``clip``: the interpreter's int8 ``relu`` clips to 127);
 max-pool, standalone ReLU and reshapes of it stay low-bit (``low_bit``: their tensor names).
+A ReLU threshold ``T`` (the layer's ``relu`` with ``spec.lo = T``) is the EPI's ``relu`` with
+``lo_bits = Tq`` (:func:`intmath.relu_threshold_q`) and ``hi_bits`` the upper bound.
 Layers with float weights (first and last, by default) get int8 weights with one
 scale per filter: the integers their layer plan carries (``LayerPlan.int8``, filled by
 :func:`passes.int8_weights.int8_weights` before this codegen runs).  Every op is also emitted into the reference graph
@@ -122,12 +124,15 @@ class IntCodegen(RefCodegen):
         rng = Q.act_range(self.act_bits, signed=False) if unsigned else Q.act_range()
         lo, hi = Q.clip_bounds(spec.act, spec.lo, spec.hi, out.exp, rng)
         act = spec.act if table is None else "lut"
-        if unsigned:
+        tq = Q.relu_threshold_q(spec.lo, out.exp, hi, f"layer {self.layer_names.get(spec.layer, spec.layer)}") \
+            if spec.act == "relu" and spec.lo > 0 else 0
+        if unsigned and not tq:
             act = "clip"        # the int8 EPI's relu clips to [0, 127]; clip takes the bounds
-        epi = Epilogue(True, act, lo, hi, None if res is None else res.addr, shift, rshift)
+        # a thresholded relu: Tq in lo_bits, the upper bound in hi_bits (docs/isa.md "EPI")
+        epi = Epilogue(True, act, tq if tq else lo, hi, None if res is None else res.addr, shift, rshift)
         groups = w.shape[0] if spec.depthwise else spec.groups
         y = self.graph.layer(self.rv[x.name], w, spec.kind, spec.strides, spec.pads, groups,
-                             m, b, shift, None if res is None else self.rv[res.name], rshift, lo, hi)
+                             m, b, shift, None if res is None else self.rv[res.name], rshift, lo, hi, tq)
         if table is not None:       # the EPI's table lookup: table[q + 128]
             idx = relax.op.add(relax.op.astype(y, "int32"), make_const(128, "int32"))
             y = self.graph.emit(relax.op.take(make_const(table, "int8"), idx, axis=0, mode="clip"))

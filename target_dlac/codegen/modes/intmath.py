@@ -19,6 +19,8 @@ graph built by :class:`target_dlac.codegen.refgraph.RefGraph` both implement exa
   ``R = fy - fr + s`` (the residual's exponent ``fr`` rescaled to the output's: this is
   where inputs with different scales meet), ``lo = 0`` for ReLU, clip bounds
   ``round(bound * 2^fy)``; ``s`` is the largest shift (<= 40) keeping ``|M| < 2^30``;
+  a ReLU threshold ``T`` then zeroes ``y <= Tq``, ``Tq = floor(T * 2^fy)``
+  (:func:`relu_threshold_q`);
 * average pool: window sum (int64) then ``clip((sum * mult + 2^(s-1)) >> s)``,
   ``mult = round(2^(fy - fx + s) / count)`` (windows of constant count only);
 * add: ``clip(((a << sa) + (b << sb) + 2^(s-1)) >> s)``, ``sa = fy - fa + s``,
@@ -35,7 +37,7 @@ import math
 
 import numpy as np
 
-from target_dlac.core.errors import CodegenError
+from target_dlac.core.errors import CodegenError, ConfigError
 
 from target_dlac.binary.validate import MAX_SHIFT as SHIFT_LIMIT     # what the ISA accepts
 
@@ -152,3 +154,15 @@ def clip_bounds(act: str, lo: float, hi: float, fy: int,
         return (int(np.clip(round(lo * 2.0 ** fy), qlo, qhi)),
                 int(np.clip(round(hi * 2.0 ** fy), qlo, qhi)))
     return qlo, qhi
+
+
+def relu_threshold_q(t: float, fy: int, hi: int, where: str) -> int:
+    """The int8 EPI's ReLU threshold of a layer of output exponent ``fy`` (real value
+    ``q·2^-fy``) whose values reach ``hi``: ``Tq = floor(t·2^fy)`` (``q > Tq`` survives);
+    ``Tq >= hi`` would zero every output, a :class:`ConfigError` naming ``where``."""
+    tq = math.floor(t * 2.0 ** fy)
+    if tq >= hi:
+        raise ConfigError(f"{where}: ReLU threshold {t:g} is {tq} at the output's exponent {fy}, "
+                          f"not below the largest output value {hi}: the layer would output only zeros")
+    return max(tq, 0)
+

@@ -1,0 +1,139 @@
+"""Zero-activation skipping: the steps a conv instruction's PEs take once zero activations
+are skipped as well as zero weights (machine parameter ``act_skip``; ``docs/isa.md``
+"Activation zero-skip").
+
+A conv instruction computes its tile's output pixels in *passes* of ``R x L`` pixels
+(``R`` = the mapping's pixel rows, ``L`` = lanes for the activation type), in row-major
+order of the tile: pass ``i``, PE row ``r``, lane ``l`` computes pixel
+``i*R*L + r*L + l``.  In each pass every PE column walks its filter's weights (TACC: the
+non-zeros; MAC: every weight; SACC: every 4-channel weight group, each for its shift
+passes), one weight per *step*; each PE of the column multiplies the step's weight by
+the activation its pixels read at that weight's position (channel, kernel row, kernel
+column).  A step is *live* for a unit when any of the activations the unit reads at it
+is non-zero (zero padding is zero):
+
+* ``column``: the unit is the PE column: a step is skipped when all ``R x L`` pixels of
+  the pass read zero at it (one zero flag per activation, OR-ed over the column);
+* ``pe``: the unit is the PE: a PE skips a step when its ``L`` lanes read zero, and the
+  array starts the next pass when its slowest PE is done.
+
+:func:`step_matrix` gives ``steps[f, i]``, the steps filter ``f`` (PE column) takes in
+pass ``i`` (``pe``: its slowest PE's); :func:`cycles.steps_cycles` turns them into cycles
+(``compute_setup + sum_i sum_g max_{f in g} steps[f, i]`` over the groups ``g`` of filters
+that run together).  Without zero activations ``steps[f, i]`` is the filter's static step
+count in every pass, and the cycles are :func:`cycles.sparse_cycles` /
+:func:`cycles.dense_cycles` exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from target_dlac.isa.encoding import Insn
+
+#: Input channels per SWIS weight group (one PE pass covers 4 weights).
+SWIS_GROUP = 4
+
+
+def windows(x: np.ndarray, f: dict) -> np.ndarray:
+    """``[c, kh*kw, oh*ow]``: the values each output pixel of a conv instruction (fields
+    ``f``) reads from its padded input tile ``x`` ``[c, h + pt + pb, w + pl + pr]``."""
+    kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
+    c = x.shape[0]
+    if kh == 1 and kw == 1:
+        return x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(c, 1, oh * ow)
+    win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+    return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
+
+
+def unit_live(nz: np.ndarray, rows: int, lanes: int, granularity: str) -> np.ndarray:
+    """``live[k, i, u]``: whether unit ``u`` of pass ``i`` reads a non-zero at weight position
+    ``k``, from ``nz[k, p]`` (activation at position ``k`` of output pixel ``p`` non-zero).
+    ``column``: one unit per pass; ``pe``: ``rows`` units (a PE row's ``lanes`` pixels)."""
+    k, p = nz.shape
+    per_pass = rows * lanes
+    npass = -(-p // per_pass)
+    pad = npass * per_pass - p
+    if pad:
+        nz = np.concatenate([nz, np.zeros((k, pad), bool)], axis=1)
+    if granularity == "column":
+        return nz.reshape(k, npass, 1, per_pass).any(axis=3)
+    if granularity == "pe":
+        return nz.reshape(k, npass, rows, lanes).any(axis=3)
+    raise ValueError(f"no activation skipping granularity {granularity!r}")
+
+
+def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """``sum_k w[f, k] * live[k, i, u]`` for 0/1 ``w`` ``[F, K]`` (exact: float32 sums of
+    at most 2^24 ones)."""
+    k, npass, units = live.shape
+    out = w.astype(np.float32) @ live.reshape(k, -1).astype(np.float32)
+    return out.reshape(len(w), npass, units)
+
+
+def useful_steps(ins: Insn, nz: np.ndarray, wnz: np.ndarray | None = None,
+                 shift_passes: np.ndarray | None = None, order: np.ndarray | None = None) -> int:
+    """PE steps no mechanism can skip: one per (pixel, issued weight) whose activation is
+    non-zero (TACC: non-zero weights only; SACC: per live 4-channel group, the filter's
+    shift passes).  A layer's lower bound counts these (:func:`cycles.lower_bound`)."""
+    c, kk, p = nz.shape
+    per_k = nz.reshape(c * kk, p).sum(axis=1, dtype=np.int64)            # [K] pixels reading a non-zero
+    if ins.f["depthwise"]:
+        per_k = per_k.reshape(c, kk)[order if order is not None else slice(None)]
+        return int((per_k * wnz).sum()) if wnz is not None else int(per_k.sum())
+    if ins.op == "TACC":
+        return int(wnz.sum(axis=0, dtype=np.int64) @ per_k)
+    if ins.op == "MAC":
+        return ins.f["f"] * int(per_k.sum())
+    groups = -(-c // SWIS_GROUP)
+    gz = np.concatenate([nz, np.zeros((groups * SWIS_GROUP - c, kk, p), bool)]) if groups * SWIS_GROUP != c else nz
+    live_pixels = int(gz.reshape(groups, SWIS_GROUP, kk, p).any(axis=1).sum())
+    return int(np.asarray(shift_passes, np.int64).sum()) * live_pixels
+
+
+def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: str,
+                wnz: np.ndarray | None = None, shift_passes: np.ndarray | None = None,
+                order: np.ndarray | None = None) -> tuple:
+    """``(total, acts)``: ``[F, passes]`` step counts of a conv instruction with zero
+    activations skipped, with its weights as issued (``total``: TACC skips zero weights
+    too) and with every weight issued (``acts``: the activations' part alone, costed as a
+    MAC).  ``nz``: ``[c, kh*kw, oh*ow]`` non-zero flags of the activations each output
+    pixel reads (the instruction's padded input windows); ``wnz``: TACC's ``[F, K]``
+    non-zero weights (``K = c*kh*kw``, depthwise ``kh*kw``), ``None`` for MAC and SACC;
+    ``shift_passes``: SACC's per-filter shift passes ``ceil(S_f / swis_shifts_per_pass)``.
+    Filters are in PE order (``wnz``, ``shift_passes`` and the result: consecutive rows run
+    together); ``order[j]``, the filter on PE column ``j``, puts a depthwise TACC's
+    channels in that order too (MAC keeps the filters in accumulator order)."""
+    f = ins.f
+    nf = f["f"]
+    c, kk, p = nz.shape
+    if f["depthwise"]:
+        if order is not None:
+            nz = nz[order]
+        live = unit_live(nz.reshape(c * kk, p), rows, lanes, granularity).reshape(c, kk, -1)
+        acts = live.sum(axis=1, dtype=np.int64)                       # [F, passes * units]
+        npass = -(-p // (rows * lanes))
+        acts = acts.reshape(nf, npass, -1)
+        if wnz is None:
+            total = acts
+        else:
+            total = np.einsum("fk,fkq->fq", wnz.astype(np.int64), live.astype(np.int64))
+            total = total.reshape(nf, npass, -1)
+        return total.max(axis=2), acts.max(axis=2)
+    live = unit_live(nz.reshape(c * kk, p), rows, lanes, granularity)  # [K, passes, units]
+    acts = np.broadcast_to(live.sum(axis=0, dtype=np.int64).max(axis=1), (nf, live.shape[1]))
+    if ins.op == "MAC":
+        return acts, acts
+    if ins.op == "TACC":
+        return _count(wnz, live).max(axis=2).astype(np.int64), acts
+    # SACC: a weight group (4 consecutive channels at one kernel position) is live when any
+    # of its channels is; each live group costs the filter's shift passes
+    groups = -(-c // SWIS_GROUP)
+    gz = nz
+    if groups * SWIS_GROUP != c:
+        gz = np.concatenate([nz, np.zeros((groups * SWIS_GROUP - c, kk, p), bool)])
+    glive = unit_live(gz.reshape(groups, SWIS_GROUP, kk, p).any(axis=1).reshape(groups * kk, p),
+                      rows, lanes, granularity)
+    per_pass = glive.sum(axis=0, dtype=np.int64).max(axis=1)          # [passes]
+    return np.asarray(shift_passes, np.int64)[:, None] * per_pass[None, :], acts
