@@ -73,8 +73,10 @@ def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
     echo(f"\n== 4. {len(y):,} MNIST test images: interpreter vs TVM reference vs PyTorch")
     t2 = time.perf_counter()
     interp = Interpreter(prog, check_races=False)      # races were checked on image 0
-    dlac_pred = np.array([interp.run({"x": x[i:i + 1]})[0]["output_0"].argmax() for i in range(len(y))])
+    runs = [interp.run({"x": x[i:i + 1]}) for i in range(len(y))]
     t_dlac = time.perf_counter() - t2
+    dlac_pred = np.array([o["output_0"].argmax() for o, _ in runs])
+    cyc = [r.cycles["total"] for _, r in runs]
     ref_pred = np.array([ref([x[i:i + 1]])[0].argmax() for i in range(len(y))])
     with torch.no_grad():
         torch_pred = model(torch.from_numpy(x)).argmax(1).numpy()
@@ -86,10 +88,13 @@ def run_demo(images: int = 1000, out_dir: str = "demo_out", echo=print) -> dict:
     echo(f"  TVM CPU reference, same graph:    {100 * acc['tvm']:6.2f}%  (same prediction on "
          f"{agree:,} of {len(y):,} images)")
     echo(f"  PyTorch float model:              {100 * acc['torch']:6.2f}%")
+    echo(f"  dLAC cycles per image (zero activations skipped, act_skip = {prog.machine.act_skip}): "
+         f"min {min(cyc):,}, median {int(np.median(cyc)):,}, max {max(cyc):,}")
     echo(f"\nnext: dlac inspect {path}   |   dlac run {path} --input "
          f"{os.path.join(out_dir, 'mnist_input0.npy')} --check")
     echo(f"demo finished in {time.perf_counter() - t0:.0f} s")
-    return {"accuracy": acc, "agree": agree, "report": report, "path": path, "max_abs_err": abs_err}
+    return {"accuracy": acc, "agree": agree, "report": report, "path": path, "max_abs_err": abs_err,
+            "cycles": {"min": min(cyc), "median": float(np.median(cyc)), "max": max(cyc)}}
 
 
 if __name__ == "__main__":

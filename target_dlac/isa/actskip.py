@@ -51,39 +51,72 @@ def unit_live(nz: np.ndarray, rows: int, lanes: int, granularity: str) -> np.nda
     """``live[k, i, u]``: whether unit ``u`` of pass ``i`` reads a non-zero at weight position
     ``k``, from ``nz[k, p]`` (activation at position ``k`` of output pixel ``p`` non-zero).
     ``column``: one unit per pass; ``pe``: ``rows`` units (a PE row's ``lanes`` pixels)."""
+    if granularity not in ("column", "pe"):
+        raise ValueError(f"no activation skipping granularity {granularity!r}")
     k, p = nz.shape
     per_pass = rows * lanes
     npass = -(-p // per_pass)
+    units, width = (1, per_pass) if granularity == "column" else (rows, lanes)
     pad = npass * per_pass - p
     if pad:
         nz = np.concatenate([nz, np.zeros((k, pad), bool)], axis=1)
-    if granularity == "column":
-        return nz.reshape(k, npass, 1, per_pass).any(axis=3)
-    if granularity == "pe":
-        return nz.reshape(k, npass, rows, lanes).any(axis=3)
-    raise ValueError(f"no activation skipping granularity {granularity!r}")
+    flags = np.ascontiguousarray(nz).reshape(k, npass * units, width)
+    if width == 1:
+        live = flags[..., 0]
+    elif width % 8 == 0:        # OR the unit's flags 8 at a time (a bool is one byte)
+        words = flags.view(np.uint64)
+        acc = words[..., 0]
+        for j in range(1, width // 8):
+            acc = acc | words[..., j]
+        live = acc != 0
+    else:
+        live = flags.any(axis=2)
+    return live.reshape(k, npass, units)
+
+
+def row_counts(flags: np.ndarray) -> np.ndarray:
+    """The ``True`` entries of each row of a ``[K, P]`` bool array (int64), counted 8 flags
+    per machine word where NumPy has ``bitwise_count`` (a bool is one byte, 0 or 1)."""
+    k, p = flags.shape
+    if not hasattr(np, "bitwise_count") or p < 64:
+        return flags.sum(axis=1, dtype=np.int64)
+    pad = (-p) % 8
+    if pad:
+        flags = np.concatenate([flags, np.zeros((k, pad), bool)], axis=1)
+    words = np.ascontiguousarray(flags).view(np.uint64)
+    return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+
+
+def count_matrix(wnz: np.ndarray) -> np.ndarray:
+    """``[F + 1, K]`` float32: TACC's non-zero weights ``wnz`` (PE order) and a row of ones,
+    the left operand of :func:`step_matrix`'s one product (a caller may keep it per block)."""
+    out = np.ones((wnz.shape[0] + 1, wnz.shape[1]), np.float32)
+    out[:-1] = wnz
+    return out
 
 
 def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """``sum_k w[f, k] * live[k, i, u]`` for 0/1 ``w`` ``[F, K]`` (exact: float32 sums of
-    at most 2^24 ones)."""
+    """``sum_k w[f, k] * live[k, i, u]`` for 0/1 float32 ``w`` ``[F, K]`` (exact: float32
+    sums of at most 2^24 ones)."""
     k, npass, units = live.shape
-    out = w.astype(np.float32) @ live.reshape(k, -1).astype(np.float32)
+    out = w @ live.reshape(k, -1).astype(np.float32)
     return out.reshape(len(w), npass, units)
 
 
 def useful_steps(ins: Insn, nz: np.ndarray, wnz: np.ndarray | None = None,
-                 shift_passes: np.ndarray | None = None, order: np.ndarray | None = None) -> int:
+                 shift_passes: np.ndarray | None = None, order: np.ndarray | None = None,
+                 wcol: np.ndarray | None = None) -> int:
     """PE steps no mechanism can skip: one per (pixel, issued weight) whose activation is
     non-zero (TACC: non-zero weights only; SACC: per live 4-channel group, the filter's
-    shift passes).  A layer's lower bound counts these (:func:`cycles.lower_bound`)."""
+    shift passes).  A layer's lower bound counts these (:func:`cycles.lower_bound`).
+    ``wcol``: TACC's non-zero weights per position, ``wnz.sum(axis=0)``, if the caller has it."""
     c, kk, p = nz.shape
-    per_k = nz.reshape(c * kk, p).sum(axis=1, dtype=np.int64)            # [K] pixels reading a non-zero
+    per_k = row_counts(nz.reshape(c * kk, p))             # [K] pixels reading a non-zero
     if ins.f["depthwise"]:
         per_k = per_k.reshape(c, kk)[order if order is not None else slice(None)]
-        return int((per_k * wnz).sum()) if wnz is not None else int(per_k.sum())
+        return int((per_k * (wnz != 0)).sum()) if wnz is not None else int(per_k.sum())
     if ins.op == "TACC":
-        return int(wnz.sum(axis=0, dtype=np.int64) @ per_k)
+        return int(((wnz != 0).sum(axis=0, dtype=np.int64) if wcol is None else wcol) @ per_k)
     if ins.op == "MAC":
         return ins.f["f"] * int(per_k.sum())
     groups = -(-c // SWIS_GROUP)
@@ -94,17 +127,18 @@ def useful_steps(ins: Insn, nz: np.ndarray, wnz: np.ndarray | None = None,
 
 def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: str,
                 wnz: np.ndarray | None = None, shift_passes: np.ndarray | None = None,
-                order: np.ndarray | None = None) -> tuple:
+                order: np.ndarray | None = None, wmat: np.ndarray | None = None) -> tuple:
     """``(total, acts)``: ``[F, passes]`` step counts of a conv instruction with zero
     activations skipped, with its weights as issued (``total``: TACC skips zero weights
     too) and with every weight issued (``acts``: the activations' part alone, costed as a
     MAC).  ``nz``: ``[c, kh*kw, oh*ow]`` non-zero flags of the activations each output
     pixel reads (the instruction's padded input windows); ``wnz``: TACC's ``[F, K]``
-    non-zero weights (``K = c*kh*kw``, depthwise ``kh*kw``), ``None`` for MAC and SACC;
+    non-zero weights (bool, or 0 / 1) (``K = c*kh*kw``, depthwise ``kh*kw``), ``None`` for MAC and SACC;
     ``shift_passes``: SACC's per-filter shift passes ``ceil(S_f / swis_shifts_per_pass)``.
     Filters are in PE order (``wnz``, ``shift_passes`` and the result: consecutive rows run
     together); ``order[j]``, the filter on PE column ``j``, puts a depthwise TACC's
-    channels in that order too (MAC keeps the filters in accumulator order)."""
+    channels in that order too (MAC keeps the filters in accumulator order).  ``wmat``:
+    :func:`count_matrix` of ``wnz``, if the caller has it."""
     f = ins.f
     nf = f["f"]
     c, kk, p = nz.shape
@@ -118,15 +152,19 @@ def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: s
         if wnz is None:
             total = acts
         else:
-            total = np.einsum("fk,fkq->fq", wnz.astype(np.int64), live.astype(np.int64))
+            total = np.einsum("fk,fkq->fq", (wnz != 0).astype(np.int64), live.astype(np.int64))
             total = total.reshape(nf, npass, -1)
         return total.max(axis=2), acts.max(axis=2)
     live = unit_live(nz.reshape(c * kk, p), rows, lanes, granularity)  # [K, passes, units]
-    acts = np.broadcast_to(live.sum(axis=0, dtype=np.int64).max(axis=1), (nf, live.shape[1]))
+    if ins.op == "TACC":        # one product: the filters' live non-zeros, and (last row) all live positions
+        both = _count(count_matrix(wnz) if wmat is None else wmat, live)
+        both = both[..., 0] if both.shape[2] == 1 else both.max(axis=2)
+        both = both.astype(np.int64)
+        return both[:nf], np.broadcast_to(both[nf], (nf, both.shape[1]))
+    per = live.sum(axis=0, dtype=np.int64)
+    acts = np.broadcast_to(per[:, 0] if per.shape[1] == 1 else per.max(axis=1), (nf, live.shape[1]))
     if ins.op == "MAC":
         return acts, acts
-    if ins.op == "TACC":
-        return _count(wnz, live).max(axis=2).astype(np.int64), acts
     # SACC: a weight group (4 consecutive channels at one kernel position) is live when any
     # of its channels is; each live group costs the filter's shift passes
     groups = -(-c // SWIS_GROUP)

@@ -59,6 +59,8 @@ class Interpreter(Kernels):
         self._race_signature = None      # Timeline.signature() of the last race-checked run
         self._wcache: dict = {}      # decoded ternary / SWIS blocks, keyed by their bytes
         self._wcache_bytes = 0       # their keys' and matrices' bytes (<= MAX_WEIGHT_CACHE_BYTES)
+        self._masks: dict = {}       # TACC non-zero masks per decoded block (Kernels._tacc_masks)
+        self._mask_bytes = 0
         self.run_work = self.insn_work = self.insn_temp = 0     # budgets used (limits)
         found = first_insn_problem(program)
         if found:

@@ -25,6 +25,8 @@ F16 = np.dtype("<f2")
 FLOAT_TYPES = {0: F32, 1: F16}     # activation dtype code -> storage type of the float modes
 #: Largest |value| of the int64 requantization sum before its shift (no silent wrap-around).
 INT64_LIMIT = 2 ** 62
+#: Bytes of TACC non-zero masks kept between instructions (zero-activation skipping).
+MASK_CACHE_BYTES = 64 << 20
 #: Elements per step of the float64 activation evaluation (bounds its temporary memory).
 ACT_CHUNK = 1 << 16
 #: Numerical Recipes' ``erfcc`` (Press et al., Numerical Recipes in C, 2nd ed., section
@@ -174,17 +176,41 @@ class Kernels:
             return ActSteps(nonzero, values)
         rows, _ = cycles.grid(ins, self.m)
         lanes = cycles.lanes(ins, self.m)
-        wnz = order = None
-        if ins.op == "TACC":        # the decoded matrix is in accumulator rows: put it in PE order
-            order = ternary_order(self.mem["WGT"], f["wgt"], f["f"])
-            wnz = (w != 0)[order]
+        wnz = order = wmat = wcol = None
+        if ins.op == "TACC":
+            order, wnz, wmat, wcol = self._tacc_masks(ins, w)
         shifts = -(-np.asarray(counts, np.int64) // self.m.swis_shifts_per_pass) if ins.op == "SACC" else None
         nz = cols != 0
-        total, acts = actskip.step_matrix(ins, nz, rows, lanes, gran, wnz, shifts, order)
+        total, acts = actskip.step_matrix(ins, nz, rows, lanes, gran, wnz, shifts, order, wmat)
         if self.probe is not None:          # the same data under every PE mapping (act_stats)
             self._probe(ins, nz, lanes, gran, wnz, shifts, counts, order)
-        work = actskip.useful_steps(ins, nz, wnz, shifts, order) * self.m.lanes / lanes
+        work = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol) * self.m.lanes / lanes
         return ActSteps(nonzero, values, total, acts, work)
+
+    def _tacc_masks(self, ins: Insn, w: np.ndarray) -> tuple:
+        """``(order, wnz, count_matrix, wcol)`` of a TACC's block: its PE order, non-zero
+        weights in PE order as float32 0 / 1 (the decoded matrix ``w`` is in accumulator
+        rows; ``wnz`` is the count matrix's view) and per weight position.  Kept per decoded
+        block (``w`` is the weight cache's) up to :data:`MASK_CACHE_BYTES`."""
+        got = self._masks.get(id(w))
+        if got is not None and got[0] is w:
+            return got[1:]
+        order = ternary_order(self.mem["WGT"], ins.f["wgt"], ins.f["f"])
+        # the decoded weights are -1 / 0 / +1: their magnitude is the mask (a block that names
+        # a weight twice with one sign walks it twice: 2)
+        wmat = np.ones((len(order) + 1, w.shape[1]), np.float32)
+        np.take(w, order, axis=0, out=wmat[:-1])
+        np.abs(wmat[:-1], out=wmat[:-1])
+        wnz = wmat[:-1]
+        wcol = wnz.sum(axis=0, dtype=np.float64).astype(np.int64)
+        size = wmat.nbytes + wcol.nbytes
+        if self._mask_bytes + size > MASK_CACHE_BYTES:
+            self._masks.clear()
+            self._mask_bytes = 0
+        if size <= MASK_CACHE_BYTES:
+            self._masks[id(w)] = (w, order, wnz, wmat, wcol)
+            self._mask_bytes += size
+        return order, wnz, wmat, wcol
 
     def _probe(self, ins: Insn, nz, lanes: int, gran: str, wnz, shifts, counts, order):
         """Add to ``probe[pc][pxshift]`` the instruction's compute steps with zero activations

@@ -63,5 +63,8 @@ def test_demo_command_runs(tmp_path):
     rel = float(re.search(r"max rel err ([0-9.e+-]+)", out).group(1))
     assert rel <= 1e-5
     assert "same prediction on 50 of 50 images" in out
+    lo, mid, hi = (int(v.replace(",", "")) for v in re.search(
+        r"cycles per image .*: min ([0-9,]+), median ([0-9,]+), max ([0-9,]+)", out).groups())
+    assert lo <= mid <= hi and lo < hi          # zero activations make the images differ
     prog = read_program(tmp_path / "mnist.dlac")
     assert prog.insns[-1].op == "HALT" and (tmp_path / "mnist_input0.npy").exists()

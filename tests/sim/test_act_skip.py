@@ -177,3 +177,10 @@ def test_depthwise_channels_follow_the_pe_order(gran):
     assert cycles.steps_cycles(ins, m, total) == _brute(ins, m, nz[order], gran, wnz)
     assert cycles.steps_cycles(ins, m, total) != cycles.steps_cycles(
         ins, m, actskip.step_matrix(ins, nz, 4, 1, gran, wnz)[0])
+
+
+def test_row_counts_equal_numpy_sum():
+    rng = np.random.default_rng(5)
+    for p in (1, 7, 63, 64, 65, 196, 3136):
+        flags = rng.random((5, p)) < 0.37
+        assert np.array_equal(actskip.row_counts(flags), flags.sum(axis=1))
