@@ -204,7 +204,8 @@ class Interpreter(Kernels):
         self._write_inputs(inputs)
         # The race check runs in full on the first run; a later run records its steps and
         # is checked only if they differ from the checked run's (the timeline depends on the
-        # instruction stream and the weight blocks, so for real programs it never does).
+        # instruction stream, the weight blocks and, with act_skip on, the input's zero
+        # activations: a race that only some inputs' cycles expose is still found).
         deferred = self.check_races and self._race_signature is not None
         real = Replay(self.m, check_races=self.check_races and not deferred, record=self.check_races)
         dense = Replay(self.m, dense_cost)        # the same program with every weight issued
@@ -252,7 +253,7 @@ class Interpreter(Kernels):
             conv = skip is not None
             acts_cost = None
             if skipping:
-                wcyc, wslot = wonly.place(pc, ins, counts)
+                _, wslot = wonly.place(pc, ins, counts)
                 acts_cost = cycles.steps_cycles(ins, self.m, skip.acts) if conv else None
                 _, aslot = aonly.place(pc, ins, counts, cost=acts_cost)
             cyc, slot = real.place(pc, ins, counts, self.acc,
