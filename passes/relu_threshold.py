@@ -70,33 +70,42 @@ def layer_activations(mod) -> dict[str, tuple[relax.Var | None, str]]:
     return out
 
 
-def resolve(mod, layer_names: dict, thresholds: dict, pattern_for=None) -> dict[str, float]:
-    """``{layer variable: T}`` of the layers whose threshold is above 0: ``thresholds`` maps
-    patterns to T, ``pattern_for(display name)`` gives the pattern that applies to a layer
-    (default: the first ``fnmatch`` match in order, as ``QuantConfig.relu_pattern_for``) on
-    its display name ``layer_names.get(var, var)``.  A pattern that matches no layer, or only
+def choose(display: dict, ends: dict, thresholds: dict, pattern_for=None) -> dict:
+    """The rule that gives layers their thresholds (the compiler's :func:`resolve` and
+    training's ``qat_modules.resolve_relu_thresholds`` both apply it): ``{layer: T}`` of the
+    layers whose threshold is above 0.  ``display[layer]``: the name patterns are matched on;
+    ``ends[layer]``: ``None`` if the layer ends in a fused ReLU, else what it ends in;
+    ``pattern_for(name)``: the pattern that applies (default: the first ``fnmatch`` match in
+    order, as ``QuantConfig.relu_pattern_for``).  A pattern that matches no layer, or only
     layers without a fused ReLU, is a :class:`ConfigError` naming it and what the matched
     layers end in."""
     pattern_for = pattern_for or (lambda name: next((p for p in thresholds if fnmatch.fnmatchcase(name, p)), None))
-    acts = layer_activations(mod)
-    display = {var: layer_names.get(var, var) for var in acts}
     chosen, matched = {}, {p: [] for p in thresholds}
-    for var, name in display.items():
+    for layer, name in display.items():
         pattern = pattern_for(name)
         if pattern is None:
             continue
-        matched[pattern].append(var)
-        if acts[var][0] is not None and thresholds[pattern] > 0:
-            chosen[var] = float(thresholds[pattern])
+        matched[pattern].append(layer)
+        if ends[layer] is None and thresholds[pattern] > 0:
+            chosen[layer] = float(thresholds[pattern])
     for pattern, layers in matched.items():
         if not layers:
             raise ConfigError(f"relu threshold {pattern!r}: the pattern matches no layer "
                               f"(layers: {', '.join(display.values()) or 'none'})")
-        if all(acts[v][0] is None for v in layers):
-            what = "; ".join(f"layer {display[v]}: {acts[v][1]}" for v in layers[:4])
+        if all(ends[v] is not None for v in layers):
+            what = "; ".join(f"layer {display[v]}: {ends[v]}" for v in layers[:4])
             raise ConfigError(f"relu threshold {pattern!r}: no matched layer ends in a fused ReLU "
                               f"({what})")
     return chosen
+
+
+def resolve(mod, layer_names: dict, thresholds: dict, pattern_for=None) -> dict[str, float]:
+    """``{layer variable: T}`` of the layers of ``mod`` whose threshold is above 0
+    (:func:`choose` on their display names ``layer_names.get(var, var)``)."""
+    acts = layer_activations(mod)
+    return choose({var: layer_names.get(var, var) for var in acts},
+                  {var: None if relu is not None else what for var, (relu, what) in acts.items()},
+                  thresholds, pattern_for)
 
 
 def relu_threshold(mod, thresholds: dict[str, float]):

@@ -41,23 +41,13 @@ def keep_above(y: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def resolve_relu_thresholds(quant, acts: dict[str, str]) -> dict[str, float]:
     """``{layer: T}`` from ``quant.relu_thresholds`` as ``dlac compile`` resolves them
-    (:func:`passes.relu_threshold.resolve`; ``acts``: each layer's fused activation): the
+    (:func:`passes.relu_threshold.choose`; ``acts``: each layer's fused activation): the
     first matching pattern gives a layer its threshold, a layer without a fused ReLU keeps 0;
     a pattern that matches no layer, or only layers without a fused ReLU, is refused."""
-    out, matched = {}, {p: [] for p in quant.relu_thresholds}
-    for name, act in acts.items():
-        pattern = quant.relu_pattern_for(name)
-        if pattern is not None:
-            matched[pattern].append(name)
-            out[name] = float(quant.relu_thresholds[pattern]) if act == "relu" else 0.0
-    for pattern, names in matched.items():
-        if not names:
-            raise ConfigError(f"relu threshold {pattern!r}: the pattern matches no layer "
-                              f"(layers: {', '.join(acts)})")
-        if all(acts[n] != "relu" for n in names):
-            what = "; ".join(f"layer {n}: activation {acts[n]}" for n in names[:4])
-            raise ConfigError(f"relu threshold {pattern!r}: no matched layer ends in a fused ReLU ({what})")
-    return out
+    from passes.relu_threshold import choose
+
+    return choose({n: n for n in acts}, {n: None if a == "relu" else f"activation {a}" for n, a in acts.items()},
+                  quant.relu_thresholds, quant.relu_pattern_for)
 
 
 class _Point(nn.Module):
