@@ -171,3 +171,32 @@ def test_depthwise_grouped_and_residual_layers(gran):
         got = by_name[name]
         assert pred["total"] == got.cycles and pred["compute"] == got.compute, (gran, name)
     assert max(l.speedup_acts for l in rep.layers) > 1.0
+
+
+@pytest.mark.parametrize("weights", ["swis", "int4"])
+def test_swis_and_dense_int_layers(mnist, weights):
+    """SACC (SWIS: live 4-channel groups times shift passes) and dense int8-format MAC layers:
+    the cost model given the activations is the interpreter, on a real image."""
+    from compiler.tune import collect_layers
+
+    x, _ = mnist
+    result = compile_model(mnist_cnn(), (torch.from_numpy(x[:1]),),
+                           config=QuantConfig(weights=weights, cluster_size=4, swis_shifts=2.0))
+    m = Machine()
+    refs = {name: v[3] for name, v in _layers(result, m).items()}
+    prog = build_program(result, m, reference=False)
+    it = Interpreter(prog)
+    _, rep = it.run({"x": x[3:4]})
+    by_name = {l.name: l for l in rep.layers}
+    ops = set()
+    for t in collect_layers(result, m):
+        layer = t.layer
+        meta = next(e for e in prog.meta["layers"] if e["name"] == t.name)
+        from target_dlac.codegen.schedule import Schedule
+
+        pred = layer_cycles(layer.shape, Schedule.from_dict(meta["schedule"]), m, layer.weights,
+                            has_scale=layer.has_scale, acts=_input(prog, it.mem["DRAM"], refs[t.name]))
+        assert pred["total"] == by_name[t.name].cycles and pred["compute"] == by_name[t.name].compute, t.name
+        ops |= {prog.insns[pc].op for pc in range(meta["pc_start"], meta["pc_end"])}
+    assert ("SACC" if weights == "swis" else "MAC") in ops
+    assert max(l.speedup_acts for l in rep.layers) > 1.2
