@@ -226,7 +226,8 @@ def _low_bit_note(info: dict) -> str:
 
 def _summary_lines(info: dict) -> list[str]:
     out = [f"{info['file']['compiler']} binary, format {info['file']['format']}, "
-           f"machine {info['machine']['hash'][:16]}",
+           f"machine {info['machine']['hash'][:16]} ({info['machine']['pe_rows']}x{info['machine']['pe_cols']} "
+           f"PEs, zero activations skipped: {info['machine'].get('act_skip', 'none')})",
            f"source: {info['source']} (sha256 {str(info['source_hash'])[:16]})",
            f"instructions: {info['instructions_total']:,} "
            f"({', '.join(f'{k} {v:,}' for k, v in info['opcodes'].items())})",
