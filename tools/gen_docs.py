@@ -164,7 +164,7 @@ ENUMS = {
 
 MACHINE_MEANINGS = {
     "clock_mhz": "clock",
-    "area_mm2": "area (14 nm)",
+    "area_mm2": "area (14 nm) of the published configuration: the area model's calibration (\"Area model\")",
     "pe_rows": "PE rows; each row computes different output pixels",
     "pe_cols": "PE columns; each column holds one output channel",
     "lanes": "fp32 MAC lanes per PE (published: fp16 runs at 2×)",

@@ -201,8 +201,12 @@ CALIBRATION = PUBLISHED_AREA_MM2 * UM2_PER_MM2 / sum(raw_breakdown_um2(Machine()
 def area_breakdown(m: Machine) -> dict:
     """The area in mm^2 of each component of machine ``m`` (:data:`COMPONENTS`: the PE
     array's lanes, the weight, input and output (ACC) buffers, the zero-skip control and the
-    rest of the control), calibrated, plus ``"total"``, their sum."""
-    out = {k: v * CALIBRATION / UM2_PER_MM2 for k, v in raw_breakdown_um2(m).items()}
+    rest of the control), calibrated, plus ``"total"``, their sum.  The machine's
+    ``area_mm2`` is the area of the published configuration in its process (2.2 by default):
+    every component scales with it."""
+    raw = raw_breakdown_um2(m)
+    scale = CALIBRATION * _process(m) / UM2_PER_MM2
+    out = {k: v * scale for k, v in raw.items()}
     out["total"] = sum(out[k] for k in COMPONENTS)
     return out
 
@@ -212,8 +216,14 @@ def pe_array_breakdown(m: Machine) -> dict:
     sum to ``area_breakdown(m)["pe_array"]``."""
     if not isinstance(m, Machine):
         raise ConfigError(f"area model: expected a Machine, got {type(m).__name__}")
-    scale = m.pes * m.lanes * CALIBRATION / UM2_PER_MM2
+    scale = m.pes * m.lanes * CALIBRATION * _process(m) / UM2_PER_MM2
     return {k: v * scale for k, v in lane_um2(m).items()}
+
+
+def _process(m: Machine) -> float:
+    """How much larger than the published die the machine's process makes the default
+    configuration (``area_mm2`` / 2.2; 1.0 unless a machine file sets ``area_mm2``)."""
+    return m.area_mm2 / PUBLISHED_AREA_MM2
 
 
 def area_mm2(m: Machine) -> float:

@@ -25,7 +25,8 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
   the input it touches, its weights and its residual) and ``pct_of_bound`` = 100 * cycles / lower bound (for SWIS layers the
   compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
 * ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
-  ``tflops_per_mm2``, per layer and per run.
+  ``tflops_per_mm2`` over the machine's modelled area (:mod:`target_dlac.isa.area`; the
+  report's ``area_mm2`` and ``area_breakdown_mm2``), per layer and per run.
 
 Host ops (layer op ``host``) run on the host CPU through TVM's build, not on dLAC: a row
 of theirs is marked as such and gives ``host_seconds``, the wall time of the host call
@@ -47,6 +48,7 @@ import numpy as np
 
 from target_dlac.binary.layer_meta import layer_table
 from target_dlac.isa import cycles
+from target_dlac.isa.area import area_breakdown, area_mm2
 from target_dlac.isa.encoding import Insn
 from target_dlac.sim.timeline import Slot
 
@@ -149,7 +151,8 @@ class RunReport:
                      f"{self.machine.get('act_skip', 'none')}) / both")
         lines.append(f"{self.seconds * 1e6:.1f} us at {self.machine['clock_mhz']:g} MHz; "
                      f"{self.tflops_equiv:.3f} dense-equivalent TFLOP/s, "
-                     f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2"
+                     f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2 (of {self.extra.get('area_mm2', 0.0):.3g} mm^2, "
+                     "the area model's)"
                      + (f"; {self.host_ops} host op(s) not in the cycle count" if self.host_ops else ""))
         if self.host_ops:
             lines.append(self.host_line())
@@ -257,6 +260,7 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
     ranges (which validation lets overlap) are summed with prefix sums of per-instruction
     columns and their last cycles found by :func:`_range_max`."""
     m = program.machine
+    area = area_mm2(m)                  # the area model's, not a constant (docs/isa.md "Area model")
     n = len(records)
     metas = layer_table(program.meta)
     ranges = [(min(l.pc_start, n), min(l.pc_end, n)) for l in metas]
@@ -288,7 +292,7 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         lr.act_density = s["act_nonzero"] / s["act_values"] if s["act_values"] else None
         secs = m.seconds(lr.cycles)
         lr.tflops_equiv = 2 * lr.dense_macs / secs / 1e12 if secs else 0.0
-        lr.tflops_per_mm2 = lr.tflops_equiv / m.area_mm2
+        lr.tflops_per_mm2 = lr.tflops_equiv / area
         lr.load_balance = s["done"] / s["paid"] if s["paid"] else 1.0
         lr.dram_bytes = meta.min_dram_bytes
         written = meta.min_write_bytes
@@ -315,10 +319,11 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         cycles={"total": total, "compute": compute, "load_stall": load_stall,
                 "store_stall": max(0, total - compute - load_stall)},
         layers=layers, host_ops=sum(1 for r in records if r.ins.op == "HOST"), seconds=secs,
-        tflops_equiv=tflops, tflops_per_mm2=tflops / m.area_mm2, instructions=len(records),
+        tflops_equiv=tflops, tflops_per_mm2=tflops / area, instructions=len(records),
         extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers),
                "host_seconds": sum(r.host_seconds for r in records), "dlac_macs": dense_macs,
-               "host_macs": _total_host_macs(records, per_host)})
+               "host_macs": _total_host_macs(records, per_host), "area_mm2": area,
+               "area_breakdown_mm2": area_breakdown(m)})
 
 
 def _total_host_macs(records, per_host: dict) -> int | None:

@@ -70,7 +70,11 @@ def test_tflops_decomposition_is_the_report(run):
     """tflops_per_mm2 = dense peak x dense utilization x net speed-up (per run, so means
     agree to rounding only when the product is per image: check the none run, constant)."""
     n = run[1]["results"][0]["network"]["none"]
-    assert n["peak_tflops_per_mm2"] == pytest.approx(2 * 512 * 500e6 / 2.2 / 1e12)
+    from target_dlac.isa.area import area_mm2
+    from target_dlac.isa.machine import Machine
+
+    # the none machine has no zero-skip control: a little less than the published 2.2 mm^2
+    assert n["peak_tflops_per_mm2"] == pytest.approx(2 * 512 * 500e6 / area_mm2(Machine(act_skip="none")) / 1e12)
     assert n["tflops_per_mm2"] == pytest.approx(
         n["peak_tflops_per_mm2"] * n["dense_utilization"] * n["net_speedup"], rel=1e-9)
 

@@ -85,8 +85,10 @@ def _run_numbers(rep, machine, acts: str) -> dict:
     peak x the dense schedule's utilization x the zero-skip speed-up (an identity)."""
     dense_cycles = sum(l.dense_cycles for l in rep.layers)
     dense_macs = sum(l.dense_macs for l in rep.layers)
+    from target_dlac.isa.area import area_mm2
+
     rate = machine.pes * machine.lanes_for("float16" if acts == "fp16" else "float32")
-    peak_mm2 = 2 * rate * machine.clock_mhz * 1e6 / machine.area_mm2 / 1e12
+    peak_mm2 = 2 * rate * machine.clock_mhz * 1e6 / area_mm2(machine) / 1e12     # the modelled area
     return {"cycles": rep.cycles["total"], "tflops_equiv": rep.tflops_equiv,
             "tflops_per_mm2": rep.tflops_per_mm2, "peak_tflops_per_mm2": peak_mm2,
             "dense_utilization": dense_macs / (rate * dense_cycles) if dense_cycles else 0.0,
@@ -392,11 +394,16 @@ def main(argv=None) -> int:
 
     from target_dlac.core.atomic import atomic_write_text
     from target_dlac.core.errors import DlacError
+    from dataclasses import replace
+
+    from target_dlac.isa.area import area_mm2
     from target_dlac.isa.machine import Machine
 
     m = Machine()
     print(f"machine: {m.pe_rows}x{m.pe_cols} PEs, {m.lanes} fp32 lane(s), {m.clock_mhz:g} MHz, "
-          f"{m.area_mm2:g} mm^2, {m.dram_bytes_per_cycle} B/cycle DRAM; act_skip none/column/pe; "
+          f"{m.area_mm2:g} mm^2 (area model: none {area_mm2(replace(m, act_skip='none')):.3f}, column "
+          f"{area_mm2(m):.3f}, pe {area_mm2(replace(m, act_skip='pe')):.3f}), "
+          f"{m.dram_bytes_per_cycle} B/cycle DRAM; act_skip none/column/pe; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
     t_all = time.perf_counter()
     results = []
