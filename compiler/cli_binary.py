@@ -103,7 +103,11 @@ def run_cmd(binary, input_path, check, tolerance, max_steps, report_json, output
             _say(f"{name}: shape {tuple(value.shape)} {value.dtype}")
         problem = None
         if check:
-            checks = [_check(prog, inputs, o, tolerance, max_steps) for inputs, (o, _) in zip(samples, runs)]
+            from target_dlac.sim.host import reference_runner
+
+            ref = reference_runner(prog)            # built once for every input of a stack
+            checks = [_check(prog, inputs, o, tolerance, max_steps, ref(inputs))
+                      for inputs, (o, _) in zip(samples, runs)]
             bad = [(i, p) for i, (p, _) in enumerate(checks) if p]
             problem = None if not bad else (bad[0][1] if len(runs) == 1 else f"input {bad[0][0]}: {bad[0][1]}")
             rep["check"] = checks[0][1] if len(runs) == 1 else [c for _, c in checks]

@@ -200,11 +200,7 @@ def act_ratios(result, machine, calib: dict, limit: int | None = None, progress=
     from target_dlac.tune.act_stats import live_ratios
 
     prog = build_program(result, machine, reference=False)
-    host = None
-    if prog.host is not None:
-        from target_dlac.sim.host import HostRunner
-        host = HostRunner(prog)
-    return live_ratios(prog, calib_samples(prog, calib, limit), host, progress)
+    return live_ratios(prog, calib_samples(prog, calib, limit), progress=progress)
 
 
 # ------------------------------------------------------------------ local pool workers

@@ -30,10 +30,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from target_dlac.isa import cycles
 from target_dlac.isa.encoding import Insn
-
-#: Input channels per SWIS weight group (one PE pass covers 4 weights).
-SWIS_GROUP = 4
+from target_dlac.isa.formats import SWIS_GROUP
+from target_dlac.isa.machine import Machine
 
 
 def windows(x: np.ndarray, f: dict) -> np.ndarray:
@@ -72,6 +72,16 @@ def unit_live(nz: np.ndarray, rows: int, lanes: int, granularity: str) -> np.nda
     else:
         live = flags.any(axis=2)
     return live.reshape(k, npass, units)
+
+
+def _group_flags(nz: np.ndarray) -> np.ndarray:
+    """SACC: ``[groups * kh*kw, oh*ow]`` flags of the weight groups (4 consecutive channels
+    at one kernel position, the last zero-padded) in which a pixel reads a non-zero."""
+    c, kk, p = nz.shape
+    groups = -(-c // SWIS_GROUP)
+    if groups * SWIS_GROUP != c:
+        nz = np.concatenate([nz, np.zeros((groups * SWIS_GROUP - c, kk, p), bool)])
+    return nz.reshape(groups, SWIS_GROUP, kk, p).any(axis=1).reshape(groups * kk, p)
 
 
 def row_counts(flags: np.ndarray) -> np.ndarray:
@@ -119,10 +129,7 @@ def useful_steps(ins: Insn, nz: np.ndarray, wnz: np.ndarray | None = None,
         return int(((wnz != 0).sum(axis=0, dtype=np.int64) if wcol is None else wcol) @ per_k)
     if ins.op == "MAC":
         return ins.f["f"] * int(per_k.sum())
-    groups = -(-c // SWIS_GROUP)
-    gz = np.concatenate([nz, np.zeros((groups * SWIS_GROUP - c, kk, p), bool)]) if groups * SWIS_GROUP != c else nz
-    live_pixels = int(gz.reshape(groups, SWIS_GROUP, kk, p).any(axis=1).sum())
-    return int(np.asarray(shift_passes, np.int64).sum()) * live_pixels
+    return int(np.asarray(shift_passes, np.int64).sum()) * int(_group_flags(nz).sum())
 
 
 def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: str,
@@ -167,11 +174,17 @@ def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: s
         return acts, acts
     # SACC: a weight group (4 consecutive channels at one kernel position) is live when any
     # of its channels is; each live group costs the filter's shift passes
-    groups = -(-c // SWIS_GROUP)
-    gz = nz
-    if groups * SWIS_GROUP != c:
-        gz = np.concatenate([nz, np.zeros((groups * SWIS_GROUP - c, kk, p), bool)])
-    glive = unit_live(gz.reshape(groups, SWIS_GROUP, kk, p).any(axis=1).reshape(groups * kk, p),
-                      rows, lanes, granularity)
+    glive = unit_live(_group_flags(nz), rows, lanes, granularity)
     per_pass = glive.sum(axis=0, dtype=np.int64).max(axis=1)          # [passes]
     return np.asarray(shift_passes, np.int64)[:, None] * per_pass[None, :], acts
+
+
+def conv_steps(ins: Insn, m: Machine, nz: np.ndarray, counts, order: np.ndarray | None = None,
+               wnz: np.ndarray | None = None, wmat: np.ndarray | None = None) -> tuple:
+    """:func:`step_matrix` of a conv instruction on machine ``m``: its mapping's pixel rows,
+    its activation type's lanes, ``m.act_skip``, and (SACC) the shift passes of its block's
+    ``counts``; ``order`` / ``wnz`` / ``wmat``: a TACC block's PE order, non-zero mask and
+    :func:`count_matrix` (the interpreter's and the cost model's one way in)."""
+    shifts = cycles.shift_passes(m, counts) if ins.op == "SACC" else None
+    return step_matrix(ins, nz, cycles.grid(ins, m)[0], cycles.lanes(ins, m), m.act_skip,
+                       wnz if ins.op == "TACC" else None, shifts, order, wmat)

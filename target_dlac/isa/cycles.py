@@ -80,7 +80,13 @@ def filter_steps(ins: Insn, m: Machine, counts: np.ndarray) -> np.ndarray:
     if ins.op == "TACC":
         return counts
     f = ins.f
-    return swis_groups(f["c"], f["kh"], f["kw"]) * -(-counts // m.swis_shifts_per_pass)
+    return swis_groups(f["c"], f["kh"], f["kw"]) * shift_passes(m, counts)
+
+
+def shift_passes(m: Machine, counts: np.ndarray) -> np.ndarray:
+    """SACC: the passes each filter takes per weight group, ``ceil(S_f / swis_shifts_per_pass)``
+    of its shift counts ``S_f``."""
+    return -(-np.asarray(counts, np.int64) // m.swis_shifts_per_pass)
 
 
 def group_max_sum(counts: np.ndarray, pe_cols: int) -> int:

@@ -96,7 +96,14 @@ def reference_module(program):
     return hostgraph.build(g)
 
 
+def reference_runner(program):
+    """``inputs -> outputs`` of the binary's REF graph (the quantized Relax graph), built once
+    for the TVM CPU (for several inputs)."""
+    build = CpuBuild(reference_module(program), "reference graph")
+    names = program.meta.get("input_names")
+    return lambda inputs: build({name: inputs[name] for name in (inputs if names is None else names)})
+
+
 def reference_outputs(program, inputs: dict) -> list[np.ndarray]:
     """Run the binary's REF graph (the quantized Relax graph) on the TVM CPU build."""
-    mod = reference_module(program)
-    return CpuBuild(mod, "reference graph")({name: inputs[name] for name in program.meta.get("input_names", inputs)})
+    return reference_runner(program)(inputs)

@@ -259,11 +259,7 @@ class Interpreter(Kernels):
             cyc, slot = real.place(pc, ins, counts, self.acc,
                                    cost=cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None)
             _, dslot = dense.place(pc, ins, counts)
-            stats = None
-            if conv:
-                stats = conv_stats(ins, self.m, counts) + (skip.nonzero, skip.values)
-                if skip.work is not None:       # the bound's compute term: what no input skips
-                    stats = stats[:2] + (skip.work,) + stats[3:]
+            stats = conv_stats(ins, self.m, counts, skip.work) + (skip.nonzero, skip.values) if conv else None
             records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
                                       wslot.end if skipping else slot.end,
                                       aslot.end if skipping else dslot.end))

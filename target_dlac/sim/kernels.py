@@ -131,15 +131,11 @@ class Kernels:
             x = np.pad(x, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
         return x
 
-    def _cols(self, x: np.ndarray, f) -> np.ndarray:
-        """[c, kh*kw, oh*ow] windows of the padded tile."""
-        return actskip.windows(x, f)
-
     def _conv(self, ins: Insn):
         f = ins.f
         integer = f["dtype"] == INT8
         x = self._input_tile(f)
-        cols = self._cols(x, f)
+        cols = actskip.windows(x, f)         # [c, kh*kw, oh*ow]
         kk = f["kh"] * f["kw"]
         k = kk if f["depthwise"] else f["c"] * kk
         w, counts = self._weights(ins, k)
@@ -171,20 +167,17 @@ class Kernels:
         f = ins.f
         nonzero = int(np.count_nonzero(x))
         values = f["c"] * f["h"] * f["w"]
-        gran = self.m.act_skip
-        if gran == "none":
+        if self.m.act_skip == "none":
             return ActSteps(nonzero, values)
-        rows, _ = cycles.grid(ins, self.m)
-        lanes = cycles.lanes(ins, self.m)
         wnz = order = wmat = wcol = None
         if ins.op == "TACC":
             order, wnz, wmat, wcol = self._tacc_masks(ins, w)
-        shifts = -(-np.asarray(counts, np.int64) // self.m.swis_shifts_per_pass) if ins.op == "SACC" else None
         nz = cols != 0
-        total, acts = actskip.step_matrix(ins, nz, rows, lanes, gran, wnz, shifts, order, wmat)
+        total, acts = actskip.conv_steps(ins, self.m, nz, counts, order, wnz, wmat)
         if self.probe is not None:          # the same data under every PE mapping (act_stats)
-            self._probe(ins, nz, lanes, gran, wnz, shifts, counts, order)
-        work = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol) * self.m.lanes / lanes
+            self._probe(ins, nz, counts, order, wnz, wmat)
+        shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
+        work = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol) * self.m.lanes / cycles.lanes(ins, self.m)
         return ActSteps(nonzero, values, total, acts, work)
 
     def _tacc_masks(self, ins: Insn, w: np.ndarray) -> tuple:
@@ -212,14 +205,14 @@ class Kernels:
             self._mask_bytes += size
         return order, wnz, wmat, wcol
 
-    def _probe(self, ins: Insn, nz, lanes: int, gran: str, wnz, shifts, counts, order):
+    def _probe(self, ins: Insn, nz, counts, order, wnz, wmat):
         """Add to ``probe[pc][pxshift]`` the instruction's compute steps with zero activations
         skipped and with dense ones (``compute_setup`` left out) under each PE mapping."""
         m = self.m
         got = self.probe.setdefault(self.pc, {})
         for px in range(m.max_pxshift + 1):
             alt = Insn(ins.op, dict(ins.f, pxshift=px))
-            total, _ = actskip.step_matrix(alt, nz, m.pe_grid(px)[0], lanes, gran, wnz, shifts, order)
+            total, _ = actskip.conv_steps(alt, m, nz, counts, order, wnz, wmat)
             live, dense = got.get(px, (0, 0))
             got[px] = (live + cycles.steps_cycles(alt, m, total) - m.compute_setup,
                        dense + cycles.cost(alt, m, counts) - m.compute_setup)

@@ -186,14 +186,15 @@ def input_spread(reports: list[RunReport]) -> dict:
             "tflops_equiv": mmm([r.tflops_equiv for r in reports]), "layer_cycles": layers}
 
 
-def conv_stats(ins: Insn, m, counts) -> tuple:
+def conv_stats(ins: Insn, m, counts, work: float | None = None) -> tuple:
     """``(dense_macs, issued_macs, work, done, paid)`` of a TACC / MAC / SACC: its MACs with
-    every weight present and as issued, its useful PE-cycles (:func:`cycles.pe_work`), and
-    the steps done and paid for by its filter groups (the load balance)."""
+    every weight present and as issued, its useful PE-cycles (:func:`cycles.pe_work`, or
+    ``work`` when the caller knows better: with zero activations skipped, the steps no input
+    skips), and the steps done and paid for by its filter groups (the load balance)."""
     px = ins.f["oh"] * ins.f["ow"]
     k = cycles.weights_per_filter(ins)
     dense = ins.f["f"] * k * px
-    work = cycles.pe_work(ins, m, counts)
+    work = cycles.pe_work(ins, m, counts) if work is None else work
     if ins.op == "MAC":
         return dense, dense, work, 0, 0
     # TACC / SACC: the steps each filter takes, as the cost counts them

@@ -19,13 +19,17 @@ from target_dlac.core.errors import ConfigError
 
 def live_ratios(program, samples, host_runner=None, progress=None) -> dict:
     """``{layer name: {pxshift: ratio}}`` over ``samples`` (a list of input dicts, name ->
-    array) for the conv / dense layers of ``program``; empty when ``act_skip`` is ``none``."""
+    array) for the conv / dense layers of ``program``; empty when ``act_skip`` is ``none``.
+    ``host_runner``: the program's host ops (default: built with TVM when it has some)."""
     from target_dlac.sim.interpreter import Interpreter
 
     if program.machine.act_skip == "none":
         return {}
     if not samples:
         raise ConfigError("activation statistics need at least one sample input")
+    if host_runner is None and program.host is not None:
+        from target_dlac.sim.host import HostRunner
+        host_runner = HostRunner(program)
     it = Interpreter(program, check_races=False, probe=True)
     for i, inputs in enumerate(samples):
         it.run(inputs, host_runner)

@@ -133,15 +133,22 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
                 continue
             counts = blocks[tag.block][1]
             if acts is not None:
-                total, _ = conv_steps(ins, machine, tile_nonzero(acts, ins, tag), masks.get(tag.block), counts)
+                total, _ = actskip.conv_steps(ins, machine, tile_nonzero(acts, ins, tag), counts,
+                                              *masks.get(tag.block, (None, None)))
                 costs[pc] = cycles.steps_cycles(ins, machine, total)
             else:
-                static = cycles.cost(ins, machine, counts) - machine.compute_setup
-                costs[pc] = machine.compute_setup + int(round(live_ratio.get(sched.pxshift, 1.0) * static))
+                costs[pc] = expected_cost(cycles.cost(ins, machine, counts), machine, live_ratio, sched)
     r = Replay(machine)
     for pc, ((ins, tag), cost) in enumerate(zip(lowered, costs)):
         r.place(pc, ins, None if tag is None else blocks[tag.block][1], cost=cost)
     return r.totals()
+
+
+def expected_cost(dense: int, m: Machine, live_ratio: dict, sched: Schedule) -> int:
+    """A conv instruction's expected cycles from its cycles with dense activations and the
+    layer's ``live_ratio`` for the schedule's PE mapping (1.0 for a mapping without one):
+    ``compute_setup + round(ratio * (dense - compute_setup))``."""
+    return m.compute_setup + int(round(live_ratio.get(sched.pxshift, 1.0) * (dense - m.compute_setup)))
 
 
 def tile_nonzero(x: np.ndarray, ins: Insn, tag) -> np.ndarray:
@@ -154,17 +161,6 @@ def tile_nonzero(x: np.ndarray, ins: Insn, tag) -> np.ndarray:
     tile = x[tag.n, tag.c0:tag.c0 + f["c"], tag.ih0:tag.ih0 + f["h"], tag.iw0:tag.iw0 + f["w"]] != 0
     tile = np.pad(tile, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
     return actskip.windows(tile, f)
-
-
-def conv_steps(ins: Insn, m: Machine, nz: np.ndarray, mask, counts) -> tuple:
-    """:func:`actskip.step_matrix` of a conv instruction on machine ``m`` (its mapping's
-    pixel rows and lanes, ``m.act_skip``), from the non-zero flags ``nz`` of what its pixels
-    read, its ternary block's ``(order, mask)`` (:meth:`LayerWeights.block_masks`) and its
-    block's counts."""
-    shifts = -(-np.asarray(counts, np.int64) // m.swis_shifts_per_pass) if ins.op == "SACC" else None
-    order, wnz = mask if ins.op == "TACC" else (None, None)
-    return actskip.step_matrix(ins, nz, cycles.grid(ins, m)[0], cycles.lanes(ins, m), m.act_skip,
-                               wnz, shifts, order)
 
 
 def matmul_cycles(a_shape: tuple, b_shape: tuple, machine: Machine) -> dict:
@@ -244,7 +240,7 @@ def cycles_lower_bound(shape: ConvShape, sched: Schedule, machine: Machine, weig
                                 depthwise=int(shape.depthwise), dtype=dt, pxshift=sched.pxshift))
             cost = cycles.cost(ins, m, counts)
             if live_ratio is not None and m.act_skip != "none":
-                cost = m.compute_setup + int(round(live_ratio.get(sched.pxshift, 1.0) * (cost - m.compute_setup)))
+                cost = expected_cost(cost, m, live_ratio, sched)
             compute += k * cost
     for f0, f1 in ftiles:
         for (oh, ow), k in tile_shapes.items():

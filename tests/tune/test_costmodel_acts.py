@@ -21,8 +21,8 @@ from compiler import QuantConfig, compile_model
 from compiler.build import build_program
 from compiler.datasets import mnist_cnn, mnist_test
 from target_dlac.codegen.generator import Codegen
-from target_dlac.codegen.layer_weights import LayerWeights
-from target_dlac.codegen.schedule import ConvShape, default_schedule, fits
+from compiler.tune import collect_layers
+from target_dlac.codegen.schedule import Schedule, default_schedule, fits
 from target_dlac.isa.machine import Machine
 from target_dlac.sim.interpreter import Interpreter
 from target_dlac.tune.act_stats import live_ratios
@@ -31,34 +31,23 @@ from target_dlac.tune.costmodel import cycles_lower_bound, layer_cycles
 MACHINES = {"column": Machine(), "pe": Machine(act_skip="pe")}
 
 
-class _Recorder(Codegen):
-    """The codegen, remembering each conv layer's weights, epilogue and input tensor."""
+class _Inputs(Codegen):
+    """The codegen, remembering each conv layer's input tensor (by layer variable)."""
 
     def _layer_weights(self, spec, x, out, res):
-        w, prm, epi = super()._layer_weights(spec, x, out, res)
-        self.seen = getattr(self, "seen", {})
-        self.seen[spec.layer] = (w, epi.has_scale, spec.ternary, spec.depthwise, x)
-        return w, prm, epi
+        self.inputs = getattr(self, "inputs", {})
+        self.inputs[spec.layer] = x
+        return super()._layer_weights(spec, x, out, res)
 
 
-def _layers(result, machine, activations="fp32", calib=None):
-    """name -> (shape, weights, has_scale, input Ref) of the program's conv / dense layers."""
-    args = result.codegen_args()
-    if activations == "int8":
-        from compiler.build import build_program as _bp        # the calibrated codegen's exponents
-
-        prog = _bp(result, machine, activations="int8", calib=calib, reference=False)
-        return prog, None
-    rec = _Recorder(result.mod, machine, **args)
+def _layers(result, machine) -> dict:
+    """name -> (shape, LayerWeights, has_scale, input Ref) of the conv / dense layers, as the
+    tuner sees them (:func:`compiler.tune.collect_layers`) and where their inputs live."""
+    rec = _Inputs(result.mod, machine, **result.codegen_args())
     rec.generate()
-    layers = {}
-    for entry in rec.layers:
-        if entry.shape is None:
-            continue
-        w, has_scale, ternary, dw, x = rec.seen[entry.var]
-        shape = ConvShape(**{**entry.shape, "pads": tuple(entry.shape["pads"])})
-        layers[entry.name] = (shape, w, has_scale, x, LayerWeights(w, ternary, dw))
-    return layers
+    var = {e.name: e.var for e in rec.layers}
+    return {t.name: (t.layer.shape, t.layer.weights, t.layer.has_scale, rec.inputs[var[t.name]])
+            for t in collect_layers(result, machine)}
 
 
 def _input(prog, dram: np.ndarray, ref) -> np.ndarray:
@@ -83,7 +72,7 @@ def test_given_the_activations_the_cost_model_is_the_interpreter(mnist, gran):
     checked = 0
     for variant in ("default", "pe_map", "small_tiles"):
         scheds = {}
-        for name, (shape, w, has_scale, ref, info) in layers.items():
+        for name, (shape, info, has_scale, ref) in layers.items():
             d = default_schedule(shape, m, info.max_bytes)
             s = {"default": d, "pe_map": replace(d, pxshift=2),
                  "small_tiles": replace(d, h_tile=max(1, d.h_tile // 2), f_tile=max(1, d.f_tile // 2 + 1))}[variant]
@@ -95,7 +84,7 @@ def test_given_the_activations_the_cost_model_is_the_interpreter(mnist, gran):
             _, rep = it.run({"x": x[i:i + 1]})
             by_name = {l.name: l for l in rep.layers}
             for name, s in scheds.items():
-                shape, w, has_scale, ref, info = layers[name]
+                shape, info, has_scale, ref = layers[name]
                 got = by_name[name]
                 # the layer's input is in DRAM after the run (each activation has its own bytes)
                 pred = layer_cycles(shape, s, m, info, has_scale=has_scale, acts=_input(prog, it.mem["DRAM"], ref))
@@ -118,7 +107,7 @@ def test_expected_cycles_from_statistics(mnist):
     assert set(ratios) == set(layers)
     it = Interpreter(prog)
     held = [it.run({"x": x[i:i + 1]})[1] for i in range(16, 32)]
-    for name, (shape, w, has_scale, ref, info) in layers.items():
+    for name, (shape, info, has_scale, ref) in layers.items():
         s = default_schedule(shape, m, info.max_bytes)
         mean = np.mean([next(l for l in r.layers if l.name == name).cycles for r in held])
         pred = layer_cycles(shape, s, m, info, has_scale=has_scale, live_ratio=ratios[name])["total"]
@@ -162,10 +151,8 @@ def test_depthwise_grouped_and_residual_layers(gran):
     it = Interpreter(prog)
     _, rep = it.run({prog.inputs[0].name: x})
     by_name = {l.name: l for l in rep.layers}
-    for name, (shape, w, has_scale, ref, info) in layers.items():
+    for name, (shape, info, has_scale, ref) in layers.items():
         meta = next(e for e in prog.meta["layers"] if e["name"] == name)
-        from target_dlac.codegen.schedule import Schedule
-
         pred = layer_cycles(shape, Schedule.from_dict(meta["schedule"]), m, info, has_scale=has_scale,
                             acts=_input(prog, it.mem["DRAM"], ref))
         got = by_name[name]
@@ -177,26 +164,20 @@ def test_depthwise_grouped_and_residual_layers(gran):
 def test_swis_and_dense_int_layers(mnist, weights):
     """SACC (SWIS: live 4-channel groups times shift passes) and dense int8-format MAC layers:
     the cost model given the activations is the interpreter, on a real image."""
-    from compiler.tune import collect_layers
-
     x, _ = mnist
     result = compile_model(mnist_cnn(), (torch.from_numpy(x[:1]),),
                            config=QuantConfig(weights=weights, cluster_size=4, swis_shifts=2.0))
     m = Machine()
-    refs = {name: v[3] for name, v in _layers(result, m).items()}
     prog = build_program(result, m, reference=False)
     it = Interpreter(prog)
     _, rep = it.run({"x": x[3:4]})
     by_name = {l.name: l for l in rep.layers}
     ops = set()
-    for t in collect_layers(result, m):
-        layer = t.layer
-        meta = next(e for e in prog.meta["layers"] if e["name"] == t.name)
-        from target_dlac.codegen.schedule import Schedule
-
-        pred = layer_cycles(layer.shape, Schedule.from_dict(meta["schedule"]), m, layer.weights,
-                            has_scale=layer.has_scale, acts=_input(prog, it.mem["DRAM"], refs[t.name]))
-        assert pred["total"] == by_name[t.name].cycles and pred["compute"] == by_name[t.name].compute, t.name
+    for name, (shape, info, has_scale, ref) in _layers(result, m).items():
+        meta = next(e for e in prog.meta["layers"] if e["name"] == name)
+        pred = layer_cycles(shape, Schedule.from_dict(meta["schedule"]), m, info, has_scale=has_scale,
+                            acts=_input(prog, it.mem["DRAM"], ref))
+        assert pred["total"] == by_name[name].cycles and pred["compute"] == by_name[name].compute, name
         ops |= {prog.insns[pc].op for pc in range(meta["pc_start"], meta["pc_end"])}
     assert ("SACC" if weights == "swis" else "MAC") in ops
     assert max(l.speedup_acts for l in rep.layers) > 1.2
