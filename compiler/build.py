@@ -196,10 +196,12 @@ def _layer_progress(progress, total: int, stage: str):
 
 def build_program(result, machine=None, *, schedules: dict | None = None, reference: bool = True,
                   activations: str = "fp32", calib: dict | None = None, progress=None,
-                  tuning_log=None, act_bits: int = 8):
+                  tuning_log=None, act_bits: int = 8, energy_table=None):
     """The dLAC program of ``result`` (see the module docstring).  ``progress``: called with
     a :class:`LayerProgress` after each conv / dense layer (``LayerProgress.line()`` is the
-    CLI's line).  ``act_bits``: 8, or 4 / 2 with ``activations="int8"``."""
+    CLI's line).  ``act_bits``: 8, or 4 / 2 with ``activations="int8"``.  ``energy_table``: an
+    :class:`target_dlac.isa.energy.EnergyTable` to keep in the binary's META (the ``[energy]``
+    table of the machine file; reports of its runs use it)."""
     from target_dlac.codegen.generator import Codegen
     from target_dlac.isa.machine import Machine
 
@@ -260,6 +262,8 @@ def build_program(result, machine=None, *, schedules: dict | None = None, refere
         prog.meta.update({"act_bits": act_bits, "low_bit_tensors": list(icg.low_bit)})
     if tuned is not None:
         prog.meta["tuning"] = {**tuned, **counts}
+    if energy_table is not None:
+        prog.meta["energy"] = energy_table.to_dict()
     if reference:
         from passes.partition import unpartition
         from target_dlac.binary import hostgraph

@@ -80,6 +80,9 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
         from compiler.pipeline import compile_model
 
         mach = _machine(machine)
+        from target_dlac.isa.energy import machine_file_table
+
+        energy_table = machine_file_table(machine)     # checked before any work
         if activations != "fp32" and not output:
             raise ConfigError(f"--activations {activations} builds a binary: give -o OUT.dlac")
         if act_precisions and activations == "int8":
@@ -116,7 +119,7 @@ def compile_cmd(model, output, quant, granularity, cluster_size, activations, ca
             t0 = time.perf_counter()
             prog = build_program(result, mach, reference=not no_reference, activations=activations,
                                  calib=calib_data, tuning_log=tuning_log, progress=_progress(verbose, t0),
-                                 act_bits=act_bits)
+                                 act_bits=act_bits, energy_table=energy_table)
             atomic_write_bytes(output, to_bytes(prog), verify=_verify_binary)
             click.echo(f"  stage {'codegen':<13} {time.perf_counter() - t0:6.2f} s", err=True)
         # the table after the codegen: a layer it left on the host is shown there

@@ -1,7 +1,7 @@
 """Generate the parts of docs/isa.md that restate the code: the instruction field tables
 (from :data:`target_dlac.isa.encoding.FORMATS` / ``LAYOUTS``), the memory table, the cost
-notation and the machine parameter tables (from :class:`target_dlac.isa.machine.Machine`:
-its fields, defaults and derived sizes and widths).
+notation, the machine parameter tables (from :class:`target_dlac.isa.machine.Machine`:
+its fields, defaults and derived sizes and widths) and the energy model's default table.
 
 Each generated part sits between two marker lines, and everything outside them is
 hand-written prose that this script never touches::
@@ -375,6 +375,20 @@ def derived_table() -> str:
     return "\n".join(rows)
 
 
+def energy_table() -> str:
+    """The energy model's default table (:class:`target_dlac.isa.energy.EnergyTable`) with
+    every entry's source (:data:`target_dlac.isa.energy.SOURCES`)."""
+    from target_dlac.isa import energy
+
+    rows = ["| entry | default | source |", "|---|---|---|"]
+    for f in fields(energy.EnergyTable):
+        v = getattr(energy.DEFAULT_TABLE, f.name)
+        if f.name not in energy.SOURCES:
+            raise DocError(f"energy table entry {f.name} has no source (energy.SOURCES)")
+        rows.append(f"| `{f.name}` | {v:.4g} | {energy.SOURCES[f.name]} |")
+    return "\n".join(rows)
+
+
 def blocks() -> dict[str, str]:
     """Every generated part: marker name -> text."""
     out = {"memories": memory_table(), "cost notation": cost_notation(), "header": header_table()}
@@ -382,6 +396,7 @@ def blocks() -> dict[str, str]:
         out[f"format {op}"] = format_block(op)
     out["machine parameters"] = machine_table()
     out["machine derived"] = derived_table()
+    out["energy table"] = energy_table()
     return out
 
 

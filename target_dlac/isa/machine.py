@@ -198,8 +198,11 @@ class Machine:
 
     @classmethod
     def from_toml(cls, path: str) -> "Machine":
+        """A machine TOML file: its ``[machine]`` table, or its top level; an ``[energy]``
+        table there is the energy model's (:meth:`target_dlac.isa.energy.EnergyTable.from_toml`)."""
         data = read_toml(path, "machine file")
-        return cls.from_dict(data.get("machine", data), where=f"machine file {path!r}")
+        section = data.get("machine", {k: v for k, v in data.items() if k != "energy"})
+        return cls.from_dict(section, where=f"machine file {path!r}")
 
 
 #: Widths of the address fields in the fixed instruction encoding (see isa.py).

@@ -32,6 +32,7 @@ from target_dlac.core.errors import ConfigError, DlacError, ExecutionError
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
     MAX_WEIGHT_CACHE_BYTES, block_decode_budget, block_key_budget, insn_budget
 from target_dlac.isa import cycles
+from target_dlac.isa.energy import EnergyTable, insn_actions, program_table
 from target_dlac.isa.encoding import Insn, disassemble
 from target_dlac.isa.blocks import BlockError, swis_block_bytes, swis_counts, swis_groups, ternary_block_bytes, \
     ternary_counts, unpack_swis, unpack_ternary
@@ -48,11 +49,14 @@ class Interpreter(Kernels):
     """Runs one program (any number of times: :meth:`run`); the instruction families' arithmetic
     is in :class:`target_dlac.sim.kernels.Kernels`."""
 
-    def __init__(self, program: Program, *, check_races: bool = True, probe: bool = False):
+    def __init__(self, program: Program, *, check_races: bool = True, probe: bool = False,
+                 energy_table: EnergyTable | None = None):
         """``probe``: also count, for every conv instruction and every PE mapping, its steps
         with zero activations skipped and with dense ones (:attr:`probe`, summed over runs;
-        :mod:`target_dlac.tune.act_stats`)."""
+        :mod:`target_dlac.tune.act_stats`).  ``energy_table``: the energy model's table
+        (default: the binary's, :func:`target_dlac.isa.energy.program_table`)."""
         self.p = program
+        self.energy_table = energy_table or program_table(program)
         self.probe: dict | None = {} if probe else None
         self.m = program.machine
         self.check_races = check_races
@@ -157,6 +161,7 @@ class Interpreter(Kernels):
             self._fail(f"WGT[{addr:#x}]: {e}")
         a, b = self._span("WGT", addr, hi - addr, "weight block")
         self.acc.append(("WGT", a, b, False))
+        self.block_bytes = b - a            # the energy model's weight reads
         if ins.op == "MAC":             # dense: nothing to decode
             if f["wfmt"] == 1:
                 return wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None
@@ -260,9 +265,11 @@ class Interpreter(Kernels):
                                    cost=cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None)
             _, dslot = dense.place(pc, ins, counts)
             stats = conv_stats(ins, self.m, counts, skip.work) + (skip.nonzero, skip.values) if conv else None
+            actions = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful) if conv \
+                else insn_actions(ins, self.m)
             records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
                                       wslot.end if skipping else slot.end,
-                                      aslot.end if skipping else dslot.end))
+                                      aslot.end if skipping else dslot.end, actions))
             if progress and pc % 2000 == 0:
                 progress(pc, n)
             if halted:
@@ -275,7 +282,7 @@ class Interpreter(Kernels):
                 Timeline.check_steps(real.timeline.steps)
             self._race_signature = sig
         outputs = {t.name: self._read(t) for t in p.outputs}
-        return outputs, build_report(p, records)
+        return outputs, build_report(p, records, self.energy_table)
 
     def _write_inputs(self, inputs: dict):
         want = {t.name: t for t in self.p.inputs}

@@ -96,6 +96,9 @@ class ActSteps:
     #: useful PE-cycles with zero activations skipped (:func:`actskip.useful_steps` over the
     #: lane ratio), the compute term of the layer's lower bound
     work: float | None = None
+    #: the PE steps it executes with zero activations skipped (:func:`actskip.useful_steps`,
+    #: the energy model's count; ``None`` without skipping: every issued step)
+    useful: int | None = None
 
 
 class Kernels:
@@ -177,8 +180,8 @@ class Kernels:
         if self.probe is not None:          # the same data under every PE mapping (act_stats)
             self._probe(ins, nz, counts, order, wnz, wmat)
         shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
-        work = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol) * self.m.lanes / cycles.lanes(ins, self.m)
-        return ActSteps(nonzero, values, total, acts, work)
+        useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol)
+        return ActSteps(nonzero, values, total, acts, useful * self.m.lanes / cycles.lanes(ins, self.m), useful)
 
     def _tacc_masks(self, ins: Insn, w: np.ndarray) -> tuple:
         """``(order, wnz, count_matrix, wcol)`` of a TACC's block: its PE order, non-zero

@@ -39,7 +39,6 @@ holds ``host_seconds`` (all host ops), ``dlac_macs`` and ``host_macs``.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
@@ -48,8 +47,10 @@ import numpy as np
 
 from target_dlac.binary.layer_meta import layer_table
 from target_dlac.isa import cycles
+from target_dlac.isa import energy
 from target_dlac.isa.area import area_breakdown, area_mm2
 from target_dlac.isa.encoding import Insn
+from target_dlac.sim.host_macs import host_macs
 from target_dlac.sim.timeline import Slot
 
 
@@ -69,6 +70,8 @@ class InsnRecord:
     #: skipped (``None``: the same as ``slot.end`` / ``dense_end``, no activation skipping)
     wgt_end: int | None = None
     act_end: int | None = None
+    #: :func:`energy.insn_actions` of the instruction as it ran (``None``: no actions)
+    actions: dict | None = None
 
 
 @dataclass
@@ -99,6 +102,9 @@ class LayerReport:
     host_macs: int | None = None     # host ops: MACs of their conv2d / matmul (None: unknown)
     tflops_equiv: float = 0.0        # 2 * dense MACs / the layer's time
     tflops_per_mm2: float = 0.0
+    #: ``{total, compute, onchip, dram, static}`` pJ of the layer's instructions (energy model)
+    energy_pj: dict | None = None
+    pj_per_mac: float | None = None      # energy over dense-equivalent MACs
 
     @property
     def on_host(self) -> bool:
@@ -154,9 +160,25 @@ class RunReport:
                      f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2 (of {self.extra.get('area_mm2', 0.0):.3g} mm^2, "
                      "the area model's)"
                      + (f"; {self.host_ops} host op(s) not in the cycle count" if self.host_ops else ""))
+        en = self.extra.get("energy_pj")
+        if en:
+            e = self.extra
+            lines.append(self.energy_line(en, e.get("pj_per_mac"), e.get("tops_per_w"), e.get("edp_js")))
         if self.host_ops:
             lines.append(self.host_line())
         return "\n".join(lines)
+
+    @staticmethod
+    def energy_line(en: dict, pj_per_mac, tops_per_w, edp_js) -> str:
+        """``energy: ... uJ (compute ..%, on-chip ..%, DRAM ..%, static ..%); ... pJ/MAC, ...``."""
+        tot = en["total"]
+        share = ", ".join(f"{name} {100 * en[k] / tot:.0f}%" if tot else f"{name} -"
+                          for k, name in (("compute", "compute"), ("onchip", "on-chip"), ("dram", "DRAM"),
+                                          ("static", "static")))
+        eff = "" if pj_per_mac is None else f"; {pj_per_mac:.3g} pJ per dense-equivalent MAC, " \
+                                           f"{tops_per_w:.3g} TOPS/W"
+        return (f"energy (model, docs/isa.md \"Energy model\"): {tot / 1e6:.4g} uJ ({share}){eff}; "
+                f"EDP {edp_js:.3g} J*s (dLAC only: host ops not included)")
 
     def host_line(self) -> str:
         """``host wall time: ... ms over N host op(s) ...; MACs: ... on dLAC, ... on the host``."""
@@ -256,17 +278,30 @@ def _prefix(xs: list) -> list:
     return [0, *accumulate(xs)]
 
 
-def build_report(program, records: list[InsnRecord]) -> RunReport:
+def _action_columns(records: list[InsnRecord]) -> dict[str, list]:
+    """Prefix sums over the pcs of each energy action's count (:func:`energy.insn_actions`)."""
+    cols = {a: [0] * len(records) for a in energy.ACTIONS}
+    for pc, r in enumerate(records):
+        if r.actions:
+            for k, v in r.actions.items():
+                cols[k][pc] = v
+    return {k: _prefix(v) for k, v in cols.items()}
+
+
+def build_report(program, records: list[InsnRecord], table: energy.EnergyTable | None = None) -> RunReport:
     """The run's report.  Linear in the program plus O(L log n) for L layers: the layers' pc
     ranges (which validation lets overlap) are summed with prefix sums of per-instruction
-    columns and their last cycles found by :func:`_range_max`."""
+    columns and their last cycles found by :func:`_range_max`.  ``table``: the energy
+    table (:data:`energy.DEFAULT_TABLE` if ``None``)."""
     m = program.machine
+    table = table or energy.DEFAULT_TABLE
     area = area_mm2(m)                  # the area model's, not a constant (docs/isa.md "Area model")
     n = len(records)
     metas = layer_table(program.meta)
     ranges = [(min(l.pc_start, n), min(l.pc_end, n)) for l in metas]
     ranges = [(a, max(a, b)) for a, b in ranges]
     cols = {k: _prefix(v) for k, v in _per_insn(records, m).items()}
+    acts = _action_columns(records)
     ends = _range_max([r.slot.end for r in records], ranges)
     dense_ends = _range_max([r.dense_end for r in records], ranges)
     wgt_ends = _range_max([r.slot.end if r.wgt_end is None else r.wgt_end for r in records], ranges)
@@ -299,6 +334,8 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         written = meta.min_write_bytes
         lr.lower_bound_cycles = cycles.lower_bound(s["work"], lr.dram_bytes - written, written, m)
         lr.pct_of_bound = 100.0 * lr.cycles / lr.lower_bound_cycles if lr.lower_bound_cycles else 0.0
+        lr.energy_pj = energy.energy_pj({k: c[b] - c[a] for k, c in acts.items()}, m, lr.cycles, table, area)
+        lr.pj_per_mac = lr.energy_pj["total"] / lr.dense_macs if lr.dense_macs else None
         prev_end = max(prev_end, end)
         prev_dense = max(prev_dense, dense_end)
         prev_wgt, prev_act = max(prev_wgt, wgt_end), max(prev_act, act_end)
@@ -315,6 +352,8 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
     dense_macs = sum(l.dense_macs for l in layers)
     secs = m.seconds(total)
     tflops = 2 * dense_macs / secs / 1e12 if secs else 0.0
+    actions = {k: c[-1] for k, c in acts.items()}
+    run_energy = energy.energy_pj(actions, m, total, table, area)
     return RunReport(
         machine=m.to_dict() | {"hash": m.hash()},
         cycles={"total": total, "compute": compute, "load_stall": load_stall,
@@ -324,126 +363,11 @@ def build_report(program, records: list[InsnRecord]) -> RunReport:
         extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers),
                "host_seconds": sum(r.host_seconds for r in records), "dlac_macs": dense_macs,
                "host_macs": _total_host_macs(records, per_host), "area_mm2": area,
-               "area_breakdown_mm2": area_breakdown(m)})
+               "area_breakdown_mm2": area_breakdown(m), "energy_pj": run_energy,
+               **energy.efficiency(run_energy, dense_macs, secs), "actions": actions,
+               "energy_table": table.to_dict()})
 
 
 def _total_host_macs(records, per_host: dict) -> int | None:
     found = [per_host.get(r.ins.f["index"]) for r in records if r.ins.op == "HOST"]
     return None if None in found else sum(found)
-
-
-def host_macs(program) -> dict[int, int | None]:
-    """``{host op index: MACs}`` of the conv2d / matmul ops of each host function, from the
-    ``HOST`` section's checked graph (plain Python, no TVM); ``None`` for a function with
-    such an op whose operand shapes cannot be followed.  ``{}`` without host ops."""
-    entries = program.meta.get("host_ops", []) if program.meta else []
-    if not entries or program.host is None:
-        return {}
-    from target_dlac.binary.hostgraph import parse
-
-    doc = parse(program.host, "HOST").doc
-    funcs = doc["functions"]
-    consts = [tuple(c["shape"]) for c in doc["constants"]]
-    memo: dict[int, int | None] = {}
-
-    def func_macs(fi: int) -> int | None:
-        if fi not in memo:
-            memo[fi] = _function_macs(funcs, fi, consts, func_macs)
-        return memo[fi]
-
-    index = {f["name"]: i for i, f in enumerate(funcs)}
-    return {i: (func_macs(index[e["func"]]) if e.get("func") in index else None)
-            for i, e in enumerate(entries)}
-
-
-_ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
-                "relax.minimum", "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh",
-                "relax.exp", "relax.negative", "relax.sqrt", "relax.power"}
-
-
-def _function_macs(funcs, fi, consts, func_macs) -> int | None:
-    """MACs of one host function: a shape per operand where it can be followed (parameters,
-    constants, element-wise ops, conv2d, matmul, permute_dims, reshape)."""
-    f = funcs[fi]
-    params = [tuple(p["shape"]) for p in f["params"]]
-    shapes: list = []
-    total = 0
-
-    def shape(a):
-        tag = a[0]
-        if tag == "p":
-            return params[a[1]]
-        if tag == "c":
-            return consts[a[1]]
-        if tag == "v":
-            return shapes[a[1]]
-        return None
-
-    for node in f["nodes"]:
-        out, macs = None, 0
-        if "call" in node:
-            macs = func_macs(node["call"])
-        elif "op" in node:
-            op, args = node["op"], node["args"]
-            fields = (node.get("attrs") or {}).get("fields", {})
-            ins = [_operand_shape(a, shape) for a in args]
-            if op == "relax.nn.conv2d":
-                out = _conv_out(ins, fields)
-                macs = None if out is None else math.prod(out) * math.prod(ins[1][1:])
-            elif op == "relax.matmul":
-                out, macs = _matmul(ins)
-            elif op in _ELEMENTWISE and ins and all(s is not None for s in ins):
-                try:
-                    out = tuple(np.broadcast_shapes(*ins))
-                except ValueError:
-                    out = None
-            elif op == "relax.permute_dims" and ins and ins[0] is not None:
-                axes = fields.get("axes")
-                out = tuple(ins[0][i] for i in axes) if axes else tuple(reversed(ins[0]))
-            elif op == "relax.reshape" and len(args) > 1 and args[1][0] == "shape":
-                out = tuple(args[1][1])
-        if macs is None:
-            return None
-        total += macs
-        shapes.append(out)
-    return total
-
-
-def _operand_shape(a, shape):
-    """A tensor operand's shape (``None`` if unknown); ``()`` for a scalar operand."""
-    if not isinstance(a, list) or not a:
-        return None
-    if a[0] in ("p", "c", "v"):
-        return shape(a)
-    return () if a[0] in ("int", "float") else None
-
-
-def _conv_out(ins, a) -> tuple | None:
-    if len(ins) < 2 or ins[0] is None or ins[1] is None or len(ins[0]) != 4 or len(ins[1]) != 4 \
-            or a.get("data_layout", "NCHW") != "NCHW" or a.get("kernel_layout", "OIHW") != "OIHW":
-        return None
-    n, _, h, w = ins[0]
-    kh, kw = ins[1][2:]
-    st, dil = list(a.get("strides", [1, 1])), list(a.get("dilation", [1, 1]))
-    pad = list(a.get("padding", [0, 0, 0, 0]))
-    pad = pad * 2 if len(pad) == 2 else pad
-    oh = (h + pad[0] + pad[2] - dil[0] * (kh - 1) - 1) // st[0] + 1
-    ow = (w + pad[1] + pad[3] - dil[1] * (kw - 1) - 1) // st[1] + 1
-    return (n, ins[1][0], oh, ow)
-
-
-def _matmul(ins) -> tuple:
-    """``(output shape, MACs)`` of ``matmul(a, b)`` (``(None, None)`` if a shape is unknown)."""
-    if len(ins) < 2 or ins[0] is None or ins[1] is None or not ins[0] or not ins[1]:
-        return None, None
-    a, b = ins[0], ins[1]
-    if len(b) == 1:
-        return a[:-1], math.prod(a)
-    if len(a) == 1:
-        return b[:-2] + b[-1:], math.prod(b)
-    try:
-        batch = tuple(np.broadcast_shapes(a[:-2], b[:-2]))
-    except ValueError:
-        return None, None
-    out = batch + (a[-2], b[-1])
-    return out, math.prod(out) * a[-1]

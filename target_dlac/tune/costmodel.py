@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from target_dlac.isa import cycles
+from target_dlac.isa import cycles, energy
+from target_dlac.isa.energy import EnergyTable
 from target_dlac.isa.encoding import ACTS, DTYPES, Insn, epi_param_layout
 from target_dlac.codegen.layer_weights import LayerWeights
 from target_dlac.codegen.lower import Epilogue, conv_op, input_window, lower_conv, tile_dmas
@@ -122,26 +123,74 @@ def layer_cycles(shape: ConvShape, sched: Schedule, machine: Machine, weights, *
     compute_setup))`` with the ratio measured on sample inputs for the schedule's PE mapping
     (1.0 for a mapping without one); with neither, the cycles of an input without zeros
     (the most any input costs)."""
+    return _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, None)
+
+
+def layer_cost(shape: ConvShape, sched: Schedule, machine: Machine, weights, *, has_scale: bool = True,
+               acts: np.ndarray | None = None, live_ratio: dict | None = None,
+               table: EnergyTable | None = None) -> dict:
+    """:func:`layer_cycles` and the layer's energy (:mod:`target_dlac.isa.energy`): adds
+    ``energy_pj`` ``{total, compute, onchip, dram, static}``, ``actions`` (the counts it is
+    the sum of), ``dense_macs`` and ``pj_per_mac``, ``tops_per_w``, ``edp_js``.  With
+    ``acts`` the energy is the interpreter's for that input; with ``live_ratio`` each conv
+    instruction executes ``round(ratio * issued steps)`` steps, an estimate (the ratio is of
+    the steps the skipping units take, at least the useful ones); with neither, every
+    issued step of an input without zeros."""
+    actions: dict = {}
+    out = _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, actions)
+    secs = machine.seconds(out["total"])
+    dense = out["dense_macs"]
+    out["energy_pj"] = energy.energy_pj(actions, machine, out["total"], table)
+    out["actions"] = actions
+    out.update(energy.efficiency(out["energy_pj"], dense, secs))
+    return out
+
+
+def _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, actions: dict | None) -> dict:
+    """The layer's timeline totals; with ``actions`` (a dict) also its energy actions added
+    into it and ``dense_macs`` in the result."""
     info = _as_weights(shape, weights)
     blocks = block_counts(shape, sched, info)
     lowered = _lowered(shape, sched, machine, info, has_scale)
     costs = [None] * len(lowered)
-    if machine.act_skip != "none" and (acts is not None or live_ratio is not None):
+    executed = [None] * len(lowered)
+    skipping = machine.act_skip != "none" and (acts is not None or live_ratio is not None)
+    if skipping:
         masks = info.block_masks(shape, sched) if shape.ternary else {}
         for pc, (ins, tag) in enumerate(lowered):
             if tag is None:
                 continue
             counts = blocks[tag.block][1]
             if acts is not None:
-                total, _ = actskip.conv_steps(ins, machine, tile_nonzero(acts, ins, tag), counts,
-                                              *masks.get(tag.block, (None, None)))
+                nz = tile_nonzero(acts, ins, tag)
+                order, wnz = masks.get(tag.block, (None, None))
+                total, _ = actskip.conv_steps(ins, machine, nz, counts, order, wnz)
                 costs[pc] = cycles.steps_cycles(ins, machine, total)
+                if actions is not None:
+                    shifts = cycles.shift_passes(machine, counts) if ins.op == "SACC" else None
+                    executed[pc] = actskip.useful_steps(ins, nz, wnz if ins.op == "TACC" else None, shifts,
+                                                        order)
             else:
                 costs[pc] = expected_cost(cycles.cost(ins, machine, counts), machine, live_ratio, sched)
+                if actions is not None:
+                    executed[pc] = int(round(live_ratio.get(sched.pxshift, 1.0) *
+                                             energy.issued_steps(ins, machine, counts)))
     r = Replay(machine)
+    dense = 0
     for pc, ((ins, tag), cost) in enumerate(zip(lowered, costs)):
-        r.place(pc, ins, None if tag is None else blocks[tag.block][1], cost=cost)
-    return r.totals()
+        counts = None if tag is None else blocks[tag.block][1]
+        r.place(pc, ins, counts, cost=cost)
+        if actions is not None:
+            if tag is None:
+                energy.add_into(actions, energy.insn_actions(ins, machine))
+            else:
+                energy.add_into(actions, energy.insn_actions(ins, machine, counts, blocks[tag.block][0],
+                                                             executed[pc]))
+                dense += ins.f["f"] * cycles.weights_per_filter(ins) * ins.f["oh"] * ins.f["ow"]
+    out = r.totals()
+    if actions is not None:
+        out["dense_macs"] = dense
+    return out
 
 
 def expected_cost(dense: int, m: Machine, live_ratio: dict, sched: Schedule) -> int:

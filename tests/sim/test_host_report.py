@@ -15,7 +15,7 @@ from compiler.build import build_program
 from compiler.pipeline import compile_model
 from target_dlac.sim.host import HostRunner
 from target_dlac.sim.interpreter import run
-from target_dlac.sim.report import host_macs
+from target_dlac.sim.host_macs import host_macs
 
 
 class HostNet(nn.Module):
@@ -64,7 +64,7 @@ def test_host_rows_marked_timed_and_counted(built):
 
 
 def test_matmul_and_conv_macs_from_shapes():
-    from target_dlac.sim.report import _conv_out, _matmul
+    from target_dlac.sim.host_macs import _conv_out, _matmul
 
     assert _matmul([(1, 8, 36), (1, 36, 8)]) == ((1, 8, 8), 8 * 8 * 36)
     assert _matmul([(2, 5, 7), (7, 3)]) == ((2, 5, 3), 2 * 5 * 7 * 3)

@@ -3,7 +3,8 @@
 * Given the same activation data (each layer's input as the interpreter read it from
   DRAM), ``layer_cycles(..., acts=x)`` equals the interpreter's per-layer cycles and their
   split exactly, for every layer of the MNIST CNN (fp32 / ternary / int8), several
-  schedules and both granularities, on real test images.
+  schedules and both granularities, on real test images; so does its energy
+  (``layer_cost``; more in ``test_costmodel_energy.py``).
 * From statistics (``live_ratio`` measured on other images, :mod:`target_dlac.tune.act_stats`)
   it predicts the mean cycles of held-out images; the bound used for pruning stays below
   the expected cycles.
@@ -26,7 +27,7 @@ from target_dlac.codegen.schedule import Schedule, default_schedule, fits
 from target_dlac.isa.machine import Machine
 from target_dlac.sim.interpreter import Interpreter
 from target_dlac.tune.act_stats import live_ratios
-from target_dlac.tune.costmodel import cycles_lower_bound, layer_cycles
+from target_dlac.tune.costmodel import cycles_lower_bound, layer_cost, layer_cycles
 
 MACHINES = {"column": Machine(), "pe": Machine(act_skip="pe")}
 
@@ -153,10 +154,11 @@ def test_depthwise_grouped_and_residual_layers(gran):
     by_name = {l.name: l for l in rep.layers}
     for name, (shape, info, has_scale, ref) in layers.items():
         meta = next(e for e in prog.meta["layers"] if e["name"] == name)
-        pred = layer_cycles(shape, Schedule.from_dict(meta["schedule"]), m, info, has_scale=has_scale,
-                            acts=_input(prog, it.mem["DRAM"], ref))
+        pred = layer_cost(shape, Schedule.from_dict(meta["schedule"]), m, info, has_scale=has_scale,
+                          acts=_input(prog, it.mem["DRAM"], ref))
         got = by_name[name]
         assert pred["total"] == got.cycles and pred["compute"] == got.compute, (gran, name)
+        assert pred["energy_pj"]["total"] == pytest.approx(got.energy_pj["total"], rel=1e-12), (gran, name)
     assert max(l.speedup_acts for l in rep.layers) > 1.0
 
 
@@ -175,9 +177,10 @@ def test_swis_and_dense_int_layers(mnist, weights):
     ops = set()
     for name, (shape, info, has_scale, ref) in _layers(result, m).items():
         meta = next(e for e in prog.meta["layers"] if e["name"] == name)
-        pred = layer_cycles(shape, Schedule.from_dict(meta["schedule"]), m, info, has_scale=has_scale,
-                            acts=_input(prog, it.mem["DRAM"], ref))
+        pred = layer_cost(shape, Schedule.from_dict(meta["schedule"]), m, info, has_scale=has_scale,
+                          acts=_input(prog, it.mem["DRAM"], ref))
         assert pred["total"] == by_name[name].cycles and pred["compute"] == by_name[name].compute, name
+        assert pred["energy_pj"] == pytest.approx(by_name[name].energy_pj, rel=1e-12), name
         ops |= {prog.insns[pc].op for pc in range(meta["pc_start"], meta["pc_end"])}
     assert ("SACC" if weights == "swis" else "MAC") in ops
     assert max(l.speedup_acts for l in rep.layers) > 1.2
