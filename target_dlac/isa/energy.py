@@ -16,10 +16,12 @@ interpreter computes) or int8 (int32 sums)):
   its buffer, written to DRAM.
 * conv (``MAC`` / ``TACC`` / ``SACC``): per executed PE step one multiply-add (``MAC``:
   ``mul`` + ``add``), one accumulate (``TACC``: ``add``; the sign is a select) or one
-  shift pass of a 4-weight group (``SACC``: 4 ``shift`` + 4 ``add``); each step reads its
-  activation(s) from ``INP`` (1, ``SACC`` 4; no operand reuse between PEs is modelled);
-  each pass streams the weight block from ``WGT`` once (skipped steps still read their
-  weight: the column walks its list); the accumulator tile is written to ``ACC`` once
+  shift pass of a 4-weight group (``SACC``: 4 ``shift`` + 4 ``add``); each filter group's
+  pass reads its pixels' input windows from ``INP`` once, broadcast along each PE row
+  (:func:`inp_reads`; with skipping only the non-zero values, the flags name the zeros);
+  each pass streams the weight block from ``WGT`` once, broadcast down each PE column
+  (skipped steps still read their weight: the column walks its list); the accumulator
+  tile is written to ``ACC`` once
   (4 bytes per output) and read once first when the instruction accumulates.
   *Executed steps*: with ``act_skip = none`` every issued weight of every pixel (``MAC``:
   ``f*K*pixels``; ``TACC``: the non-zeros; ``SACC``: weight groups x shift passes); with
@@ -27,7 +29,8 @@ interpreter computes) or int8 (int32 sums)):
   step with a zero operand is gated off, its flag known), and every issued step costs a
   ``zero_check`` (reading and OR-ing its zero flag).  Skipped steps cost no arithmetic, no
   ``INP`` read; they still cost their weight read, their flag check and the leakage of
-  the cycles the array waits for the slowest unit.
+  the cycles the array waits for the slowest unit.  The PE-local registers holding a
+  window and the partial sums are not modelled.
 * ``EPI``: per element: ``ACC`` read of the 4-byte sum; the scale (``mul``; int8: an int32
   multiply), the bias (``add``), the residual (``add``, its ``INP`` read), the rounding
   shift (int8: ``add``) and ``act_steps`` steps of the activation (each ``mul`` + ``add``;
@@ -199,11 +202,30 @@ def issued_steps(ins: Insn, m, counts=None) -> int:
     return int(cycles.filter_steps(ins, m, counts).sum()) * px
 
 
-def conv_actions(ins: Insn, m, counts, block_bytes: int, executed: int | None = None) -> dict:
+def window_values(ins: Insn) -> int:
+    """The activations a conv instruction's pixels read, counted once per pixel and kernel
+    position: ``c * kh * kw * pixels`` (depthwise: each channel its own filter, the same)."""
+    f = ins.f
+    return f["c"] * f["kh"] * f["kw"] * f["oh"] * f["ow"]
+
+
+def inp_reads(ins: Insn, m, window: int) -> int:
+    """Activations a conv instruction reads from INP: each filter group's pass reads each of
+    its pixels' windows once and broadcasts it along the PE row (``ceil(f / cols)`` groups;
+    depthwise: every column its own channel, so once in all); ``window``: the window values
+    read (:func:`window_values`, or the non-zero ones with skipping)."""
+    if ins.f["depthwise"]:
+        return window
+    return cycles.ceil_div(ins.f["f"], cycles.grid(ins, m)[1]) * window
+
+
+def conv_actions(ins: Insn, m, counts, block_bytes: int, executed: int | None = None,
+                 window: int | None = None) -> dict:
     """Actions of a conv instruction (module docstring): ``executed``, the PE steps it
     executes (``None``: every issued step: ``act_skip = none``, or an input without zeros);
-    ``block_bytes``, its weight block's size.  With ``m.act_skip`` on, every issued step
-    checks its zero flags."""
+    ``block_bytes``, its weight block's size; ``window``, the non-zero values of its
+    pixels' windows when zero activations are skipped (``None``: :func:`window_values`).
+    With ``m.act_skip`` on, every issued step checks its zero flags."""
     f = ins.f
     dt = _dtype(ins)
     issued = issued_steps(ins, m, counts)
@@ -219,7 +241,8 @@ def conv_actions(ins: Insn, m, counts, block_bytes: int, executed: int | None = 
         out[_add(dt)] = SWIS_GROUP * steps
     if m.act_skip != "none":
         out["zero_check"] = issued
-    out["INP_read"] = steps * (SWIS_GROUP if ins.op == "SACC" else 1) * elem_bytes(f["dtype"])
+    out["INP_read"] = inp_reads(ins, m, window_values(ins) if window is None else window) * \
+        elem_bytes(f["dtype"])
     out["WGT_read"] = block_bytes * cycles.passes(ins, m)
     acc = 4 * f["f"] * f["oh"] * f["ow"]
     out["ACC_write"] = acc
@@ -232,10 +255,11 @@ def _act_name(table, code: int) -> str | None:
     return table[code] if code < len(table) else None
 
 
-def insn_actions(ins: Insn, m, counts=None, block_bytes: int = 0, executed: int | None = None) -> dict:
+def insn_actions(ins: Insn, m, counts=None, block_bytes: int = 0, executed: int | None = None,
+                 window: int | None = None) -> dict:
     """``{action: count}`` of one instruction on machine ``m`` (module docstring): conv
-    instructions need their block's ``counts`` (TACC / SACC) and size, and ``executed``
-    steps when zero activations are skipped."""
+    instructions need their block's ``counts`` (TACC / SACC) and size, and the ``executed``
+    steps and non-zero ``window`` values when zero activations are skipped."""
     op, f = ins.op, ins.f
     if op in ("LOAD", "STORE"):
         n = f["y"] * f["x"]
@@ -244,7 +268,7 @@ def insn_actions(ins: Insn, m, counts=None, block_bytes: int = 0, executed: int 
             return {"DRAM_read": n, f"{buf}_write": n}
         return {f"{buf}_read": n, "DRAM_write": n}
     if op in ("MAC", "TACC", "SACC"):
-        return conv_actions(ins, m, counts, block_bytes, executed)
+        return conv_actions(ins, m, counts, block_bytes, executed, window)
     dt = _dtype(ins)
     out: dict = {}
     if op == "EPI":

@@ -265,7 +265,7 @@ class Interpreter(Kernels):
                                    cost=cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None)
             _, dslot = dense.place(pc, ins, counts)
             stats = conv_stats(ins, self.m, counts, skip.work) + (skip.nonzero, skip.values) if conv else None
-            actions = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful) if conv \
+            actions = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful, skip.window) if conv \
                 else insn_actions(ins, self.m)
             records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
                                       wslot.end if skipping else slot.end,

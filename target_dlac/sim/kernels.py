@@ -99,6 +99,8 @@ class ActSteps:
     #: the PE steps it executes with zero activations skipped (:func:`actskip.useful_steps`,
     #: the energy model's count; ``None`` without skipping: every issued step)
     useful: int | None = None
+    #: the non-zero values of its pixels' input windows (with skipping: the INP reads)
+    window: int | None = None
 
 
 class Kernels:
@@ -181,7 +183,8 @@ class Kernels:
             self._probe(ins, nz, counts, order, wnz, wmat)
         shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
         useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol)
-        return ActSteps(nonzero, values, total, acts, useful * self.m.lanes / cycles.lanes(ins, self.m), useful)
+        return ActSteps(nonzero, values, total, acts, useful * self.m.lanes / cycles.lanes(ins, self.m), useful,
+                        int(np.count_nonzero(nz)))
 
     def _tacc_masks(self, ins: Insn, w: np.ndarray) -> tuple:
         """``(order, wnz, count_matrix, wcol)`` of a TACC's block: its PE order, non-zero

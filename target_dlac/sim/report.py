@@ -26,7 +26,13 @@ For each layer (a pc range recorded by the codegen in the binary's metadata):
   compute term counts PE passes: weight groups x shift passes, 4 weights per pass);
 * ``tflops_equiv`` = 2 * dense MACs / time (the paper's "equivalent" TFLOP/s) and
   ``tflops_per_mm2`` over the machine's modelled area (:mod:`target_dlac.isa.area`; the
-  report's ``area_mm2`` and ``area_breakdown_mm2``), per layer and per run.
+  report's ``area_mm2`` and ``area_breakdown_mm2``), per layer and per run;
+* ``energy_pj`` = ``{total, compute, onchip, dram, static}`` of the layer's instructions
+  (:mod:`target_dlac.isa.energy`, docs/isa.md "Energy model": its actions priced by the
+  energy table, leakage over its cycles) and ``pj_per_mac`` (over its dense MACs); the run's
+  ``extra`` holds the same for the run, with ``tops_per_w``, ``edp_js``, the action
+  counts (``actions``; ``conv_actions``: those of the conv instructions alone) and the
+  ``energy_table`` used.
 
 Host ops (layer op ``host``) run on the host CPU through TVM's build, not on dLAC: a row
 of theirs is marked as such and gives ``host_seconds``, the wall time of the host call
@@ -135,7 +141,7 @@ class RunReport:
     def table(self) -> str:
         head = (f"{'layer':<24} {'op':<11} {'prec':<7} {'cycles':>10} {'compute':>9} {'ld stall':>9} "
                 f"{'st stall':>9} {'dens':>5} {'w x':>5} {'a x':>5} {'skip x':>6} {'bal':>5} {'bound':>9} "
-                f"{'%bound':>7}")
+                f"{'%bound':>7} {'uJ':>8}")
         lines = [head]
         for l in self.layers:
             if l.on_host:
@@ -148,13 +154,14 @@ class RunReport:
                          f"{'' if l.act_density is None else format(l.act_density, '.2f'):>5} "
                          f"{l.speedup_weights:>5.2f} {l.speedup_acts:>5.2f} "
                          f"{l.zero_skip_speedup:>6.2f} {l.load_balance:>5.2f} "
-                         f"{l.lower_bound_cycles:>9,} {l.pct_of_bound:>6.0f}%")
+                         f"{l.lower_bound_cycles:>9,} {l.pct_of_bound:>6.0f}% "
+                         f"{'' if l.energy_pj is None else format(l.energy_pj['total'] / 1e6, '.4g'):>8}")
         c = self.cycles
         lines.append(f"{'total':<24} {'':<11} {'':<7} {c['total']:>10,} {c['compute']:>9,} "
                      f"{c['load_stall']:>9,} {c['store_stall']:>9,}")
         lines.append("dens: non-zero fraction of the activations the layer's convs read; w x / a x / skip x: "
                      "speed-up from skipping zero weights / zero activations (act_skip = "
-                     f"{self.machine.get('act_skip', 'none')}) / both")
+                     f"{self.machine.get('act_skip', 'none')}) / both; uJ: the layer's energy (model)")
         lines.append(f"{self.seconds * 1e6:.1f} us at {self.machine['clock_mhz']:g} MHz; "
                      f"{self.tflops_equiv:.3f} dense-equivalent TFLOP/s, "
                      f"{self.tflops_per_mm2:.3f} TFLOP/s/mm^2 (of {self.extra.get('area_mm2', 0.0):.3g} mm^2, "
@@ -353,6 +360,10 @@ def build_report(program, records: list[InsnRecord], table: energy.EnergyTable |
     secs = m.seconds(total)
     tflops = 2 * dense_macs / secs / 1e12 if secs else 0.0
     actions = {k: c[-1] for k, c in acts.items()}
+    conv_actions: dict = {}             # the conv instructions' alone (their arithmetic, their reads)
+    for r in records:
+        if r.actions and r.ins.op in ("MAC", "TACC", "SACC"):
+            energy.add_into(conv_actions, r.actions)
     run_energy = energy.energy_pj(actions, m, total, table, area)
     return RunReport(
         machine=m.to_dict() | {"hash": m.hash()},
@@ -365,7 +376,7 @@ def build_report(program, records: list[InsnRecord], table: energy.EnergyTable |
                "host_macs": _total_host_macs(records, per_host), "area_mm2": area,
                "area_breakdown_mm2": area_breakdown(m), "energy_pj": run_energy,
                **energy.efficiency(run_energy, dense_macs, secs), "actions": actions,
-               "energy_table": table.to_dict()})
+               "conv_actions": conv_actions, "energy_table": table.to_dict()})
 
 
 def _total_host_macs(records, per_host: dict) -> int | None:

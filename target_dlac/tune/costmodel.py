@@ -133,9 +133,10 @@ def layer_cost(shape: ConvShape, sched: Schedule, machine: Machine, weights, *, 
     ``energy_pj`` ``{total, compute, onchip, dram, static}``, ``actions`` (the counts it is
     the sum of), ``dense_macs`` and ``pj_per_mac``, ``tops_per_w``, ``edp_js``.  With
     ``acts`` the energy is the interpreter's for that input; with ``live_ratio`` each conv
-    instruction executes ``round(ratio * issued steps)`` steps, an estimate (the ratio is of
-    the steps the skipping units take, at least the useful ones); with neither, every
-    issued step of an input without zeros."""
+    instruction executes ``round(ratio * issued steps)`` steps and reads ``round(ratio *
+    window values)`` activations, an estimate (the ratio is of the steps the skipping units
+    take, at least the useful ones); with neither, every issued step and value of an input
+    without zeros."""
     actions: dict = {}
     out = _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, actions)
     secs = machine.seconds(out["total"])
@@ -154,6 +155,7 @@ def _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, a
     lowered = _lowered(shape, sched, machine, info, has_scale)
     costs = [None] * len(lowered)
     executed = [None] * len(lowered)
+    window = [None] * len(lowered)
     skipping = machine.act_skip != "none" and (acts is not None or live_ratio is not None)
     if skipping:
         masks = info.block_masks(shape, sched) if shape.ternary else {}
@@ -170,11 +172,13 @@ def _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, a
                     shifts = cycles.shift_passes(machine, counts) if ins.op == "SACC" else None
                     executed[pc] = actskip.useful_steps(ins, nz, wnz if ins.op == "TACC" else None, shifts,
                                                         order)
+                    window[pc] = int(np.count_nonzero(nz))
             else:
                 costs[pc] = expected_cost(cycles.cost(ins, machine, counts), machine, live_ratio, sched)
                 if actions is not None:
-                    executed[pc] = int(round(live_ratio.get(sched.pxshift, 1.0) *
-                                             energy.issued_steps(ins, machine, counts)))
+                    ratio = live_ratio.get(sched.pxshift, 1.0)
+                    executed[pc] = int(round(ratio * energy.issued_steps(ins, machine, counts)))
+                    window[pc] = int(round(ratio * energy.window_values(ins)))
     r = Replay(machine)
     dense = 0
     for pc, ((ins, tag), cost) in enumerate(zip(lowered, costs)):
@@ -185,7 +189,7 @@ def _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, a
                 energy.add_into(actions, energy.insn_actions(ins, machine))
             else:
                 energy.add_into(actions, energy.insn_actions(ins, machine, counts, blocks[tag.block][0],
-                                                             executed[pc]))
+                                                             executed[pc], window[pc]))
                 dense += ins.f["f"] * cycles.weights_per_filter(ins) * ins.f["oh"] * ins.f["ow"]
     out = r.totals()
     if actions is not None:

@@ -45,7 +45,7 @@ def _by_hand(t: EnergyTable, m: Machine, blk: int, mults: int, adds: int, inp_re
     compute = mults * t.fp32_mul + adds * t.fp32_add + checks * t.zero_check
     onchip = (x_bytes * sram(m.inp_bytes)                  # LOAD x: INP write (write = read energy)
               + blk * sram(m.wgt_bytes)                    # LOAD weights: WGT write
-              + inp_reads * 4 * sram(m.inp_bytes)          # each executed step reads its activation
+              + inp_reads * 4 * sram(m.inp_bytes)          # the pixels' windows, once for the filter group
               + blk * sram(m.wgt_bytes)                    # one pass streams the weight block
               + y_bytes * sram(m.obuf_bytes_per_pe)        # the accumulators written
               + y_bytes * sram(m.obuf_bytes_per_pe))       # STORE reads them
@@ -59,7 +59,8 @@ def test_run_energy_is_its_actions_times_the_table():
     _, rep = run(prog, {"x": x})
     t = energy.DEFAULT_TABLE
     steps = F * C * H * W                  # every weight of every pixel
-    want = _by_hand(t, M, blk, steps, steps, steps)
+    # one filter group (2 filters <= 32 PE columns): each window value read once, broadcast along the row
+    want = _by_hand(t, M, blk, steps, steps, C * H * W)
     got = rep.extra["energy_pj"]
     for part, v in want.items():
         assert got[part] == pytest.approx(v, rel=1e-12), part
@@ -81,7 +82,7 @@ def test_skipped_zero_activations_cost_no_arithmetic_but_their_flag_checks():
     x[1, 2, 1] = 0
     _, rep = run(prog, {"x": x})
     live = F * int(np.count_nonzero(x))    # 1x1 kernel: a step per (filter, non-zero activation)
-    want = _by_hand(energy.DEFAULT_TABLE, m, blk, live, live, live, checks=F * C * H * W)
+    want = _by_hand(energy.DEFAULT_TABLE, m, blk, live, live, int(np.count_nonzero(x)), checks=F * C * H * W)
     for part, v in want.items():
         assert rep.extra["energy_pj"][part] == pytest.approx(v, rel=1e-12), part
 
@@ -93,7 +94,7 @@ def test_ternary_accumulates_without_multiplies():
     x = np.ones((C, H, W), np.float32)
     _, rep = run(prog, {"x": x})
     nz = int(np.count_nonzero(wt)) * H * W
-    want = _by_hand(energy.DEFAULT_TABLE, m, blk, 0, nz, nz)
+    want = _by_hand(energy.DEFAULT_TABLE, m, blk, 0, nz, C * H * W)
     for part, v in want.items():
         assert rep.extra["energy_pj"][part] == pytest.approx(v, rel=1e-12), part
     assert "fp32_mul" not in rep.extra["actions"] or rep.extra["actions"]["fp32_mul"] == 0
@@ -109,6 +110,18 @@ def test_zero_dram_energy_removes_exactly_the_dram_share():
     assert got["total"] == pytest.approx(base["total"] - base["dram"], rel=1e-12)
     for part in ("compute", "onchip", "static"):
         assert got[part] == base[part]
+
+
+def test_filter_groups_reread_the_windows():
+    """More filters than PE columns: each group of ``pe_cols`` filters reads the windows again."""
+    m = Machine(act_skip="none", pe_cols=1)      # 2 filters: 2 groups of 1
+    prog, blk = _mac_program(m)
+    _, rep = run(prog, {"x": np.ones((C, H, W), np.float32)})
+    assert rep.extra["conv_actions"]["INP_read"] == 2 * C * H * W * 4
+    assert rep.extra["conv_actions"]["WGT_read"] == blk * 1          # 9 pixels, 16 rows: one pass
+    m4 = Machine(act_skip="none", pe_rows=4)     # 9 pixels on 4 rows: 3 passes stream the block 3 times
+    _, rep4 = run(_mac_program(m4)[0], {"x": np.ones((C, H, W), np.float32)})
+    assert rep4.extra["conv_actions"]["WGT_read"] == 3 * blk
 
 
 def test_defaults_are_horowitz_scaled():
