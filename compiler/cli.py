@@ -5,6 +5,8 @@
     dlac inspect out.dlac [--json]               summarize and disassemble a binary
     dlac tune MODEL -o log.jsonl [options]       tune per-layer schedules (cost model)
     dlac train MODEL --data D -o out.pt2 [opts]  quantization-aware training (compiler.cli_train)
+    dlac sweep MODEL --param N=V1,V2 -o S.jsonl  design-space sweep with the cost model (compiler.cli_sweep)
+    dlac report INPUT... -o REPORT.html          HTML report with plots (compiler.cli_report)
     dlac demo                                    the MNIST demo (see README)
 
 ``inspect`` and ``run`` (without ``--check``, on a binary with no host ops) import
@@ -33,6 +35,8 @@ from compiler.cli_binary import CheckFailed, inspect_cmd, run_cmd  # noqa: F401 
 from compiler.cli_common import QUANT_CHOICES, QUANT_WEIGHTS, _fail  # noqa: F401 - re-exported
 from compiler.cli_model import BinaryVerifyError, compile_cmd, tune_cmd  # noqa: F401 - re-exported
 from compiler.cli_train import train_cmd
+from compiler.cli_report import report_cmd
+from compiler.cli_sweep import sweep_cmd
 from target_dlac.core.errors import ConfigError
 
 
@@ -41,7 +45,7 @@ def main():
     """dlac: compile PyTorch/ONNX models for the dLAC accelerator."""
 
 
-for _cmd in (compile_cmd, tune_cmd, train_cmd, run_cmd, inspect_cmd):
+for _cmd in (compile_cmd, tune_cmd, train_cmd, run_cmd, inspect_cmd, sweep_cmd, report_cmd):
     main.add_command(_cmd)
 
 

@@ -11,6 +11,7 @@ import click
 from compiler.arrays_io import _load_inputs, check_npz_names, npz_bytes
 from compiler.cli_args import _summary_lines, check_outputs, compare_output, printable, strict_json
 from compiler.cli_common import _escaped_report, _fail, _say
+from compiler.tables import format_option, inspect_insn_table, inspect_layer_table, run_table, text_to_stderr
 from target_dlac.core.errors import ConfigError, DlacError
 
 
@@ -36,8 +37,9 @@ from target_dlac.core.errors import ConfigError, DlacError
               help="Write the outputs (output_0, ...) as NAME.npy members; a binary whose output "
                    "names cannot be member names (path separators, '..', control characters) is "
                    "refused.")
+@format_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def run_cmd(binary, input_path, check, tolerance, max_steps, report_json, output_path, debug):
+def run_cmd(binary, input_path, check, tolerance, max_steps, report_json, output_path, fmt, debug):
     """Execute BINARY in the dLAC ISA interpreter.
 
     ``--check`` cannot pass on wrong answers: see :func:`compiler.cli_args.compare_output`
@@ -46,75 +48,80 @@ def run_cmd(binary, input_path, check, tolerance, max_steps, report_json, output
     of each kind of binary (exact, float, quantization steps) is :func:`_check`'s.  ``--output``
     writes one ``NAME.npy`` member per output; names that cannot be member names
     (:func:`compiler.arrays_io.npz_name_problem`) are refused before the run, never
-    renamed."""
+    renamed.  ``--format csv|json`` prints the per-layer table's rows (the first input's, as
+    the text table; :func:`compiler.tables.run_table`) instead of the text table, and the
+    other lines on stderr."""
     try:
-        import math
-        import time
+        with text_to_stderr(fmt):
+            import math
+            import time
 
-        check_outputs([("--output", output_path), ("--report-json", report_json)],
-                      [("BINARY", binary), ("--input", input_path)])
-        if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
-            raise ConfigError(f"--tolerance {tolerance}: expected a finite number >= 0")
-        if max_steps < 0:
-            raise ConfigError(f"--max-steps {max_steps}: expected an integer >= 0")
+            check_outputs([("--output", output_path), ("--report-json", report_json)],
+                          [("BINARY", binary), ("--input", input_path)])
+            if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+                raise ConfigError(f"--tolerance {tolerance}: expected a finite number >= 0")
+            if max_steps < 0:
+                raise ConfigError(f"--max-steps {max_steps}: expected an integer >= 0")
 
-        import numpy as np
+            import numpy as np
 
-        from target_dlac.binary.container import read_program
-        from target_dlac.sim.interpreter import Interpreter
-        from target_dlac.sim.report import input_spread
+            from target_dlac.binary.container import read_program
+            from target_dlac.sim.interpreter import Interpreter
+            from target_dlac.sim.report import input_spread
 
-        from target_dlac.core.atomic import atomic_write_bytes, atomic_write_text
+            from target_dlac.core.atomic import atomic_write_bytes, atomic_write_text
 
-        prog = read_program(binary)
-        if output_path:
-            from collections import Counter
+            prog = read_program(binary)
+            if output_path:
+                from collections import Counter
 
-            names = [t.name for t in prog.outputs]
-            check_npz_names(names)
-            dup = sorted(n for n, k in Counter(names).items() if k > 1)
-            if dup:
-                raise ConfigError(f"--output: the binary's tensor table names two outputs "
-                                  f"{printable(repr(dup[0]))[:200]}; an .npz cannot hold both")
-        samples = _load_inputs(input_path, prog, stacks=True)
-        host = None
-        if prog.host is not None:
-            from target_dlac.sim.host import HostRunner
-            host = HostRunner(prog)
-        interp = Interpreter(prog)
-        t0 = time.perf_counter()
-        runs = []
-        for inputs in samples:
-            runs.append(interp.run(inputs, host_runner=host))
-        wall = time.perf_counter() - t0
-        outs, report = runs[0]
-        click.echo(_escaped_report(report).table())
-        click.echo(f"interpreter: {len(prog.insns):,} instructions in {wall / len(runs):.3f} s per input "
-                   f"({sum(r.cycles['total'] for _, r in runs) / max(wall, 1e-9):,.0f} simulated cycles per second)")
-        rep = report.to_dict()
-        if len(runs) > 1:
-            rep["inputs"] = input_spread([r for _, r in runs])
-            s = rep["inputs"]["cycles"]
-            click.echo(f"{len(runs)} inputs (the table is the first's): cycles min {s['min']:,} / median "
-                       f"{s['median']:,.0f} / max {s['max']:,}; dense-equivalent TFLOP/s median "
-                       f"{rep['inputs']['tflops_equiv']['median']:.3f}")
-            outs = {name: np.stack([o[name] for o, _ in runs]) for name in outs}
-        for name, value in outs.items():
-            _say(f"{name}: shape {tuple(value.shape)} {value.dtype}")
-        problem = None
-        if check:
-            from target_dlac.sim.host import reference_runner
+                names = [t.name for t in prog.outputs]
+                check_npz_names(names)
+                dup = sorted(n for n, k in Counter(names).items() if k > 1)
+                if dup:
+                    raise ConfigError(f"--output: the binary's tensor table names two outputs "
+                                      f"{printable(repr(dup[0]))[:200]}; an .npz cannot hold both")
+            samples = _load_inputs(input_path, prog, stacks=True)
+            host = None
+            if prog.host is not None:
+                from target_dlac.sim.host import HostRunner
+                host = HostRunner(prog)
+            interp = Interpreter(prog)
+            t0 = time.perf_counter()
+            runs = []
+            for inputs in samples:
+                runs.append(interp.run(inputs, host_runner=host))
+            wall = time.perf_counter() - t0
+            outs, report = runs[0]
+            if fmt == "table":
+                click.echo(_escaped_report(report).table())
+            click.echo(f"interpreter: {len(prog.insns):,} instructions in {wall / len(runs):.3f} s per input "
+                       f"({sum(r.cycles['total'] for _, r in runs) / max(wall, 1e-9):,.0f} simulated cycles per second)")
+            rep = report.to_dict()
+            if len(runs) > 1:
+                rep["inputs"] = input_spread([r for _, r in runs])
+                s = rep["inputs"]["cycles"]
+                click.echo(f"{len(runs)} inputs (the table is the first's): cycles min {s['min']:,} / median "
+                           f"{s['median']:,.0f} / max {s['max']:,}; dense-equivalent TFLOP/s median "
+                           f"{rep['inputs']['tflops_equiv']['median']:.3f}")
+                outs = {name: np.stack([o[name] for o, _ in runs]) for name in outs}
+            for name, value in outs.items():
+                _say(f"{name}: shape {tuple(value.shape)} {value.dtype}")
+            problem = None
+            if check:
+                from target_dlac.sim.host import reference_runner
 
-            ref = reference_runner(prog)            # built once for every input of a stack
-            checks = [_check(prog, inputs, o, tolerance, max_steps, ref(inputs))
-                      for inputs, (o, _) in zip(samples, runs)]
-            bad = [(i, p) for i, (p, _) in enumerate(checks) if p]
-            problem = None if not bad else (bad[0][1] if len(runs) == 1 else f"input {bad[0][0]}: {bad[0][1]}")
-            rep["check"] = checks[0][1] if len(runs) == 1 else [c for _, c in checks]
-        if output_path:
-            atomic_write_bytes(output_path, npz_bytes(outs))
-        if report_json:
-            atomic_write_text(report_json, strict_json(rep, indent=2))
+                ref = reference_runner(prog)            # built once for every input of a stack
+                checks = [_check(prog, inputs, o, tolerance, max_steps, ref(inputs))
+                          for inputs, (o, _) in zip(samples, runs)]
+                bad = [(i, p) for i, (p, _) in enumerate(checks) if p]
+                problem = None if not bad else (bad[0][1] if len(runs) == 1 else f"input {bad[0][0]}: {bad[0][1]}")
+                rep["check"] = checks[0][1] if len(runs) == 1 else [c for _, c in checks]
+            if output_path:
+                atomic_write_bytes(output_path, npz_bytes(outs))
+            if report_json:
+                atomic_write_text(report_json, strict_json(rep, indent=2))
+        run_table(report).emit(fmt)
         if problem:
             raise CheckFailed(problem)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
@@ -275,15 +282,26 @@ def _check(prog, inputs, outs, tolerance, max_steps, refs=None) -> tuple[str | N
 @click.argument("binary")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and listing as JSON.")
 @click.option("--summary", is_flag=True, help="Summary only, no disassembly.")
+@format_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def inspect_cmd(binary, as_json, summary, debug):
-    """Summarize and disassemble BINARY."""
+def inspect_cmd(binary, as_json, summary, fmt, debug):
+    """Summarize and disassemble BINARY.
+
+    ``--format csv|json``: the disassembly listing as rows, one per instruction
+    (:func:`compiler.tables.inspect_insn_table`), or with ``--summary`` the layer table,
+    one row per layer (:func:`compiler.tables.inspect_layer_table`); ``--json`` (the
+    whole summary as one JSON object) is its own output and takes no ``--format``."""
     try:
+        if as_json and fmt != "table":
+            raise ConfigError(f"--json and --format {fmt} both choose the output: give one of them")
         from target_dlac.binary.container import read_program
         from target_dlac.binary.inspect import describe, listing
 
         prog = read_program(binary)
         info = describe(prog)
+        if fmt != "table":
+            (inspect_layer_table(info) if summary else inspect_insn_table(prog)).emit(fmt)
+            return
         if as_json:
             if not summary:
                 info["instructions"] = [line for _, line in listing(prog)]

@@ -41,6 +41,7 @@ import click
 
 from compiler.cli_args import check_outputs, model_path, strict_json
 from compiler.cli_common import _MODEL_OPTIONS, _fail, _quant_config, _say
+from compiler.tables import format_option, text_to_stderr, train_table
 from compiler.train.data import DEFAULT_VAL_SIZE
 from target_dlac.core.errors import ConfigError, ModelLoadError
 
@@ -115,80 +116,87 @@ def _shared_options(f):
               help="Training images the activation exponents are calibrated on.")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT.ckpt (same arguments; --epochs may grow).")
+@format_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def train_cmd(model, data, output, limit, test_limit, val_size, quant, granularity, cluster_size, keep_first,
               keep_last, precisions, relu_thresholds, swis_shifts, swis_consecutive, activations, act_bits,
               sparsity, widen_items, epochs, lr, optimizer, batch_size, act_l1, act_density, plateau_patience,
               plateau_factor, from_scratch, distill, distill_scheme, distill_alpha, distill_temperature, seed,
-              calib_size, threads, resume, debug):
-    """Fine-tune MODEL (mnist-cnn or FILE.py:FACTORY) with dlac's quantization in the loop."""
+              calib_size, threads, resume, fmt, debug):
+    """Fine-tune MODEL (mnist-cnn or FILE.py:FACTORY) with dlac's quantization in the loop.
+
+    ``--format csv|json`` prints the epoch table (the ``history`` of OUT.json,
+    :func:`compiler.tables.train_table`) on stdout at the end, and the other lines on stderr."""
     args = dict(locals())
     args.pop("debug")
+    args.pop("fmt")
     try:
-        t_start = time.perf_counter()
-        if not output.endswith(".pt2"):
-            raise ConfigError(f"-o {output!r}: the trained model is written as a .pt2 (OUT.pt2)")
-        stem = output[:-len(".pt2")]
-        paths = {"log": stem + ".json", "calib": stem + ".calib.npz", "checkpoint": stem + ".ckpt"}
-        check_outputs([("-o", output), ("log", paths["log"]), ("calibration file", paths["calib"]),
-                       ("checkpoint", paths["checkpoint"])],
-                      [("MODEL", model_path(model)), ("--data", None if data == "mnist" else data)]
-                      + [("--precision", p) for p in precisions if p.endswith(".toml")])
-        scheme = distill_scheme or (("scratch" if from_scratch else "finetune") if distill else None)
-        if scheme == "scratch":
-            from_scratch = True
-        elif scheme == "finetune" and from_scratch:
-            raise ConfigError("--distill-scheme finetune pre-initializes the student from the float "
-                              "model; it cannot be combined with --from-scratch")
-        args.update(distill_scheme=scheme, from_scratch=from_scratch)
-        config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
-                               swis_consecutive, keep_first, keep_last, relu_thresholds)
-        from compiler.train.loop import TrainOptions, reinitialize, train
-        from compiler.train.qat import QatSpec, prepare
+        with text_to_stderr(fmt):
+            t_start = time.perf_counter()
+            if not output.endswith(".pt2"):
+                raise ConfigError(f"-o {output!r}: the trained model is written as a .pt2 (OUT.pt2)")
+            stem = output[:-len(".pt2")]
+            paths = {"log": stem + ".json", "calib": stem + ".calib.npz", "checkpoint": stem + ".ckpt"}
+            check_outputs([("-o", output), ("log", paths["log"]), ("calibration file", paths["calib"]),
+                           ("checkpoint", paths["checkpoint"])],
+                          [("MODEL", model_path(model)), ("--data", None if data == "mnist" else data)]
+                          + [("--precision", p) for p in precisions if p.endswith(".toml")])
+            scheme = distill_scheme or (("scratch" if from_scratch else "finetune") if distill else None)
+            if scheme == "scratch":
+                from_scratch = True
+            elif scheme == "finetune" and from_scratch:
+                raise ConfigError("--distill-scheme finetune pre-initializes the student from the float "
+                                  "model; it cannot be combined with --from-scratch")
+            args.update(distill_scheme=scheme, from_scratch=from_scratch)
+            config = _quant_config(quant, granularity, cluster_size, precisions, (), swis_shifts,
+                                   swis_consecutive, keep_first, keep_last, relu_thresholds)
+            from compiler.train.loop import TrainOptions, reinitialize, train
+            from compiler.train.qat import QatSpec, prepare
 
-        spec = QatSpec(quant=config, activations=activations, act_bits=int(act_bits), sparsity=sparsity)
-        options = TrainOptions(
-            epochs=epochs, lr=lr if lr is not None else (LR_SCRATCH if from_scratch else LR_FINETUNE),
-            optimizer=optimizer, batch_size=batch_size, seed=seed, act_l1=act_l1,
-            plateau_patience=plateau_patience, plateau_factor=plateau_factor, distill=scheme,
-            distill_alpha=distill_alpha, distill_temperature=distill_temperature, calib_size=calib_size,
-            threads=threads)
-        float_model, example = _load(model)
-        classes = _classes(float_model, example)
-        from compiler.train.data import load_split
+            spec = QatSpec(quant=config, activations=activations, act_bits=int(act_bits), sparsity=sparsity)
+            options = TrainOptions(
+                epochs=epochs, lr=lr if lr is not None else (LR_SCRATCH if from_scratch else LR_FINETUNE),
+                optimizer=optimizer, batch_size=batch_size, seed=seed, act_l1=act_l1,
+                plateau_patience=plateau_patience, plateau_factor=plateau_factor, distill=scheme,
+                distill_alpha=distill_alpha, distill_temperature=distill_temperature, calib_size=calib_size,
+                threads=threads)
+            float_model, example = _load(model)
+            classes = _classes(float_model, example)
+            from compiler.train.data import load_split
 
-        split = load_split(data, tuple(example.shape), classes, limit, val_size, seed,
-                           test_limit=test_limit)
-        if act_density and len(split.y_val) == 0:
-            raise ConfigError("--act-density measures on the validation images, and there are none "
-                              "(--val-size 0 or an empty x_val)")
-        click.echo(f"data: {split.describe()['train']:,} training, {len(split.y_val):,} validation"
-                   + (f", {len(split.y_test):,} test" if split.y_test is not None else "")
-                   + f" images ({split.source}); preprocessing: {split.preprocessing}")
-        student_float = copy.deepcopy(float_model)
-        if widen_items:
-            from compiler.train.widen import parse_widen, widen
+            split = load_split(data, tuple(example.shape), classes, limit, val_size, seed,
+                               test_limit=test_limit)
+            if act_density and len(split.y_val) == 0:
+                raise ConfigError("--act-density measures on the validation images, and there are none "
+                                  "(--val-size 0 or an empty x_val)")
+            click.echo(f"data: {split.describe()['train']:,} training, {len(split.y_val):,} validation"
+                       + (f", {len(split.y_test):,} test" if split.y_test is not None else "")
+                       + f" images ({split.source}); preprocessing: {split.preprocessing}")
+            student_float = copy.deepcopy(float_model)
+            if widen_items:
+                from compiler.train.widen import parse_widen, widen
 
-            student_float = widen(student_float, parse_widen(list(widen_items)), (example,), seed=seed)
-        if from_scratch:
-            reinitialize(student_float, seed)
-        student = prepare(student_float, example, spec)
-        meta = {k: v for k, v in args.items()
-                if k not in ("epochs", "threads", "resume", "output", "test_limit")}
-        try:
-            result = train(student, float_model if scheme else None, split, options,
-                           checkpoint=paths["checkpoint"], resume=resume, progress=_Printer(epochs),
-                           meta=meta)
-        except KeyboardInterrupt:
-            done = os.path.isfile(paths["checkpoint"])
-            click.echo("dlac: interrupted" + (f"; {paths['checkpoint']} holds the last finished epoch: "
-                                              "continue with the same command and --resume"
-                                              if done else " before the first epoch ended"), err=True)
-            sys.exit(130)
-        if result.resumed_from is not None:
-            click.echo(f"resumed after epoch {result.resumed_from} from {paths['checkpoint']}")
-        density = _act_density(student, split, options) if act_density else None
-        _write(output, paths, student, example, split, options, spec, args, result, t_start, density)
+                student_float = widen(student_float, parse_widen(list(widen_items)), (example,), seed=seed)
+            if from_scratch:
+                reinitialize(student_float, seed)
+            student = prepare(student_float, example, spec)
+            meta = {k: v for k, v in args.items()
+                    if k not in ("epochs", "threads", "resume", "output", "test_limit")}
+            try:
+                result = train(student, float_model if scheme else None, split, options,
+                               checkpoint=paths["checkpoint"], resume=resume, progress=_Printer(epochs),
+                               meta=meta)
+            except KeyboardInterrupt:
+                done = os.path.isfile(paths["checkpoint"])
+                click.echo("dlac: interrupted" + (f"; {paths['checkpoint']} holds the last finished epoch: "
+                                                  "continue with the same command and --resume"
+                                                  if done else " before the first epoch ended"), err=True)
+                sys.exit(130)
+            if result.resumed_from is not None:
+                click.echo(f"resumed after epoch {result.resumed_from} from {paths['checkpoint']}")
+            density = _act_density(student, split, options) if act_density else None
+            _write(output, paths, student, example, split, options, spec, args, result, t_start, density)
+        train_table(result.history).emit(fmt)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one clear line, see _fail
         _fail(e, debug)
 

@@ -25,7 +25,7 @@ DASK_POLL = 0.2             # seconds between looks at the Dask futures and work
 #: what a tuning task imports on a worker (the import probe imports them first)
 PROBE_MODULES = ("target_dlac.tune.layer_search", "target_dlac.tune.costmodel", "target_dlac.tune.search",
                  "target_dlac.tune.space", "target_dlac.codegen.layer_weights", "target_dlac.isa.machine",
-                 "target_dlac.codegen.schedule")
+                 "target_dlac.codegen.schedule", "compiler.sweep")
 
 
 def _import_probe(modules):
@@ -68,7 +68,7 @@ def _quiet_dask_logs():
             logging.getLogger(n).setLevel(level)
 
 
-def dask_results(address: str, calls: dict, names: dict, timeout: float):
+def dask_results(address: str, calls: dict, names: dict, timeout: float, fn=tune_layer):
     """Run ``tune_layer(*calls[k])`` for every ``k`` on the Dask cluster whose scheduler is
     at ``address`` (``tcp://host:port`` or ``host:port``); yield ``(k, outcome)`` as each
     one finishes.  ``names[k]``: the layer's name for errors.  Raises :class:`DlacError`
@@ -84,7 +84,7 @@ def dask_results(address: str, calls: dict, names: dict, timeout: float):
             client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as e:
             raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
-        run = _DaskRun(client, address, timeout, names)
+        run = _DaskRun(client, address, timeout, names, fn)
         try:
             yield from run.results(calls)
         except (OSError, TimeoutError) as e:     # distributed's CommClosedError is an OSError
@@ -99,7 +99,8 @@ class _DaskRun:
     (``good``: address -> dlac version), failed it (``bad``: address -> why), or are
     being probed (``probing``: address -> (future, start time))."""
 
-    def __init__(self, client, address: str, timeout: float, names: dict):
+    def __init__(self, client, address: str, timeout: float, names: dict, fn=tune_layer):
+        self.fn = fn
         self.client, self.address, self.timeout, self.names = client, address, timeout, names
         self.good: dict = {}
         self.bad: dict = {}
@@ -194,7 +195,7 @@ class _DaskRun:
         pending: dict = {}                # future -> (k, workers it may run on)
 
         def submit(k, workers):
-            fut = self.client.submit(tune_layer, *calls[k], workers=sorted(workers),
+            fut = self.client.submit(self.fn, *calls[k], workers=sorted(workers),
                                      allow_other_workers=False, pure=False)
             pending[fut] = (k, frozenset(workers))
 
