@@ -118,29 +118,11 @@ CSV_COLUMNS = ("id", "status", "error", "cycles", "latency_s", "energy_pj.total"
                "tops_per_w", "pj_per_mac", "dense_macs", "pareto")
 
 
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v)
-    text = str(v)
-    # a cell a spreadsheet would run as a formula starts with a quote instead
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def csv_text(header: dict, records: list[dict], front: set[int]) -> str:
-    """One row per point: ``param.NAME`` columns, then :data:`CSV_COLUMNS`."""
+    """One row per point: ``param.NAME`` columns, then :data:`CSV_COLUMNS`; cells encoded as
+    every CLI table's (:func:`compiler.tables.csv_cell`)."""
     from compiler.pareto import value
+    from compiler.tables import csv_cell as _cell
 
     names = list(header["params"])
     out = io.StringIO()

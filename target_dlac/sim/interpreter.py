@@ -57,6 +57,7 @@ class Interpreter(Kernels):
         (default: the binary's, :func:`target_dlac.isa.energy.program_table`)."""
         self.p = program
         self.energy_table = energy_table or program_table(program)
+        self._actions: dict = {}     # energy actions of the non-conv instructions, by pc
         self.probe: dict | None = {} if probe else None
         self.m = program.machine
         self.check_races = check_races
@@ -265,8 +266,12 @@ class Interpreter(Kernels):
                                    cost=cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None)
             _, dslot = dense.place(pc, ins, counts)
             stats = conv_stats(ins, self.m, counts, skip.work) + (skip.nonzero, skip.values) if conv else None
-            actions = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful, skip.window) if conv \
-                else insn_actions(ins, self.m)
+            if conv:
+                actions = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful, skip.window)
+            else:           # the fields alone decide them: once per pc, for every run
+                actions = self._actions.get(pc)
+                if actions is None:
+                    actions = self._actions[pc] = insn_actions(ins, self.m)
             records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
                                       wslot.end if skipping else slot.end,
                                       aslot.end if skipping else dslot.end, actions))
