@@ -15,7 +15,6 @@ import os
 import time
 
 from compiler import sweep, sweep_file
-from target_dlac.core.errors import ConfigError
 
 #: points per task sent to a worker, at most
 CHUNK = 64
@@ -71,13 +70,8 @@ def _local(state: dict, chunks: list, jobs: int):
 
 
 def _dask(state: dict, chunks: list, address: str, timeout: float):
-    import inspect
-
     from compiler import tune_dask
 
-    if "fn" not in inspect.signature(tune_dask.dask_results).parameters:
-        raise ConfigError("--dask: this dlac's compiler.tune_dask.dask_results runs tuning searches only "
-                          "(it takes no fn); use the local pool (--jobs)")
     calls = {i: (c, state) for i, c in enumerate(chunks)}
     names = {i: f"points {c[0][0]}..{c[-1][0]}" for i, c in enumerate(chunks)}
     for _, recs in tune_dask.dask_results(address, calls, names, timeout, fn=sweep.evaluate_chunk):
