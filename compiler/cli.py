@@ -7,6 +7,7 @@
     dlac train MODEL --data D -o out.pt2 [opts]  quantization-aware training (compiler.cli_train)
     dlac sweep MODEL --param N=V1,V2 -o S.jsonl  design-space sweep with the cost model (compiler.cli_sweep)
     dlac report INPUT... -o REPORT.html          HTML report with plots (compiler.cli_report)
+    dlac eval out.dlac --data mnist|D.npz        accuracy in the interpreter on a dataset (compiler.cli_eval)
     dlac demo                                    the MNIST demo (see README)
 
 ``inspect`` and ``run`` (without ``--check``, on a binary with no host ops) import
@@ -34,6 +35,7 @@ from compiler.cli_args import parse_precisions  # noqa: F401 - re-exported
 from compiler.cli_binary import CheckFailed, inspect_cmd, run_cmd  # noqa: F401 - CheckFailed re-exported
 from compiler.cli_common import QUANT_CHOICES, QUANT_WEIGHTS, _fail  # noqa: F401 - re-exported
 from compiler.cli_model import BinaryVerifyError, compile_cmd, tune_cmd  # noqa: F401 - re-exported
+from compiler.cli_eval import eval_cmd
 from compiler.cli_train import train_cmd
 from compiler.cli_report import report_cmd
 from compiler.cli_sweep import sweep_cmd
@@ -45,7 +47,8 @@ def main():
     """dlac: compile PyTorch/ONNX models for the dLAC accelerator."""
 
 
-for _cmd in (compile_cmd, tune_cmd, train_cmd, run_cmd, inspect_cmd, sweep_cmd, report_cmd):
+for _cmd in (compile_cmd, tune_cmd, train_cmd, run_cmd, inspect_cmd, sweep_cmd, report_cmd,
+             eval_cmd):
     main.add_command(_cmd)
 
 
