@@ -37,30 +37,45 @@ from target_dlac.isa.machine import Machine
 
 
 def windows(x: np.ndarray, f: dict) -> np.ndarray:
-    """``[c, kh*kw, oh*ow]``: the values each output pixel of a conv instruction (fields
-    ``f``) reads from its padded input tile ``x`` ``[c, h + pt + pb, w + pl + pr]``."""
+    """``[..., c, kh*kw, oh*ow]``: the values each output pixel of a conv instruction (fields
+    ``f``) reads from its padded input tile ``x`` ``[..., c, h + pt + pb, w + pl + pr]``
+    (leading axes: a batch of inputs)."""
     kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
-    c = x.shape[0]
+    lead = x.shape[:-2]
     if kh == 1 and kw == 1:
-        return x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(c, 1, oh * ow)
-    win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-    return np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c, kh * kw, oh * ow)
+        return x[..., :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw].reshape(lead + (1, oh * ow))
+    win = sliding_window_view(x, (kh, kw), axis=(-2, -1))[..., ::sh, ::sw, :, :][..., :oh, :ow, :, :]
+    d = win.ndim
+    win = win.transpose(tuple(range(d - 4)) + (d - 2, d - 1, d - 4, d - 3))
+    return np.ascontiguousarray(win).reshape(lead + (kh * kw, oh * ow))
+
+
+def _batched(nz: np.ndarray, core: int) -> tuple[np.ndarray, bool]:
+    """``nz`` with one leading batch axis (``core``: the dimensions of one input), and
+    whether it had none."""
+    if nz.ndim == core:
+        return nz[None], True
+    if nz.ndim != core + 1:
+        raise ValueError(f"expected {core} or {core + 1} dimensions, got shape {nz.shape}")
+    return nz, False
 
 
 def unit_live(nz: np.ndarray, rows: int, lanes: int, granularity: str) -> np.ndarray:
-    """``live[k, i, u]``: whether unit ``u`` of pass ``i`` reads a non-zero at weight position
-    ``k``, from ``nz[k, p]`` (activation at position ``k`` of output pixel ``p`` non-zero).
-    ``column``: one unit per pass; ``pe``: ``rows`` units (a PE row's ``lanes`` pixels)."""
+    """``live[..., k, i, u]``: whether unit ``u`` of pass ``i`` reads a non-zero at weight
+    position ``k``, from ``nz[..., k, p]`` (activation at position ``k`` of output pixel ``p``
+    non-zero).  ``column``: one unit per pass; ``pe``: ``rows`` units (a PE row's ``lanes``
+    pixels)."""
     if granularity not in ("column", "pe"):
         raise ValueError(f"no activation skipping granularity {granularity!r}")
-    k, p = nz.shape
+    lead = nz.shape[:-2]
+    k, p = nz.shape[-2:]
     per_pass = rows * lanes
     npass = -(-p // per_pass)
     units, width = (1, per_pass) if granularity == "column" else (rows, lanes)
     pad = npass * per_pass - p
     if pad:
-        nz = np.concatenate([nz, np.zeros((k, pad), bool)], axis=1)
-    flags = np.ascontiguousarray(nz).reshape(k, npass * units, width)
+        nz = np.concatenate([nz, np.zeros(lead + (k, pad), bool)], axis=-1)
+    flags = np.ascontiguousarray(nz).reshape(lead + (k, npass * units, width))
     if width == 1:
         live = flags[..., 0]
     elif width % 8 == 0:        # OR the unit's flags 8 at a time (a bool is one byte)
@@ -70,31 +85,33 @@ def unit_live(nz: np.ndarray, rows: int, lanes: int, granularity: str) -> np.nda
             acc = acc | words[..., j]
         live = acc != 0
     else:
-        live = flags.any(axis=2)
-    return live.reshape(k, npass, units)
+        live = flags.any(axis=-1)
+    return live.reshape(lead + (k, npass, units))
 
 
 def _group_flags(nz: np.ndarray) -> np.ndarray:
-    """SACC: ``[groups * kh*kw, oh*ow]`` flags of the weight groups (4 consecutive channels
-    at one kernel position, the last zero-padded) in which a pixel reads a non-zero."""
-    c, kk, p = nz.shape
+    """SACC: ``[..., groups * kh*kw, oh*ow]`` flags of the weight groups (4 consecutive
+    channels at one kernel position, the last zero-padded) in which a pixel reads a non-zero."""
+    lead = nz.shape[:-3]
+    c, kk, p = nz.shape[-3:]
     groups = -(-c // SWIS_GROUP)
     if groups * SWIS_GROUP != c:
-        nz = np.concatenate([nz, np.zeros((groups * SWIS_GROUP - c, kk, p), bool)])
-    return nz.reshape(groups, SWIS_GROUP, kk, p).any(axis=1).reshape(groups * kk, p)
+        nz = np.concatenate([nz, np.zeros(lead + (groups * SWIS_GROUP - c, kk, p), bool)], axis=-3)
+    return nz.reshape(lead + (groups, SWIS_GROUP, kk, p)).any(axis=-3).reshape(lead + (groups * kk, p))
 
 
 def row_counts(flags: np.ndarray) -> np.ndarray:
-    """The ``True`` entries of each row of a ``[K, P]`` bool array (int64), counted 8 flags
-    per machine word where NumPy has ``bitwise_count`` (a bool is one byte, 0 or 1)."""
-    k, p = flags.shape
+    """The ``True`` entries of each row of a ``[..., K, P]`` bool array (int64, ``[..., K]``),
+    counted 8 flags per machine word where NumPy has ``bitwise_count`` (a bool is one byte,
+    0 or 1)."""
+    p = flags.shape[-1]
     if not hasattr(np, "bitwise_count") or p < 64:
-        return flags.sum(axis=1, dtype=np.int64)
+        return flags.sum(axis=-1, dtype=np.int64)
     pad = (-p) % 8
     if pad:
-        flags = np.concatenate([flags, np.zeros((k, pad), bool)], axis=1)
+        flags = np.concatenate([flags, np.zeros(flags.shape[:-1] + (pad,), bool)], axis=-1)
     words = np.ascontiguousarray(flags).view(np.uint64)
-    return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+    return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
 
 
 def count_matrix(wnz: np.ndarray) -> np.ndarray:
@@ -106,30 +123,37 @@ def count_matrix(wnz: np.ndarray) -> np.ndarray:
 
 
 def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """``sum_k w[f, k] * live[k, i, u]`` for 0/1 float32 ``w`` ``[F, K]`` (exact: float32
-    sums of at most 2^24 ones)."""
-    k, npass, units = live.shape
-    out = w @ live.reshape(k, -1).astype(np.float32)
-    return out.reshape(len(w), npass, units)
+    """``sum_k w[f, k] * live[..., k, i, u]`` for 0/1 float32 ``w`` ``[F, K]`` (exact:
+    float32 sums of at most 2^24 ones)."""
+    lead = live.shape[:-3]
+    k, npass, units = live.shape[-3:]
+    out = w @ live.reshape(lead + (k, -1)).astype(np.float32)
+    return out.reshape(lead + (len(w), npass, units))
 
 
 def useful_steps(ins: Insn, nz: np.ndarray, wnz: np.ndarray | None = None,
                  shift_passes: np.ndarray | None = None, order: np.ndarray | None = None,
-                 wcol: np.ndarray | None = None) -> int:
+                 wcol: np.ndarray | None = None):
     """PE steps no mechanism can skip: one per (pixel, issued weight) whose activation is
     non-zero (TACC: non-zero weights only; SACC: per live 4-channel group, the filter's
     shift passes).  A layer's lower bound counts these (:func:`cycles.lower_bound`).
-    ``wcol``: TACC's non-zero weights per position, ``wnz.sum(axis=0)``, if the caller has it."""
-    c, kk, p = nz.shape
-    per_k = row_counts(nz.reshape(c * kk, p))             # [K] pixels reading a non-zero
+    ``wcol``: TACC's non-zero weights per position, ``wnz.sum(axis=0)``, if the caller has it.
+    ``nz`` ``[c, kh*kw, oh*ow]`` gives an int; a batch ``[n, c, kh*kw, oh*ow]`` an int64
+    array ``[n]``."""
+    nz, single = _batched(nz, 3)
+    n, c, kk, p = nz.shape
+    per_k = row_counts(nz.reshape(n, c * kk, p))          # [n, K] pixels reading a non-zero
     if ins.f["depthwise"]:
-        per_k = per_k.reshape(c, kk)[order if order is not None else slice(None)]
-        return int((per_k * (wnz != 0)).sum()) if wnz is not None else int(per_k.sum())
-    if ins.op == "TACC":
-        return int(((wnz != 0).sum(axis=0, dtype=np.int64) if wcol is None else wcol) @ per_k)
-    if ins.op == "MAC":
-        return ins.f["f"] * int(per_k.sum())
-    return int(np.asarray(shift_passes, np.int64).sum()) * int(_group_flags(nz).sum())
+        per_k = per_k.reshape(n, c, kk)[:, order if order is not None else slice(None)]
+        got = (per_k * (wnz != 0)).sum(axis=(1, 2)) if wnz is not None else per_k.sum(axis=(1, 2))
+    elif ins.op == "TACC":
+        got = per_k @ ((wnz != 0).sum(axis=0, dtype=np.int64) if wcol is None else wcol)
+    elif ins.op == "MAC":
+        got = ins.f["f"] * per_k.sum(axis=1)
+    else:
+        got = int(np.asarray(shift_passes, np.int64).sum()) * _group_flags(nz).sum(axis=(1, 2), dtype=np.int64)
+    got = np.asarray(got, np.int64)
+    return int(got[0]) if single else got
 
 
 def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: str,
@@ -139,44 +163,53 @@ def step_matrix(ins: Insn, nz: np.ndarray, rows: int, lanes: int, granularity: s
     activations skipped, with its weights as issued (``total``: TACC skips zero weights
     too) and with every weight issued (``acts``: the activations' part alone, costed as a
     MAC).  ``nz``: ``[c, kh*kw, oh*ow]`` non-zero flags of the activations each output
-    pixel reads (the instruction's padded input windows); ``wnz``: TACC's ``[F, K]``
+    pixel reads (the instruction's padded input windows); a batch ``[n, c, kh*kw, oh*ow]``
+    gives ``[n, F, passes]`` counts.  ``wnz``: TACC's ``[F, K]``
     non-zero weights (bool, or 0 / 1) (``K = c*kh*kw``, depthwise ``kh*kw``), ``None`` for MAC and SACC;
     ``shift_passes``: SACC's per-filter shift passes ``ceil(S_f / swis_shifts_per_pass)``.
     Filters are in PE order (``wnz``, ``shift_passes`` and the result: consecutive rows run
     together); ``order[j]``, the filter on PE column ``j``, puts a depthwise TACC's
     channels in that order too (MAC keeps the filters in accumulator order).  ``wmat``:
     :func:`count_matrix` of ``wnz``, if the caller has it."""
+    nz, single = _batched(nz, 3)
+    total, acts = _step_matrix(ins, nz, rows, lanes, granularity, wnz, shift_passes, order, wmat)
+    return (total[0], acts[0]) if single else (total, acts)
+
+
+def _step_matrix(ins, nz, rows, lanes, granularity, wnz, shift_passes, order, wmat) -> tuple:
+    """:func:`step_matrix` of a batch ``nz`` ``[n, c, kh*kw, oh*ow]``: ``[n, F, passes]``."""
     f = ins.f
     nf = f["f"]
-    c, kk, p = nz.shape
+    n, c, kk, p = nz.shape
     if f["depthwise"]:
         if order is not None:
-            nz = nz[order]
-        live = unit_live(nz.reshape(c * kk, p), rows, lanes, granularity).reshape(c, kk, -1)
-        acts = live.sum(axis=1, dtype=np.int64)                       # [F, passes * units]
+            nz = nz[:, order]
+        live = unit_live(nz.reshape(n, c * kk, p), rows, lanes, granularity).reshape(n, c, kk, -1)
+        acts = live.sum(axis=2, dtype=np.int64)                       # [n, F, passes * units]
         npass = -(-p // (rows * lanes))
-        acts = acts.reshape(nf, npass, -1)
+        acts = acts.reshape(n, nf, npass, -1)
         if wnz is None:
             total = acts
         else:
-            total = np.einsum("fk,fkq->fq", (wnz != 0).astype(np.int64), live.astype(np.int64))
-            total = total.reshape(nf, npass, -1)
-        return total.max(axis=2), acts.max(axis=2)
-    live = unit_live(nz.reshape(c * kk, p), rows, lanes, granularity)  # [K, passes, units]
+            total = np.einsum("fk,nfkq->nfq", (wnz != 0).astype(np.int64), live.astype(np.int64))
+            total = total.reshape(n, nf, npass, -1)
+        return total.max(axis=3), acts.max(axis=3)
+    live = unit_live(nz.reshape(n, c * kk, p), rows, lanes, granularity)  # [n, K, passes, units]
     if ins.op == "TACC":        # one product: the filters' live non-zeros, and (last row) all live positions
         both = _count(count_matrix(wnz) if wmat is None else wmat, live)
-        both = both[..., 0] if both.shape[2] == 1 else both.max(axis=2)
+        both = both[..., 0] if both.shape[3] == 1 else both.max(axis=3)
         both = both.astype(np.int64)
-        return both[:nf], np.broadcast_to(both[nf], (nf, both.shape[1]))
-    per = live.sum(axis=0, dtype=np.int64)
-    acts = np.broadcast_to(per[:, 0] if per.shape[1] == 1 else per.max(axis=1), (nf, live.shape[1]))
+        return both[:, :nf], np.broadcast_to(both[:, nf:nf + 1], (n, nf, both.shape[2]))
+    per = live.sum(axis=1, dtype=np.int64)                            # [n, passes, units]
+    acts = np.broadcast_to((per[..., 0] if per.shape[2] == 1 else per.max(axis=2))[:, None, :],
+                           (n, nf, live.shape[2]))
     if ins.op == "MAC":
         return acts, acts
     # SACC: a weight group (4 consecutive channels at one kernel position) is live when any
     # of its channels is; each live group costs the filter's shift passes
     glive = unit_live(_group_flags(nz), rows, lanes, granularity)
-    per_pass = glive.sum(axis=0, dtype=np.int64).max(axis=1)          # [passes]
-    return np.asarray(shift_passes, np.int64)[:, None] * per_pass[None, :], acts
+    per_pass = glive.sum(axis=1, dtype=np.int64).max(axis=2)          # [n, passes]
+    return np.asarray(shift_passes, np.int64)[None, :, None] * per_pass[:, None, :], acts
 
 
 def conv_steps(ins: Insn, m: Machine, nz: np.ndarray, counts, order: np.ndarray | None = None,

@@ -118,16 +118,19 @@ def steps_cycles(ins: Insn, m: Machine, steps: np.ndarray) -> int:
     """A conv instruction's cycles from ``steps[f, i]``, the steps filter ``f`` takes in pass
     ``i`` (:func:`actskip.step_matrix`): ``compute_setup + sum_i sum_g max_{f in g}
     steps[f, i]`` over consecutive groups ``g`` of ``pe_cols << pxshift`` filters.  With the
-    same count in every pass this is :func:`sparse_cycles` / :func:`dense_cycles`."""
+    same count in every pass this is :func:`sparse_cycles` / :func:`dense_cycles`.  A batch
+    ``steps[n, f, i]`` gives the ``[n]`` cycles of each input (int64)."""
     steps = np.asarray(steps, np.int64)
     ncols = grid(ins, m)[1]
-    nf, npass = steps.shape
+    lead = steps.shape[:-2]
+    nf, npass = steps.shape[-2:]
     if not nf:
-        return m.compute_setup
+        return np.full(lead, m.compute_setup, np.int64) if lead else m.compute_setup
     pad = (-nf) % ncols
     if pad:
-        steps = np.concatenate([steps, np.zeros((pad, npass), np.int64)])
-    return m.compute_setup + int(steps.reshape(-1, ncols, npass).max(axis=1).sum())
+        steps = np.concatenate([steps, np.zeros(lead + (pad, npass), np.int64)], axis=-2)
+    got = steps.reshape(lead + (-1, ncols, npass)).max(axis=-2).sum(axis=(-2, -1))
+    return m.compute_setup + (got if lead else int(got))
 
 
 def dense_cycles(ins: Insn, m: Machine) -> int:

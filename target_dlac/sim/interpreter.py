@@ -15,8 +15,17 @@ it also terminates soon, in bounded memory: the DRAM image is at most
 ``limits.MAX_DRAM_BYTES``, the cache of decoded weight blocks at most
 ``limits.MAX_WEIGHT_CACHE_BYTES``, and a run keeps a few numbers per instruction.
 
-Entry point: :func:`run` (or :class:`Interpreter`).  Returns the outputs and a
-:class:`target_dlac.sim.report.RunReport`.  A ``HOST`` instruction's wall time (the host
+Entry points: :func:`run` (or :meth:`Interpreter.run`): one input, its outputs and a
+:class:`target_dlac.sim.report.RunReport`; :meth:`Interpreter.run_batch` (or
+:func:`target_dlac.sim.batch.run_batch`, which chunks a large request): N inputs in one walk
+of the instruction stream, each instruction vectorized over the batch (N copies of the
+memories, one decode of each weight block), with the outputs of N single runs bit for bit
+and each input's cycles and energy (:class:`target_dlac.sim.batch.BatchReport`).  A single
+run is a batch of one.  In a batch, the first input's timeline is race-checked and gives
+the full run report; the other inputs' timelines are placed without the race check
+(:class:`target_dlac.sim.batch_timeline.BatchReplay`), which the values never depend on.
+A batch whose TACC / SACC weight blocks differ between its inputs (weights loaded from
+activations) runs as single runs.  A ``HOST`` instruction's wall time (the host
 runner's call) is recorded apart from the cycles: host ops run on the host CPU, not on
 dLAC, and the report gives their seconds, never dLAC cycles.
 """
@@ -32,17 +41,25 @@ from target_dlac.core.errors import ConfigError, DlacError, ExecutionError
 from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
     MAX_WEIGHT_CACHE_BYTES, block_decode_budget, block_key_budget, insn_budget
 from target_dlac.isa import cycles
-from target_dlac.isa.energy import EnergyTable, insn_actions, program_table
+from target_dlac.isa.area import area_mm2
+from target_dlac.isa.energy import EnergyTable, add_into, energy_pj, insn_actions, program_table
 from target_dlac.isa.encoding import Insn, disassemble
 from target_dlac.isa.blocks import BlockError, swis_block_bytes, swis_counts, swis_groups, ternary_block_bytes, \
     ternary_counts, unpack_swis, unpack_ternary
 from target_dlac.binary.program import Program
+from target_dlac.sim.batch import CYCLE_KEYS, ENERGY_KEYS, BatchReport, stack_inputs
+from target_dlac.sim.batch_timeline import BatchReplay
 from target_dlac.sim.kernels import F32, Kernels
 from target_dlac.sim.report import InsnRecord, RunReport, build_report, conv_stats
 from target_dlac.sim.timeline import Replay, Timeline, dense_cost
 from target_dlac.binary.validate import first_insn_problem
 
 WBYTES = (4, 1)            # bytes per weight of each MAC weight format (isa.WFMTS)
+ROW_ALIGN = 64             # bytes: each input's copy of a memory starts on this boundary
+
+
+class _Varying(Exception):
+    """A TACC / SACC weight block differs between the inputs of a batch."""
 
 
 class Interpreter(Kernels):
@@ -78,25 +95,30 @@ class Interpreter(Kernels):
         return disassemble(self.ins)
 
     # ---- memory ------------------------------------------------------------------------
-    def _reset(self):
+    @property
+    def mem(self) -> dict:
+        """The first input's memories (``DRAM``, ``INP``, ``WGT``, ``ACC``) as byte arrays."""
+        return {k: v[0] for k, v in self.banks.items()}
+
+    def _reset(self, n: int = 1):
+        """``banks[memory]``: ``[n, bytes]``, one zeroed copy per input of the batch (DRAM
+        starting with the constants)."""
         m = self.m
         if not 0 < self.p.dram_bytes <= MAX_DRAM_BYTES:      # (validation refuses it in a file)
             raise ExecutionError(f"the program's {self.p.dram_bytes}-byte DRAM image is not in "
                                  f"(0, {MAX_DRAM_BYTES}] (limits.MAX_DRAM_BYTES)")
+        sizes = {"DRAM": self.p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
         try:
-            dram = np.zeros(self.p.dram_bytes, np.uint8)
+            self.banks = {k: np.zeros((n, -(-v // ROW_ALIGN) * ROW_ALIGN), np.uint8)[:, :v]
+                          for k, v in sizes.items()}
         except MemoryError:
-            raise ExecutionError(f"cannot allocate the program's {self.p.dram_bytes}-byte DRAM image "
-                                 "on this host") from None
-        self.mem = {"DRAM": dram,
-                    "INP": np.zeros(m.inp_bytes, np.uint8),
-                    "WGT": np.zeros(m.wgt_bytes, np.uint8),
-                    "ACC": np.zeros(m.acc_bytes, np.uint8)}
+            raise ExecutionError(f"cannot allocate {n} copies of the program's memories "
+                                 f"({sum(sizes.values()):,} bytes each) on this host") from None
         consts = np.frombuffer(self.p.constants, np.uint8)
-        self.mem["DRAM"][:len(consts)] = consts
+        self.banks["DRAM"][:, :len(consts)] = consts
 
     def _span(self, mem: str, lo: int, nbytes: int, what: str) -> tuple[int, int]:
-        size = len(self.mem[mem])
+        size = self.banks[mem].shape[1]
         if lo < 0 or nbytes < 0 or lo + nbytes > size:
             raise ExecutionError(f"{what} [{lo}, {lo + nbytes}) is outside {mem} ({size} bytes)",
                                  pc=self.pc, insn=self.text)
@@ -106,19 +128,23 @@ class Interpreter(Kernels):
         return lo, lo + nbytes
 
     def _arr(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
+        """``[n, *shape]``: the batch's views of ``shape`` elements at ``mem[lo]``."""
         dtype = np.dtype(dtype)
         a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
         self.acc.append((mem, a, b, False))
-        return self.mem[mem][a:b].view(dtype).reshape(shape)
+        bank = self.banks[mem]
+        return bank[:, a:b].view(dtype).reshape((len(bank),) + tuple(shape))
 
     def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
         return self._arr(mem, lo, shape, F32, what)
 
     def _put(self, mem: str, lo: int, value: np.ndarray, what: str):
-        value = np.ascontiguousarray(value)
-        a, b = self._span(mem, lo, value.nbytes, what)
+        """Write ``value`` ``[n, ...]`` (one row per input) at ``mem[lo]``."""
+        bank = self.banks[mem]
+        value = np.ascontiguousarray(value).reshape(len(bank), -1)
+        a, b = self._span(mem, lo, value.nbytes // len(bank), what)
         self.acc.append((mem, a, b, True))
-        self.mem[mem][a:b] = value.reshape(-1).view(np.uint8)
+        bank[:, a:b] = value.view(np.uint8)
 
     def _fail(self, msg: str):
         raise ExecutionError(msg, pc=self.pc, insn=self.text)
@@ -150,7 +176,8 @@ class Interpreter(Kernels):
         (the oldest entries go beyond ``limits.MAX_WEIGHT_CACHE_BYTES``)."""
         f = ins.f
         addr, nf = f["wgt"], f["f"]
-        wgt = self.mem["WGT"]
+        bank = self.banks["WGT"]
+        wgt = bank[0]
         try:
             if ins.op == "TACC":
                 hi = addr + ternary_block_bytes(nf, int(ternary_counts(wgt, addr, nf).sum()))
@@ -163,10 +190,14 @@ class Interpreter(Kernels):
         a, b = self._span("WGT", addr, hi - addr, "weight block")
         self.acc.append(("WGT", a, b, False))
         self.block_bytes = b - a            # the energy model's weight reads
-        if ins.op == "MAC":             # dense: nothing to decode
+        varying = len(bank) > 1 and not (bank[1:, a:b] == wgt[a:b]).all()
+        if ins.op == "MAC":             # dense: nothing to decode ([n, f, k] if the inputs' differ)
+            src, shape = (bank[:, a:b], (len(bank), nf, k)) if varying else (wgt[a:b], (nf, k))
             if f["wfmt"] == 1:
-                return wgt[a:b].view(np.int8).reshape(nf, k).astype(np.float32), None
-            return wgt[a:b].view(F32).reshape(nf, k).copy(), None
+                return src.view(np.int8).reshape(shape).astype(np.float32), None
+            return src.view(F32).reshape(shape).copy(), None
+        if varying:
+            raise _Varying
         self._charge(*block_key_budget(b - a), what="hashing its weight block")
         key = (ins.op, nf, k, f["c"], f["kh"], f["kw"], wgt[a:b].tobytes())
         hit = self._wcache.get(key)
@@ -205,13 +236,37 @@ class Interpreter(Kernels):
 
     # ---- run ---------------------------------------------------------------------------
     def run(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, RunReport]:
+        """One input (name -> array of the tensor's shape): its outputs and run report."""
+        self._check_single(inputs)
+        outs, rep = self._execute({k: np.asarray(v)[None] for k, v in inputs.items()}, 1,
+                                  host_runner, progress)
+        return {k: v[0] for k, v in outs.items()}, rep.first
+
+    def run_batch(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, BatchReport]:
+        """One batch: name -> ``(N,) + shape`` arrays, run together (the caller bounds N:
+        :func:`target_dlac.sim.batch.run_batch` chunks a request); returns (name -> ``(N,) +
+        shape`` outputs, :class:`target_dlac.sim.batch.BatchReport`)."""
+        arrays, n = stack_inputs(self.p, inputs)
+        if n == 0:
+            raise ConfigError("an empty batch: give at least one input")
+        try:
+            return self._execute(arrays, n, host_runner, progress)
+        except _Varying:        # per-input weight blocks: the inputs one at a time
+            parts = [self._execute({k: v[i:i + 1] for k, v in arrays.items()}, 1, host_runner, progress)
+                     for i in range(n)]
+            return ({k: np.concatenate([o[k] for o, _ in parts]) for k in parts[0][0]},
+                    BatchReport.join([r for _, r in parts]))
+
+    def _execute(self, arrays: dict, n: int, host_runner, progress) -> tuple[dict, BatchReport]:
         p = self.p
-        self._reset()
-        self._write_inputs(inputs)
+        t_start = time.perf_counter()
+        self._reset(n)
+        self._write_inputs(arrays)
         # The race check runs in full on the first run; a later run records its steps and
         # is checked only if they differ from the checked run's (the timeline depends on the
         # instruction stream, the weight blocks and, with act_skip on, the input's zero
-        # activations: a race that only some inputs' cycles expose is still found).
+        # activations: a race that only some inputs' cycles expose is still found).  In a
+        # batch this is the first input's timeline.
         deferred = self.check_races and self._race_signature is not None
         real = Replay(self.m, check_races=self.check_races and not deferred, record=self.check_races)
         dense = Replay(self.m, dense_cost)        # the same program with every weight issued
@@ -220,10 +275,13 @@ class Interpreter(Kernels):
         # activations' part alone (every weight issued, zero activations skipped)
         wonly = Replay(self.m) if skipping else None
         aonly = Replay(self.m) if skipping else None
+        batch = BatchReplay(n) if n > 1 else None       # every input's timeline
+        batch_actions: dict = {}                         # every input's actions (arrays)
         records: list[InsnRecord] = []
-        n = len(p.insns)
+        count = len(p.insns)
         halted = False
         self.run_work = 0
+        self._host_seconds = 0.0        # every input's host calls
         for pc, ins in enumerate(p.insns):
             self.pc, self.ins, self.acc = pc, ins, []
             self.insn_work = self.insn_temp = 0
@@ -242,54 +300,80 @@ class Interpreter(Kernels):
             elif op == "ALU":
                 self._alu(ins)
             elif op == "HOST":
-                if host_runner is None:
-                    self._fail("this program has host ops; run it through `dlac run` (which builds "
-                               "them with TVM) or pass host_runner")
-                t0 = time.perf_counter()
-                try:
-                    host_runner(ins.f["index"], self.mem["DRAM"])
-                except DlacError:
-                    raise
-                except Exception as e:          # TVM's error in a host op, named by its pc
-                    self._fail(f"host op {ins.f['index']} failed: {type(e).__name__}: "
-                               f"{str(e).strip()[:300]}")
-                host_secs = time.perf_counter() - t0
+                host_secs = self._host(ins, host_runner)
             elif op == "HALT":
                 halted = True
             conv = skip is not None
-            acts_cost = None
+            costs = cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None  # [n]
             if skipping:
                 _, wslot = wonly.place(pc, ins, counts)
-                acts_cost = cycles.steps_cycles(ins, self.m, skip.acts) if conv else None
+                acts_cost = int(cycles.steps_cycles(ins, self.m, skip.acts[0])) if conv else None
                 _, aslot = aonly.place(pc, ins, counts, cost=acts_cost)
-            cyc, slot = real.place(pc, ins, counts, self.acc,
-                                   cost=cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None)
+            cyc, slot = real.place(pc, ins, counts, self.acc, cost=None if costs is None else int(costs[0]))
+            if batch is not None:
+                batch.place(ins, cyc if costs is None else costs)
             _, dslot = dense.place(pc, ins, counts)
-            stats = conv_stats(ins, self.m, counts, skip.work) + (skip.nonzero, skip.values) if conv else None
             if conv:
-                actions = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful, skip.window)
+                stats = conv_stats(ins, self.m, counts, skip.work[0] if skipping else None) + \
+                    (int(skip.nonzero[0]), skip.values)
+                every = insn_actions(ins, self.m, counts, self.block_bytes, skip.useful, skip.window)
+                actions = {k: v[0].item() if isinstance(v, np.ndarray) else v for k, v in every.items()}
             else:           # the fields alone decide them: once per pc, for every run
-                actions = self._actions.get(pc)
+                stats = None
+                actions = every = self._actions.get(pc)
                 if actions is None:
-                    actions = self._actions[pc] = insn_actions(ins, self.m)
+                    actions = every = self._actions[pc] = insn_actions(ins, self.m)
+            if batch is not None:
+                add_into(batch_actions, every)
             records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
                                       wslot.end if skipping else slot.end,
                                       aslot.end if skipping else dslot.end, actions))
             if progress and pc % 2000 == 0:
-                progress(pc, n)
+                progress(pc, count)
             if halted:
                 break
         if not halted:
-            raise ExecutionError("the program ended without HALT", pc=n - 1 if n else 0)
+            raise ExecutionError("the program ended without HALT", pc=count - 1 if count else 0)
         if self.check_races:
             sig = real.timeline.signature()
             if deferred and sig != self._race_signature:
                 Timeline.check_steps(real.timeline.steps)
             self._race_signature = sig
         outputs = {t.name: self._read(t) for t in p.outputs}
-        return outputs, build_report(p, records, self.energy_table)
+        first = build_report(p, records, self.energy_table)
+        host_secs = first.extra["host_seconds"]
+        if batch is None:
+            per_cycles = {k: np.array([first.cycles[k]], np.int64) for k in CYCLE_KEYS}
+            per_energy = {k: np.array([first.extra["energy_pj"][k]], np.float64) for k in ENERGY_KEYS}
+        else:
+            per_cycles = batch.totals()
+            e = energy_pj(batch_actions, self.m, per_cycles["total"], self.energy_table, area_mm2(self.m))
+            per_energy = {k: np.broadcast_to(np.asarray(e[k], np.float64), (n,)).copy() for k in ENERGY_KEYS}
+            host_secs = self._host_seconds
+        return outputs, BatchReport(n, per_cycles, per_energy, first, host_secs, time.perf_counter() - t_start, [n])
 
-    def _write_inputs(self, inputs: dict):
+    def _host(self, ins: Insn, host_runner) -> float:
+        """Run a ``HOST`` op on every input's DRAM through ``host_runner``; returns the first
+        input's wall seconds (its run report's), adding all inputs' to ``_host_seconds``."""
+        if host_runner is None:
+            self._fail("this program has host ops; run it through `dlac run` (which builds "
+                       "them with TVM) or pass host_runner")
+        first = None
+        for row in self.banks["DRAM"]:
+            t0 = time.perf_counter()
+            try:
+                host_runner(ins.f["index"], row)
+            except DlacError:
+                raise
+            except Exception as e:          # TVM's error in a host op, named by its pc
+                self._fail(f"host op {ins.f['index']} failed: {type(e).__name__}: "
+                           f"{str(e).strip()[:300]}")
+            secs = time.perf_counter() - t0
+            first = secs if first is None else first
+            self._host_seconds += secs
+        return first
+
+    def _check_single(self, inputs: dict):
         want = {t.name: t for t in self.p.inputs}
         missing = sorted(set(want) - set(inputs))
         extra = sorted(set(inputs) - set(want))
@@ -301,12 +385,18 @@ class Interpreter(Kernels):
             if tuple(a.shape) != tuple(t.shape):
                 raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
                                   f"compiled for {tuple(t.shape)}")
-            a = np.ascontiguousarray(a, dtype=t.dtype)
-            self.mem["DRAM"][t.addr:t.addr + t.nbytes] = a.view(np.uint8).reshape(-1)
+
+    def _write_inputs(self, arrays: dict):
+        """Copy each input (``(n,) + shape``) into its rows of DRAM."""
+        dram = self.banks["DRAM"]
+        for t in self.p.inputs:
+            a = np.ascontiguousarray(arrays[t.name], dtype=t.dtype)
+            dram[:, t.addr:t.addr + t.nbytes] = a.reshape(len(dram), -1).view(np.uint8)
 
     def _read(self, t) -> np.ndarray:
-        raw = self.mem["DRAM"][t.addr:t.addr + t.nbytes]
-        return raw.view(np.dtype(t.dtype).newbyteorder("<")).reshape(t.shape).copy()
+        """Output tensor ``t`` of every input: ``(n,) + shape``."""
+        raw = self.banks["DRAM"][:, t.addr:t.addr + t.nbytes]
+        return raw.view(np.dtype(t.dtype).newbyteorder("<")).reshape((len(raw),) + tuple(t.shape)).copy()
 
 
 def run(program: Program, inputs: dict, *, host_runner=None, check_races: bool = True,

@@ -1,11 +1,14 @@
 """The arithmetic of the interpreter's instruction families: DMA (``LOAD`` / ``STORE``),
 the convolutions (``TACC`` / ``MAC`` / ``SACC``), ``EPI``, ``POOL`` and ``ALU``, each one
-instruction vectorized with NumPy.
+instruction vectorized with NumPy over its elements and over the inputs of a batch.
 
 :class:`Kernels` is a mixin of :class:`target_dlac.sim.interpreter.Interpreter`: its methods
-use the interpreter's memories and checked accessors (``mem``, ``acc``, ``_span``,
-``_arr``, ``_f32``, ``_put``, ``_fail``) and its decoded weight blocks (``_weights``),
-which stay with the interpreter along with the budgets they are charged to.
+use the interpreter's memories (``banks``: one row per input of the batch) and checked
+accessors (``acc``, ``_span``, ``_arr``, ``_f32``, ``_put``, ``_fail``: arrays with a
+leading batch axis) and its decoded weight blocks (``_weights``), which stay with the
+interpreter along with the budgets they are charged to.  Every input of a batch gets the
+arithmetic of a single run: the same NumPy calls on the same operands, so the same bits
+(``tests/sim/test_batch.py``).
 """
 
 from __future__ import annotations
@@ -52,13 +55,14 @@ def float_act(act: str, y: np.ndarray, slope: np.float32 = np.float32(0), slopes
     """A float activation of the float32 array ``y`` (a new float32 array; docs/isa.md
     "EPI"): the piecewise-linear ones in float32 arithmetic step by step, the transcendental
     ones evaluated in float64 from the float32 value and rounded once to float32 (SiLU:
-    ``y * f32(sigmoid(y))``); ``slopes``: PReLU's per-row slopes ``[rows]``."""
+    ``y * f32(sigmoid(y))``); ``slopes``: PReLU's per-row slopes (``y`` ``[..., rows, p]``,
+    ``slopes`` ``[..., rows]``)."""
     if act == "relu":
         return np.maximum(y, 0)
     if act == "leaky_relu":
         return np.where(y >= 0, y, y * slope)
     if act == "prelu":
-        return np.where(y >= 0, y, y * slopes.reshape((-1,) + (1,) * (y.ndim - 1)))
+        return np.where(y >= 0, y, y * slopes[..., None])
     if act in ("hardswish", "hardsigmoid"):
         t = np.clip(y + np.float32(3), np.float32(0), np.float32(6))
         return (y * t if act == "hardswish" else t) / np.float32(6)
@@ -85,22 +89,23 @@ def float_act(act: str, y: np.ndarray, slope: np.float32 = np.float32(0), slopes
 
 @dataclass
 class ActSteps:
-    """A conv instruction's activations as the cycle model sees them: ``nonzero`` of the
-    ``values`` in its input tile, and with ``act_skip`` on the ``[F, passes]`` step counts
-    with zero activations skipped (``total``: weights as issued; ``acts``: every weight
-    issued), :func:`actskip.step_matrix`, and the useful ``work``."""
-    nonzero: int
+    """A conv instruction's activations as the cycle model sees them, per input of the batch
+    (arrays with a leading batch axis): ``nonzero`` of the ``values`` in its input tile, and
+    with ``act_skip`` on the ``[n, F, passes]`` step counts with zero activations skipped
+    (``total``: weights as issued; ``acts``: every weight issued),
+    :func:`actskip.step_matrix`, and the useful ``work``."""
+    nonzero: np.ndarray
     values: int
     total: np.ndarray | None = None
     acts: np.ndarray | None = None
     #: useful PE-cycles with zero activations skipped (:func:`actskip.useful_steps` over the
     #: lane ratio), the compute term of the layer's lower bound
-    work: float | None = None
+    work: np.ndarray | None = None
     #: the PE steps it executes with zero activations skipped (:func:`actskip.useful_steps`,
     #: the energy model's count; ``None`` without skipping: every issued step)
-    useful: int | None = None
+    useful: np.ndarray | None = None
     #: the non-zero values of its pixels' input windows (with skipping: the INP reads)
-    window: int | None = None
+    window: np.ndarray | None = None
 
 
 class Kernels:
@@ -118,13 +123,14 @@ class Kernels:
         for mem, lo, stride, w in ((src_mem, src, s_stride, False), (dst_mem, dst, d_stride, True)):
             a, b = self._span(mem, lo, (y - 1) * stride + x, "DMA")
             self.acc.append((mem, a, b, w))
-        s = self.mem[src_mem]
-        d = self.mem[dst_mem]
+        s = self.banks[src_mem]
+        d = self.banks[dst_mem]
         if (s_stride == x or y == 1) and (d_stride == x or y == 1):
-            d[dst:dst + y * x] = s[src:src + y * x]
+            d[:, dst:dst + y * x] = s[:, src:src + y * x]
         else:
-            sv = as_strided(s[src:], shape=(y, x), strides=(s_stride, 1), writeable=False)
-            dv = as_strided(d[dst:], shape=(y, x), strides=(d_stride, 1))
+            n = len(s)
+            sv = as_strided(s[:, src:], shape=(n, y, x), strides=(s.strides[0], s_stride, 1), writeable=False)
+            dv = as_strided(d[:, dst:], shape=(n, y, x), strides=(d.strides[0], d_stride, 1))
             dv[...] = sv
 
     def _input_tile(self, f) -> np.ndarray:
@@ -133,24 +139,25 @@ class Kernels:
         if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
             x = x.astype(F32)
         if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
-            x = np.pad(x, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
+            x = np.pad(x, ((0, 0), (0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
         return x
 
     def _conv(self, ins: Insn):
         f = ins.f
         integer = f["dtype"] == INT8
-        x = self._input_tile(f)
-        cols = actskip.windows(x, f)         # [c, kh*kw, oh*ow]
+        x = self._input_tile(f)              # [n, c, h', w']
+        cols = actskip.windows(x, f)         # [n, c, kh*kw, oh*ow]
         kk = f["kh"] * f["kw"]
         k = kk if f["depthwise"] else f["c"] * kk
         w, counts = self._weights(ins, k)
         skip = self._act_steps(ins, x, cols, w, counts)
         if integer:       # exact: |partial sums| <= 127 * 127 * 65536 < 2^53
             cols, w = cols.astype(np.float64), w.astype(np.float64)
+        n = len(cols)
         if f["depthwise"]:
-            out = np.einsum("fk,fkp->fp", w, cols)
+            out = np.einsum("fk,nfkp->nfp" if w.ndim == 2 else "nfk,nfkp->nfp", w, cols)
         else:
-            out = w @ cols.reshape(k, -1)
+            out = self._products(w, cols.reshape(n, k, -1), integer)
         shape = (f["f"], f["oh"] * f["ow"])
         if integer:
             out = np.rint(out).astype(np.int64)
@@ -165,12 +172,31 @@ class Kernels:
         self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
         return counts, skip
 
+    @staticmethod
+    def _products(w: np.ndarray, cols: np.ndarray, integer: bool) -> np.ndarray:
+        """``w @ cols[i]`` for each input ``i`` (``w`` ``[f, k]``, or ``[n, f, k]``; ``cols``
+        ``[n, k, p]``).  Float modes make one BLAS call per input, the call a single run makes,
+        so each input gets a single run's bits (a BLAS's rounding depends on the shape of the
+        call: one product over the whole batch differs in the last bits); the integer mode's
+        float64 products are exact, so the batch is one call."""
+        n, k, p = cols.shape
+        if w.ndim == 3:
+            return np.stack([w[i] @ cols[i] for i in range(n)])
+        if integer and n > 1:
+            both = w @ np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(k, n * p)
+            return both.reshape(len(w), n, p).transpose(1, 0, 2)
+        out = np.empty((n, len(w), p), np.result_type(w, cols))
+        for i in range(n):
+            np.matmul(w, cols[i], out=out[i])
+        return out
+
     def _act_steps(self, ins: Insn, x: np.ndarray, cols: np.ndarray, w: np.ndarray, counts) -> ActSteps:
         """What the instruction's activations give the cycle model (:class:`ActSteps`): the
         non-zero activations of its (padded) input tile, and with ``act_skip`` on the step
         counts :func:`actskip.step_matrix` derives from the windows each pixel reads."""
         f = ins.f
-        nonzero = int(np.count_nonzero(x))
+        n = len(x)
+        nonzero = np.count_nonzero(x.reshape(n, -1), axis=1)
         values = f["c"] * f["h"] * f["w"]
         if self.m.act_skip == "none":
             return ActSteps(nonzero, values)
@@ -184,7 +210,7 @@ class Kernels:
         shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
         useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol)
         return ActSteps(nonzero, values, total, acts, useful * self.m.lanes / cycles.lanes(ins, self.m), useful,
-                        int(np.count_nonzero(nz)))
+                        np.count_nonzero(nz.reshape(n, -1), axis=1))
 
     def _tacc_masks(self, ins: Insn, w: np.ndarray) -> tuple:
         """``(order, wnz, count_matrix, wcol)`` of a TACC's block: its PE order, non-zero
@@ -194,7 +220,7 @@ class Kernels:
         got = self._masks.get(id(w))
         if got is not None and got[0] is w:
             return got[1:]
-        order = ternary_order(self.mem["WGT"], ins.f["wgt"], ins.f["f"])
+        order = ternary_order(self.banks["WGT"][0], ins.f["wgt"], ins.f["f"])
         # the decoded weights are -1 / 0 / +1: their magnitude is the mask (a block that names
         # a weight twice with one sign walks it twice: 2)
         wmat = np.ones((len(order) + 1, w.shape[1]), np.float32)
@@ -216,12 +242,13 @@ class Kernels:
         skipped and with dense ones (``compute_setup`` left out) under each PE mapping."""
         m = self.m
         got = self.probe.setdefault(self.pc, {})
+        n = len(nz)
         for px in range(m.max_pxshift + 1):
             alt = Insn(ins.op, dict(ins.f, pxshift=px))
             total, _ = actskip.conv_steps(alt, m, nz, counts, order, wnz, wmat)
             live, dense = got.get(px, (0, 0))
-            got[px] = (live + cycles.steps_cycles(alt, m, total) - m.compute_setup,
-                       dense + cycles.cost(alt, m, counts) - m.compute_setup)
+            got[px] = (live + int((cycles.steps_cycles(alt, m, total) - m.compute_setup).sum()),
+                       dense + n * (cycles.cost(alt, m, counts) - m.compute_setup))
 
     def _requant(self, t: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
         """``clip((t + 2^(shift-1)) >> shift, lo, hi)`` in int64 (round half up), as int8."""
@@ -240,8 +267,8 @@ class Kernels:
         if f["dtype"] == INT8:
             t = self._arr("ACC", f["acc"], (nf, p), np.int32, "accumulator tile").astype(np.int64)
             if f["has_scale"]:
-                t *= self._arr("WGT", f["prm"], (nf,), np.int32, "epilogue multipliers")[:, None]
-            t += self._arr("WGT", f["prm"] + boff, (nf,), np.int64, "epilogue biases")[:, None]
+                t *= self._arr("WGT", f["prm"], (nf,), np.int32, "epilogue multipliers")[..., None]
+            t += self._arr("WGT", f["prm"] + boff, (nf,), np.int64, "epilogue biases")[..., None]
             if f["has_res"]:
                 res = self._arr("INP", f["res"], (nf, p), np.int8, "residual tile").astype(np.int64)
                 t += res << f["rshift"]
@@ -255,14 +282,15 @@ class Kernels:
                 q = np.where(q > tq, q, np.int8(0))
             if act == "lut":        # the table of the activation, indexed by the int8 value + 128
                 table = self._arr("WGT", f["prm"] + aoff, (LUT_ENTRIES,), np.int8, "activation table")
-                q = table[q.astype(np.int64) + 128]
+                idx = q.astype(np.int64).reshape(len(q), -1) + 128
+                q = np.take_along_axis(table, idx, axis=1).reshape(q.shape)
             self._put("ACC", f["dst"], q, "epilogue output")
             return
         fdt = FLOAT_TYPES[f["dtype"]]
         y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
         if f["has_scale"]:
-            y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[:, None]
-        y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[:, None]
+            y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[..., None]
+        y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[..., None]
         if f["has_res"]:
             y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
         if act == "clip":
@@ -283,25 +311,26 @@ class Kernels:
         x = self._arr("INP", f["src"], (c, h, w), odt, "pool input")
         if odt == F16:
             x = x.astype(F32)
-        pads = ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
+        pads = ((0, 0), (0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
         mode = POOL_MODES[f["mode"]]
 
-        def windows(a):
-            return sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+        def windows(a):         # [..., c, oh, ow, kh, kw]
+            win = sliding_window_view(a, (kh, kw), axis=(-2, -1))
+            return win[..., ::sh, ::sw, :, :][..., :oh, :ow, :, :]
 
         if mode == "max":
             xp = np.pad(x, pads, constant_values=-128 if integer else -np.inf)
-            out = windows(xp).max(axis=(3, 4))
+            out = windows(xp).max(axis=(-2, -1))
         elif integer:       # window sum, then the multiplier/shift requantization
-            total = windows(np.pad(x, pads).astype(np.int64)).sum(axis=(3, 4))
+            total = windows(np.pad(x, pads).astype(np.int64)).sum(axis=(-2, -1))
             out = self._requant(total * f["mult"], f["shift"], -128, 127)
         else:
-            out = windows(np.pad(x, pads)).sum(axis=(3, 4), dtype=np.float32)
+            out = windows(np.pad(x, pads)).sum(axis=(-2, -1), dtype=np.float32)
             if f["count_pad"]:
                 out /= np.float32(kh * kw)
             else:
-                ones = np.pad(np.ones((1, h, w), np.float32), pads)
-                out /= np.maximum(windows(ones).sum(axis=(3, 4)), 1)
+                ones = np.pad(np.ones((1, 1, h, w), np.float32), pads)
+                out /= np.maximum(windows(ones).sum(axis=(-2, -1)), 1)
         self._put("ACC", f["dst"], out.astype(odt), "pool output")
 
     def _alu(self, ins: Insn):
