@@ -32,13 +32,14 @@ dLAC, and the report gives their seconds, never dLAC cycles.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
 from target_dlac.core.errors import ConfigError, DlacError, ExecutionError
 
-from target_dlac.isa.limits import MAX_DRAM_BYTES, MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
+from target_dlac.isa.limits import MAX_INSN_TEMP_BYTES, MAX_INSN_WORK, MAX_RUN_WORK, \
     MAX_WEIGHT_CACHE_BYTES, block_decode_budget, block_key_budget, insn_budget
 from target_dlac.isa import cycles
 from target_dlac.isa.area import area_mm2
@@ -50,29 +51,50 @@ from target_dlac.binary.program import Program
 from target_dlac.sim.batch import CYCLE_KEYS, ENERGY_KEYS, BatchReport, stack_inputs
 from target_dlac.sim.batch_timeline import BatchReplay
 from target_dlac.sim.kernels import F32, Kernels
+from target_dlac.sim.memory import Memories
 from target_dlac.sim.report import InsnRecord, RunReport, build_report, conv_stats
 from target_dlac.sim.timeline import Replay, Timeline, dense_cost
 from target_dlac.binary.validate import first_insn_problem
 
 WBYTES = (4, 1)            # bytes per weight of each MAC weight format (isa.WFMTS)
-ROW_ALIGN = 64             # bytes: each input's copy of a memory starts on this boundary
 
 
 class _Varying(Exception):
     """A TACC / SACC weight block differs between the inputs of a batch."""
 
 
-class Interpreter(Kernels):
+_BLAS = []      # the threadpoolctl controller of the BLAS NumPy loaded, made on first use
+
+
+def _blas_threads(n: int | None):
+    """A context in which NumPy's BLAS runs ``n`` threads (``None``: as it is).  The
+    interpreter's products are small (one per input per conv instruction): a second BLAS
+    thread gains little on them and, with another process on the core, stalls every call
+    (measured: 100x slower on a loaded 2-core machine), so runs default to one thread and
+    get their parallelism from processes (``dlac eval --jobs``)."""
+    if n is None:
+        return contextlib.nullcontext()
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=n, user_api="blas")
+
+
+class Interpreter(Memories, Kernels):
     """Runs one program (any number of times: :meth:`run`); the instruction families' arithmetic
     is in :class:`target_dlac.sim.kernels.Kernels`."""
 
     def __init__(self, program: Program, *, check_races: bool = True, probe: bool = False,
-                 energy_table: EnergyTable | None = None):
+                 energy_table: EnergyTable | None = None, blas_threads: int | None = 1):
         """``probe``: also count, for every conv instruction and every PE mapping, its steps
         with zero activations skipped and with dense ones (:attr:`probe`, summed over runs;
         :mod:`target_dlac.tune.act_stats`).  ``energy_table``: the energy model's table
-        (default: the binary's, :func:`target_dlac.isa.energy.program_table`)."""
+        (default: the binary's, :func:`target_dlac.isa.energy.program_table`).
+        ``blas_threads``: NumPy's BLAS threads during a run (:func:`_blas_threads`;
+        ``None``: leave them as they are)."""
         self.p = program
+        self.blas_threads = blas_threads
         self.energy_table = energy_table or program_table(program)
         self._actions: dict = {}     # energy actions of the non-conv instructions, by pc
         self.probe: dict | None = {} if probe else None
@@ -93,58 +115,6 @@ class Interpreter(Kernels):
     def text(self) -> str:
         """Disassembly of the executing instruction (for error messages only)."""
         return disassemble(self.ins)
-
-    # ---- memory ------------------------------------------------------------------------
-    @property
-    def mem(self) -> dict:
-        """The first input's memories (``DRAM``, ``INP``, ``WGT``, ``ACC``) as byte arrays."""
-        return {k: v[0] for k, v in self.banks.items()}
-
-    def _reset(self, n: int = 1):
-        """``banks[memory]``: ``[n, bytes]``, one zeroed copy per input of the batch (DRAM
-        starting with the constants)."""
-        m = self.m
-        if not 0 < self.p.dram_bytes <= MAX_DRAM_BYTES:      # (validation refuses it in a file)
-            raise ExecutionError(f"the program's {self.p.dram_bytes}-byte DRAM image is not in "
-                                 f"(0, {MAX_DRAM_BYTES}] (limits.MAX_DRAM_BYTES)")
-        sizes = {"DRAM": self.p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
-        try:
-            self.banks = {k: np.zeros((n, -(-v // ROW_ALIGN) * ROW_ALIGN), np.uint8)[:, :v]
-                          for k, v in sizes.items()}
-        except MemoryError:
-            raise ExecutionError(f"cannot allocate {n} copies of the program's memories "
-                                 f"({sum(sizes.values()):,} bytes each) on this host") from None
-        consts = np.frombuffer(self.p.constants, np.uint8)
-        self.banks["DRAM"][:, :len(consts)] = consts
-
-    def _span(self, mem: str, lo: int, nbytes: int, what: str) -> tuple[int, int]:
-        size = self.banks[mem].shape[1]
-        if lo < 0 or nbytes < 0 or lo + nbytes > size:
-            raise ExecutionError(f"{what} [{lo}, {lo + nbytes}) is outside {mem} ({size} bytes)",
-                                 pc=self.pc, insn=self.text)
-        if lo % 4 and what != "DMA":
-            raise ExecutionError(f"{what} address {lo} in {mem} is not 4-byte aligned",
-                                 pc=self.pc, insn=self.text)
-        return lo, lo + nbytes
-
-    def _arr(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
-        """``[n, *shape]``: the batch's views of ``shape`` elements at ``mem[lo]``."""
-        dtype = np.dtype(dtype)
-        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
-        self.acc.append((mem, a, b, False))
-        bank = self.banks[mem]
-        return bank[:, a:b].view(dtype).reshape((len(bank),) + tuple(shape))
-
-    def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
-        return self._arr(mem, lo, shape, F32, what)
-
-    def _put(self, mem: str, lo: int, value: np.ndarray, what: str):
-        """Write ``value`` ``[n, ...]`` (one row per input) at ``mem[lo]``."""
-        bank = self.banks[mem]
-        value = np.ascontiguousarray(value).reshape(len(bank), -1)
-        a, b = self._span(mem, lo, value.nbytes // len(bank), what)
-        self.acc.append((mem, a, b, True))
-        bank[:, a:b] = value.view(np.uint8)
 
     def _fail(self, msg: str):
         raise ExecutionError(msg, pc=self.pc, insn=self.text)
@@ -238,8 +208,9 @@ class Interpreter(Kernels):
     def run(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, RunReport]:
         """One input (name -> array of the tensor's shape): its outputs and run report."""
         self._check_single(inputs)
-        outs, rep = self._execute({k: np.asarray(v)[None] for k, v in inputs.items()}, 1,
-                                  host_runner, progress)
+        with _blas_threads(self.blas_threads):
+            outs, rep = self._execute({k: np.asarray(v)[None] for k, v in inputs.items()}, 1,
+                                      host_runner, progress)
         return {k: v[0] for k, v in outs.items()}, rep.first
 
     def run_batch(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, BatchReport]:
@@ -250,7 +221,8 @@ class Interpreter(Kernels):
         if n == 0:
             raise ConfigError("an empty batch: give at least one input")
         try:
-            return self._execute(arrays, n, host_runner, progress)
+            with _blas_threads(self.blas_threads):
+                return self._execute(arrays, n, host_runner, progress)
         except _Varying:        # per-input weight blocks: the inputs one at a time
             parts = [self._execute({k: v[i:i + 1] for k, v in arrays.items()}, 1, host_runner, progress)
                      for i in range(n)]
@@ -261,6 +233,14 @@ class Interpreter(Kernels):
         p = self.p
         t_start = time.perf_counter()
         self._reset(n)
+        try:
+            return self._walk(arrays, n, host_runner, progress, t_start)
+        except BaseException:
+            self.banks = None       # what a failed run wrote is not known: fresh memories next time
+            raise
+
+    def _walk(self, arrays: dict, n: int, host_runner, progress, t_start: float) -> tuple[dict, BatchReport]:
+        p = self.p
         self._write_inputs(arrays)
         # The race check runs in full on the first run; a later run records its steps and
         # is checked only if they differ from the checked run's (the timeline depends on the
@@ -303,6 +283,11 @@ class Interpreter(Kernels):
                 host_secs = self._host(ins, host_runner)
             elif op == "HALT":
                 halted = True
+            for mem, a, b, write in self.acc:
+                if write:
+                    self._wrote(mem, a, b)
+            if op == "HOST":
+                self._wrote("DRAM", 0, self.p.dram_bytes)
             conv = skip is not None
             costs = cycles.steps_cycles(ins, self.m, skip.total) if skipping and conv else None  # [n]
             if skipping:
@@ -372,32 +357,6 @@ class Interpreter(Kernels):
             first = secs if first is None else first
             self._host_seconds += secs
         return first
-
-    def _check_single(self, inputs: dict):
-        want = {t.name: t for t in self.p.inputs}
-        missing = sorted(set(want) - set(inputs))
-        extra = sorted(set(inputs) - set(want))
-        if missing or extra:
-            raise ConfigError(f"inputs: missing {missing or 'none'}, unexpected {extra or 'none'}; "
-                              f"the program takes {sorted(want)}")
-        for name, t in want.items():
-            a = np.asarray(inputs[name])
-            if tuple(a.shape) != tuple(t.shape):
-                raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
-                                  f"compiled for {tuple(t.shape)}")
-
-    def _write_inputs(self, arrays: dict):
-        """Copy each input (``(n,) + shape``) into its rows of DRAM."""
-        dram = self.banks["DRAM"]
-        for t in self.p.inputs:
-            a = np.ascontiguousarray(arrays[t.name], dtype=t.dtype)
-            dram[:, t.addr:t.addr + t.nbytes] = a.reshape(len(dram), -1).view(np.uint8)
-
-    def _read(self, t) -> np.ndarray:
-        """Output tensor ``t`` of every input: ``(n,) + shape``."""
-        raw = self.banks["DRAM"][:, t.addr:t.addr + t.nbytes]
-        return raw.view(np.dtype(t.dtype).newbyteorder("<")).reshape((len(raw),) + tuple(t.shape)).copy()
-
 
 def run(program: Program, inputs: dict, *, host_runner=None, check_races: bool = True,
         progress=None) -> tuple[dict, RunReport]:

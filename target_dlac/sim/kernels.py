@@ -314,23 +314,31 @@ class Kernels:
         pads = ((0, 0), (0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
         mode = POOL_MODES[f["mode"]]
 
-        def windows(a):         # [..., c, oh, ow, kh, kw]
-            win = sliding_window_view(a, (kh, kw), axis=(-2, -1))
-            return win[..., ::sh, ::sw, :, :][..., :oh, :ow, :, :]
+        def reduce(a, fn):
+            """``fn`` over each window, folded over its positions in row-major order (one
+            whole-tile operation per position, not a strided reduction per window)."""
+            out = None
+            for i in range(kh):
+                for j in range(kw):
+                    v = a[..., i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
+                    if v.shape[-2:] != (oh, ow):
+                        self._fail(f"the pooling windows of the {a.shape[-2]}x{a.shape[-1]} padded input "
+                                   f"do not give the {oh}x{ow} output")
+                    out = v.copy() if out is None else fn(out, v, out=out)
+            return out
 
         if mode == "max":
-            xp = np.pad(x, pads, constant_values=-128 if integer else -np.inf)
-            out = windows(xp).max(axis=(-2, -1))
+            out = reduce(np.pad(x, pads, constant_values=-128 if integer else -np.inf), np.maximum)
         elif integer:       # window sum, then the multiplier/shift requantization
-            total = windows(np.pad(x, pads).astype(np.int64)).sum(axis=(-2, -1))
+            total = reduce(np.pad(x.astype(np.int64), pads), np.add)
             out = self._requant(total * f["mult"], f["shift"], -128, 127)
         else:
-            out = windows(np.pad(x, pads)).sum(axis=(-2, -1), dtype=np.float32)
+            out = reduce(np.pad(x, pads).astype(np.float32, copy=False), np.add)
             if f["count_pad"]:
                 out /= np.float32(kh * kw)
             else:
                 ones = np.pad(np.ones((1, 1, h, w), np.float32), pads)
-                out /= np.maximum(windows(ones).sum(axis=(-2, -1)), 1)
+                out /= np.maximum(reduce(ones, np.add), 1)
         self._put("ACC", f["dst"], out.astype(odt), "pool output")
 
     def _alu(self, ins: Insn):

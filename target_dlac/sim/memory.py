@@ -1,0 +1,117 @@
+"""The interpreter's memories: DRAM and the on-chip buffers (INP, WGT, ACC), one copy per
+input of a batch (``banks[memory]``: ``[n, bytes]``), and their checked accessors.
+
+:class:`Memories` is a mixin of :class:`target_dlac.sim.interpreter.Interpreter`.  Every
+access is bounds-checked and recorded in ``acc`` (memory, start, end, writes) for the race
+check; an error names the pc, the instruction and the buffer.  A run starts on zeroed
+memories with the constants at the start of DRAM, as a fresh machine would; a run of the
+same batch size reuses the last run's arrays and zeroes only the byte ranges it wrote.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from target_dlac.core.errors import ConfigError, ExecutionError
+from target_dlac.isa.limits import MAX_DRAM_BYTES
+from target_dlac.sim.kernels import F32
+
+ROW_ALIGN = 64             # bytes: each input's copy of a memory starts on this boundary
+
+
+class Memories:
+    """The memories and accessors (see the module docstring)."""
+
+    # ---- memory ------------------------------------------------------------------------
+    @property
+    def mem(self) -> dict:
+        """The first input's memories (``DRAM``, ``INP``, ``WGT``, ``ACC``) as byte arrays."""
+        return {k: v[0] for k, v in self.banks.items()}
+
+    def _reset(self, n: int = 1):
+        """``banks[memory]``: ``[n, bytes]``, one zeroed copy per input of the batch (DRAM
+        starting with the constants)."""
+        m = self.m
+        if not 0 < self.p.dram_bytes <= MAX_DRAM_BYTES:      # (validation refuses it in a file)
+            raise ExecutionError(f"the program's {self.p.dram_bytes}-byte DRAM image is not in "
+                                 f"(0, {MAX_DRAM_BYTES}] (limits.MAX_DRAM_BYTES)")
+        sizes = {"DRAM": self.p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
+        consts = np.frombuffer(self.p.constants, np.uint8)
+        banks = getattr(self, "banks", None)
+        if banks is not None and len(banks["DRAM"]) == n:      # the last run's: what it wrote zeroed
+            for k, (lo, hi) in self._dirty.items():
+                if lo < hi:
+                    banks[k][:, lo:hi] = 0
+            lo, hi = self._dirty["DRAM"]
+            if lo < len(consts) and lo < hi:
+                banks["DRAM"][:, :len(consts)] = consts
+        else:
+            self.banks = None           # (the last run's go before the new ones are made)
+            try:
+                banks = {k: np.zeros((n, -(-v // ROW_ALIGN) * ROW_ALIGN), np.uint8)[:, :v]
+                         for k, v in sizes.items()}
+            except MemoryError:
+                raise ExecutionError(f"cannot allocate {n} copies of the program's memories "
+                                     f"({sum(sizes.values()):,} bytes each) on this host") from None
+            banks["DRAM"][:, :len(consts)] = consts
+        self.banks = banks
+        self._dirty = {k: [v, 0] for k, v in sizes.items()}     # the byte range each run writes
+
+    def _wrote(self, mem: str, lo: int, hi: int):
+        d = self._dirty[mem]
+        d[0], d[1] = min(d[0], lo), max(d[1], hi)
+
+    def _span(self, mem: str, lo: int, nbytes: int, what: str) -> tuple[int, int]:
+        size = self.banks[mem].shape[1]
+        if lo < 0 or nbytes < 0 or lo + nbytes > size:
+            raise ExecutionError(f"{what} [{lo}, {lo + nbytes}) is outside {mem} ({size} bytes)",
+                                 pc=self.pc, insn=self.text)
+        if lo % 4 and what != "DMA":
+            raise ExecutionError(f"{what} address {lo} in {mem} is not 4-byte aligned",
+                                 pc=self.pc, insn=self.text)
+        return lo, lo + nbytes
+
+    def _arr(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
+        """``[n, *shape]``: the batch's views of ``shape`` elements at ``mem[lo]``."""
+        dtype = np.dtype(dtype)
+        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
+        self.acc.append((mem, a, b, False))
+        bank = self.banks[mem]
+        return bank[:, a:b].view(dtype).reshape((len(bank),) + tuple(shape))
+
+    def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
+        return self._arr(mem, lo, shape, F32, what)
+
+    def _put(self, mem: str, lo: int, value: np.ndarray, what: str):
+        """Write ``value`` ``[n, ...]`` (one row per input) at ``mem[lo]``."""
+        bank = self.banks[mem]
+        value = np.ascontiguousarray(value).reshape(len(bank), -1)
+        a, b = self._span(mem, lo, value.nbytes // len(bank), what)
+        self.acc.append((mem, a, b, True))
+        bank[:, a:b] = value.view(np.uint8)
+
+    def _check_single(self, inputs: dict):
+        want = {t.name: t for t in self.p.inputs}
+        missing = sorted(set(want) - set(inputs))
+        extra = sorted(set(inputs) - set(want))
+        if missing or extra:
+            raise ConfigError(f"inputs: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+                              f"the program takes {sorted(want)}")
+        for name, t in want.items():
+            a = np.asarray(inputs[name])
+            if tuple(a.shape) != tuple(t.shape):
+                raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
+                                  f"compiled for {tuple(t.shape)}")
+
+    def _write_inputs(self, arrays: dict):
+        """Copy each input (``(n,) + shape``) into its rows of DRAM."""
+        dram = self.banks["DRAM"]
+        for t in self.p.inputs:
+            a = np.ascontiguousarray(arrays[t.name], dtype=t.dtype)
+            dram[:, t.addr:t.addr + t.nbytes] = a.reshape(len(dram), -1).view(np.uint8)
+            self._wrote("DRAM", t.addr, t.addr + t.nbytes)
+
+    def _read(self, t) -> np.ndarray:
+        """Output tensor ``t`` of every input: ``(n,) + shape``."""
+        raw = self.banks["DRAM"][:, t.addr:t.addr + t.nbytes]
+        return raw.view(np.dtype(t.dtype).newbyteorder("<")).reshape((len(raw),) + tuple(t.shape)).copy()
