@@ -133,16 +133,18 @@ def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
 
 def useful_steps(ins: Insn, nz: np.ndarray, wnz: np.ndarray | None = None,
                  shift_passes: np.ndarray | None = None, order: np.ndarray | None = None,
-                 wcol: np.ndarray | None = None):
+                 wcol: np.ndarray | None = None, per_k: np.ndarray | None = None):
     """PE steps no mechanism can skip: one per (pixel, issued weight) whose activation is
     non-zero (TACC: non-zero weights only; SACC: per live 4-channel group, the filter's
     shift passes).  A layer's lower bound counts these (:func:`cycles.lower_bound`).
-    ``wcol``: TACC's non-zero weights per position, ``wnz.sum(axis=0)``, if the caller has it.
+    ``wcol``: TACC's non-zero weights per position, ``wnz.sum(axis=0)``, and ``per_k``,
+    :func:`row_counts` of the batch's ``nz`` ``[n, c*kh*kw]``, if the caller has them.
     ``nz`` ``[c, kh*kw, oh*ow]`` gives an int; a batch ``[n, c, kh*kw, oh*ow]`` an int64
     array ``[n]``."""
     nz, single = _batched(nz, 3)
     n, c, kk, p = nz.shape
-    per_k = row_counts(nz.reshape(n, c * kk, p))          # [n, K] pixels reading a non-zero
+    if per_k is None:                                     # [n, K] pixels reading a non-zero
+        per_k = row_counts(nz.reshape(n, c * kk, p))
     if ins.f["depthwise"]:
         per_k = per_k.reshape(n, c, kk)[:, order if order is not None else slice(None)]
         got = (per_k * (wnz != 0)).sum(axis=(1, 2)) if wnz is not None else per_k.sum(axis=(1, 2))

@@ -160,7 +160,7 @@ class Interpreter(Memories, Kernels):
         a, b = self._span("WGT", addr, hi - addr, "weight block")
         self.acc.append(("WGT", a, b, False))
         self.block_bytes = b - a            # the energy model's weight reads
-        varying = len(bank) > 1 and not (bank[1:, a:b] == wgt[a:b]).all()
+        varying = len(bank) > 1 and not self._same_rows("WGT", a, b) and not (bank[1:, a:b] == wgt[a:b]).all()
         if ins.op == "MAC":             # dense: nothing to decode ([n, f, k] if the inputs' differ)
             src, shape = (bank[:, a:b], (len(bank), nf, k)) if varying else (wgt[a:b], (nf, k))
             if f["wfmt"] == 1:

@@ -87,6 +87,13 @@ def float_act(act: str, y: np.ndarray, slope: np.float32 = np.float32(0), slopes
     return out.reshape(y.shape)
 
 
+def _row_nonzeros(a: np.ndarray) -> np.ndarray:
+    """The non-zeros of each input's ``a[i]`` (int64 ``[n]``): one whole-array count per
+    input (NumPy's ``count_nonzero(axis=...)`` converts and sums instead, several times
+    slower)."""
+    return np.array([np.count_nonzero(row) for row in a], np.int64)
+
+
 @dataclass
 class ActSteps:
     """A conv instruction's activations as the cycle model sees them, per input of the batch
@@ -120,17 +127,28 @@ class Kernels:
         load = ins.op == "LOAD"
         src_mem, src, s_stride = ("DRAM", f["dram"], f["dram_stride"]) if load else (buf, f["sram"], f["sram_stride"])
         dst_mem, dst, d_stride = (buf, f["sram"], f["sram_stride"]) if load else ("DRAM", f["dram"], f["dram_stride"])
+        spans = []
         for mem, lo, stride, w in ((src_mem, src, s_stride, False), (dst_mem, dst, d_stride, True)):
             a, b = self._span(mem, lo, (y - 1) * stride + x, "DMA")
             self.acc.append((mem, a, b, w))
+            spans.append((a, b))
         s = self.banks[src_mem]
         d = self.banks[dst_mem]
-        if (s_stride == x or y == 1) and (d_stride == x or y == 1):
+        same = len(s) > 1 and self._same_rows(src_mem, *spans[0])
+        whole = d_stride == x or y == 1
+        if same:                    # every input's source bytes are equal: copy one row
+            s = s[:1]
+        if dst_mem == "WGT":        # (a strided copy leaves its gaps as they were)
+            same = same and (whole or self._same_rows("WGT", *spans[1]))
+            self._set_same(*spans[1], same)
+            if same:                # WGT keeps such bytes in row 0 only
+                d = d[:1]
+        if (s_stride == x or y == 1) and whole:
             d[:, dst:dst + y * x] = s[:, src:src + y * x]
         else:
-            n = len(s)
-            sv = as_strided(s[:, src:], shape=(n, y, x), strides=(s.strides[0], s_stride, 1), writeable=False)
-            dv = as_strided(d[:, dst:], shape=(n, y, x), strides=(d.strides[0], d_stride, 1))
+            sv = as_strided(s[:, src:], shape=(len(s), y, x), strides=(s.strides[0], s_stride, 1),
+                            writeable=False)
+            dv = as_strided(d[:, dst:], shape=(len(d), y, x), strides=(d.strides[0], d_stride, 1))
             dv[...] = sv
 
     def _input_tile(self, f) -> np.ndarray:
@@ -196,7 +214,7 @@ class Kernels:
         counts :func:`actskip.step_matrix` derives from the windows each pixel reads."""
         f = ins.f
         n = len(x)
-        nonzero = np.count_nonzero(x.reshape(n, -1), axis=1)
+        nonzero = _row_nonzeros(x)
         values = f["c"] * f["h"] * f["w"]
         if self.m.act_skip == "none":
             return ActSteps(nonzero, values)
@@ -208,9 +226,10 @@ class Kernels:
         if self.probe is not None:          # the same data under every PE mapping (act_stats)
             self._probe(ins, nz, counts, order, wnz, wmat)
         shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
-        useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol)
+        per_k = actskip.row_counts(nz.reshape(n, -1, nz.shape[-1]))       # [n, K] non-zero reads
+        useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol, per_k)
         return ActSteps(nonzero, values, total, acts, useful * self.m.lanes / cycles.lanes(ins, self.m), useful,
-                        np.count_nonzero(nz.reshape(n, -1), axis=1))
+                        per_k.sum(axis=1))
 
     def _tacc_masks(self, ins: Insn, w: np.ndarray) -> tuple:
         """``(order, wnz, count_matrix, wcol)`` of a TACC's block: its PE order, non-zero

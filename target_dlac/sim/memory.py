@@ -56,6 +56,42 @@ class Memories:
             banks["DRAM"][:, :len(consts)] = consts
         self.banks = banks
         self._dirty = {k: [v, 0] for k, v in sizes.items()}     # the byte range each run writes
+        self._same = [(0, m.wgt_bytes)]     # WGT ranges equal in every input's copy (sorted, disjoint)
+
+    def _same_rows(self, mem: str, lo: int, hi: int) -> bool:
+        """Are bytes ``[lo, hi)`` of ``mem`` known equal in every input's copy?  DRAM's
+        constants are until a run writes them; WGT ranges are while only such bytes were
+        loaded into them (:meth:`_set_same`); nothing else is tracked.  A copy from such a
+        range reads one row, and a weight block in one is not compared across the batch."""
+        if mem == "DRAM":
+            d_lo, d_hi = self._dirty["DRAM"]
+            return hi <= len(self.p.constants) and (hi <= d_lo or lo >= d_hi or d_lo >= d_hi)
+        if mem == "WGT":
+            return any(a <= lo and hi <= b for a, b in self._same)
+        return False
+
+    def _set_same(self, lo: int, hi: int, same: bool):
+        """Record WGT bytes ``[lo, hi)`` as equal in every row (``same``: only row 0 holds
+        them, the other rows' are stale) or not (first copying row 0 of what was equal to
+        every row, so that a write to part of the range leaves the rest right)."""
+        kept = []
+        bank = self.banks["WGT"]
+        for a, b in self._same:
+            if b <= lo or a >= hi:
+                kept.append((a, b))
+            else:
+                if not same:
+                    bank[1:, max(a, lo):min(b, hi)] = bank[0, max(a, lo):min(b, hi)]
+                kept += [(a, lo)] * (a < lo) + [(hi, b)] * (b > hi)
+        if same:
+            kept.append((lo, hi))
+        merged: list = []
+        for a, b in sorted(kept):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._same = merged
 
     def _wrote(self, mem: str, lo: int, hi: int):
         d = self._dirty[mem]
@@ -77,6 +113,9 @@ class Memories:
         a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
         self.acc.append((mem, a, b, False))
         bank = self.banks[mem]
+        if mem == "WGT" and len(bank) > 1 and self._same_rows(mem, a, b):    # row 0's, read-only
+            return np.broadcast_to(bank[:1, a:b].view(dtype).reshape((1,) + tuple(shape)),
+                                   (len(bank),) + tuple(shape))
         return bank[:, a:b].view(dtype).reshape((len(bank),) + tuple(shape))
 
     def _f32(self, mem: str, lo: int, shape: tuple, what: str) -> np.ndarray:
@@ -88,6 +127,8 @@ class Memories:
         value = np.ascontiguousarray(value).reshape(len(bank), -1)
         a, b = self._span(mem, lo, value.nbytes // len(bank), what)
         self.acc.append((mem, a, b, True))
+        if mem == "WGT":
+            self._set_same(a, b, False)     # (before the write: it copies row 0 of what was equal)
         bank[:, a:b] = value.view(np.uint8)
 
     def _check_single(self, inputs: dict):

@@ -180,3 +180,30 @@ def test_the_cap_bounds_memory(monkeypatch):
     assert batch_cap(prog, 2) == 2
     monkeypatch.setattr(batch_mod, "MAX_BATCH_BYTES", per // 2)
     assert batch_cap(prog, 100) == 1            # always at least one input
+
+
+class _Gram(nn.Module):
+    """``relu(x) @ x^T``: a matmul of two activations, lowered to MAC with the weight block
+    loaded from the activation (different in every input of a batch)."""
+
+    def forward(self, x):
+        return torch.relu(x) @ x.transpose(-2, -1)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 128, 300)], ids=["one_segment", "per_batch"])
+def test_weights_from_activations(shape):
+    from target_dlac.sim.host import HostRunner
+
+    x = np.random.default_rng(3).standard_normal((4,) + shape).astype(np.float32)
+    result = compile_model(_Gram().eval(), (torch.from_numpy(x[0]),), config=QuantConfig.full_precision())
+    prog = build_program(result, reference=False)
+    assert any(layer["op"] == "matmul" for layer in prog.meta["layers"])
+    name = result.input_names[0]
+    host = HostRunner(prog) if any(i.op == "HOST" for i in prog.insns) else None
+    singles = [Interpreter(prog).run({name: x[i]}, host) for i in range(4)]
+    outs, rep = run_batch(Interpreter(prog), {name: x}, host_runner=host)
+    for i, (o, r) in enumerate(singles):
+        assert outs["output_0"][i].tobytes() == o["output_0"].tobytes(), i
+        assert int(rep.cycles["total"][i]) == r.cycles["total"]
+        want = np.maximum(x[i], 0) @ x[i].transpose(0, 2, 1)
+        assert np.abs(o["output_0"] - want).max() <= 1e-4 * np.abs(want).max()

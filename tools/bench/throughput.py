@@ -44,6 +44,9 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")    # before TVM loads; --threads o
 import numpy as np
 
 EAGER, ORT, REF, INTERP, BATCHED = "pytorch-eager", "onnxruntime", "tvm-reference", "interp", "interp-batch"
+#: the batched interpreter in ``--threads`` processes (``dlac eval --jobs``: the same cores
+#: as PyTorch's threads; the interpreter runs BLAS single-threaded)
+PROCS = "interp-procs"
 #: issue 17's goals: MNIST 10k images under this many seconds, within GOAL_X of eager
 MNIST_GOAL_S, GOAL_X = 10.0, 3.0
 
@@ -191,6 +194,31 @@ def _interp_rows(program, X, sizes, profile, echo) -> tuple[list, dict, list]:
     return rows, checks, profiles
 
 
+def _procs_row(program, X, batch, jobs, checks, echo) -> dict:
+    """The batched interpreter over ``jobs`` processes (:func:`compiler.eval_run.evaluate`,
+    what ``dlac eval --jobs`` runs; its time includes starting the workers); asserts every
+    input's prediction and cycles equal batch 1's."""
+    import tempfile
+
+    from compiler.eval_data import Dataset
+    from compiler.eval_run import evaluate
+    from target_dlac.binary.container import write_program
+
+    classes = int(program.outputs[0].shape[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.dlac")
+        write_program(path, program)
+        ds = Dataset(X, np.zeros(len(X), np.int64), "bench", classes)
+        rep = evaluate(path, ds, batch=batch, jobs=jobs)
+    pred = np.asarray(rep["per_image"]["pred"])
+    cyc = np.asarray(rep["per_image"]["cycles"], np.int64)
+    if not (np.array_equal(pred, checks["pred1"]) and np.array_equal(cyc, checks["cycles"])):
+        raise AssertionError(f"the interpreter in {jobs} processes disagrees with batch 1")
+    row = _row(PROCS, batch, len(X), rep["seconds"], jobs=jobs, chunks=rep["chunks"])
+    echo(f"  {PROCS} batch {batch} x {jobs} processes: {row['images_per_s']:,.1f} images/s", flush=True)
+    return row
+
+
 def bench_model(name, model, X, labels, program, batches, args, echo) -> dict:
     """Every engine on ``X`` ((N,) + the binary's input shape); returns the model's numbers."""
     shape = tuple(program.inputs[0].shape)
@@ -203,13 +231,16 @@ def bench_model(name, model, X, labels, program, batches, args, echo) -> dict:
     rows.append(ref_row)
     irows, checks, profiles = _interp_rows(program, X, sizes, args.profile, echo)
     rows += irows
+    if args.threads > 1:
+        top = max(irows[1:] or irows, key=lambda r: r["images_per_s"])
+        rows.append(_procs_row(program, X, top["batch"], args.threads, checks, echo))
     eager = {r["batch"]: r for r in rows if r["engine"] == EAGER}
     interp1 = next(r for r in rows if r["engine"] == INTERP)
     for r in rows:
         e = eager.get(r["batch"])
         r["t_over_eager"] = e["images_per_s"] / r["images_per_s"] if e else None
         r["x_interp1"] = r["images_per_s"] / interp1["images_per_s"]
-    best = max((r for r in rows if r["engine"] in (INTERP, BATCHED)), key=lambda r: r["images_per_s"])
+    best = max((r for r in rows if r["engine"] in (INTERP, BATCHED, PROCS)), key=lambda r: r["images_per_s"])
     pred1, nref = checks["pred1"], ref_row["images"]
     agree = {"eager": int((pred1 == eager_pred).sum()), "reference": int((pred1[:nref] == ref_pred).sum()),
              "reference_images": nref}
