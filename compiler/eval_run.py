@@ -10,8 +10,11 @@ the sha256).  Chunk results are put back in dataset order, and a batched run giv
 input the outputs and cycles of its single run, so predictions, logits and cycles are
 identical however the work is split (``tests/compiler/test_eval.py``).
 
-With ``reference=True`` each chunk also runs the binary's TVM reference
-(:func:`target_dlac.sim.host.reference_runner`, built once per worker) image by image.
+With ``reference=True`` each chunk also runs the binary's TVM reference, built once per
+worker for the chunk's size with its outer loops threaded
+(:func:`target_dlac.sim.host.batch_reference_runner`; image by image with
+:func:`~target_dlac.sim.host.reference_runner` for a graph that cannot be rebatched); a
+pool's workers share the cores (``TVM_NUM_THREADS`` = cores / jobs).
 :func:`evaluate` returns the report (schema: docs/eval.md).
 """
 
@@ -63,8 +66,11 @@ def _entry(sha: str, blob: bytes | None = None, path: str | None = None) -> dict
         return hit
 
 
-def init_worker(sha: str, path: str) -> None:
-    """Process-pool initializer: load the binary once in this worker."""
+def init_worker(sha: str, path: str, tvm_threads: int | None = None) -> None:
+    """Process-pool initializer: load the binary once in this worker (``tvm_threads``: its
+    share of the cores for TVM's thread pool, set before TVM is imported)."""
+    if tvm_threads:
+        os.environ["TVM_NUM_THREADS"] = str(tvm_threads)
     _entry(sha, path=path)
 
 
@@ -84,14 +90,29 @@ def eval_chunk(sha: str, blob: bytes | None, lo: int, x: np.ndarray, batch: int,
                "energy_pj": {k: np.asarray(v, np.float64) for k, v in rep.energy_pj.items()},
                "ref_logits": None}
         if reference:
-            if e["ref"] is None:
-                from target_dlac.sim.host import reference_runner
-
-                e["ref"] = reference_runner(prog)
-            names = prog.meta.get("input_names") or [t_in.name]
-            out["ref_logits"] = np.stack([np.asarray(e["ref"]({names[0]: x[i]})[0]).reshape(-1)
-                                          for i in range(len(x))])
+            out["ref_logits"] = _reference_logits(e, x, batch)
     return out
+
+
+def _reference_logits(e: dict, x: np.ndarray, batch: int) -> np.ndarray:
+    """The TVM reference's logits of ``x``: the REF graph built once per worker for
+    ``batch`` inputs with its outer loops threaded
+    (:func:`target_dlac.sim.host.batch_reference_runner`), or, for a graph that cannot be
+    rebatched, the batch-1 graph image by image."""
+    from target_dlac.sim.host import batch_reference_runner, reference_runner
+
+    prog = e["program"]
+    name = (prog.meta.get("input_names") or [prog.inputs[0].name])[0]
+    if e["ref"] is None:
+        batch = min(batch, len(x))          # the size of this worker's chunks (a last one is padded)
+        runner = batch_reference_runner(prog, batch)
+        e["ref"] = ("batch", runner) if runner is not None else ("single", reference_runner(prog))
+    kind, runner = e["ref"]
+    batch = runner.batch if kind == "batch" else batch
+    if kind == "single":
+        return np.stack([np.asarray(runner({name: x[i]})[0]).reshape(-1) for i in range(len(x))])
+    parts = [np.asarray(runner({name: x[i:i + batch]})[0]) for i in range(0, len(x), batch)]
+    return np.concatenate(parts).reshape(len(x), -1)
 
 
 def plan_chunks(n: int, cap: int, workers: int) -> list[tuple[int, int]]:
@@ -114,7 +135,8 @@ def _run_pool(sha, path, x, chunks, batch, reference, jobs):
 
     # spawn: the parent may hold TVM (threads); a forked child of it is not safe
     with ProcessPoolExecutor(min(jobs, len(chunks)), mp_context=mp.get_context("spawn"),
-                             initializer=init_worker, initargs=(sha, path)) as ex:
+                             initializer=init_worker,
+                             initargs=(sha, path, max(1, (os.cpu_count() or 1) // jobs))) as ex:
         futs = [ex.submit(eval_chunk, sha, None, lo, x[lo:hi], batch, reference) for lo, hi in chunks]
         for f in as_completed(futs):
             yield f.result()

@@ -72,6 +72,13 @@ MAX_RUN_WORK = 1 << 37
 #: oldest entries beyond this many bytes (block bytes + decoded matrix).  Real programs:
 #: 152 MiB (ResNet-50 SWIS).
 MAX_WEIGHT_CACHE_BYTES = 256 * MIB
+#: Bytes a batched run (:mod:`target_dlac.sim.batch`) may hold for its inputs' memories
+#: (each input its own DRAM image and on-chip buffers) and the temporaries of the largest
+#: instruction, together; a larger request runs in chunks.  Real programs: ResNet-18 224
+#: (ternary) holds 34 MiB per input (60 per chunk), the MNIST CNN 3.3 MiB (the default 64).
+MAX_BATCH_BYTES = 2048 * MIB
+#: The inputs per batched pass when a caller names none (capped by ``MAX_BATCH_BYTES``).
+DEFAULT_BATCH = 64
 #: Work charged per filter of a decoded SWIS block (``packing.unpack_swis`` loops over the
 #: filters in Python: about 25 us each, the time of some 65,000 pooling-window elements),
 #: on top of 32 per byte of the block (its groups are unpacked at about 12 ns a byte).

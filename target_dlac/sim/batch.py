@@ -18,13 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from target_dlac.core.errors import ConfigError
-from target_dlac.isa.limits import MIB, insn_budget
-
-#: Bytes a batched run may hold for its inputs' memories and temporaries together
-#: (:func:`batch_cap`); a larger request runs in chunks.
-MAX_BATCH_BYTES = 2048 * MIB
-#: The batch a caller gets when it names none (capped by :func:`batch_cap`).
-DEFAULT_BATCH = 64
+from target_dlac.isa import limits
+from target_dlac.isa.limits import DEFAULT_BATCH, insn_budget
 
 #: The per-input cycle figures of a :class:`BatchReport` (a run report's ``cycles`` keys).
 CYCLE_KEYS = ("total", "compute", "load_stall", "store_stall")
@@ -41,12 +36,12 @@ def per_input_bytes(program) -> int:
 
 
 def batch_cap(program, requested: int | None = None) -> int:
-    """The inputs one chunk runs: ``requested`` (default :data:`DEFAULT_BATCH`), at most
-    what :data:`MAX_BATCH_BYTES` holds (:func:`per_input_bytes`), at least 1."""
+    """The inputs one chunk runs: ``requested`` (default ``limits.DEFAULT_BATCH``), at most
+    what ``limits.MAX_BATCH_BYTES`` holds (:func:`per_input_bytes`), at least 1."""
     if requested is not None and (not isinstance(requested, (int, np.integer)) or requested < 1):
         raise ConfigError(f"batch size {requested!r}: expected a positive integer")
     want = DEFAULT_BATCH if requested is None else int(requested)
-    return max(1, min(want, MAX_BATCH_BYTES // max(1, per_input_bytes(program))))
+    return max(1, min(want, limits.MAX_BATCH_BYTES // max(1, per_input_bytes(program))))
 
 
 @dataclass

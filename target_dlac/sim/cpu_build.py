@@ -17,13 +17,41 @@ from target_dlac.core.errors import ConfigError, ReferenceBuildError, tvm_error_
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 
-def build_vm(mod, what: str):
+def parallel_outer_loops(mod):
+    """``mod`` with its operators lowered (``LegalizeOps``) and the outermost loop of every
+    block of every loop nest marked parallel, where that is legal (a spatial loop: the batch
+    for a graph built for one): TVM's thread pool (``TVM_NUM_THREADS``) then shares the
+    inputs of a batch.  Each output element is computed as before, so the values do not
+    change.  A block whose outer loop is a reduction stays serial."""
+    from tvm import relax, s_tir
+    from tvm.tirx import PrimFunc
+
+    mod = relax.transform.LegalizeOps()(mod)
+    for gv, fn in list(mod.functions_items()):
+        if not isinstance(fn, PrimFunc):
+            continue
+        sch = s_tir.Schedule(fn)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            loops = sch.get_loops(block)
+            if loops:
+                try:
+                    sch.parallel(loops[0])
+                except s_tir.ScheduleError:
+                    pass                # not a spatial loop: left serial
+        mod[gv] = sch.mod["main"]
+    return mod
+
+
+def build_vm(mod, what: str, parallel: bool = False):
     """``mod`` built for the CPU, as a ``relax.VirtualMachine``; a failed build is a
-    one-line :class:`ReferenceBuildError` naming ``what`` was built."""
+    one-line :class:`ReferenceBuildError` naming ``what`` was built.  ``parallel``: the outer
+    loops on TVM's thread pool (:func:`parallel_outer_loops`)."""
     import tvm
     from tvm import relax
 
     try:
+        if parallel:
+            mod = parallel_outer_loops(mod)
         exe = tvm.compile(mod, target="llvm")
     except Exception as e:  # noqa: BLE001
         raise ReferenceBuildError(f"building the {what} failed: {type(e).__name__}: "
@@ -44,7 +72,7 @@ class CpuBuild:
     """A Relax module's ``main`` built for the CPU, callable on NumPy inputs (an array,
     a list or a dict by parameter name); returns a list of NumPy outputs."""
 
-    def __init__(self, mod, what: str = "reference"):
+    def __init__(self, mod, what: str = "reference", parallel: bool = False):
         import tvm
 
         main = mod["main"]
@@ -53,7 +81,7 @@ class CpuBuild:
         for p in main.params:
             ty = p.ty
             self.input_shapes[p.name] = (tuple(int(s) for s in ty.shape.values), str(ty.dtype.dtype))
-        self.vm = build_vm(mod, what)
+        self.vm = build_vm(mod, what, parallel)
         self._tensor = tvm.runtime.tensor
 
     def _inputs(self, inputs) -> list:

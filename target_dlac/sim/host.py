@@ -104,6 +104,70 @@ def reference_runner(program):
     return lambda inputs: build({name: inputs[name] for name in (inputs if names is None else names)})
 
 
+def _rebatched(program, batch: int):
+    """The REF graph's description taking ``batch`` inputs at once: in every function, each
+    parameter's leading dim 1 and each ``reshape`` target's leading 1 become ``batch``.
+    ``None`` when the graph is not written that way (a parameter without a leading 1, a
+    shape operand of another op), so the batch-1 graph must be used."""
+    import copy
+
+    g = hostgraph.parse(program.reference, "REF", consts=program.constants)
+    doc = copy.deepcopy(g.doc)
+    for fn in doc["functions"]:
+        if not fn["params"] or any(not p["shape"] or p["shape"][0] != 1 for p in fn["params"]):
+            return None
+        for p in fn["params"]:
+            p["shape"][0] = batch
+        for node in fn["nodes"]:
+            for a in node.get("args", []):
+                if isinstance(a, list) and a and a[0] == "shape":
+                    if node.get("op") != "relax.reshape" or not a[1] or a[1][0] != 1:
+                        return None
+                    a[1][0] = batch
+    return hostgraph.Graph(doc, g.data, g.section, g.consts)
+
+
+def batch_reference_runner(program, batch: int):
+    """``inputs -> outputs`` of the binary's REF graph built for ``batch`` inputs at once, its
+    outer loops on TVM's thread pool (:func:`target_dlac.sim.cpu_build.parallel_outer_loops`):
+    ``inputs`` name -> ``(n,) + shape`` arrays (``n <= batch``; a short batch is zero-padded),
+    outputs ``(n,) + shape``, each input's as the batch-1 graph computes it
+    (``tests/sim/test_batch.py``).  ``None`` if the graph cannot be rebatched
+    (:func:`_rebatched`); then use :func:`reference_runner` per input."""
+    if program.reference is None:
+        reference_module(program)       # the error naming the missing section
+    g = _rebatched(program, batch)
+    if g is None:
+        return None
+    from tvm import relax
+
+    try:
+        mod = hostgraph.build(g)
+    except BinaryFormatError:           # TVM's type inference refused a rebatched node
+        return None
+    ty = mod["main"].body.ty
+    for t in (ty.fields if isinstance(ty, relax.TupleType) else [ty]):   # every output batched
+        if not isinstance(t, relax.TensorType) or t.shape is None or int(t.shape.values[0]) != batch:
+            return None
+    build = CpuBuild(mod, "batched reference graph", parallel=True)
+    names = program.meta.get("input_names") or [t.name for t in program.inputs]
+    shapes = {t.name: tuple(t.shape) for t in program.inputs}
+
+    def run(inputs: dict) -> list[np.ndarray]:
+        n = len(next(iter(inputs.values())))
+        if not 0 < n <= batch:
+            raise ValueError(f"{n} inputs for a reference built for {batch}")
+        args = {}
+        for name in names:
+            a = np.asarray(inputs[name]).reshape((n,) + shapes[name])[:, 0]
+            if n < batch:
+                a = np.concatenate([a, np.zeros((batch - n,) + a.shape[1:], a.dtype)])
+            args[name] = a
+        return [o[:n, None] for o in build(args)]
+    run.batch = batch
+    return run
+
+
 def reference_outputs(program, inputs: dict) -> list[np.ndarray]:
     """Run the binary's REF graph (the quantized Relax graph) on the TVM CPU build."""
     return reference_runner(program)(inputs)

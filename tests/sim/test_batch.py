@@ -18,6 +18,7 @@ from compiler import QuantConfig, compile_model  # noqa: E402
 from compiler.build import build_program  # noqa: E402
 from compiler.datasets import mnist_cnn, mnist_test  # noqa: E402
 from target_dlac.core.errors import ConfigError  # noqa: E402
+from target_dlac.isa import limits  # noqa: E402
 from target_dlac.isa.machine import Machine  # noqa: E402
 from target_dlac.sim import batch as batch_mod  # noqa: E402
 from target_dlac.sim.batch import batch_cap, run_batch  # noqa: E402
@@ -175,10 +176,10 @@ def test_the_cap_bounds_memory(monkeypatch):
     prog = build_program(_compiled("ternary"), reference=False)
     per = batch_mod.per_input_bytes(prog)
     assert per > prog.dram_bytes
-    monkeypatch.setattr(batch_mod, "MAX_BATCH_BYTES", 3 * per)
+    monkeypatch.setattr(limits, "MAX_BATCH_BYTES", 3 * per)
     assert batch_cap(prog, 100) == 3
     assert batch_cap(prog, 2) == 2
-    monkeypatch.setattr(batch_mod, "MAX_BATCH_BYTES", per // 2)
+    monkeypatch.setattr(limits, "MAX_BATCH_BYTES", per // 2)
     assert batch_cap(prog, 100) == 1            # always at least one input
 
 
@@ -207,3 +208,21 @@ def test_weights_from_activations(shape):
         assert int(rep.cycles["total"][i]) == r.cycles["total"]
         want = np.maximum(x[i], 0) @ x[i].transpose(0, 2, 1)
         assert np.abs(o["output_0"] - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("acts", ["fp32", "int8"])
+def test_batched_reference_equals_batch_one(mixed_inputs, acts):
+    """The REF graph rebuilt for a batch, its outer loops on TVM's thread pool, gives each
+    input the batch-1 graph's outputs bit for bit (a short batch zero-padded)."""
+    pytest.importorskip("tvm")
+    from target_dlac.sim.host import batch_reference_runner, reference_runner
+
+    calib = {"x": mixed_inputs[:, 0]} if acts == "int8" else None
+    prog = build_program(_compiled("ternary"), activations=acts, calib=calib)
+    one = reference_runner(prog)
+    want = np.stack([one({"x": mixed_inputs[i]})[0] for i in range(len(mixed_inputs))])
+    run = batch_reference_runner(prog, 4)
+    assert run is not None and run.batch == 4
+    got = np.concatenate([run({"x": mixed_inputs[i:i + 4]})[0] for i in (0, 4)])     # 4 + 3 (padded)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert got.tobytes() == want.tobytes()

@@ -25,7 +25,8 @@ def test_every_engine_at_a_positive_rate(data):
     m = data["models"]["mnist"]
     got = {(r["engine"], r["batch"]) for r in m["rows"]}
     assert got == {("pytorch-eager", 1), ("pytorch-eager", 16), ("onnxruntime", 1), ("onnxruntime", 16),
-                   ("tvm-reference", 1), ("interp", 1), ("interp-batch", 1), ("interp-batch", 16)}
+                   ("tvm-reference", 1), ("tvm-reference", 16), ("interp", 1), ("interp-batch", 1),
+                   ("interp-batch", 16), ("interp-procs", 16)}
     for r in m["rows"]:
         assert r["images"] == IMAGES and r["seconds"] > 0 and r["images_per_s"] > 0
         assert r["t_over_eager"] > 0 and r["x_interp1"] > 0

@@ -146,6 +146,28 @@ def _ref_row(program, X, limit, echo) -> tuple[dict, np.ndarray]:
     return row, _preds(np.stack(outs), n)
 
 
+def _ref_batch_row(program, X, n, batch, pred1, echo) -> dict | None:
+    """The REF graph built for ``batch`` inputs with its outer loops threaded (what
+    ``dlac eval --reference`` runs); asserts its predictions equal the batch-1 graph's."""
+    from target_dlac.sim.host import batch_reference_runner
+
+    t0 = time.perf_counter()
+    runner = batch_reference_runner(program, batch)
+    if runner is None:
+        echo(f"  {REF} batch {batch}: the graph cannot be rebatched", flush=True)
+        return None
+    build = time.perf_counter() - t0
+    runner({"x": X[:batch]})                                # warm-up
+    t0 = time.perf_counter()
+    outs = np.concatenate([runner({"x": X[i:min(n, i + batch)]})[0] for i in range(0, n, batch)])
+    row = _row(REF, batch, n, time.perf_counter() - t0, build_s=build)
+    if not np.array_equal(_preds(outs, n), pred1):
+        raise AssertionError(f"the batch-{batch} reference predicts differently from the batch-1 one")
+    echo(f"  {REF} batch {batch}: {row['images_per_s']:,.1f} images/s ({n} images; built in {build:.1f} s)",
+         flush=True)
+    return row
+
+
 def _interp_rows(program, X, sizes, profile, echo) -> tuple[list, dict, list]:
     """The interpreter at batch 1 and batched; asserts the batched runs equal batch 1."""
     from target_dlac.sim.batch import batch_cap, run_batch
@@ -229,6 +251,8 @@ def bench_model(name, model, X, labels, program, batches, args, echo) -> dict:
     rows += _ort_rows(model, X, shape, sorted({1, *sizes}), args.threads, echo)
     ref_row, ref_pred = _ref_row(program, X, args.ref_images, echo)
     rows.append(ref_row)
+    rb = _ref_batch_row(program, X, ref_row["images"], max(sizes), ref_pred, echo)
+    rows += [rb] if rb else []
     irows, checks, profiles = _interp_rows(program, X, sizes, args.profile, echo)
     rows += irows
     if args.threads > 1:
