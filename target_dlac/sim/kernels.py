@@ -87,6 +87,15 @@ def float_act(act: str, y: np.ndarray, slope: np.float32 = np.float32(0), slopes
     return out.reshape(y.shape)
 
 
+def _pad_hw(x: np.ndarray, top: int, bottom: int, left: int, right: int, value=0) -> np.ndarray:
+    """``x`` ``[..., h, w]`` with its last two axes padded by ``value`` (``np.pad``'s result,
+    made with one allocation and one copy)."""
+    h, w = x.shape[-2:]
+    out = np.full(x.shape[:-2] + (h + top + bottom, w + left + right), value, x.dtype)
+    out[..., top:top + h, left:left + w] = x
+    return out
+
+
 def _row_nonzeros(a: np.ndarray) -> np.ndarray:
     """The non-zeros of each input's ``a[i]`` (int64 ``[n]``): one whole-array count per
     input (NumPy's ``count_nonzero(axis=...)`` converts and sums instead, several times
@@ -157,7 +166,7 @@ class Kernels:
         if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
             x = x.astype(F32)
         if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
-            x = np.pad(x, ((0, 0), (0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
+            x = _pad_hw(x, f["pt"], f["pb"], f["pl"], f["pr"])
         return x
 
     def _conv(self, ins: Insn):
@@ -330,7 +339,7 @@ class Kernels:
         x = self._arr("INP", f["src"], (c, h, w), odt, "pool input")
         if odt == F16:
             x = x.astype(F32)
-        pads = ((0, 0), (0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"]))
+        pads = (f["pt"], f["pb"], f["pl"], f["pr"])
         mode = POOL_MODES[f["mode"]]
 
         def reduce(a, fn):
@@ -347,16 +356,16 @@ class Kernels:
             return out
 
         if mode == "max":
-            out = reduce(np.pad(x, pads, constant_values=-128 if integer else -np.inf), np.maximum)
+            out = reduce(_pad_hw(x, *pads, value=-128 if integer else -np.inf), np.maximum)
         elif integer:       # window sum, then the multiplier/shift requantization
-            total = reduce(np.pad(x.astype(np.int64), pads), np.add)
+            total = reduce(_pad_hw(x.astype(np.int64), *pads), np.add)
             out = self._requant(total * f["mult"], f["shift"], -128, 127)
         else:
-            out = reduce(np.pad(x, pads).astype(np.float32, copy=False), np.add)
+            out = reduce(_pad_hw(x, *pads).astype(np.float32, copy=False), np.add)
             if f["count_pad"]:
                 out /= np.float32(kh * kw)
             else:
-                ones = np.pad(np.ones((1, 1, h, w), np.float32), pads)
+                ones = _pad_hw(np.ones((1, 1, h, w), np.float32), *pads)
                 out /= np.maximum(reduce(ones, np.add), 1)
         self._put("ACC", f["dst"], out.astype(odt), "pool output")
 
