@@ -128,22 +128,33 @@ def _rebatched(program, batch: int):
 
 
 def batch_reference_runner(program, batch: int):
-    """``inputs -> outputs`` of the binary's REF graph built for ``batch`` inputs at once, its
-    outer loops on TVM's thread pool (:func:`target_dlac.sim.cpu_build.parallel_outer_loops`):
-    ``inputs`` name -> ``(n,) + shape`` arrays (``n <= batch``; a short batch is zero-padded),
-    outputs ``(n,) + shape``, each input's as the batch-1 graph computes it
-    (``tests/sim/test_batch.py``).  ``None`` if the graph cannot be rebatched
+    """``inputs -> outputs`` of the binary's REF graph built for up to ``batch`` inputs at once,
+    its outer loops on TVM's thread pool (:func:`target_dlac.sim.cpu_build.parallel_outer_loops`):
+    ``inputs`` name -> ``(n,) + shape`` arrays (``n <=`` the runner's ``batch``; a short batch
+    is zero-padded), outputs ``(n,) + shape``, each input's as the batch-1 graph computes it
+    (``tests/sim/test_batch.py``).  A batch whose graph exceeds the closed format's work
+    bound (``hostgraph.vocabulary.LIMITS.work``) is halved until it fits (the runner's
+    ``batch`` says what was built).  ``None`` if the graph cannot be rebatched
     (:func:`_rebatched`); then use :func:`reference_runner` per input."""
-    if program.reference is None:
-        reference_module(program)       # the error naming the missing section
-    g = _rebatched(program, batch)
-    if g is None:
-        return None
     from tvm import relax
 
-    try:
-        mod = hostgraph.build(g)
-    except BinaryFormatError:           # TVM's type inference refused a rebatched node
+    from target_dlac.binary.hostgraph.vocabulary import LIMITS
+
+    stats: dict = {}
+    g1 = hostgraph.parse(program.reference, "REF", consts=program.constants) if program.reference \
+        else reference_module(program)      # (the error naming the missing section)
+    hostgraph.build(g1, stats=stats)        # the batch-1 graph's work: the batch that fits
+    batch = min(batch, LIMITS.work // max(1, stats["work"]))
+    mod = None
+    while batch >= 2 and mod is None:
+        g = _rebatched(program, batch)
+        if g is None:
+            return None
+        try:
+            mod = hostgraph.build(g)
+        except BinaryFormatError:       # over the work bound, or TVM refused a rebatched node
+            batch //= 2
+    if mod is None:
         return None
     ty = mod["main"].body.ty
     for t in (ty.fields if isinstance(ty, relax.TupleType) else [ty]):   # every output batched

@@ -216,3 +216,18 @@ def test_500_images_match_a_loop_of_single_runs(mnist_binary, tmp_path):
     assert rep["cycles"]["mean"] == float(np.mean(cycles))
     cli_rep = _eval(mnist_binary, tmp_path, "--data", "mnist", "--limit", "500")
     assert cli_rep["accuracy"] == acc and cli_rep["per_image"]["cycles"] == cycles
+
+
+@pytest.mark.slow
+def test_500_images_match_the_demo(tmp_path):
+    """``dlac eval`` on the demo's own binary and 500 images gives the demo's figures: its
+    accuracy, its per-image cycle spread (min, median, max)."""
+    from compiler.demo import run_demo
+
+    demo = run_demo(500, out_dir=str(tmp_path / "demo"), echo=lambda *a, **k: None)
+    rep = _eval(demo["path"], tmp_path, "--data", "mnist", "--limit", "500")
+    assert rep["images"] == 500 and rep["accuracy"] == demo["accuracy"]["dlac"]
+    cyc = np.array(rep["per_image"]["cycles"])
+    assert (int(cyc.min()), float(np.median(cyc)), int(cyc.max())) == \
+        (demo["cycles"]["min"], demo["cycles"]["median"], demo["cycles"]["max"])
+    assert demo["agree"] == 500            # and the demo's interpreter agrees with TVM on all

@@ -48,9 +48,11 @@ def weight_index(blob: bytes, section: str = "REF") -> W.WeightIndex:
     return W.WeightIndex.of_graph(g, constant_arrays(g))
 
 
-def build(g: Graph, arrays: list | None = None):
+def build(g: Graph, arrays: list | None = None, stats: dict | None = None):
     """The checked graph ``g`` as a Relax module (``arrays``: its constants, if already
-    decoded by :func:`constant_arrays`; the list is emptied as TVM takes them)."""
+    decoded by :func:`constant_arrays`; the list is emptied as TVM takes them).  ``stats``,
+    if given, receives ``work``: the graph's estimated operations (what
+    ``LIMITS.work`` bounds)."""
     from tvm import relax
 
     w = _Where(g.section)
@@ -94,6 +96,8 @@ def build(g: Graph, arrays: list | None = None):
     mod = bb.get()
     for gv, fn in list(mod.functions_items()):
         mod[gv] = fn.with_attr("global_symbol", gv.name_hint)
+    if stats is not None:
+        stats["work"] = work
     return mod
 
 
