@@ -48,17 +48,19 @@ class Dataset:
 
 def binary_io(program) -> tuple:
     """``(input tensor, output tensor, classes)`` of a classifier binary: exactly one input
-    and one output, the output's dims but the last all 1 (the last: the classes)."""
+    and one output, one row of class scores: every dim of the output 1 but one, the classes
+    (``(1, 1000)``, or ``(1, 1000, 1, 1)`` as SqueezeNet ends)."""
     ins, outs = list(program.inputs), list(program.outputs)
     if len(ins) != 1 or len(outs) != 1:
         raise ConfigError(f"dlac eval needs a binary with one input and one output; this one has "
                           f"{len(ins)} input(s) and {len(outs)} output(s)")
     t_in, t_out = ins[0], outs[0]
     shape = tuple(int(d) for d in t_out.shape)
-    if not shape or shape[-1] < 1 or any(d != 1 for d in shape[:-1]):
+    wide = [d for d in shape if d != 1]
+    if not shape or len(wide) > 1 or min(shape) < 1:
         raise ConfigError(f"output {t_out.name!r} has shape {shape}: dlac eval needs one row of class "
-                          "scores (every dim but the last 1)")
-    return t_in, t_out, shape[-1]
+                          "scores (every dim 1 but the classes')")
+    return t_in, t_out, (wide or [1])[0]
 
 
 def _floats(spec, what: str) -> list[float]:

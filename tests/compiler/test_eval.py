@@ -73,6 +73,7 @@ def test_binary_must_be_a_one_input_one_output_classifier():
     with pytest.raises(ConfigError, match=r"shape \(1, 4, 10\)"):
         binary_io(_prog(out_shapes=((1, 4, 10),)))
     assert binary_io(_prog(out_shapes=((1, 1000),)))[2] == 1000
+    assert binary_io(_prog(out_shapes=((1, 1000, 1, 1),)))[2] == 1000      # SqueezeNet's
 
 
 def test_preprocessing_scale_then_per_channel_normalization(tmp_path):
