@@ -230,10 +230,19 @@ class Kernels:
         wnz = order = wmat = wcol = None
         if ins.op == "TACC":
             order, wnz, wmat, wcol = self._tacc_masks(ins, w)
-        nz = cols != 0
+        # the non-zero flags, the pixels padded with zeros to whole passes (so that neither
+        # the pass OR nor the row counts copy them again; zeros change neither)
+        p = cols.shape[-1]
+        whole = -(-p // (cycles.grid(ins, self.m)[0] * cycles.lanes(ins, self.m))) * \
+            cycles.grid(ins, self.m)[0] * cycles.lanes(ins, self.m)
+        if whole == p:
+            nz = cols != 0
+        else:
+            nz = np.zeros(cols.shape[:-1] + (whole,), bool)
+            np.not_equal(cols, 0, out=nz[..., :p])
         total, acts = actskip.conv_steps(ins, self.m, nz, counts, order, wnz, wmat)
         if self.probe is not None:          # the same data under every PE mapping (act_stats)
-            self._probe(ins, nz, counts, order, wnz, wmat)
+            self._probe(ins, nz[..., :p], counts, order, wnz, wmat)
         shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
         per_k = actskip.row_counts(nz.reshape(n, -1, nz.shape[-1]))       # [n, K] non-zero reads
         useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol, per_k)
