@@ -127,7 +127,11 @@ def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
     float32 sums of at most 2^24 ones)."""
     lead = live.shape[:-3]
     k, npass, units = live.shape[-3:]
-    out = w @ live.reshape(lead + (k, -1)).astype(np.float32)
+    m = int(np.prod(lead, dtype=np.int64))
+    # one product for the whole batch ([K, batch * passes * units]; NumPy's broadcast matmul
+    # of a matrix over a stack does not call the BLAS): exact in any order, counts of ones
+    cols = np.ascontiguousarray(live.reshape(m, k, -1).transpose(1, 0, 2), dtype=np.float32)
+    out = (w @ cols.reshape(k, -1)).reshape(len(w), m, -1).transpose(1, 0, 2)
     return out.reshape(lead + (len(w), npass, units))
 
 
