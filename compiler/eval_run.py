@@ -143,21 +143,14 @@ def _run_pool(sha, path, x, chunks, batch, reference, jobs):
 
 
 def _run_dask(sha, blob, x, chunks, batch, reference, address, timeout):
-    import re
-
     from compiler import tune_dask
-    from target_dlac.core.errors import DlacError
 
+    words = tune_dask.Wording(item="", task="chunk", progress="{done} of {total} chunk(s) were evaluated",
+                              none="")
     calls = {i: (sha, blob, lo, x[lo:hi], batch, reference) for i, (lo, hi) in enumerate(chunks)}
     names = {i: f"images {lo}..{hi - 1}" for i, (lo, hi) in enumerate(chunks)}
-    try:
-        for _, out in tune_dask.dask_results(address, calls, names, timeout, fn=eval_chunk):
-            yield out
-    except DlacError as e:          # the tuner's words ("layer ...", "rerun to resume") made eval's
-        msg = re.sub(r"; (\d+ of \d+ layer\(s\) were tuned and logged; )?rerun to resume$", "", str(e))
-        msg = re.sub(r"^layer (images \d+\.\.\d+): its search", r"\1: the chunk", msg)
-        msg = msg.replace("cancelled its search", "cancelled the chunk")
-        raise (ConfigError if isinstance(e, ConfigError) else DlacError)(msg) from None
+    for _, out in tune_dask.dask_results(address, calls, names, timeout, fn=eval_chunk, words=words):
+        yield out
 
 
 class _LocalCluster:

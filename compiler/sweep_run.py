@@ -74,7 +74,10 @@ def _dask(state: dict, chunks: list, address: str, timeout: float):
 
     calls = {i: (c, state) for i, c in enumerate(chunks)}
     names = {i: f"points {c[0][0]}..{c[-1][0]}" for i, c in enumerate(chunks)}
-    for _, recs in tune_dask.dask_results(address, calls, names, timeout, fn=sweep.evaluate_chunk):
+    words = tune_dask.Wording(item="", task="chunk",
+                              progress="{done} of {total} chunk(s) were written; rerun to resume")
+    for _, recs in tune_dask.dask_results(address, calls, names, timeout, fn=sweep.evaluate_chunk,
+                                          words=words):
         yield recs
 
 

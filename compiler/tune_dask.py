@@ -9,6 +9,7 @@ or a failed task is one :class:`DlacError` line.  Used by :func:`compiler.tune.t
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import time
 
 from target_dlac.core.text import printable
@@ -68,10 +69,27 @@ def _quiet_dask_logs():
             logging.getLogger(n).setLevel(level)
 
 
-def dask_results(address: str, calls: dict, names: dict, timeout: float, fn=tune_layer):
-    """Run ``tune_layer(*calls[k])`` for every ``k`` on the Dask cluster whose scheduler is
-    at ``address`` (``tcp://host:port`` or ``host:port``); yield ``(k, outcome)`` as each
-    one finishes.  ``names[k]``: the layer's name for errors.  Raises :class:`DlacError`
+@dataclass(frozen=True)
+class Wording:
+    """How a run's errors name its work: ``item`` names ``names[k]`` (``"layer"``; empty:
+    the name alone), ``task`` is what runs for it (``"search"``), ``progress`` says how far
+    the run got (``{done}`` and ``{total}`` filled in) and ``none`` what to say when nothing
+    finished (empty: nothing)."""
+    item: str = "layer"
+    task: str = "search"
+    progress: str = "{done} of {total} layer(s) were tuned and logged; rerun to resume"
+    none: str = "rerun to resume"
+
+
+#: ``dlac tune``'s words (the default)
+TUNE_WORDS = Wording()
+
+
+def dask_results(address: str, calls: dict, names: dict, timeout: float, fn=tune_layer,
+                 words: Wording = TUNE_WORDS):
+    """Run ``fn(*calls[k])`` (default ``tune_layer``) for every ``k`` on the Dask cluster whose
+    scheduler is at ``address`` (``tcp://host:port`` or ``host:port``); yield ``(k, outcome)``
+    as each one finishes.  ``names[k]``: the item's name for errors, worded by ``words``.  Raises :class:`DlacError`
     (one line) when the scheduler cannot be reached or is lost, when no worker is there
     or none can import dlac within ``timeout`` s, when every usable worker is lost for
     ``timeout`` s, or when a task fails."""
@@ -84,7 +102,7 @@ def dask_results(address: str, calls: dict, names: dict, timeout: float, fn=tune
             client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as e:
             raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
-        run = _DaskRun(client, address, timeout, names, fn)
+        run = _DaskRun(client, address, timeout, names, fn, words)
         try:
             yield from run.results(calls)
         except (OSError, TimeoutError) as e:     # distributed's CommClosedError is an OSError
@@ -99,8 +117,9 @@ class _DaskRun:
     (``good``: address -> dlac version), failed it (``bad``: address -> why), or are
     being probed (``probing``: address -> (future, start time))."""
 
-    def __init__(self, client, address: str, timeout: float, names: dict, fn=tune_layer):
-        self.fn = fn
+    def __init__(self, client, address: str, timeout: float, names: dict, fn=tune_layer,
+                 words: Wording = TUNE_WORDS):
+        self.fn, self.words = fn, words
         self.client, self.address, self.timeout, self.names = client, address, timeout, names
         self.good: dict = {}
         self.bad: dict = {}
@@ -111,12 +130,17 @@ class _DaskRun:
 
     # -- messages
     def _progress(self) -> str:
-        return (f"{self.done} of {self.total} layer(s) were tuned and logged; rerun to resume"
-                if self.done else "rerun to resume")
+        """``"; "`` and how far the run got, or nothing (:class:`Wording`)."""
+        w = self.words
+        said = w.progress.format(done=self.done, total=self.total) if self.done else w.none
+        return f"; {said}" if said else ""
+
+    def _item(self, k) -> str:
+        return f"{self.words.item} {self.names[k]}" if self.words.item else str(self.names[k])
 
     def lost_scheduler(self, e=None) -> str:
         why = f" ({type(e).__name__})" if e is not None else ""
-        return f"lost the connection to the Dask scheduler at {self.address!r}{why}; {self._progress()}"
+        return f"lost the connection to the Dask scheduler at {self.address!r}{why}{self._progress()}"
 
     def _bad_summary(self) -> str:
         items = sorted(self.bad.items())
@@ -209,11 +233,11 @@ class _DaskRun:
                 status = fut.status
                 if status == "error":
                     e = fut.exception(timeout=self.timeout)
-                    raise DlacError(f"layer {self.names[k]}: its search failed on the Dask cluster: "
-                                    f"{_exc(e)}; {self._progress()}")
+                    raise DlacError(f"{self._item(k)}: its {self.words.task} failed on the Dask cluster: "
+                                    f"{_exc(e)}{self._progress()}")
                 if status == "cancelled":
                     self._check_client()
-                    raise DlacError(f"layer {self.names[k]}: the Dask scheduler cancelled its search; "
+                    raise DlacError(f"{self._item(k)}: the Dask scheduler cancelled its {self.words.task}"
                                     f"{self._progress()}")
                 if status not in ("finished", "lost"):
                     continue
@@ -245,7 +269,7 @@ class _DaskRun:
             if now - lost_since > self.timeout:
                 why = f" (the workers left: {self._bad_summary()})" if self.bad and live else ""
                 raise DlacError(f"lost every Dask worker that can run dlac at {self.address!r}, "
-                                f"and none came back within {self.timeout:g} s{why}; {self._progress()}")
+                                f"and none came back within {self.timeout:g} s{why}{self._progress()}")
 
 
 def _one_line(text: str, limit: int = 300) -> str:

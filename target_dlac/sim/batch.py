@@ -76,10 +76,10 @@ class BatchReport:
                    [p.n for p in parts])
 
 
-def stack_inputs(program, inputs: dict) -> tuple[dict, int]:
-    """Check a batch of inputs (name -> array of shape ``(N,) + the tensor's shape``):
-    every input named, the same N, the shapes the binary was compiled for.  Returns the
-    arrays (as the tensors' dtypes) and N."""
+def stack_inputs(program, inputs: dict, batched: bool = True) -> tuple[dict, int]:
+    """Check a run's inputs: every input named, each of the shape the binary was compiled for
+    (``batched``: of shape ``(N,) + the tensor's shape``, the same N for all).  Returns the
+    arrays as the tensors' dtypes, with a leading batch axis (of 1 when not ``batched``), and N."""
     want = {t.name: t for t in program.inputs}
     missing = sorted(set(want) - set(inputs))
     extra = sorted(set(inputs) - set(want))
@@ -89,7 +89,12 @@ def stack_inputs(program, inputs: dict) -> tuple[dict, int]:
     out, n = {}, None
     for name, t in want.items():
         a = np.asarray(inputs[name])
-        if a.ndim != len(t.shape) + 1 or tuple(a.shape[1:]) != tuple(t.shape):
+        if not batched:
+            if tuple(a.shape) != tuple(t.shape):
+                raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
+                                  f"compiled for {tuple(t.shape)}")
+            a = a[None]
+        elif a.ndim != len(t.shape) + 1 or tuple(a.shape[1:]) != tuple(t.shape):
             raise ConfigError(f"batched input {name!r} has shape {tuple(a.shape)}; the program was "
                               f"compiled for {tuple(t.shape)}, so a batch is (N, "
                               f"{', '.join(map(str, t.shape))})")

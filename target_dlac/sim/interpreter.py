@@ -207,10 +207,9 @@ class Interpreter(Memories, Kernels):
     # ---- run ---------------------------------------------------------------------------
     def run(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, RunReport]:
         """One input (name -> array of the tensor's shape): its outputs and run report."""
-        self._check_single(inputs)
+        arrays, _ = stack_inputs(self.p, inputs, batched=False)
         with _blas_threads(self.blas_threads):
-            outs, rep = self._execute({k: np.asarray(v)[None] for k, v in inputs.items()}, 1,
-                                      host_runner, progress)
+            outs, rep = self._execute(arrays, 1, host_runner, progress)
         return {k: v[0] for k, v in outs.items()}, rep.first
 
     def run_batch(self, inputs: dict, host_runner=None, progress=None) -> tuple[dict, BatchReport]:
@@ -230,7 +229,6 @@ class Interpreter(Memories, Kernels):
                     BatchReport.join([r for _, r in parts]))
 
     def _execute(self, arrays: dict, n: int, host_runner, progress) -> tuple[dict, BatchReport]:
-        p = self.p
         t_start = time.perf_counter()
         self._reset(n)
         try:

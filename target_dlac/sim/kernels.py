@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from target_dlac.isa import actskip, cycles
 from target_dlac.isa.blocks import ternary_order
@@ -207,14 +207,12 @@ class Kernels:
         call: one product over the whole batch differs in the last bits); the integer mode's
         float64 products are exact, so the batch is one call."""
         n, k, p = cols.shape
-        if w.ndim == 3:
-            return np.stack([w[i] @ cols[i] for i in range(n)])
-        if integer and n > 1:
+        if integer and n > 1 and w.ndim == 2:
             both = w @ np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(k, n * p)
             return both.reshape(len(w), n, p).transpose(1, 0, 2)
-        out = np.empty((n, len(w), p), np.result_type(w, cols))
+        out = np.empty((n, w.shape[-2], p), np.result_type(w, cols))
         for i in range(n):
-            np.matmul(w, cols[i], out=out[i])
+            np.matmul(w[i] if w.ndim == 3 else w, cols[i], out=out[i])
         return out
 
     def _act_steps(self, ins: Insn, x: np.ndarray, cols: np.ndarray, w: np.ndarray, counts) -> ActSteps:
@@ -233,8 +231,8 @@ class Kernels:
         # the non-zero flags, the pixels padded with zeros to whole passes (so that neither
         # the pass OR nor the row counts copy them again; zeros change neither)
         p = cols.shape[-1]
-        whole = -(-p // (cycles.grid(ins, self.m)[0] * cycles.lanes(ins, self.m))) * \
-            cycles.grid(ins, self.m)[0] * cycles.lanes(ins, self.m)
+        per_pass = cycles.grid(ins, self.m)[0] * cycles.lanes(ins, self.m)
+        whole = -(-p // per_pass) * per_pass
         if whole == p:
             nz = cols != 0
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from target_dlac.core.errors import ConfigError, ExecutionError
+from target_dlac.core.errors import ExecutionError
 from target_dlac.isa.limits import MAX_DRAM_BYTES
 from target_dlac.sim.kernels import F32
 
@@ -130,19 +130,6 @@ class Memories:
         if mem == "WGT":
             self._set_same(a, b, False)     # (before the write: it copies row 0 of what was equal)
         bank[:, a:b] = value.view(np.uint8)
-
-    def _check_single(self, inputs: dict):
-        want = {t.name: t for t in self.p.inputs}
-        missing = sorted(set(want) - set(inputs))
-        extra = sorted(set(inputs) - set(want))
-        if missing or extra:
-            raise ConfigError(f"inputs: missing {missing or 'none'}, unexpected {extra or 'none'}; "
-                              f"the program takes {sorted(want)}")
-        for name, t in want.items():
-            a = np.asarray(inputs[name])
-            if tuple(a.shape) != tuple(t.shape):
-                raise ConfigError(f"input {name!r} has shape {tuple(a.shape)}; the program was "
-                                  f"compiled for {tuple(t.shape)}")
 
     def _write_inputs(self, arrays: dict):
         """Copy each input (``(n,) + shape``) into its rows of DRAM."""

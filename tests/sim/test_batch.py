@@ -17,6 +17,7 @@ import torch.nn as nn  # noqa: E402
 from compiler import QuantConfig, compile_model  # noqa: E402
 from compiler.build import build_program  # noqa: E402
 from compiler.datasets import mnist_cnn, mnist_test  # noqa: E402
+from compiler.models import randomize_bn  # noqa: E402
 from target_dlac.core.errors import ConfigError  # noqa: E402
 from target_dlac.isa import limits  # noqa: E402
 from target_dlac.isa.machine import Machine  # noqa: E402
@@ -50,11 +51,7 @@ class Mixed(nn.Module):
 
 def _mixed():
     torch.manual_seed(0)
-    m = Mixed().eval()
-    with torch.no_grad():
-        m.bn.running_mean.uniform_(-0.5, 0.5)
-        m.bn.running_var.uniform_(0.5, 2.0)
-    return m
+    return randomize_bn(Mixed())
 
 
 @pytest.fixture(scope="module")
