@@ -27,6 +27,8 @@ count in every pass, and the cycles are :func:`cycles.sparse_cycles` /
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -48,6 +50,54 @@ def windows(x: np.ndarray, f: dict) -> np.ndarray:
     d = win.ndim
     win = win.transpose(tuple(range(d - 4)) + (d - 2, d - 1, d - 4, d - 3))
     return np.ascontiguousarray(win).reshape(lead + (kh * kw, oh * ow))
+
+
+#: Largest tap matrix (elements) :func:`window_counts` makes for one product; larger tiles
+#: take the rows and the columns in two products.
+TAP_ELEMENTS = 1 << 18
+
+
+def _taps(size: int, k: int, stride: int, out: int) -> np.ndarray:
+    """float32 ``[size, k]``: ``t[i, q] = 1`` when kernel position ``q`` of some of ``out``
+    output pixels (``stride`` apart) reads input index ``i`` along one axis."""
+    t = np.zeros((size, k), np.float32)
+    for q in range(k):
+        t[q:q + (out - 1) * stride + 1:stride, q] = 1
+    return t
+
+
+@functools.lru_cache(maxsize=128)
+def _tap_matrix(h: int, w: int, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int, dt) -> tuple:
+    """The read-only tap matrices of :func:`window_counts`: ``(kron(rows, cols),)`` when it
+    has at most :data:`TAP_ELEMENTS` entries, else ``(rows, cols)``."""
+    rows, cols = _taps(h, kh, sh, oh).astype(dt), _taps(w, kw, sw, ow).astype(dt)
+    out = (np.kron(rows, cols),) if h * w * kh * kw <= TAP_ELEMENTS else (rows, cols)
+    for t in out:
+        t.flags.writeable = False
+    return out
+
+
+def window_counts(nzx: np.ndarray, f: dict) -> np.ndarray:
+    """int64 ``[..., c*kh*kw]``: at each weight position, how many of a conv instruction's
+    output pixels read a non-zero, from the flags ``nzx`` (bool ``[..., c, h', w']``, the
+    padded input tile's ``x != 0``): ``row_counts(windows(x, f) != 0)`` without the windows.
+    ``count[c, (ky, kx)] = sum_(i, j) nzx[c, i, j] R[i, ky] C[j, kx]`` with the 0 / 1 tap
+    matrices ``R`` (rows) and ``C`` (columns): one BLAS product with ``kron(R, C)``, or two
+    for a large tile; exact (sums of at most ``oh*ow`` ones: float32 below 2^24 of them,
+    else float64)."""
+    kh, kw, sh, sw, oh, ow = f["kh"], f["kw"], f["sh"], f["sw"], f["oh"], f["ow"]
+    lead, (h, w) = nzx.shape[:-3], nzx.shape[-2:]
+    if h * w == 1:                  # a 1x1 tile (a dense layer): its flags
+        return nzx.reshape(lead + (-1,)).astype(np.int64)
+    dt = np.float32 if oh * ow < 1 << 24 else np.float64
+    taps = _tap_matrix(h, w, kh, kw, sh, sw, oh, ow, dt)
+    if len(taps) == 1:
+        got = nzx.reshape(-1, h * w).astype(dt) @ taps[0]
+    else:
+        part = nzx.reshape(-1, w).astype(dt) @ taps[1]                              # [L*h, kw]
+        part = np.ascontiguousarray(part.reshape(-1, h, kw).transpose(0, 2, 1)).reshape(-1, h)
+        got = (part @ taps[0]).reshape(-1, kw, kh).transpose(0, 2, 1)                # [L, kh, kw]
+    return got.astype(np.int64).reshape(lead + (-1,))
 
 
 def _batched(nz: np.ndarray, core: int) -> tuple[np.ndarray, bool]:
@@ -72,6 +122,8 @@ def unit_live(nz: np.ndarray, rows: int, lanes: int, granularity: str) -> np.nda
     per_pass = rows * lanes
     npass = -(-p // per_pass)
     units, width = (1, per_pass) if granularity == "column" else (rows, lanes)
+    if npass == 1 and units == 1:   # one pass: its pixels' OR
+        return (nz[..., 0] if p == 1 else nz.any(axis=-1)).reshape(lead + (k, 1, 1))
     pad = npass * per_pass - p
     if pad:
         nz = np.concatenate([nz, np.zeros(lead + (k, pad), bool)], axis=-1)

@@ -96,11 +96,16 @@ def _pad_hw(x: np.ndarray, top: int, bottom: int, left: int, right: int, value=0
     return out
 
 
-def _row_nonzeros(a: np.ndarray) -> np.ndarray:
-    """The non-zeros of each input's ``a[i]`` (int64 ``[n]``): one whole-array count per
-    input (NumPy's ``count_nonzero(axis=...)`` converts and sums instead, several times
-    slower)."""
-    return np.array([np.count_nonzero(row) for row in a], np.int64)
+def _row_nonzeros(flags: np.ndarray) -> np.ndarray:
+    """The ``True`` entries of each input's bool ``flags[i]`` (int64 ``[n]``), counted 8
+    flags per machine word (a bool is one byte, 0 or 1; NumPy's ``count_nonzero(axis=...)``
+    converts and sums instead, several times slower)."""
+    a = np.ascontiguousarray(flags).reshape(len(flags), -1)
+    if not hasattr(np, "bitwise_count"):        # NumPy < 2
+        return np.array([np.count_nonzero(row) for row in a], np.int64)
+    whole = a.shape[1] // 8 * 8
+    got = np.bitwise_count(a[:, :whole].view(np.uint64)).sum(axis=1, dtype=np.int64)
+    return got + a[:, whole:].sum(axis=1, dtype=np.int64) if whole < a.shape[1] else got
 
 
 @dataclass
@@ -194,9 +199,11 @@ class Kernels:
                 self._fail("int32 accumulator overflow")
             self._put("ACC", f["acc"], out.astype(np.int32), "accumulator tile")
             return counts, skip
-        if f["accumulate"]:
-            out = self._f32("ACC", f["acc"], shape, "accumulator tile") + out
-        self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
+        if f["accumulate"]:         # (a + b is b + a in IEEE arithmetic: the same bits)
+            acc = self._f32("ACC", f["acc"], shape, "accumulator tile")
+            np.add(acc, out, out=self._out("ACC", f["acc"], shape, F32, "accumulator tile"))
+        else:
+            self._put("ACC", f["acc"], out.astype(F32, copy=False), "accumulator tile")
         return counts, skip
 
     @staticmethod
@@ -221,18 +228,19 @@ class Kernels:
         counts :func:`actskip.step_matrix` derives from the windows each pixel reads."""
         f = ins.f
         n = len(x)
-        nonzero = _row_nonzeros(x)
+        nzx = x != 0                        # the padded tile's flags: zero padding is zero
+        nonzero = _row_nonzeros(nzx)
         values = f["c"] * f["h"] * f["w"]
         if self.m.act_skip == "none":
             return ActSteps(nonzero, values)
         wnz = order = wmat = wcol = None
         if ins.op == "TACC":
             order, wnz, wmat, wcol = self._tacc_masks(ins, w)
-        # the non-zero flags, the pixels padded with zeros to whole passes (so that neither
-        # the pass OR nor the row counts copy them again; zeros change neither)
-        p = cols.shape[-1]
+        # the flags of the windows, the pixels padded with zeros to whole passes (so that the
+        # pass OR does not copy them again; zeros change nothing)
+        p = f["oh"] * f["ow"]
         per_pass = cycles.grid(ins, self.m)[0] * cycles.lanes(ins, self.m)
-        whole = -(-p // per_pass) * per_pass
+        whole = -(-p // per_pass) * per_pass if p > per_pass else p      # (one pass: no padding)
         if whole == p:
             nz = cols != 0
         else:
@@ -242,7 +250,7 @@ class Kernels:
         if self.probe is not None:          # the same data under every PE mapping (act_stats)
             self._probe(ins, nz[..., :p], counts, order, wnz, wmat)
         shifts = cycles.shift_passes(self.m, counts) if ins.op == "SACC" else None
-        per_k = actskip.row_counts(nz.reshape(n, -1, nz.shape[-1]))       # [n, K] non-zero reads
+        per_k = actskip.window_counts(nzx, f).reshape(n, -1)               # [n, K] non-zero reads
         useful = actskip.useful_steps(ins, nz, wnz, shifts, order, wcol, per_k)
         return ActSteps(nonzero, values, total, acts, useful * self.m.lanes / cycles.lanes(ins, self.m), useful,
                         per_k.sum(axis=1))
@@ -322,20 +330,25 @@ class Kernels:
             self._put("ACC", f["dst"], q, "epilogue output")
             return
         fdt = FLOAT_TYPES[f["dtype"]]
-        y = self._f32("ACC", f["acc"], (nf, p), "accumulator tile").copy()
+        acc = self._f32("ACC", f["acc"], (nf, p), "accumulator tile")
+        bias = self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[..., None]
         if f["has_scale"]:
-            y *= self._f32("WGT", f["prm"], (nf,), "epilogue scales")[..., None]
-        y += self._f32("WGT", f["prm"] + boff, (nf,), "epilogue biases")[..., None]
+            y = acc * self._f32("WGT", f["prm"], (nf,), "epilogue scales")[..., None]
+            y += bias
+        else:
+            y = acc + bias
         if f["has_res"]:
             y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
         if act == "clip":
             np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
         elif act == "relu" and bits_f(f["lo_bits"]) > 0:   # ReLU threshold T = f32(lo_bits) > 0: y > T ? y : 0
             y = np.where(y > np.float32(bits_f(f["lo_bits"])), y, np.float32(0))
+        elif act == "relu":
+            np.maximum(y, np.float32(0), out=y)
         elif act != "none":
             slopes = self._f32("WGT", f["prm"] + aoff, (nf,), "PReLU slopes") if act == "prelu" else None
             y = float_act(act, y, np.float32(bits_f(f["lo_bits"])), slopes)
-        self._put("ACC", f["dst"], y.astype(fdt), "epilogue output")
+        self._put("ACC", f["dst"], y.astype(fdt, copy=False), "epilogue output")
 
     def _pool(self, ins: Insn):
         f = ins.f
@@ -363,7 +376,7 @@ class Kernels:
             return out
 
         if mode == "max":
-            out = reduce(_pad_hw(x, *pads, value=-128 if integer else -np.inf), np.maximum)
+            out = reduce(_pad_hw(x, *pads, value=-128 if integer else -np.inf) if any(pads) else x, np.maximum)
         elif integer:       # window sum, then the multiplier/shift requantization
             total = reduce(_pad_hw(x.astype(np.int64), *pads), np.add)
             out = self._requant(total * f["mult"], f["shift"], -128, 127)
@@ -374,7 +387,7 @@ class Kernels:
             else:
                 ones = _pad_hw(np.ones((1, 1, h, w), np.float32), *pads)
                 out /= np.maximum(reduce(ones, np.add), 1)
-        self._put("ACC", f["dst"], out.astype(odt), "pool output")
+        self._put("ACC", f["dst"], out.astype(odt, copy=False), "pool output")
 
     def _alu(self, ins: Insn):
         f = ins.f

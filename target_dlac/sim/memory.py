@@ -131,6 +131,18 @@ class Memories:
             self._set_same(a, b, False)     # (before the write: it copies row 0 of what was equal)
         bank[:, a:b] = value.view(np.uint8)
 
+    def _out(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
+        """``[n, *shape]``: writable views of ``mem[lo]`` for a kernel to write its result
+        in place (checked and recorded as :meth:`_put`'s write; not WGT, whose rows may be
+        shared)."""
+        if mem == "WGT":
+            raise ValueError("kernels write WGT with _put")
+        dtype = np.dtype(dtype)
+        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
+        self.acc.append((mem, a, b, True))
+        bank = self.banks[mem]
+        return bank[:, a:b].view(dtype).reshape((len(bank),) + tuple(shape))
+
     def _write_inputs(self, arrays: dict):
         """Copy each input (``(n,) + shape``) into its rows of DRAM."""
         dram = self.banks["DRAM"]

@@ -184,3 +184,45 @@ def test_row_counts_equal_numpy_sum():
     for p in (1, 7, 63, 64, 65, 196, 3136):
         flags = rng.random((5, p)) < 0.37
         assert np.array_equal(actskip.row_counts(flags), flags.sum(axis=1))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_counts_equal_the_windows_flags_counted(seed):
+    """The summed-tap counts equal ``row_counts(windows(x) != 0)`` for every kernel, stride,
+    tile margin and batch shape; a 1x1 tile (a dense layer) and a tile large enough for the
+    two-product path included."""
+    rng = np.random.default_rng(seed)
+    cases = [(1, 1, 1, 1, 1, 1, 0, 0), (1, 1, 2, 2, 1, 1, 0, 0), (7, 7, 2, 2, 9, 40, 1, 0),
+             (3, 3, 1, 1, 200, 180, 0, 1)]
+    cases += [tuple(int(v) for v in (*rng.integers(1, 6, 2), *rng.integers(1, 4, 2), *rng.integers(1, 12, 2),
+                                     *rng.integers(0, 3, 2))) for _ in range(40)]
+    for kh, kw, sh, sw, oh, ow, mh, mw in cases:
+        h, w = (oh - 1) * sh + kh + mh, (ow - 1) * sw + kw + mw
+        f = dict(kh=kh, kw=kw, sh=sh, sw=sw, oh=oh, ow=ow)
+        x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+        x[rng.random(x.shape) < 0.6] = 0
+        want = actskip.row_counts((actskip.windows(x, f) != 0).reshape(2, -1, oh * ow))
+        got = actskip.window_counts(x != 0, f)
+        assert got.dtype == np.int64 and np.array_equal(got, want), (f, h, w)
+
+
+def test_one_pass_live_flags_are_the_pixels_or():
+    rng = np.random.default_rng(2)
+    for p in (1, 5, 16):
+        nz = rng.random((3, 7, p)) < 0.2
+        live = actskip.unit_live(nz, 16, 1, "column")
+        assert live.shape == (3, 7, 1, 1)
+        assert np.array_equal(live[..., 0, 0], nz.any(axis=-1))
+        padded = np.zeros((3, 7, 32), bool)
+        padded[..., :p] = nz
+        assert np.array_equal(actskip.unit_live(padded, 16, 1, "column")[..., :1, :], live)
+
+
+def test_row_nonzeros_count_each_input():
+    from target_dlac.sim.kernels import _row_nonzeros
+
+    rng = np.random.default_rng(4)
+    for shape in ((1, 1), (3, 7), (2, 8), (4, 3, 5, 13), (2, 64, 9, 9)):
+        flags = rng.random(shape) < 0.4
+        want = [np.count_nonzero(row) for row in flags]
+        assert _row_nonzeros(flags).tolist() == want
