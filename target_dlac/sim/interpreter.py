@@ -281,9 +281,7 @@ class Interpreter(Memories, Kernels):
                 host_secs = self._host(ins, host_runner)
             elif op == "HALT":
                 halted = True
-            for mem, a, b, write in self.acc:
-                if write:
-                    self._wrote(mem, a, b)
+            self._note_accesses()
             if op == "HOST":
                 self._wrote("DRAM", 0, self.p.dram_bytes)
             conv = skip is not None
@@ -322,6 +320,7 @@ class Interpreter(Memories, Kernels):
             if deferred and sig != self._race_signature:
                 Timeline.check_steps(real.timeline.steps)
             self._race_signature = sig
+        self._end_trace()
         outputs = {t.name: self._read(t) for t in p.outputs}
         first = build_report(p, records, self.energy_table)
         host_secs = first.extra["host_seconds"]

@@ -157,6 +157,8 @@ class Kernels:
             self._set_same(*spans[1], same)
             if same:                # WGT keeps such bytes in row 0 only
                 d = d[:1]
+        if not whole and self._trace is not None:  # (the gaps are not written: the trace's rows)
+            self._rows = (dst_mem, dst, x, y, d_stride)
         if (s_stride == x or y == 1) and whole:
             d[:, dst:dst + y * x] = s[:, src:src + y * x]
         else:

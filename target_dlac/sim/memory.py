@@ -5,10 +5,13 @@ input of a batch (``banks[memory]``: ``[n, bytes]``), and their checked accessor
 access is bounds-checked and recorded in ``acc`` (memory, start, end, writes) for the race
 check; an error names the pc, the instruction and the buffer.  A run starts on zeroed
 memories with the constants at the start of DRAM, as a fresh machine would; a run of the
-same batch size reuses the last run's arrays and zeroes only the byte ranges it wrote.
+same batch size reuses the last run's arrays and zeroes only the bytes the program reads
+before it writes them (:class:`Memories`).
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
 
 import numpy as np
 
@@ -19,8 +22,44 @@ from target_dlac.sim.kernels import F32
 ROW_ALIGN = 64             # bytes: each input's copy of a memory starts on this boundary
 
 
+class Ranges:
+    """Disjoint, sorted byte ranges ``[a, b)`` of one memory."""
+
+    def __init__(self):
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+
+    def add(self, a: int, b: int):
+        if a >= b:
+            return
+        i, j = bisect_left(self.hi, a), bisect_right(self.lo, b)
+        if i < j:
+            a, b = min(a, self.lo[i]), max(b, self.hi[j - 1])
+        self.lo[i:j], self.hi[i:j] = [a], [b]
+
+    def gaps(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The parts of ``[a, b)`` no range covers."""
+        out, i = [], bisect_right(self.hi, a)
+        while i < len(self.lo) and self.lo[i] < b and a < b:
+            if self.lo[i] > a:
+                out.append((a, self.lo[i]))
+            a = max(a, self.hi[i])
+            i += 1
+        return out + [(a, b)] * (a < b)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.lo, self.hi))
+
+
 class Memories:
-    """The memories and accessors (see the module docstring)."""
+    """The memories and accessors (see the module docstring).
+
+    A run that reuses the last run's memories zeroes only the bytes that the program reads
+    before it writes them (``_fresh``: found by tracing the first run's accesses; the
+    addresses are the instruction fields', the same every run), so that it sees what a
+    fresh machine would; every other byte it reads it has written first, and every byte the
+    last run wrote it writes again.  A program with ``HOST`` ops (which read and write DRAM
+    outside the trace) zeroes everything the last run wrote."""
 
     # ---- memory ------------------------------------------------------------------------
     @property
@@ -38,10 +77,13 @@ class Memories:
         sizes = {"DRAM": self.p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
         consts = np.frombuffer(self.p.constants, np.uint8)
         banks = getattr(self, "banks", None)
+        fresh = getattr(self, "_fresh", None)      # the bytes read before written, once known
         if banks is not None and len(banks["DRAM"]) == n:      # the last run's: what it wrote zeroed
             for k, (lo, hi) in self._dirty.items():
-                if lo < hi:
-                    banks[k][:, lo:hi] = 0
+                for a, b in [(lo, hi)] if fresh is None else fresh[k]:
+                    a, b = max(a, lo), min(b, hi)
+                    if a < b:
+                        banks[k][:, a:b] = 0
             lo, hi = self._dirty["DRAM"]
             if lo < len(consts) and lo < hi:
                 banks["DRAM"][:, :len(consts)] = consts
@@ -56,6 +98,11 @@ class Memories:
             banks["DRAM"][:, :len(consts)] = consts
         self.banks = banks
         self._dirty = {k: [v, 0] for k, v in sizes.items()}     # the byte range each run writes
+        traced = fresh is None and not any(i.op == "HOST" for i in self.p.insns)
+        self._trace = {k: (Ranges(), Ranges()) for k in sizes} if traced else None   # (written, read first)
+        self._rows = None       # (memory, start, row bytes, rows, stride) of a strided DMA write
+        if traced and len(consts):
+            self._trace["DRAM"][0].add(0, len(consts))      # (restored after a run that wrote them)
         self._same = [(0, m.wgt_bytes)]     # WGT ranges equal in every input's copy (sorted, disjoint)
 
     def _same_rows(self, mem: str, lo: int, hi: int) -> bool:
@@ -92,6 +139,31 @@ class Memories:
             else:
                 merged.append((a, b))
         self._same = merged
+
+    def _note_accesses(self):
+        """After an instruction: widen the written ranges by its writes (``acc``) and, while
+        the first run is traced, record the bytes it read that nothing had written."""
+        trace, rows = self._trace, self._rows
+        self._rows = None
+        for mem, a, b, write in self.acc:
+            if write:
+                self._wrote(mem, a, b)
+            if trace is not None:
+                written, first = trace[mem]
+                if write and rows is not None and rows[:2] == (mem, a):     # a strided copy: its rows
+                    for r in range(rows[3]):
+                        written.add(a + r * rows[4], a + r * rows[4] + rows[2])
+                elif write:
+                    written.add(a, b)
+                else:
+                    for x, y in written.gaps(a, b):
+                        first.add(x, y)
+
+    def _end_trace(self):
+        """A run ended well: what its trace found holds for every later run."""
+        if self._trace is not None:
+            self._fresh = {k: first.pairs() for k, (_, first) in self._trace.items()}
+            self._trace = None
 
     def _wrote(self, mem: str, lo: int, hi: int):
         d = self._dirty[mem]
@@ -150,6 +222,8 @@ class Memories:
             a = np.ascontiguousarray(arrays[t.name], dtype=t.dtype)
             dram[:, t.addr:t.addr + t.nbytes] = a.reshape(len(dram), -1).view(np.uint8)
             self._wrote("DRAM", t.addr, t.addr + t.nbytes)
+            if self._trace is not None:
+                self._trace["DRAM"][0].add(t.addr, t.addr + t.nbytes)
 
     def _read(self, t) -> np.ndarray:
         """Output tensor ``t`` of every input: ``(n,) + shape``."""
