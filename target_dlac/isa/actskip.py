@@ -180,6 +180,9 @@ def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
     lead = live.shape[:-3]
     k, npass, units = live.shape[-3:]
     m = int(np.prod(lead, dtype=np.int64))
+    if npass * units == 1:      # one pass: [batch, K] @ w.T, no transposed copy
+        out = live.reshape(m, k).astype(np.float32) @ w.T
+        return out.reshape(lead + (len(w), 1, 1))
     # one product for the whole batch ([K, batch * passes * units]; NumPy's broadcast matmul
     # of a matrix over a stack does not call the BLAS): exact in any order, counts of ones
     cols = np.ascontiguousarray(live.reshape(m, k, -1).transpose(1, 0, 2), dtype=np.float32)

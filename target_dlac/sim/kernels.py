@@ -345,12 +345,16 @@ class Kernels:
             np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
         elif act == "relu" and bits_f(f["lo_bits"]) > 0:   # ReLU threshold T = f32(lo_bits) > 0: y > T ? y : 0
             y = np.where(y > np.float32(bits_f(f["lo_bits"])), y, np.float32(0))
-        elif act == "relu":
-            np.maximum(y, np.float32(0), out=y)
-        elif act != "none":
+        elif act not in ("none", "relu"):
             slopes = self._f32("WGT", f["prm"] + aoff, (nf,), "PReLU slopes") if act == "prelu" else None
             y = float_act(act, y, np.float32(bits_f(f["lo_bits"])), slopes)
-        self._put("ACC", f["dst"], y.astype(fdt, copy=False), "epilogue output")
+        if fdt != F32:
+            self._put("ACC", f["dst"], (np.maximum(y, np.float32(0)) if act == "relu" else y).astype(fdt),
+                      "epilogue output")
+        elif act == "relu":         # (y is this instruction's own array: the ACC source is not overwritten)
+            np.maximum(y, np.float32(0), out=self._out("ACC", f["dst"], (nf, p), F32, "epilogue output"))
+        else:
+            self._out("ACC", f["dst"], (nf, p), F32, "epilogue output")[...] = y
 
     def _pool(self, ins: Insn):
         f = ins.f
