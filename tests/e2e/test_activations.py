@@ -21,7 +21,7 @@ from compiler.build import build_program  # noqa: E402
 from target_dlac.isa.encoding import ACTS, ALU_OPS  # noqa: E402
 from target_dlac.sim.host import reference_outputs  # noqa: E402
 from target_dlac.sim.interpreter import run  # noqa: E402
-from target_dlac.sim.kernels import erfc, float_act  # noqa: E402
+from target_dlac.sim.float_acts import erfc, float_act  # noqa: E402
 
 ACTIVATIONS = {
     "prelu": lambda c: nn.PReLU(c),
