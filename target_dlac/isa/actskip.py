@@ -28,6 +28,7 @@ count in every pass, and the cycles are :func:`cycles.sparse_cycles` /
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -179,7 +180,7 @@ def _count(w: np.ndarray, live: np.ndarray) -> np.ndarray:
     float32 sums of at most 2^24 ones)."""
     lead = live.shape[:-3]
     k, npass, units = live.shape[-3:]
-    m = int(np.prod(lead, dtype=np.int64))
+    m = math.prod(lead)
     if npass * units == 1:      # one pass: [batch, K] @ w.T, no transposed copy
         out = live.reshape(m, k).astype(np.float32) @ w.T
         return out.reshape(lead + (len(w), 1, 1))

@@ -52,7 +52,7 @@ from target_dlac.sim.batch import CYCLE_KEYS, ENERGY_KEYS, BatchReport, stack_in
 from target_dlac.sim.batch_timeline import BatchReplay
 from target_dlac.sim.kernels import F32, Kernels
 from target_dlac.sim.memory import Memories
-from target_dlac.sim.report import InsnRecord, RunReport, build_report, conv_stats
+from target_dlac.sim.report import InsnRecord, RunReport, build_report, conv_stats, report_static
 from target_dlac.sim.timeline import Replay, Timeline, dense_cost
 from target_dlac.binary.validate import first_insn_problem
 
@@ -104,6 +104,10 @@ class Interpreter(Memories, Kernels):
         self._wcache: dict = {}      # decoded ternary / SWIS blocks, keyed by their bytes
         self._wcache_bytes = 0       # their keys' and matrices' bytes (<= MAX_WEIGHT_CACHE_BYTES)
         self._masks: dict = {}       # TACC non-zero masks per decoded block (Kernels._tacc_masks)
+        # the dense timeline's end cycle per pc (every weight issued: the fields alone decide
+        # it, the same every run) and the report's program-static parts, after a first run
+        self._dense_ends: list | None = None
+        self._report_static = None
         self._mask_bytes = 0
         self.run_work = self.insn_work = self.insn_temp = 0     # budgets used (limits)
         found = first_insn_problem(program)
@@ -247,7 +251,8 @@ class Interpreter(Memories, Kernels):
         # batch this is the first input's timeline.
         deferred = self.check_races and self._race_signature is not None
         real = Replay(self.m, check_races=self.check_races and not deferred, record=self.check_races)
-        dense = Replay(self.m, dense_cost)        # the same program with every weight issued
+        dense_ends = self._dense_ends
+        dense = Replay(self.m, dense_cost) if dense_ends is None else None   # every weight issued
         skipping = self.m.act_skip != "none"
         # with activation skipping: the weights' part alone (real's cost without it) and the
         # activations' part alone (every weight issued, zero activations skipped)
@@ -293,7 +298,7 @@ class Interpreter(Memories, Kernels):
             cyc, slot = real.place(pc, ins, counts, self.acc, cost=None if costs is None else int(costs[0]))
             if batch is not None:
                 batch.place(ins, cyc if costs is None else costs)
-            _, dslot = dense.place(pc, ins, counts)
+            dend = dense.place(pc, ins, counts)[1].end if dense is not None else dense_ends[pc]
             if conv:
                 stats = conv_stats(ins, self.m, counts, skip.work[0] if skipping else None) + \
                     (int(skip.nonzero[0]), skip.values)
@@ -306,9 +311,9 @@ class Interpreter(Memories, Kernels):
                     actions = every = self._actions[pc] = insn_actions(ins, self.m)
             if batch is not None:
                 add_into(batch_actions, every)
-            records.append(InsnRecord(ins, cyc, slot, dslot.end, None, stats, host_secs,
+            records.append(InsnRecord(ins, cyc, slot, dend, None, stats, host_secs,
                                       wslot.end if skipping else slot.end,
-                                      aslot.end if skipping else dslot.end, actions))
+                                      aslot.end if skipping else dend, actions))
             if progress and pc % 2000 == 0:
                 progress(pc, count)
             if halted:
@@ -321,8 +326,12 @@ class Interpreter(Memories, Kernels):
                 Timeline.check_steps(real.timeline.steps)
             self._race_signature = sig
         self._end_trace()
+        if dense is not None:
+            self._dense_ends = [r.dense_end for r in records]
+        if self._report_static is None:
+            self._report_static = report_static(p)
         outputs = {t.name: self._read(t) for t in p.outputs}
-        first = build_report(p, records, self.energy_table)
+        first = build_report(p, records, self.energy_table, self._report_static)
         host_secs = first.extra["host_seconds"]
         if batch is None:
             per_cycles = {k: np.array([first.cycles[k]], np.int64) for k in CYCLE_KEYS}

@@ -11,6 +11,7 @@ before it writes them (:class:`Memories`).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 
 import numpy as np
@@ -182,7 +183,7 @@ class Memories:
     def _arr(self, mem: str, lo: int, shape: tuple, dtype, what: str) -> np.ndarray:
         """``[n, *shape]``: the batch's views of ``shape`` elements at ``mem[lo]``."""
         dtype = np.dtype(dtype)
-        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
+        a, b = self._span(mem, lo, math.prod(shape) * dtype.itemsize, what)
         self.acc.append((mem, a, b, False))
         bank = self.banks[mem]
         if mem == "WGT" and len(bank) > 1 and self._same_rows(mem, a, b):    # row 0's, read-only
@@ -210,7 +211,7 @@ class Memories:
         if mem == "WGT":
             raise ValueError("kernels write WGT with _put")
         dtype = np.dtype(dtype)
-        a, b = self._span(mem, lo, int(np.prod(shape)) * dtype.itemsize, what)
+        a, b = self._span(mem, lo, math.prod(shape) * dtype.itemsize, what)
         self.acc.append((mem, a, b, True))
         bank = self.banks[mem]
         return bank[:, a:b].view(dtype).reshape((len(bank),) + tuple(shape))

@@ -295,16 +295,28 @@ def _action_columns(records: list[InsnRecord]) -> dict[str, list]:
     return {k: _prefix(v) for k, v in cols.items()}
 
 
-def build_report(program, records: list[InsnRecord], table: energy.EnergyTable | None = None) -> RunReport:
+def report_static(program) -> dict:
+    """What a run report takes from the program alone (its layer table, the machine's
+    parameters and hash, the area model's figures, the host ops' MACs): computed once by a
+    caller that reports many runs of one program."""
+    m = program.machine
+    return {"layers": layer_table(program.meta), "machine": m.to_dict() | {"hash": m.hash()},
+            "area": area_mm2(m), "area_breakdown": area_breakdown(m), "host_macs": host_macs(program)}
+
+
+def build_report(program, records: list[InsnRecord], table: energy.EnergyTable | None = None,
+                 static: dict | None = None) -> RunReport:
     """The run's report.  Linear in the program plus O(L log n) for L layers: the layers' pc
     ranges (which validation lets overlap) are summed with prefix sums of per-instruction
     columns and their last cycles found by :func:`_range_max`.  ``table``: the energy
-    table (:data:`energy.DEFAULT_TABLE` if ``None``)."""
+    table (:data:`energy.DEFAULT_TABLE` if ``None``); ``static``: :func:`report_static` of
+    the program, if the caller keeps it."""
     m = program.machine
     table = table or energy.DEFAULT_TABLE
-    area = area_mm2(m)                  # the area model's, not a constant (docs/isa.md "Area model")
+    static = static or report_static(program)
+    area = static["area"]               # the area model's, not a constant (docs/isa.md "Area model")
     n = len(records)
-    metas = layer_table(program.meta)
+    metas = static["layers"]
     ranges = [(min(l.pc_start, n), min(l.pc_end, n)) for l in metas]
     ranges = [(a, max(a, b)) for a, b in ranges]
     cols = {k: _prefix(v) for k, v in _per_insn(records, m).items()}
@@ -346,7 +358,7 @@ def build_report(program, records: list[InsnRecord], table: energy.EnergyTable |
         prev_end = max(prev_end, end)
         prev_dense = max(prev_dense, dense_end)
         prev_wgt, prev_act = max(prev_wgt, wgt_end), max(prev_act, act_end)
-    per_host = host_macs(program)
+    per_host = static["host_macs"]
     for lr, (a, b) in zip(layers, ranges):
         if lr.on_host:
             lr.host_seconds = sum(records[pc].host_seconds for pc in range(a, b))
@@ -366,7 +378,7 @@ def build_report(program, records: list[InsnRecord], table: energy.EnergyTable |
             energy.add_into(conv_actions, r.actions)
     run_energy = energy.energy_pj(actions, m, total, table, area)
     return RunReport(
-        machine=m.to_dict() | {"hash": m.hash()},
+        machine=dict(static["machine"]),
         cycles={"total": total, "compute": compute, "load_stall": load_stall,
                 "store_stall": max(0, total - compute - load_stall)},
         layers=layers, host_ops=sum(1 for r in records if r.ins.op == "HOST"), seconds=secs,
@@ -374,7 +386,7 @@ def build_report(program, records: list[InsnRecord], table: energy.EnergyTable |
         extra={"dense_macs": dense_macs, "issued_macs": sum(l.issued_macs for l in layers),
                "host_seconds": sum(r.host_seconds for r in records), "dlac_macs": dense_macs,
                "host_macs": _total_host_macs(records, per_host), "area_mm2": area,
-               "area_breakdown_mm2": area_breakdown(m), "energy_pj": run_energy,
+               "area_breakdown_mm2": dict(static["area_breakdown"]), "energy_pj": run_energy,
                **energy.efficiency(run_energy, dense_macs, secs), "actions": actions,
                "conv_actions": conv_actions, "energy_table": table.to_dict()})
 
