@@ -108,11 +108,9 @@ def _reference_logits(e: dict, x: np.ndarray, batch: int) -> np.ndarray:
         runner = batch_reference_runner(prog, batch)
         e["ref"] = ("batch", runner) if runner is not None else ("single", reference_runner(prog))
     kind, runner = e["ref"]
-    batch = runner.batch if kind == "batch" else batch
     if kind == "single":
         return np.stack([np.asarray(runner({name: x[i]})[0]).reshape(-1) for i in range(len(x))])
-    parts = [np.asarray(runner({name: x[i:i + batch]})[0]) for i in range(0, len(x), batch)]
-    return np.concatenate(parts).reshape(len(x), -1)
+    return np.asarray(runner({name: x})[0]).reshape(len(x), -1)
 
 
 def plan_chunks(n: int, cap: int, workers: int) -> list[tuple[int, int]]:

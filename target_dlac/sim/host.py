@@ -104,14 +104,13 @@ def reference_runner(program):
     return lambda inputs: build({name: inputs[name] for name in (inputs if names is None else names)})
 
 
-def _rebatched(program, batch: int):
-    """The REF graph's description taking ``batch`` inputs at once: in every function, each
-    parameter's leading dim 1 and each ``reshape`` target's leading 1 become ``batch``.
-    ``None`` when the graph is not written that way (a parameter without a leading 1, a
-    shape operand of another op), so the batch-1 graph must be used."""
+def _rebatched(g, batch: int):
+    """The checked REF graph ``g`` rewritten to take ``batch`` inputs at once: in every
+    function, each parameter's leading dim 1 and each ``reshape`` target's leading 1 become
+    ``batch``.  ``None`` when the graph is not written that way (a parameter without a
+    leading 1, a shape operand of another op), so the batch-1 graph must be used."""
     import copy
 
-    g = hostgraph.parse(program.reference, "REF", consts=program.constants)
     doc = copy.deepcopy(g.doc)
     for fn in doc["functions"]:
         if not fn["params"] or any(not p["shape"] or p["shape"][0] != 1 for p in fn["params"]):
@@ -130,8 +129,8 @@ def _rebatched(program, batch: int):
 def batch_reference_runner(program, batch: int):
     """``inputs -> outputs`` of the binary's REF graph built for up to ``batch`` inputs at once,
     its outer loops on TVM's thread pool (:func:`target_dlac.sim.cpu_build.parallel_outer_loops`):
-    ``inputs`` name -> ``(n,) + shape`` arrays (``n <=`` the runner's ``batch``; a short batch
-    is zero-padded), outputs ``(n,) + shape``, each input's as the batch-1 graph computes it
+    ``inputs`` name -> ``(n,) + shape`` arrays (any ``n``: run ``batch`` at a time, a short
+    last batch zero-padded), outputs ``(n,) + shape``, each input's as the batch-1 graph computes it
     (``tests/sim/test_batch.py``).  A batch whose graph exceeds the closed format's work
     bound (``hostgraph.vocabulary.LIMITS.work``) is halved until it fits (the runner's
     ``batch`` says what was built).  ``None`` if the graph cannot be rebatched
@@ -147,7 +146,7 @@ def batch_reference_runner(program, batch: int):
     batch = min(batch, LIMITS.work // max(1, stats["work"]))
     mod = None
     while batch >= 2 and mod is None:
-        g = _rebatched(program, batch)
+        g = _rebatched(g1, batch)
         if g is None:
             return None
         try:
@@ -164,17 +163,21 @@ def batch_reference_runner(program, batch: int):
     names = program.meta.get("input_names") or [t.name for t in program.inputs]
     shapes = {t.name: tuple(t.shape) for t in program.inputs}
 
-    def run(inputs: dict) -> list[np.ndarray]:
-        n = len(next(iter(inputs.values())))
-        if not 0 < n <= batch:
-            raise ValueError(f"{n} inputs for a reference built for {batch}")
+    def one(inputs: dict, lo: int, hi: int) -> list[np.ndarray]:
         args = {}
         for name in names:
-            a = np.asarray(inputs[name]).reshape((n,) + shapes[name])[:, 0]
-            if n < batch:
-                a = np.concatenate([a, np.zeros((batch - n,) + a.shape[1:], a.dtype)])
+            a = np.asarray(inputs[name][lo:hi]).reshape((hi - lo,) + shapes[name])[:, 0]
+            if hi - lo < batch:
+                a = np.concatenate([a, np.zeros((batch - (hi - lo),) + a.shape[1:], a.dtype)])
             args[name] = a
-        return [o[:n, None] for o in build(args)]
+        return [o[:hi - lo, None] for o in build(args)]
+
+    def run(inputs: dict) -> list[np.ndarray]:
+        n = len(next(iter(inputs.values())))
+        if n < 1:
+            raise ValueError("no inputs for the batched reference")
+        parts = [one(inputs, lo, min(n, lo + batch)) for lo in range(0, n, batch)]
+        return [np.concatenate(outs) for outs in zip(*parts)]
     run.batch = batch
     return run
 

@@ -108,6 +108,10 @@ class Interpreter(Memories, Kernels):
         # it, the same every run) and the report's program-static parts, after a first run
         self._dense_ends: list | None = None
         self._report_static = None
+        # the bytes the program reads before writing them (Memories: traced on a first run),
+        # and whether that trace gave up (TRACE_RANGES)
+        self._fresh: dict | None = None
+        self._give_up = False
         self._mask_bytes = 0
         self.run_work = self.insn_work = self.insn_temp = 0     # budgets used (limits)
         found = first_insn_problem(program)

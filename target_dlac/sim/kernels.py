@@ -35,7 +35,9 @@ MASK_CACHE_BYTES = 64 << 20
 
 def _pad_hw(x: np.ndarray, top: int, bottom: int, left: int, right: int, value=0) -> np.ndarray:
     """``x`` ``[..., h, w]`` with its last two axes padded by ``value`` (``np.pad``'s result,
-    made with one allocation and one copy)."""
+    made with one allocation and one copy); ``x`` itself when there is no padding."""
+    if not (top or bottom or left or right):
+        return x
     h, w = x.shape[-2:]
     out = np.full(x.shape[:-2] + (h + top + bottom, w + left + right), value, x.dtype)
     out[..., top:top + h, left:left + w] = x
@@ -118,9 +120,7 @@ class Kernels:
         x = self._arr("INP", f["inp"], (f["c"], f["h"], f["w"]), dt, "input tile")
         if dt == F16:               # fp16 mode: fp16 activations, fp32 products and sums
             x = x.astype(F32)
-        if f["pt"] or f["pb"] or f["pl"] or f["pr"]:
-            x = _pad_hw(x, f["pt"], f["pb"], f["pl"], f["pr"])
-        return x
+        return _pad_hw(x, f["pt"], f["pb"], f["pl"], f["pr"])
 
     def _conv(self, ins: Insn):
         f = ins.f
@@ -287,20 +287,24 @@ class Kernels:
             y = acc + bias
         if f["has_res"]:
             y += self._arr("INP", f["res"], (nf, p), fdt, "residual tile").astype(F32)
+        lo = np.float32(bits_f(f["lo_bits"]))
+        relu = act == "relu" and not lo > 0          # a plain ReLU: done as the result is written
         if act == "clip":
-            np.clip(y, np.float32(bits_f(f["lo_bits"])), np.float32(bits_f(f["hi_bits"])), out=y)
-        elif act == "relu" and bits_f(f["lo_bits"]) > 0:   # ReLU threshold T = f32(lo_bits) > 0: y > T ? y : 0
-            y = np.where(y > np.float32(bits_f(f["lo_bits"])), y, np.float32(0))
+            np.clip(y, lo, np.float32(bits_f(f["hi_bits"])), out=y)
+        elif act == "relu" and not relu:             # ReLU threshold T = f32(lo_bits) > 0: y > T ? y : 0
+            y = np.where(y > lo, y, np.float32(0))
         elif act not in ("none", "relu"):
             slopes = self._f32("WGT", f["prm"] + aoff, (nf,), "PReLU slopes") if act == "prelu" else None
-            y = float_act(act, y, np.float32(bits_f(f["lo_bits"])), slopes)
+            y = float_act(act, y, lo, slopes)
         if fdt != F32:
-            self._put("ACC", f["dst"], (np.maximum(y, np.float32(0)) if act == "relu" else y).astype(fdt),
+            self._put("ACC", f["dst"], (np.maximum(y, np.float32(0)) if relu else y).astype(fdt),
                       "epilogue output")
-        elif act == "relu":         # (y is this instruction's own array: the ACC source is not overwritten)
-            np.maximum(y, np.float32(0), out=self._out("ACC", f["dst"], (nf, p), F32, "epilogue output"))
+            return
+        dst = self._out("ACC", f["dst"], (nf, p), F32, "epilogue output")   # (y is this instruction's own)
+        if relu:
+            np.maximum(y, np.float32(0), out=dst)
         else:
-            self._out("ACC", f["dst"], (nf, p), F32, "epilogue output")[...] = y
+            dst[...] = y
 
     def _pool(self, ins: Insn):
         f = ins.f
@@ -328,7 +332,7 @@ class Kernels:
             return out
 
         if mode == "max":
-            out = reduce(_pad_hw(x, *pads, value=-128 if integer else -np.inf) if any(pads) else x, np.maximum)
+            out = reduce(_pad_hw(x, *pads, value=-128 if integer else -np.inf), np.maximum)
         elif integer:       # window sum, then the multiplier/shift requantization
             total = reduce(_pad_hw(x.astype(np.int64), *pads), np.add)
             out = self._requant(total * f["mult"], f["shift"], -128, 127)

@@ -21,6 +21,13 @@ from target_dlac.isa.limits import MAX_DRAM_BYTES
 from target_dlac.sim.kernels import F32
 
 ROW_ALIGN = 64             # bytes: each input's copy of a memory starts on this boundary
+#: A strided DMA write of more rows is traced as writing nothing (what is read there later
+#: counts as read before written, and is zeroed between runs: safe, and the trace's work
+#: per instruction stays small).
+TRACE_ROWS = 64
+#: A trace whose ranges in one memory grow past this many gives up: every later run zeroes
+#: what the last one wrote (bounds the trace's work and memory for any program).
+TRACE_RANGES = 4096
 
 
 class Ranges:
@@ -60,7 +67,8 @@ class Memories:
     addresses are the instruction fields', the same every run), so that it sees what a
     fresh machine would; every other byte it reads it has written first, and every byte the
     last run wrote it writes again.  A program with ``HOST`` ops (which read and write DRAM
-    outside the trace) zeroes everything the last run wrote."""
+    outside the trace), or one whose trace grows past :data:`TRACE_RANGES` ranges, zeroes
+    everything the last run wrote."""
 
     # ---- memory ------------------------------------------------------------------------
     @property
@@ -78,7 +86,7 @@ class Memories:
         sizes = {"DRAM": self.p.dram_bytes, "INP": m.inp_bytes, "WGT": m.wgt_bytes, "ACC": m.acc_bytes}
         consts = np.frombuffer(self.p.constants, np.uint8)
         banks = getattr(self, "banks", None)
-        fresh = getattr(self, "_fresh", None)      # the bytes read before written, once known
+        fresh = self._fresh         # the bytes read before written, once known
         if banks is not None and len(banks["DRAM"]) == n:      # the last run's: what it wrote zeroed
             for k, (lo, hi) in self._dirty.items():
                 for a, b in [(lo, hi)] if fresh is None else fresh[k]:
@@ -99,7 +107,7 @@ class Memories:
             banks["DRAM"][:, :len(consts)] = consts
         self.banks = banks
         self._dirty = {k: [v, 0] for k, v in sizes.items()}     # the byte range each run writes
-        traced = fresh is None and not any(i.op == "HOST" for i in self.p.insns)
+        traced = fresh is None and not self._give_up and not any(i.op == "HOST" for i in self.p.insns)
         self._trace = {k: (Ranges(), Ranges()) for k in sizes} if traced else None   # (written, read first)
         self._rows = None       # (memory, start, row bytes, rows, stride) of a strided DMA write
         if traced and len(consts):
@@ -149,16 +157,20 @@ class Memories:
         for mem, a, b, write in self.acc:
             if write:
                 self._wrote(mem, a, b)
-            if trace is not None:
-                written, first = trace[mem]
-                if write and rows is not None and rows[:2] == (mem, a):     # a strided copy: its rows
-                    for r in range(rows[3]):
-                        written.add(a + r * rows[4], a + r * rows[4] + rows[2])
-                elif write:
-                    written.add(a, b)
-                else:
-                    for x, y in written.gaps(a, b):
-                        first.add(x, y)
+            if trace is None:
+                continue
+            written, first = trace[mem]
+            if write and rows is not None and rows[:2] == (mem, a):     # a strided copy: its rows
+                for r in range(rows[3] if rows[3] <= TRACE_ROWS else 0):
+                    written.add(a + r * rows[4], a + r * rows[4] + rows[2])
+            elif write:
+                written.add(a, b)
+            else:
+                for x, y in written.gaps(a, b):
+                    first.add(x, y)
+            if len(written.lo) > TRACE_RANGES or len(first.lo) > TRACE_RANGES:
+                self._trace = trace = None      # (and no later run traces)
+                self._give_up = True
 
     def _end_trace(self):
         """A run ended well: what its trace found holds for every later run."""

@@ -164,15 +164,17 @@ def _replay_layer(shape, sched, machine, weights, has_scale, acts, live_ratio, a
                 continue
             counts = blocks[tag.block][1]
             if acts is not None:
-                nz = tile_nonzero(acts, ins, tag)
+                tile = tile_flags(acts, ins, tag)
+                nz = actskip.windows(tile, ins.f)
                 order, wnz = masks.get(tag.block, (None, None))
                 total, _ = actskip.conv_steps(ins, machine, nz, counts, order, wnz)
                 costs[pc] = cycles.steps_cycles(ins, machine, total)
-                if actions is not None:
+                if actions is not None:     # (the interpreter's counts: each position's non-zero reads)
+                    per_k = actskip.window_counts(tile[None], ins.f)
                     shifts = cycles.shift_passes(machine, counts) if ins.op == "SACC" else None
                     executed[pc] = actskip.useful_steps(ins, nz, wnz if ins.op == "TACC" else None, shifts,
-                                                        order)
-                    window[pc] = int(np.count_nonzero(nz))
+                                                        order, per_k=per_k)
+                    window[pc] = int(per_k.sum())
             else:
                 costs[pc] = expected_cost(cycles.cost(ins, machine, counts), machine, live_ratio, sched)
                 if actions is not None:
@@ -204,16 +206,15 @@ def expected_cost(dense: int, m: Machine, live_ratio: dict, sched: Schedule) -> 
     return m.compute_setup + int(round(live_ratio.get(sched.pxshift, 1.0) * (dense - m.compute_setup)))
 
 
-def tile_nonzero(x: np.ndarray, ins: Insn, tag) -> np.ndarray:
-    """``[c, kh*kw, oh*ow]`` non-zero flags of what each output pixel of conv instruction
-    ``ins`` reads, from the layer's input ``x`` ``[n, C, H, W]`` and the instruction's tag
-    (:class:`ConvTag`: where its tile starts)."""
+def tile_flags(x: np.ndarray, ins: Insn, tag) -> np.ndarray:
+    """``[c, h', w']`` non-zero flags of conv instruction ``ins``'s padded input tile (what
+    :func:`actskip.windows` takes), from the layer's input ``x`` ``[n, C, H, W]`` and the
+    instruction's tag (:class:`ConvTag`: where its tile starts)."""
     f = ins.f
     if x.ndim == 2:                         # a dense layer's [n, K]
         x = x.reshape(x.shape[0], x.shape[1], 1, 1)
     tile = x[tag.n, tag.c0:tag.c0 + f["c"], tag.ih0:tag.ih0 + f["h"], tag.iw0:tag.iw0 + f["w"]] != 0
-    tile = np.pad(tile, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
-    return actskip.windows(tile, f)
+    return np.pad(tile, ((0, 0), (f["pt"], f["pb"]), (f["pl"], f["pr"])))
 
 
 def matmul_cycles(a_shape: tuple, b_shape: tuple, machine: Machine) -> dict:

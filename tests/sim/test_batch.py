@@ -223,6 +223,7 @@ def test_batched_reference_equals_batch_one(mixed_inputs, acts):
     got = np.concatenate([run({"x": mixed_inputs[i:i + 4]})[0] for i in (0, 4)])     # 4 + 3 (padded)
     assert got.shape == want.shape and np.isfinite(got).all()
     assert got.tobytes() == want.tobytes()
+    assert run({"x": mixed_inputs})[0].tobytes() == want.tobytes()          # 7 at once: 4 + 3
 
 
 def _timeless(d):

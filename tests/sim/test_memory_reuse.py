@@ -60,3 +60,45 @@ def test_ranges_gaps_and_merges():
     assert r.pairs() == [(10, 25), (30, 40)]
     assert r.gaps(0, 45) == [(0, 10), (25, 30), (40, 45)]
     assert r.gaps(12, 24) == [] and r.gaps(40, 40) == []
+
+
+def _runs_as_fresh(prog, runs=3, n=2):
+    it = Interpreter(prog, check_races=False)
+    rng = np.random.default_rng(1)
+    for _ in range(runs):
+        x = (rng.standard_normal((n,) + tuple(prog.inputs[0].shape)) + 5).astype(np.float32)
+        got, _ = it.run_batch({"x": x})
+        want, _ = Interpreter(prog, check_races=False).run_batch({"x": x})
+        for k in want:
+            assert np.array_equal(got[k], want[k]), k
+    return it
+
+
+def test_a_long_strided_copy_is_traced_as_writing_nothing():
+    """A strided DMA write of more than TRACE_ROWS rows is not traced row by row: what is
+    read there counts as read before written (zeroed between runs), and the runs stay fresh."""
+    from target_dlac.sim.memory import TRACE_ROWS
+
+    d = Dram()
+    x = d.tensor("x", "input", (8,))
+    out = d.tensor("out", "output", (2 * (TRACE_ROWS + 1),))
+    rows = TRACE_ROWS + 1
+    insns = [load("INP", 0, x.addr, 4, y=rows, dram_stride=0, sram_stride=8),   # gaps at 4..8, 12..16, ...
+             store("INP", 0, out.addr, 8 * rows), load("INP", 4, x.addr, 4), HALT]
+    it = _runs_as_fresh(d.program(insns))
+    assert it._fresh["INP"] == [(0, 8 * rows)]      # the whole copy, gaps and rows
+
+
+def test_a_trace_with_too_many_ranges_gives_up():
+    """A program that writes more disjoint ranges than TRACE_RANGES (a crafted one) is not
+    traced: every later run zeroes what the last one wrote, as before tracing existed."""
+    from target_dlac.sim.memory import TRACE_RANGES
+
+    d = Dram()
+    x = d.tensor("x", "input", (8,))
+    out = d.tensor("out", "output", (4,))
+    copies = TRACE_RANGES // 64 + 2
+    insns = [load("INP", 256 * i, x.addr, 1, y=64, dram_stride=0, sram_stride=2) for i in range(copies)]
+    insns += [store("INP", 1, out.addr, 16), load("INP", 1, x.addr, 16), HALT]
+    it = _runs_as_fresh(d.program(insns))
+    assert it._fresh is None and it._give_up
